@@ -1,0 +1,401 @@
+"""The SQLite store: the one place that defines RankLoop's schema.
+
+Every table is created by a numbered migration in ``MIGRATIONS``; ``open_store`` applies the
+ones a database has not seen yet, in order, each in its own transaction, and records them in
+``schema_migrations``. Votes (``rankings``) and the pairs derived from them (``comparisons``)
+are append-only: triggers refuse UPDATE and DELETE on them.
+
+Connections run in WAL mode with foreign keys on and a busy timeout, so the labeling app,
+generation jobs and trainers can write to one file from several processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlite_utils
+
+DEFAULT_DB = "rankloop.db"
+BUSY_TIMEOUT_MS = 30_000
+
+
+class StoreError(Exception):
+    """A database that cannot be opened or written, with a message meant for the user."""
+
+
+def default_db_path() -> str:
+    """``$RANKLOOP_DB`` when set, else ``./rankloop.db``."""
+    return os.environ.get("RANKLOOP_DB") or DEFAULT_DB
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema: numbered migrations. Append new ones; never edit one that has shipped.
+# ---------------------------------------------------------------------------------------------
+
+def _m1_generation(db: sqlite_utils.Database) -> None:
+    db["prompts"].create(
+        {
+            "id": int,
+            "prompt_hash": str,  # sha256 of the canonical messages JSON: one row per prompt
+            "messages": str,  # JSON list of {"role", "content"}, ending with a user turn
+            "source": str,  # where the prompt was first read from
+            "source_id": str,  # the id it had there, when it had one
+            "created_at": float,
+        },
+        pk="id",
+        not_null={"prompt_hash", "messages", "created_at"},
+    )
+    db["prompts"].create_index(["prompt_hash"], unique=True)
+    db["generation_runs"].create(
+        {
+            "id": int,
+            "settings_hash": str,  # identifies "the same run settings" for resuming
+            "model": str,
+            "backend": str,
+            "k": int,
+            "temperature": float,
+            "top_p": float,
+            "max_new_tokens": int,
+            "seed": int,
+            "settings": str,  # JSON of everything above plus backend-specific options
+            "created_at": float,
+            "updated_at": float,
+        },
+        pk="id",
+        not_null={"settings_hash", "model", "backend", "k", "created_at"},
+    )
+    db["generation_runs"].create_index(["settings_hash"], unique=True)
+    db["candidates"].create(
+        {
+            "id": int,
+            "prompt_id": int,
+            "run_id": int,
+            "idx": int,  # 0..k-1 within (prompt, run)
+            "text": str,
+            "token_count": int,
+            "finish_reason": str,  # "stop" (end of sequence) or "length" (hit max_new_tokens)
+            "created_at": float,
+        },
+        pk="id",
+        foreign_keys=[("prompt_id", "prompts", "id"), ("run_id", "generation_runs", "id")],
+        not_null={"prompt_id", "run_id", "idx", "text", "created_at"},
+    )
+    db["candidates"].create_index(["prompt_id", "run_id", "idx"], unique=True)
+    db["candidates"].create_index(["run_id"])
+
+
+def _m2_labeling(db: sqlite_utils.Database) -> None:
+    # Identical candidates for one prompt make a meaningless comparison; flag, don't drop.
+    db["candidates"].add_column("duplicate_of", int, fk="candidates", fk_col="id")
+    db["users"].create(
+        {
+            "id": int,
+            "name": str,
+            "role": str,  # "annotator" or "admin"
+            "password_hash": str,  # KDF output with its parameters, never the password
+            "created_at": float,
+        },
+        pk="id",
+        not_null={"name", "role", "password_hash", "created_at"},
+    )
+    db["users"].create_index(["name"], unique=True)
+    db["rankings"].create(
+        {
+            "id": int,
+            "submission_key": str,  # client-chosen; a resubmitted key stores nothing new
+            "user_id": int,
+            "prompt_id": int,
+            "candidate_ids": str,  # JSON list, in the order shown to the annotator
+            "ranks": str,  # JSON list aligned with candidate_ids; 1 = best, equal = tie
+            "has_tie": int,
+            "all_bad": int,
+            "skipped": int,
+            "rationale": str,
+            "demonstration_id": int,  # the annotator's own answer, ranked above all candidates
+            "shown_at": float,
+            "submitted_at": float,
+        },
+        pk="id",
+        foreign_keys=[
+            ("user_id", "users", "id"),
+            ("prompt_id", "prompts", "id"),
+            ("demonstration_id", "candidates", "id"),
+        ],
+        not_null={"user_id", "prompt_id", "candidate_ids", "submitted_at"},
+        defaults={"has_tie": 0, "all_bad": 0, "skipped": 0},
+    )
+    db["rankings"].create_index(["submission_key"], unique=True)
+    db["rankings"].create_index(["prompt_id"])
+    db["comparisons"].create(
+        {
+            "id": int,
+            "ranking_id": int,
+            "prompt_id": int,
+            "chosen_id": int,  # candidate ranked better (either side when tie = 1)
+            "rejected_id": int,
+            "tie": int,
+        },
+        pk="id",
+        foreign_keys=[
+            ("ranking_id", "rankings", "id"),
+            ("prompt_id", "prompts", "id"),
+            ("chosen_id", "candidates", "id"),
+            ("rejected_id", "candidates", "id"),
+        ],
+        not_null={"ranking_id", "prompt_id", "chosen_id", "rejected_id", "tie"},
+    )
+    db["comparisons"].create_index(["ranking_id"])
+    for table in ("rankings", "comparisons"):
+        for op in ("UPDATE", "DELETE"):
+            db.execute(
+                f"CREATE TRIGGER {table}_append_only_{op.lower()} BEFORE {op} ON {table} "
+                f"BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
+            )
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    apply: Callable[[sqlite_utils.Database], None]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "prompts, generation runs, candidates", _m1_generation),
+    Migration(2, "users, rankings, comparisons; duplicate flag on candidates", _m2_labeling),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+def schema_version(db: sqlite_utils.Database) -> int:
+    if not db["schema_migrations"].exists():
+        return 0
+    row = db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+    return row[0] or 0
+
+
+def migrate(db: sqlite_utils.Database, target: int = SCHEMA_VERSION) -> int:
+    """Applies pending migrations up to ``target``; returns the version reached."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations "
+        "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+    )
+    for migration in MIGRATIONS:
+        if migration.version > target:
+            break
+        # BEGIN IMMEDIATE takes the write lock first, so two processes opening a fresh file
+        # at once cannot both apply the same migration.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if schema_version(db) >= migration.version:
+                db.execute("ROLLBACK")
+                continue
+            migration.apply(db)
+            db.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                [migration.version, migration.name, time.time()],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            if db.conn.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+    return schema_version(db)
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Raises StoreError if ``path`` could not be created or written, without creating it."""
+    target = Path(path)
+    if str(target) == ":memory:":
+        return
+    if target.exists():
+        if target.is_dir():
+            raise StoreError(f"database path {target} is a directory")
+        if not os.access(target, os.R_OK | os.W_OK):
+            raise StoreError(f"database {target} is not writable")
+        return
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise StoreError(f"cannot create database {target}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise StoreError(f"cannot create database {target}: directory {parent} is not writable")
+
+
+def open_store(path: str | os.PathLike | None = None, *, migrate_to: int = SCHEMA_VERSION):
+    """Opens (creating if needed) the database at ``path`` and brings its schema up to date."""
+    path = str(path or default_db_path())
+    check_writable(path)
+    try:
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        db = sqlite_utils.Database(conn)
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        if path != ":memory:":
+            db.enable_wal()
+        db.execute("PRAGMA foreign_keys = ON")
+        # WAL makes NORMAL durable against process death (a crash of the OS may lose the last
+        # transactions, never corrupt the file).
+        db.execute("PRAGMA synchronous = NORMAL")
+        migrate(db, migrate_to)
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"cannot open database {path}: {exc}") from exc
+    return db
+
+
+class transaction:
+    """``with transaction(db):`` runs the block in one BEGIN IMMEDIATE ... COMMIT."""
+
+    def __init__(self, db: sqlite_utils.Database):
+        self.db = db
+
+    def __enter__(self) -> sqlite_utils.Database:
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.db.execute("COMMIT")
+        elif self.db.conn.in_transaction:  # an error may already have rolled it back
+            self.db.execute("ROLLBACK")
+
+
+# ---------------------------------------------------------------------------------------------
+# Typed access
+# ---------------------------------------------------------------------------------------------
+
+def canonical_json(value) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def prompt_hash(messages: Sequence[dict]) -> str:
+    return hashlib.sha256(canonical_json(list(messages)).encode()).hexdigest()
+
+
+def upsert_prompts(
+    db: sqlite_utils.Database,
+    prompts: Iterable[tuple[Sequence[dict], str, str | None]],
+) -> list[int]:
+    """Stores ``(messages, source, source_id)`` prompts once each; returns their ids in order."""
+    ids: list[int] = []
+    now = time.time()
+    with transaction(db):
+        for messages, source, source_id in prompts:
+            digest = prompt_hash(messages)
+            row = db.execute("SELECT id FROM prompts WHERE prompt_hash = ?", [digest]).fetchone()
+            if row:
+                ids.append(row[0])
+                continue
+            cursor = db.execute(
+                "INSERT INTO prompts (prompt_hash, messages, source, source_id, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [digest, canonical_json(list(messages)), source, source_id, now],
+            )
+            ids.append(cursor.lastrowid)
+    return ids
+
+
+def prompt_messages(db: sqlite_utils.Database, prompt_id: int) -> list[dict]:
+    return json.loads(db["prompts"].get(prompt_id)["messages"])
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What makes two generation invocations "the same run" (and so resumable)."""
+
+    model: str
+    backend: str
+    k: int
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    seed: int
+
+    def to_json(self) -> str:
+        return canonical_json(self.__dict__)
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+
+def get_or_create_run(db: sqlite_utils.Database, settings: RunSettings) -> int:
+    digest = settings.digest()
+    now = time.time()
+    with transaction(db):
+        row = db.execute(
+            "SELECT id FROM generation_runs WHERE settings_hash = ?", [digest]
+        ).fetchone()
+        if row:
+            db.execute("UPDATE generation_runs SET updated_at = ? WHERE id = ?", [now, row[0]])
+            return row[0]
+        cursor = db.execute(
+            "INSERT INTO generation_runs (settings_hash, model, backend, k, temperature, top_p, "
+            "max_new_tokens, seed, settings, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [digest, settings.model, settings.backend, settings.k, settings.temperature,
+             settings.top_p, settings.max_new_tokens, settings.seed, settings.to_json(), now, now],
+        )
+        return cursor.lastrowid
+
+
+def prompts_with_candidates(db: sqlite_utils.Database, run_id: int, k: int) -> set[int]:
+    """Ids of prompts that already have all ``k`` candidates from ``run_id``."""
+    rows = db.execute(
+        "SELECT prompt_id FROM candidates WHERE run_id = ? GROUP BY prompt_id HAVING COUNT(*) >= ?",
+        [run_id, k],
+    )
+    return {r[0] for r in rows}
+
+
+@dataclass(frozen=True)
+class CandidateIn:
+    text: str
+    token_count: int
+    finish_reason: str
+
+
+def duplicate_targets(texts: Sequence[str]) -> list[int | None]:
+    """For each text, the index of the first earlier identical text, else None."""
+    first_seen: dict[str, int] = {}
+    out: list[int | None] = []
+    for i, text in enumerate(texts):
+        key = text.strip()
+        out.append(first_seen.get(key))
+        first_seen.setdefault(key, i)
+    return out
+
+
+def add_candidates(
+    db: sqlite_utils.Database, prompt_id: int, run_id: int, samples: Sequence[CandidateIn]
+) -> list[int]:
+    """Stores one prompt's candidates atomically: all of them or none. Returns their ids."""
+    now = time.time()
+    ids: list[int] = []
+    duplicates = duplicate_targets([s.text for s in samples])
+    with transaction(db):
+        for idx, (sample, dup) in enumerate(zip(samples, duplicates)):
+            cursor = db.execute(
+                "INSERT INTO candidates (prompt_id, run_id, idx, text, token_count, finish_reason, "
+                "created_at, duplicate_of) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [prompt_id, run_id, idx, sample.text, sample.token_count, sample.finish_reason,
+                 now, None if dup is None else ids[dup]],
+            )
+            ids.append(cursor.lastrowid)
+    return ids
+
+
+def candidates_for_run(db: sqlite_utils.Database, run_id: int) -> list[dict]:
+    return list(
+        db.query("SELECT * FROM candidates WHERE run_id = ? ORDER BY prompt_id, idx", [run_id])
+    )
+
+
+def counts(db: sqlite_utils.Database) -> dict[str, int]:
+    """Row counts of the main tables, for status lines."""
+    tables = ("prompts", "generation_runs", "candidates", "users", "rankings", "comparisons")
+    return {t: db[t].count for t in tables if db[t].exists()}

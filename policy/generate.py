@@ -1,0 +1,165 @@
+"""Generation recipe: sample k candidate responses per prompt and store them with their run.
+
+Resumable: a run is identified by its settings (model, backend, k, sampling parameters, seed),
+each prompt's k candidates are written in one transaction, and a rerun skips prompts that
+already have all k. A killed job loses at most the batch it was sampling.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+
+from data import store
+from data.chat import DEFAULT_MAX_PROMPT_TOKENS, format_and_filter
+from data.prompts import load_prompts
+from policy.models import DEFAULT_MODEL, is_default, load_tokenizer, resolve_model
+from policy.sampling import Sampler, SamplingConfig, make_sampler, pick_backend
+
+
+@dataclass
+class GenerateConfig:
+    db: str = field(default_factory=store.default_db_path)
+    """SQLite database to write to."""
+    prompts: str | None = None
+    """Prompt source (file, save_to_disk folder, Hub dataset id); None = the bundled set."""
+    prompt_column: str = "prompt"
+    """Column holding the prompt string or chat ``messages`` list."""
+    split: str = "train"
+    """Dataset split, for dataset folders and Hub ids."""
+    limit: int | None = None
+    """Use at most this many prompts from the source."""
+    max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS
+    """Prompts longer than this after chat formatting are dropped (and counted)."""
+    model: str = DEFAULT_MODEL
+    """``default`` (embedded SmolLM2-135M-Instruct), a local folder or a Hub id."""
+    backend: str = "auto"
+    """``vllm``, ``transformers``, or ``auto`` (vLLM when importable)."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """k, temperature, top_p, max_new_tokens, seed."""
+    batch_size: int = 32
+    """Prompts per sampler call; also the most work a kill can lose."""
+
+    def __post_init__(self):
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be at least 1, got {self.limit}")
+        if self.max_prompt_tokens < 1:
+            raise ValueError(f"max_prompt_tokens must be at least 1, got {self.max_prompt_tokens}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+
+
+@dataclass
+class GenerateSummary:
+    run_id: int
+    prompts_total: int
+    """Prompts read from the source and kept by the filters."""
+    prompts_skipped: int
+    """Prompts that already had k candidates from this run."""
+    prompts_done: int
+    """Prompts sampled by this invocation."""
+    candidates: int
+    tokens: int
+    seconds: float
+    dropped_empty: int
+    dropped_too_long: int
+    duplicates: int
+    """Candidates identical to an earlier candidate of the same prompt (stored, flagged)."""
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        return (
+            f"run {self.run_id}: {self.prompts_done} prompts sampled "
+            f"({self.prompts_skipped} already done, {self.dropped_too_long} too long, "
+            f"{self.dropped_empty} empty), {self.candidates} candidates, {self.tokens} tokens, "
+            f"{self.tokens_per_second:.1f} tokens/s, {self.duplicates} duplicate candidates flagged"
+        )
+
+
+def run_generation(
+    config: GenerateConfig, *, sampler: Sampler | None = None, progress: bool = True
+) -> GenerateSummary:
+    """Runs the recipe; ``sampler`` lets a caller reuse an engine that is already started."""
+    from tqdm import tqdm
+
+    # 1. Validate everything that can fail before writing anything.
+    backend = sampler.name if sampler is not None else pick_backend(config.backend)
+    store.check_writable(config.db)
+    loaded = load_prompts(config.prompts, config.prompt_column, split=config.split,
+                          limit=config.limit)
+    model_path = resolve_model(config.model)
+    tokenizer = load_tokenizer(model_path)
+    formatted, dropped_too_long = format_and_filter(
+        tokenizer, loaded.prompts, config.max_prompt_tokens
+    )
+    if not formatted:
+        raise ValueError(
+            f"all {len(loaded.prompts)} prompts exceed --max-prompt-tokens "
+            f"{config.max_prompt_tokens}; nothing to generate"
+        )
+
+    # 2. Record prompts and the run; find what a previous invocation already finished.
+    db = store.open_store(config.db)
+    settings = store.RunSettings(
+        model=DEFAULT_MODEL if is_default(config.model) else config.model,
+        backend=backend,
+        k=config.sampling.k,
+        temperature=config.sampling.temperature,
+        top_p=config.sampling.top_p,
+        max_new_tokens=config.sampling.max_new_tokens,
+        seed=config.sampling.seed,
+    )
+    prompt_ids = store.upsert_prompts(
+        db, ((f.prompt.messages, f.prompt.source, f.prompt.source_id) for f in formatted)
+    )
+    run_id = store.get_or_create_run(db, settings)
+    done = store.prompts_with_candidates(db, run_id, config.sampling.k)
+    # The same prompt can appear twice in a source; sample it once.
+    todo, seen = [], set(done)
+    for prompt_id, item in zip(prompt_ids, formatted):
+        if prompt_id not in seen:
+            seen.add(prompt_id)
+            todo.append((prompt_id, item))
+
+    summary = GenerateSummary(
+        run_id=run_id, prompts_total=len(formatted), prompts_skipped=len(formatted) - len(todo),
+        prompts_done=0, candidates=0, tokens=0, seconds=0.0, dropped_empty=loaded.dropped_empty,
+        dropped_too_long=dropped_too_long, duplicates=0,
+    )
+    if not todo:
+        return summary
+
+    # 3. Sample in batches; store each prompt's k candidates atomically as they arrive.
+    own_sampler = sampler is None
+    if own_sampler:
+        sampler = make_sampler(backend, model_path, config.sampling)
+    bar = tqdm(total=len(todo), unit="prompt", desc="generate", disable=not progress,
+               file=sys.stderr)
+    started = time.perf_counter()
+    try:
+        for start in range(0, len(todo), config.batch_size):
+            batch = todo[start:start + config.batch_size]
+            samples = sampler.generate([item.text for _, item in batch], config.sampling)
+            for (prompt_id, _), prompt_samples in zip(batch, samples):
+                rows = [store.CandidateIn(s.text, s.token_count, s.finish_reason)
+                        for s in prompt_samples]
+                store.add_candidates(db, prompt_id, run_id, rows)
+                summary.candidates += len(rows)
+                summary.tokens += sum(s.token_count for s in prompt_samples)
+                summary.duplicates += sum(
+                    d is not None for d in store.duplicate_targets([s.text for s in prompt_samples])
+                )
+            summary.prompts_done += len(batch)
+            bar.update(len(batch))
+            bar.set_postfix(tok_s=f"{summary.tokens / (time.perf_counter() - started):.0f}")
+    finally:
+        summary.seconds = time.perf_counter() - started
+        bar.close()
+        if own_sampler:
+            sampler.close()
+        db.close()
+    return summary

@@ -1,0 +1,217 @@
+"""One sampling interface, two backends: vLLM and transformers ``generate``.
+
+A ``Sampler`` turns chat-formatted prompt strings into ``k`` samples each. vLLM is imported
+only when its backend is built, so importing this module stays light.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+BACKENDS = ("auto", "vllm", "transformers")
+
+
+class BackendError(Exception):
+    """A backend that is unknown or cannot run here, with a message meant for the user."""
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    k: int = 4
+    """Samples per prompt."""
+    temperature: float = 0.8
+    """Softmax temperature; 0 means greedy."""
+    top_p: float = 0.9
+    """Nucleus sampling mass."""
+    max_new_tokens: int = 256
+    """Upper bound on each sample's length in tokens."""
+    seed: int = 0
+    """Seeds the sampler once, so a rerun with the same settings draws the same samples."""
+
+    def __post_init__(self):
+        if self.k < 1:
+            raise ValueError(f"k must be at least 1, got {self.k}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+
+
+@dataclass(frozen=True)
+class Sample:
+    text: str
+    token_count: int
+    """Generated tokens, the end-of-sequence token included when one was produced."""
+    finish_reason: str
+    """``stop`` when the model ended the reply, ``length`` when max_new_tokens cut it."""
+
+
+class Sampler(Protocol):
+    name: str
+    """The backend's name as stored with a generation run."""
+
+    def generate(self, prompts: Sequence[str], config: SamplingConfig) -> list[list[Sample]]:
+        """``config.k`` samples for each chat-formatted prompt, in prompt order."""
+        ...
+
+    def close(self) -> None:
+        """Releases the engine's processes and memory."""
+        ...
+
+
+def vllm_available() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def pick_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "vllm" if vllm_available() else "transformers"
+    if backend == "vllm" and not vllm_available():
+        raise BackendError(
+            "the vllm backend is not installed: pip install 'rankloop[cpu]' (CPU) or "
+            "'rankloop[gpu]' (CUDA), or use --backend transformers"
+        )
+    return backend
+
+
+def make_sampler(backend: str, model: str, config: SamplingConfig, **options) -> Sampler:
+    """Builds the chosen backend on ``model`` (a resolved folder or Hub id)."""
+    backend = pick_backend(backend)
+    if backend == "vllm":
+        return VLLMSampler(model, seed=config.seed, **options)
+    return TransformersSampler(model, seed=config.seed, **options)
+
+
+# ---------------------------------------------------------------------------------------------
+
+class TransformersSampler:
+    """Batched ``generate`` with left padding; prompts are grouped by length to waste less."""
+
+    name = "transformers"
+
+    def __init__(self, model: str, *, seed: int = 0, batch_size: int = 8, device: str | None = None,
+                 dtype=None):
+        import torch
+
+        from policy.models import load_causal_lm, load_tokenizer
+
+        self.tokenizer = load_tokenizer(model, padding_side="left")
+        self.model = load_causal_lm(model, dtype=dtype, device=device).eval()
+        self.batch_size = batch_size
+        self.generator_seed = seed
+        torch.manual_seed(seed)
+
+    def generate(self, prompts: Sequence[str], config: SamplingConfig) -> list[list[Sample]]:
+        import torch
+
+        results: list[list[Sample]] = [[] for _ in prompts]
+        # Sort by length so each batch pads little; results go back in the caller's order.
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        eos_ids = self._eos_ids()
+        for start in range(0, len(order), self.batch_size):
+            batch_idx = order[start:start + self.batch_size]
+            enc = self.tokenizer(
+                [prompts[i] for i in batch_idx], return_tensors="pt", padding=True,
+                add_special_tokens=False,
+            ).to(self.model.device)
+            sampling = config.temperature > 0
+            with torch.inference_mode():
+                out = self.model.generate(
+                    **enc,
+                    do_sample=sampling,
+                    temperature=config.temperature if sampling else None,
+                    top_p=config.top_p if sampling else None,
+                    top_k=None,
+                    max_new_tokens=config.max_new_tokens,
+                    num_return_sequences=config.k,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    eos_token_id=sorted(eos_ids),
+                )
+            new_tokens = out[:, enc["input_ids"].shape[1]:].tolist()
+            for row, ids in enumerate(new_tokens):
+                results[batch_idx[row // config.k]].append(self._to_sample(ids, eos_ids))
+        return results
+
+    def _eos_ids(self) -> set[int]:
+        ids = self.model.generation_config.eos_token_id
+        ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return ids
+
+    def _to_sample(self, ids: list[int], eos_ids: set[int]) -> Sample:
+        # generate() pads finished rows with pad_token_id (often == eos): cut at the first EOS.
+        end = next((i for i, t in enumerate(ids) if t in eos_ids), None)
+        if end is None:
+            return Sample(self.tokenizer.decode(ids, skip_special_tokens=True), len(ids), "length")
+        return Sample(
+            self.tokenizer.decode(ids[:end], skip_special_tokens=True), end + 1, "stop"
+        )
+
+    def close(self) -> None:
+        self.model = None
+
+
+class VLLMSampler:
+    """A vLLM engine, started once and reused for every ``generate`` call."""
+
+    name = "vllm"
+
+    def __init__(self, model: str, *, seed: int = 0, gpu_memory_utilization: float | None = None,
+                 max_model_len: int | None = 4096, dtype: str | None = None, **engine_options):
+        import torch
+        from vllm import LLM
+
+        on_gpu = torch.cuda.is_available()
+        if gpu_memory_utilization is None:
+            # On CPU vLLM reserves this fraction of RAM for its KV cache.
+            gpu_memory_utilization = 0.9 if on_gpu else 0.3
+        self.llm = LLM(
+            model=model,
+            seed=seed,  # per-request seeds fail on CPU; the engine seed makes runs repeatable
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            dtype=dtype or ("bfloat16" if on_gpu else "float32"),
+            **engine_options,
+        )
+
+    def generate(self, prompts: Sequence[str], config: SamplingConfig) -> list[list[Sample]]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            n=config.k,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            max_tokens=config.max_new_tokens,
+        )
+        # Token ids, not strings: the chat template already holds any BOS token, and the
+        # transformers backend encodes the same way, so both see identical inputs.
+        tokenizer = self.llm.get_tokenizer()
+        requests = [
+            {"prompt_token_ids": tokenizer(p, add_special_tokens=False)["input_ids"]}
+            for p in prompts
+        ]
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        return [
+            [
+                Sample(c.text, len(c.token_ids), "stop" if c.finish_reason == "stop" else "length")
+                for c in sorted(out.outputs, key=lambda c: c.index)
+            ]
+            for out in outputs
+        ]
+
+    def close(self) -> None:
+        engine = getattr(self, "llm", None)
+        self.llm = None
+        if engine is not None:
+            shutdown = getattr(getattr(engine, "llm_engine", None), "engine_core", None)
+            if shutdown is not None and hasattr(shutdown, "shutdown"):
+                shutdown.shutdown()
+            del engine
