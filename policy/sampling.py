@@ -121,6 +121,9 @@ class TransformersSampler:
                 [prompts[i] for i in batch_idx], return_tensors="pt", padding=True,
                 add_special_tokens=False,
             ).to(self.model.device)
+            # Each prompt row repeated k times (instead of num_return_sequences, which greedy
+            # decoding refuses): rows i*k .. i*k+k-1 belong to prompt i.
+            enc = {name: t.repeat_interleave(config.k, dim=0) for name, t in enc.items()}
             sampling = config.temperature > 0
             with torch.inference_mode():
                 out = self.model.generate(
@@ -130,7 +133,6 @@ class TransformersSampler:
                     top_p=config.top_p if sampling else None,
                     top_k=None,
                     max_new_tokens=config.max_new_tokens,
-                    num_return_sequences=config.k,
                     pad_token_id=self.tokenizer.pad_token_id,
                     eos_token_id=sorted(eos_ids),
                 )
