@@ -105,7 +105,7 @@ def run_generation(
     # 2. Record prompts and the run; find what a previous invocation already finished.
     db = store.open_store(config.db)
     settings = store.RunSettings(
-        model=DEFAULT_MODEL if is_default(config.model) else config.model,
+        model=DEFAULT_MODEL if is_default(config.model) else model_path,
         backend=backend,
         k=config.sampling.k,
         temperature=config.sampling.temperature,

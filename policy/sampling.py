@@ -7,6 +7,7 @@ only when its backend is built, so importing this module stays light.
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -172,6 +173,10 @@ class VLLMSampler:
         from vllm import LLM
 
         on_gpu = torch.cuda.is_available()
+        if not on_gpu and (os.cpu_count() or 1) <= 4:
+            # vLLM-CPU keeps a core for its front end by default; on a small machine that halves
+            # the compute threads (measured on 2 cores: 105 -> 200 tokens/s with none reserved).
+            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         if gpu_memory_utilization is None:
             # On CPU vLLM reserves this fraction of RAM for its KV cache.
             gpu_memory_utilization = 0.9 if on_gpu else 0.3
