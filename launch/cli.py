@@ -1,4 +1,4 @@
-"""The ``rankloop`` command line: thin shells over the recipes.
+"""The ``rankloop`` command line: thin shells over the recipes, one module per stage.
 
 Errors the user can fix (bad files, bad flags, missing models, unwritable paths) print one
 ``rankloop: error: ...`` line and exit with status 2; nothing is half-written.
@@ -10,22 +10,12 @@ import argparse
 import sys
 
 from data import store
+from launch import cmd_generate
+from launch.common import UserError
 
 EXIT_USAGE = 2
-
-
-def _add_db(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--db", default=None,
-        help="SQLite database (default: $RANKLOOP_DB, else ./rankloop.db)",
-    )
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+# Each module adds its subcommands with `register(commands)`.
+COMMAND_MODULES = (cmd_generate,)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -34,78 +24,9 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Rank model responses, train reward models and policies on the rankings.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    gen = commands.add_parser(
-        "generate", help="sample k candidate responses per prompt into the database",
-        description="Sample k candidate responses per prompt and store them with their run. "
-                    "Rerunning with the same settings resumes where the last run stopped.",
-    )
-    _add_db(gen)
-    gen.add_argument("--prompts", default=None, metavar="SOURCE",
-                     help="bundled (default), a .jsonl/.json/.csv/.parquet file, a save_to_disk "
-                          "folder, or a Hugging Face dataset id")
-    gen.add_argument("--prompt-column", default="prompt",
-                     help="column with the prompt string or chat 'messages' list (default: prompt;"
-                          " 'messages' is used when there is no 'prompt' column)")
-    gen.add_argument("--split", default="train", help="dataset split (default: train)")
-    gen.add_argument("--limit", type=_positive_int, default=None, help="use at most N prompts")
-    gen.add_argument("--max-prompt-tokens", type=_positive_int, default=1024,
-                     help="drop prompts longer than this after chat formatting (default: 1024)")
-    gen.add_argument("--model", default="default",
-                     help="'default' (embedded SmolLM2-135M-Instruct), a local Hugging Face "
-                          "folder, or a Hub id")
-    gen.add_argument("--backend", default="auto",
-                     help="vllm, transformers, or auto (vLLM when installed; default)")
-    gen.add_argument("--k", type=int, default=4, help="candidates per prompt (default: 4)")
-    gen.add_argument("--temperature", type=float, default=0.8, help="default: 0.8")
-    gen.add_argument("--top-p", type=float, default=0.9, help="default: 0.9")
-    gen.add_argument("--max-new-tokens", type=_positive_int, default=256, help="default: 256")
-    gen.add_argument("--seed", type=int, default=0, help="default: 0")
-    gen.add_argument("--batch-size", type=_positive_int, default=32,
-                     help="prompts per sampler call (default: 32)")
-    gen.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    gen.set_defaults(handler=_cmd_generate)
-
-    status = commands.add_parser("status", help="show what the database holds",
-                                 description="Row counts of the database's tables.")
-    _add_db(status)
-    status.set_defaults(handler=_cmd_status)
+    for module in COMMAND_MODULES:
+        module.register(commands)
     return parser
-
-
-def _cmd_generate(args: argparse.Namespace) -> int:
-    from policy.generate import GenerateConfig, run_generation
-    from policy.sampling import SamplingConfig, pick_backend
-
-    pick_backend(args.backend)  # an unknown backend fails before any model is touched
-    config = GenerateConfig(
-        db=args.db or store.default_db_path(),
-        prompts=args.prompts,
-        prompt_column=args.prompt_column,
-        split=args.split,
-        limit=args.limit,
-        max_prompt_tokens=args.max_prompt_tokens,
-        model=args.model,
-        backend=args.backend,
-        sampling=SamplingConfig(
-            k=args.k, temperature=args.temperature, top_p=args.top_p,
-            max_new_tokens=args.max_new_tokens, seed=args.seed,
-        ),
-        batch_size=args.batch_size,
-    )
-    summary = run_generation(config, progress=not args.no_progress)
-    print(summary.line())
-    return 0
-
-
-def _cmd_status(args: argparse.Namespace) -> int:
-    db_path = args.db or store.default_db_path()
-    db = store.open_store(db_path)
-    version = store.schema_version(db)
-    print(f"{db_path} (schema v{version})")
-    for table, count in store.counts(db).items():
-        print(f"  {table:16} {count}")
-    return 0
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -115,8 +36,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from policy.models import ModelNotFoundError
     from policy.sampling import BackendError
 
-    return (store.StoreError, PromptSourceError, ChatTemplateError, ModelNotFoundError,
-            BackendError, ValueError)
+    return (UserError, store.StoreError, PromptSourceError, ChatTemplateError,
+            ModelNotFoundError, BackendError, ValueError)
 
 
 def main(argv: list[str] | None = None) -> int:

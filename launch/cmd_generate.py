@@ -1,0 +1,80 @@
+"""`rankloop generate` and `rankloop status`."""
+
+from __future__ import annotations
+
+import argparse
+
+from data import store
+from launch.common import add_db, db_path, positive_int
+
+
+def register(commands) -> None:
+    gen = commands.add_parser(
+        "generate", help="sample k candidate responses per prompt into the database",
+        description="Sample k candidate responses per prompt and store them with their run. "
+                    "Rerunning with the same settings resumes where the last run stopped.",
+    )
+    add_db(gen)
+    gen.add_argument("--prompts", default=None, metavar="SOURCE",
+                     help="bundled (default), a .jsonl/.json/.csv/.parquet file, a save_to_disk "
+                          "folder, or a Hugging Face dataset id")
+    gen.add_argument("--prompt-column", default="prompt",
+                     help="column with the prompt string or chat 'messages' list (default: prompt;"
+                          " 'messages' is used when there is no 'prompt' column)")
+    gen.add_argument("--split", default="train", help="dataset split (default: train)")
+    gen.add_argument("--limit", type=positive_int, default=None, help="use at most N prompts")
+    gen.add_argument("--max-prompt-tokens", type=positive_int, default=1024,
+                     help="drop prompts longer than this after chat formatting (default: 1024)")
+    gen.add_argument("--model", default="default",
+                     help="'default' (embedded SmolLM2-135M-Instruct), a local Hugging Face "
+                          "folder, or a Hub id")
+    gen.add_argument("--backend", default="auto",
+                     help="vllm, transformers, or auto (vLLM when installed; default)")
+    gen.add_argument("--k", type=int, default=4, help="candidates per prompt (default: 4)")
+    gen.add_argument("--temperature", type=float, default=0.8, help="default: 0.8")
+    gen.add_argument("--top-p", type=float, default=0.9, help="default: 0.9")
+    gen.add_argument("--max-new-tokens", type=positive_int, default=256, help="default: 256")
+    gen.add_argument("--seed", type=int, default=0, help="default: 0")
+    gen.add_argument("--batch-size", type=positive_int, default=32,
+                     help="prompts per sampler call (default: 32)")
+    gen.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    gen.set_defaults(handler=_generate)
+
+    status = commands.add_parser("status", help="show what the database holds",
+                                 description="Row counts of the database's tables.")
+    add_db(status)
+    status.set_defaults(handler=_status)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from policy.generate import GenerateConfig, run_generation
+    from policy.sampling import SamplingConfig, pick_backend
+
+    pick_backend(args.backend)  # an unknown backend fails before any model is touched
+    config = GenerateConfig(
+        db=db_path(args),
+        prompts=args.prompts,
+        prompt_column=args.prompt_column,
+        split=args.split,
+        limit=args.limit,
+        max_prompt_tokens=args.max_prompt_tokens,
+        model=args.model,
+        backend=args.backend,
+        sampling=SamplingConfig(
+            k=args.k, temperature=args.temperature, top_p=args.top_p,
+            max_new_tokens=args.max_new_tokens, seed=args.seed,
+        ),
+        batch_size=args.batch_size,
+    )
+    summary = run_generation(config, progress=not args.no_progress)
+    print(summary.line())
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    path = db_path(args)
+    db = store.open_store(path)
+    print(f"{path} (schema v{store.schema_version(db)})")
+    for table, count in store.counts(db).items():
+        print(f"  {table:16} {count}")
+    return 0
