@@ -27,3 +27,16 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def subcommand_group(commands, name: str, help: str):
+    """The sub-parsers of a grouping command such as ``train``, created on first use, so that
+    each stage's module can add ``rankloop train <algorithm>`` without knowing the others."""
+    if name in commands.choices:
+        parser = commands.choices[name]
+    else:
+        parser = commands.add_parser(name, help=help, description=help)
+        parser.set_defaults(_group=parser)
+        parser._rankloop_group = parser.add_subparsers(dest=f"{name}_command", required=True,
+                                                       metavar="WHAT")
+    return parser._rankloop_group
