@@ -39,6 +39,12 @@ def default_db_path() -> str:
 # Schema: numbered migrations. Append new ones; never edit one that has shipped.
 # ---------------------------------------------------------------------------------------------
 
+def _add_reference_column(db: sqlite_utils.Database, table: str, column: str, target: str) -> None:
+    # Plain ALTER TABLE: sqlite-utils' add_column(fk=...) rebuilds the table, which would drop
+    # the append-only triggers.
+    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} INTEGER REFERENCES {target}(id)")
+
+
 def _m1_generation(db: sqlite_utils.Database) -> None:
     db["prompts"].create(
         {
@@ -93,7 +99,7 @@ def _m1_generation(db: sqlite_utils.Database) -> None:
 
 def _m2_labeling(db: sqlite_utils.Database) -> None:
     # Identical candidates for one prompt make a meaningless comparison; flag, don't drop.
-    db["candidates"].add_column("duplicate_of", int, fk="candidates", fk_col="id")
+    _add_reference_column(db, "candidates", "duplicate_of", "candidates")
     db["users"].create(
         {
             "id": int,
@@ -160,6 +166,64 @@ def _m2_labeling(db: sqlite_utils.Database) -> None:
             )
 
 
+def _m4_labeling_queue(db: sqlite_utils.Database) -> None:
+    # Demonstrations are candidates written by an annotator (in a run whose backend is "human").
+    _add_reference_column(db, "candidates", "author_id", "users")
+    db["items"].create(
+        {
+            "id": int,
+            "prompt_id": int,
+            "run_id": int,
+            "is_gold": int,
+            "gold_ranks": str,  # JSON ranks aligned with the run's candidates by idx
+            "created_at": float,
+        },
+        pk="id",
+        foreign_keys=[("prompt_id", "prompts", "id"), ("run_id", "generation_runs", "id")],
+        not_null={"prompt_id", "run_id", "created_at"},
+        defaults={"is_gold": 0},
+    )
+    db["items"].create_index(["prompt_id", "run_id"], unique=True)
+    # An item handed to an annotator; mutable bookkeeping, unlike the vote log.
+    db["assignments"].create(
+        {
+            "id": int,
+            "item_id": int,
+            "user_id": int,
+            "candidate_ids": str,  # JSON, the shuffled order shown to this annotator
+            "shown_at": float,
+            "expires_at": float,
+            "submitted_at": float,
+            "skipped": int,
+        },
+        pk="id",
+        foreign_keys=[("item_id", "items", "id"), ("user_id", "users", "id")],
+        not_null={"item_id", "user_id", "candidate_ids", "shown_at", "expires_at"},
+        defaults={"skipped": 0},
+    )
+    db["assignments"].create_index(["item_id", "user_id"], unique=True)
+    db["assignments"].create_index(["user_id", "submitted_at"])
+    _add_reference_column(db, "rankings", "item_id", "items")
+    _add_reference_column(db, "rankings", "assignment_id", "assignments")
+    db["rankings"].create_index(["item_id"])
+    db["jobs"].create(
+        {
+            "id": int,
+            "kind": str,
+            "argv": str,  # JSON command line
+            "log_path": str,
+            "pid": int,
+            "status": str,  # running, succeeded, failed
+            "returncode": int,
+            "started_by": str,
+            "started_at": float,
+            "finished_at": float,
+        },
+        pk="id",
+        not_null={"kind", "argv", "status", "started_at"},
+    )
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -170,8 +234,10 @@ class Migration:
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "prompts, generation runs, candidates", _m1_generation),
     Migration(2, "users, rankings, comparisons; duplicate flag on candidates", _m2_labeling),
+    Migration(4, "labeling queue: items, assignments, jobs; demonstration authors",
+              _m4_labeling_queue),
 )
-SCHEMA_VERSION = MIGRATIONS[-1].version
+SCHEMA_VERSION = max(m.version for m in MIGRATIONS)
 
 
 def schema_version(db: sqlite_utils.Database) -> int:
@@ -181,20 +247,28 @@ def schema_version(db: sqlite_utils.Database) -> int:
     return row[0] or 0
 
 
+def applied_versions(db: sqlite_utils.Database) -> set[int]:
+    if not db["schema_migrations"].exists():
+        return set()
+    return {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
+
+
 def migrate(db: sqlite_utils.Database, target: int = SCHEMA_VERSION) -> int:
-    """Applies pending migrations up to ``target``; returns the version reached."""
+    """Applies every migration up to ``target`` that the database has not seen; returns the
+    highest version applied. Tracking each version (not just the highest) lets migrations
+    written on separate branches land in any order."""
     db.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations "
         "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
     )
     for migration in MIGRATIONS:
         if migration.version > target:
-            break
+            continue
         # BEGIN IMMEDIATE takes the write lock first, so two processes opening a fresh file
         # at once cannot both apply the same migration.
         db.execute("BEGIN IMMEDIATE")
         try:
-            if schema_version(db) >= migration.version:
+            if migration.version in applied_versions(db):
                 db.execute("ROLLBACK")
                 continue
             migration.apply(db)

@@ -16,7 +16,8 @@ def _insert_generation(db, text="an answer"):
 
 def test_new_database_has_every_table_wal_and_foreign_keys(tmp_path):
     db = store.open_store(tmp_path / "r.db")
-    assert store.schema_version(db) == store.SCHEMA_VERSION == len(store.MIGRATIONS)
+    assert store.schema_version(db) == store.SCHEMA_VERSION
+    assert store.applied_versions(db) == {m.version for m in store.MIGRATIONS}
     assert set(db.table_names()) >= {
         "schema_migrations", "prompts", "generation_runs", "candidates",
         "users", "rankings", "comparisons",
@@ -37,12 +38,28 @@ def test_migration_from_version_1_keeps_rows_and_adds_tables(tmp_path):
     old.close()
 
     db = store.open_store(path)
-    assert store.schema_version(db) == 2
+    assert store.schema_version(db) == store.SCHEMA_VERSION
     [row] = store.candidates_for_run(db, run_id)
     assert (row["prompt_id"], row["text"], row["duplicate_of"]) == (prompt_id, "old text", None)
     assert "rankings" in db.table_names()
     applied = [r["version"] for r in db["schema_migrations"].rows]
-    assert applied == [1, 2]
+    assert applied == sorted(m.version for m in store.MIGRATIONS)
+
+
+def test_a_migration_that_landed_out_of_order_is_still_applied(tmp_path, monkeypatch):
+    def table(name):
+        return lambda db: db[name].create({"id": int}, pk="id")
+
+    first, second = store.MIGRATIONS[:2]
+    five = store.Migration(50, "fifty", table("t50"))
+    monkeypatch.setattr(store, "MIGRATIONS", (first, second, five))
+    store.open_store(tmp_path / "r.db", migrate_to=50).close()
+    # A migration numbered below the newest applied one arrives later (merged from a branch).
+    three = store.Migration(30, "thirty", table("t30"))
+    monkeypatch.setattr(store, "MIGRATIONS", (first, second, three, five))
+    db = store.open_store(tmp_path / "r.db", migrate_to=50)
+    assert {"t30", "t50"} <= set(db.table_names())
+    assert store.applied_versions(db) == {1, 2, 30, 50}
 
 
 def _insert_generation_v1(db):
