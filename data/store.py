@@ -323,16 +323,24 @@ def open_store(path: str | os.PathLike | None = None, *, migrate_to: int = SCHEM
 
 
 class transaction:
-    """``with transaction(db):`` runs the block in one BEGIN IMMEDIATE ... COMMIT."""
+    """``with transaction(db):`` runs the block in one BEGIN IMMEDIATE ... COMMIT.
+
+    Nested use joins the outer transaction, so typed functions compose into one atomic write.
+    """
 
     def __init__(self, db: sqlite_utils.Database):
         self.db = db
+        self.outermost = False
 
     def __enter__(self) -> sqlite_utils.Database:
-        self.db.execute("BEGIN IMMEDIATE")
+        if not self.db.conn.in_transaction:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.outermost = True
         return self.db
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if not self.outermost:
+            return
         if exc_type is None:
             self.db.execute("COMMIT")
         elif self.db.conn.in_transaction:  # an error may already have rolled it back

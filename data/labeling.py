@@ -1,0 +1,370 @@
+"""Typed access to the labeling tables: users, the item queue, assignments and the vote log.
+
+An *item* is one prompt with the k candidates of one generation run. An *assignment* hands an
+item to an annotator with a shuffled candidate order; submitting it appends one ``rankings``
+row and its derived ``comparisons`` in the same transaction. Every write that decides who gets
+what runs under ``BEGIN IMMEDIATE``, so concurrent annotators never over-assign an item.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import sqlite_utils
+
+from data import store
+from data.rankings import Submission, ranking_to_pairs
+
+ROLES = ("annotator", "admin")
+HUMAN_BACKEND = "human"
+
+
+class LabelingError(Exception):
+    """A labeling request that cannot be honoured, with a message meant for the user."""
+
+
+# --- users ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    name: str
+    role: str
+    password_hash: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+def add_user(db: sqlite_utils.Database, name: str, role: str, password_hash: str) -> User:
+    name = name.strip()
+    if not name or len(name) > 64 or any(c.isspace() for c in name):
+        raise LabelingError("a user name is 1-64 characters without spaces")
+    if role not in ROLES:
+        raise LabelingError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+    with store.transaction(db):
+        if db.execute("SELECT 1 FROM users WHERE name = ?", [name]).fetchone():
+            raise LabelingError(f"user {name!r} already exists")
+        cursor = db.execute(
+            "INSERT INTO users (name, role, password_hash, created_at) VALUES (?, ?, ?, ?)",
+            [name, role, password_hash, time.time()],
+        )
+    return User(cursor.lastrowid, name, role, password_hash)
+
+
+def get_user(db: sqlite_utils.Database, name: str) -> User | None:
+    row = db.execute("SELECT id, name, role, password_hash FROM users WHERE name = ?",
+                     [name]).fetchone()
+    return User(*row) if row else None
+
+
+def list_users(db: sqlite_utils.Database) -> list[User]:
+    return [User(*r) for r in db.execute(
+        "SELECT id, name, role, password_hash FROM users ORDER BY id")]
+
+
+def user_count(db: sqlite_utils.Database) -> int:
+    return db.execute("SELECT COUNT(*) FROM users").fetchone()[0]
+
+
+# --- items ------------------------------------------------------------------------------------
+
+def sync_items(db: sqlite_utils.Database) -> int:
+    """Creates an item for every (prompt, run) whose k candidates are all stored; returns how
+    many were added. Cheap to call often: it only inserts what is missing."""
+    now = time.time()
+    with store.transaction(db):
+        cursor = db.execute(
+            """
+            INSERT OR IGNORE INTO items (prompt_id, run_id, is_gold, created_at)
+            SELECT c.prompt_id, c.run_id, 0, ?
+            FROM candidates c JOIN generation_runs r ON r.id = c.run_id
+            WHERE r.backend NOT IN (?, 'gold')
+              AND NOT EXISTS (SELECT 1 FROM items i
+                              WHERE i.prompt_id = c.prompt_id AND i.run_id = c.run_id)
+            GROUP BY c.prompt_id, c.run_id
+            HAVING COUNT(*) >= MAX(r.k)
+            ORDER BY MIN(c.id)
+            """,
+            [now, HUMAN_BACKEND],
+        )
+        return cursor.rowcount
+
+
+def item_candidates(db: sqlite_utils.Database, item_id: int) -> list[dict]:
+    """The item's generated candidates in idx order."""
+    return list(db.query(
+        "SELECT c.id, c.idx, c.text FROM candidates c JOIN items i "
+        "ON c.prompt_id = i.prompt_id AND c.run_id = i.run_id WHERE i.id = ? ORDER BY c.idx",
+        [item_id],
+    ))
+
+
+def add_gold_item(db: sqlite_utils.Database, messages: Sequence[dict], candidates: Sequence[str],
+                  ranks: Sequence[int], source: str = "gold") -> int:
+    """Stores a prompt with known candidates and their known ranking as a gold item."""
+    if len(candidates) < 2 or len(ranks) != len(candidates):
+        raise LabelingError("a gold item needs at least 2 candidates and one rank for each")
+    if any(not 1 <= r <= len(candidates) for r in ranks):
+        raise LabelingError(f"gold ranks must be between 1 and {len(candidates)}")
+    with store.transaction(db):  # prompt, candidates and item appear together or not at all
+        [prompt_id] = store.upsert_prompts(db, [(messages, source, None)])
+        run_id = store.get_or_create_run(db, store.RunSettings(
+            model="gold", backend="gold", k=len(candidates), temperature=0.0, top_p=1.0,
+            max_new_tokens=0, seed=0))
+        if db.execute("SELECT 1 FROM items WHERE prompt_id = ? AND is_gold = 1",
+                      [prompt_id]).fetchone():
+            raise LabelingError("this prompt already has a gold item")
+        store.add_candidates(db, prompt_id, run_id,
+                             [store.CandidateIn(text, 0, "stop") for text in candidates])
+        cursor = db.execute(
+            "INSERT INTO items (prompt_id, run_id, is_gold, gold_ranks, created_at) "
+            "VALUES (?, ?, 1, ?, ?)", [prompt_id, run_id, json.dumps(list(ranks)), time.time()])
+    return cursor.lastrowid
+
+
+# --- assignments ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Assignment:
+    id: int
+    item_id: int
+    prompt_id: int
+    messages: list[dict]
+    candidate_ids: list[int]
+    """In the shuffled order shown to this annotator."""
+    texts: list[str]
+    """Aligned with candidate_ids."""
+    shown_at: float
+    is_gold: bool
+
+
+@dataclass(frozen=True)
+class QueuePolicy:
+    overlap: int = 1
+    """Distinct annotators who rank each item (skips do not count)."""
+    timeout_s: float = 30 * 60
+    """An assignment not submitted within this time returns its item to the queue."""
+    gold_rate: float = 0.0
+    """Probability that the next item is a gold item, when one is left for the annotator."""
+
+    def __post_init__(self):
+        if self.overlap < 1:
+            raise ValueError(f"overlap must be at least 1, got {self.overlap}")
+        if self.timeout_s <= 0:
+            raise ValueError("the assignment timeout must be positive")
+        if not 0 <= self.gold_rate <= 1:
+            raise ValueError(f"gold rate must be in [0, 1], got {self.gold_rate}")
+
+
+_OPEN_FOR_USER = """
+    SELECT a.id FROM assignments a
+    WHERE a.user_id = ? AND a.submitted_at IS NULL AND a.expires_at > ?
+    ORDER BY a.shown_at DESC LIMIT 1
+"""
+
+# Items this user has not finished, with room left under the overlap: labels already given
+# (skips excluded) plus live assignments held by others.
+# Parameters: is_gold, user_id, user_id, now, overlap.
+_AVAILABLE_WHERE = """
+    i.is_gold = ?
+    AND NOT EXISTS (SELECT 1 FROM assignments mine WHERE mine.item_id = i.id
+                    AND mine.user_id = ? AND mine.submitted_at IS NOT NULL)
+    AND (SELECT COUNT(*) FROM assignments a WHERE a.item_id = i.id AND a.user_id != ?
+         AND ((a.submitted_at IS NOT NULL AND a.skipped = 0)
+              OR (a.submitted_at IS NULL AND a.expires_at > ?))) < ?
+"""
+# Finish items already started by others before opening new ones.
+_NEXT_AVAILABLE = f"""
+    SELECT i.id FROM items i WHERE {_AVAILABLE_WHERE}
+    ORDER BY (SELECT COUNT(*) FROM assignments a WHERE a.item_id = i.id
+              AND a.submitted_at IS NOT NULL AND a.skipped = 0) DESC, i.id
+    LIMIT 1
+"""
+_COUNT_AVAILABLE = f"SELECT COUNT(*) FROM items i WHERE {_AVAILABLE_WHERE}"
+
+
+def next_assignment(
+    db: sqlite_utils.Database, user_id: int, policy: QueuePolicy, *,
+    now: float | None = None, rng: random.Random | None = None,
+) -> Assignment | None:
+    """The annotator's open assignment if any (a refresh resumes it), else a new one from the
+    queue, else None when nothing is left for them."""
+    now = time.time() if now is None else now
+    rng = rng or random.Random()
+    with store.transaction(db):
+        row = db.execute(_OPEN_FOR_USER, [user_id, now]).fetchone()
+        if row:
+            return _load_assignment(db, row[0])
+        want_gold = policy.gold_rate > 0 and rng.random() < policy.gold_rate
+        item = None
+        for gold in ((1, 0) if want_gold else (0,)):
+            # Gold items are checks, not labels: any number of annotators may see one.
+            overlap = 1 << 30 if gold else policy.overlap
+            item = db.execute(_NEXT_AVAILABLE, [gold, user_id, user_id, now, overlap]).fetchone()
+            if item:
+                break
+        if not item:
+            return None
+        item_id = item[0]
+        candidate_ids = [c["id"] for c in item_candidates(db, item_id)]
+        rng.shuffle(candidate_ids)
+        expires = now + policy.timeout_s
+        existing = db.execute("SELECT id FROM assignments WHERE item_id = ? AND user_id = ?",
+                              [item_id, user_id]).fetchone()
+        if existing:  # the user's own expired assignment: renew it, same order as before
+            db.execute("UPDATE assignments SET expires_at = ? WHERE id = ?",
+                       [expires, existing[0]])
+            assignment_id = existing[0]
+        else:
+            assignment_id = db.execute(
+                "INSERT INTO assignments (item_id, user_id, candidate_ids, shown_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [item_id, user_id, json.dumps(candidate_ids), now, expires],
+            ).lastrowid
+        return _load_assignment(db, assignment_id)
+
+
+def get_assignment(db: sqlite_utils.Database, assignment_id: int) -> Assignment | None:
+    if not db.execute("SELECT 1 FROM assignments WHERE id = ?", [assignment_id]).fetchone():
+        return None
+    return _load_assignment(db, assignment_id)
+
+
+def _load_assignment(db: sqlite_utils.Database, assignment_id: int) -> Assignment:
+    a = db.execute(
+        "SELECT a.item_id, i.prompt_id, a.candidate_ids, a.shown_at, i.is_gold "
+        "FROM assignments a JOIN items i ON i.id = a.item_id WHERE a.id = ?", [assignment_id],
+    ).fetchone()
+    item_id, prompt_id, ids_json, shown_at, is_gold = a
+    candidate_ids = json.loads(ids_json)
+    texts = dict(db.execute(
+        f"SELECT id, text FROM candidates WHERE id IN ({','.join('?' * len(candidate_ids))})",
+        candidate_ids,
+    ).fetchall())
+    return Assignment(
+        id=assignment_id, item_id=item_id, prompt_id=prompt_id,
+        messages=store.prompt_messages(db, prompt_id), candidate_ids=candidate_ids,
+        texts=[texts[c] for c in candidate_ids], shown_at=shown_at, is_gold=bool(is_gold),
+    )
+
+
+@dataclass(frozen=True)
+class Stored:
+    ranking_id: int
+    pairs: int
+    created: bool
+    """False when this assignment had already been submitted (a double click): nothing new."""
+
+
+def submit_assignment(
+    db: sqlite_utils.Database, assignment_id: int, user_id: int, submission: Submission,
+    *, now: float | None = None,
+) -> Stored:
+    """Appends the vote and its pairs in one transaction. Idempotent per assignment."""
+    now = time.time() if now is None else now
+    key = f"assignment:{assignment_id}"
+    with store.transaction(db):
+        row = db.execute(
+            "SELECT a.user_id, a.item_id, a.candidate_ids, a.shown_at, i.prompt_id "
+            "FROM assignments a JOIN items i ON i.id = a.item_id WHERE a.id = ?",
+            [assignment_id],
+        ).fetchone()
+        if row is None or row[0] != user_id:
+            raise LabelingError("this task is not assigned to you; reload the page")
+        _, item_id, ids_json, shown_at, prompt_id = row
+        done = db.execute("SELECT id FROM rankings WHERE submission_key = ?", [key]).fetchone()
+        if done:
+            pairs = db.execute("SELECT COUNT(*) FROM comparisons WHERE ranking_id = ?",
+                               [done[0]]).fetchone()[0]
+            return Stored(done[0], pairs, created=False)
+        if list(submission.candidate_ids) != json.loads(ids_json):
+            raise LabelingError("the candidates changed since this task was shown; reload")
+
+        demonstration_id = None
+        if submission.demonstration:
+            demonstration_id = _add_demonstration(db, prompt_id, user_id,
+                                                  submission.demonstration, now)
+        ranking_id = db.execute(
+            "INSERT INTO rankings (submission_key, user_id, prompt_id, item_id, assignment_id, "
+            "candidate_ids, ranks, has_tie, all_bad, skipped, rationale, demonstration_id, "
+            "shown_at, submitted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [key, user_id, prompt_id, item_id, assignment_id,
+             json.dumps(list(submission.candidate_ids)),
+             None if submission.ranks is None else json.dumps(list(submission.ranks)),
+             int(submission.has_tie), int(submission.all_bad), int(submission.skipped),
+             submission.rationale or None, demonstration_id, shown_at, now],
+        ).lastrowid
+        pairs = [] if submission.skipped else ranking_to_pairs(
+            submission.candidate_ids, submission.ranks, demonstration_id)
+        db.conn.executemany(
+            "INSERT INTO comparisons (ranking_id, prompt_id, chosen_id, rejected_id, tie) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [(ranking_id, prompt_id, p.chosen, p.rejected, int(p.tie)) for p in pairs],
+        )
+        db.execute("UPDATE assignments SET submitted_at = ?, skipped = ? WHERE id = ?",
+                   [now, int(submission.skipped), assignment_id])
+    return Stored(ranking_id, len(pairs), created=True)
+
+
+def _add_demonstration(db, prompt_id: int, user_id: int, text: str, now: float) -> int:
+    run_id = store.get_or_create_run(db, _HUMAN_RUN)
+    idx = db.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM candidates WHERE prompt_id = ? "
+                     "AND run_id = ?", [prompt_id, run_id]).fetchone()[0]
+    return db.execute(
+        "INSERT INTO candidates (prompt_id, run_id, idx, text, token_count, finish_reason, "
+        "created_at, author_id) VALUES (?, ?, ?, ?, NULL, 'human', ?, ?)",
+        [prompt_id, run_id, idx, text, now, user_id],
+    ).lastrowid
+
+
+# Demonstrations live in one run of their own, so they never form an item to be ranked.
+_HUMAN_RUN = store.RunSettings(model="human", backend=HUMAN_BACKEND, k=1, temperature=0.0,
+                               top_p=1.0, max_new_tokens=0, seed=0)
+
+
+# --- progress and status ------------------------------------------------------------------------
+
+def progress(db: sqlite_utils.Database, user_id: int, policy: QueuePolicy,
+             now: float | None = None) -> tuple[int, int]:
+    """(items this user has submitted, non-gold items still open to them)."""
+    now = time.time() if now is None else now
+    done = db.execute("SELECT COUNT(*) FROM assignments WHERE user_id = ? AND submitted_at "
+                      "IS NOT NULL", [user_id]).fetchone()[0]
+    left = db.execute(_COUNT_AVAILABLE, [0, user_id, user_id, now, policy.overlap]).fetchone()[0]
+    return done, left
+
+
+def rankings_for_agreement(db: sqlite_utils.Database) -> list[dict]:
+    """Non-skipped ranked submissions: item, annotator, candidate ids and ranks."""
+    rows = db.query(
+        "SELECT r.item_id, u.name AS annotator, r.candidate_ids, r.ranks, i.is_gold, "
+        "i.gold_ranks, r.submitted_at FROM rankings r JOIN users u ON u.id = r.user_id "
+        "JOIN items i ON i.id = r.item_id WHERE r.skipped = 0 AND r.ranks IS NOT NULL "
+        "ORDER BY r.id")
+    out = []
+    for row in rows:
+        gold = json.loads(row["gold_ranks"]) if row["gold_ranks"] else None
+        out.append({
+            **row, "candidate_ids": json.loads(row["candidate_ids"]),
+            "ranks": json.loads(row["ranks"]), "gold_ranks": gold,
+            "gold_order": [c["id"] for c in item_candidates(db, row["item_id"])] if gold else None,
+        })
+    return out
+
+
+def per_annotator_counts(db: sqlite_utils.Database) -> list[dict]:
+    return list(db.query(
+        "SELECT u.name AS annotator, u.role, "
+        "SUM(r.skipped = 0) AS ranked, SUM(r.skipped) AS skipped, "
+        "SUM(r.all_bad) AS all_bad, SUM(r.demonstration_id IS NOT NULL) AS demonstrations "
+        "FROM users u LEFT JOIN rankings r ON r.user_id = u.id GROUP BY u.id ORDER BY u.id"))
+
+
+def submission_times(db: sqlite_utils.Database) -> list[float]:
+    return [r[0] for r in db.execute("SELECT submitted_at FROM rankings ORDER BY submitted_at")]

@@ -1,0 +1,166 @@
+"""The labeling queue on a real SQLite file, with an explicit clock."""
+
+import random
+
+import pytest
+
+from data import labeling, store
+from data.labeling import LabelingError, QueuePolicy
+from data.rankings import validate_submission
+
+
+@pytest.fixture
+def db(tmp_path):
+    return store.open_store(tmp_path / "r.db")
+
+
+def _generated_items(db, n_prompts=3, k=3):
+    run_id = store.get_or_create_run(db, store.RunSettings("m", "vllm", k, 0.8, 0.9, 8, 0))
+    for p in range(n_prompts):
+        [prompt_id] = store.upsert_prompts(db, [([{"role": "user", "content": f"q{p}"}], "t",
+                                                 str(p))])
+        store.add_candidates(db, prompt_id, run_id,
+                             [store.CandidateIn(f"answer {p}.{j}", 2, "stop") for j in range(k)])
+    return labeling.sync_items(db)
+
+
+def _users(db, *names):
+    return [labeling.add_user(db, name, "annotator", "x").id for name in names]
+
+
+def _rank_in_order(assignment):
+    return validate_submission(assignment.candidate_ids, list(range(1, len(assignment.texts) + 1)))
+
+
+def test_items_appear_once_all_k_candidates_exist(db):
+    run_id = store.get_or_create_run(db, store.RunSettings("m", "vllm", 2, 0.8, 0.9, 8, 0))
+    [p] = store.upsert_prompts(db, [([{"role": "user", "content": "q"}], "t", None)])
+    assert labeling.sync_items(db) == 0
+    store.add_candidates(db, p, run_id, [store.CandidateIn("a", 1, "stop"),
+                                         store.CandidateIn("b", 1, "stop")])
+    assert labeling.sync_items(db) == 1
+    assert labeling.sync_items(db) == 0
+
+
+def test_overlap_one_hands_each_item_to_one_annotator(db):
+    _generated_items(db, n_prompts=2)
+    ann, bob, cat = _users(db, "ann", "bob", "cat")
+    policy = QueuePolicy(overlap=1)
+    a = labeling.next_assignment(db, ann, policy, now=0)
+    b = labeling.next_assignment(db, bob, policy, now=0)
+    assert a.item_id != b.item_id
+    assert labeling.next_assignment(db, cat, policy, now=0) is None  # both in progress
+    # A refresh resumes the same assignment, same shown order.
+    assert labeling.next_assignment(db, ann, policy, now=10) == a
+
+
+def test_shown_order_is_shuffled_and_stored(db):
+    _generated_items(db, n_prompts=1, k=6)
+    [ann] = _users(db, "ann")
+    a = labeling.next_assignment(db, ann, QueuePolicy(), now=0, rng=random.Random(3))
+    by_idx = [c["id"] for c in labeling.item_candidates(db, a.item_id)]
+    assert sorted(a.candidate_ids) == sorted(by_idx) and a.candidate_ids != by_idx
+    assert [a.texts[a.candidate_ids.index(c)] for c in by_idx] == [
+        f"answer 0.{j}" for j in range(6)]
+
+
+def test_overlap_two_never_repeats_an_item_for_one_annotator(db):
+    _generated_items(db, n_prompts=2)
+    ann, bob, cat = _users(db, "ann", "bob", "cat")
+    policy = QueuePolicy(overlap=2)
+    seen = {ann: [], bob: [], cat: []}
+    for _ in range(3):
+        for user in (ann, bob, cat):
+            a = labeling.next_assignment(db, user, policy, now=0)
+            if a:
+                seen[user].append(a.item_id)
+                labeling.submit_assignment(db, a.id, user, _rank_in_order(a), now=1)
+    assert all(len(items) == len(set(items)) for items in seen.values())
+    per_item = [sum(item in items for items in seen.values()) for item in (1, 2)]
+    assert per_item == [2, 2]
+    assert labeling.progress(db, cat, policy, now=2)[1] == 0
+
+
+def test_abandoned_items_return_after_the_timeout(db):
+    _generated_items(db, n_prompts=1)
+    ann, bob = _users(db, "ann", "bob")
+    policy = QueuePolicy(overlap=1, timeout_s=60)
+    first = labeling.next_assignment(db, ann, policy, now=0)
+    assert labeling.next_assignment(db, bob, policy, now=59) is None
+    taken = labeling.next_assignment(db, bob, policy, now=61)
+    assert taken.item_id == first.item_id
+    # ann's stale assignment is not resumed while bob holds the item.
+    assert labeling.next_assignment(db, ann, policy, now=62) is None
+
+
+def test_skips_do_not_count_towards_overlap(db):
+    _generated_items(db, n_prompts=1)
+    ann, bob = _users(db, "ann", "bob")
+    policy = QueuePolicy(overlap=1)
+    a = labeling.next_assignment(db, ann, policy, now=0)
+    labeling.submit_assignment(db, a.id, ann, validate_submission(a.candidate_ids, None,
+                                                                  skipped=True), now=1)
+    assert labeling.next_assignment(db, ann, policy, now=2) is None  # never twice to ann
+    assert labeling.next_assignment(db, bob, policy, now=2).item_id == a.item_id
+
+
+def test_submission_stores_vote_and_pairs_once(db):
+    _generated_items(db, n_prompts=1, k=4)
+    [ann] = _users(db, "ann")
+    a = labeling.next_assignment(db, ann, QueuePolicy(), now=5)
+    sub = validate_submission(a.candidate_ids, [2, 1, 1, 4], rationale="B and C equally good",
+                              demonstration="My own, better answer.")
+    first = labeling.submit_assignment(db, a.id, ann, sub, now=9)
+    again = labeling.submit_assignment(db, a.id, ann, sub, now=9.1)  # double click
+    assert (first.created, again.created, again.ranking_id) == (True, False, first.ranking_id)
+    assert first.pairs == 6 + 4
+    assert db["rankings"].count == 1 and db["comparisons"].count == 10
+    ranking = db["rankings"].get(first.ranking_id)
+    assert (ranking["has_tie"], ranking["shown_at"], ranking["submitted_at"]) == (1, 5, 9)
+    demo = db["candidates"].get(ranking["demonstration_id"])
+    assert (demo["text"], demo["author_id"], demo["finish_reason"]) == (
+        "My own, better answer.", ann, "human")
+    ties = db.execute("SELECT chosen_id, rejected_id FROM comparisons WHERE tie = 1").fetchall()
+    assert ties == [(a.candidate_ids[1], a.candidate_ids[2])]
+    assert labeling.sync_items(db) == 0  # a demonstration is not an item to rank
+
+
+def test_submissions_are_checked_against_the_assignment(db):
+    _generated_items(db, n_prompts=1)
+    ann, bob = _users(db, "ann", "bob")
+    a = labeling.next_assignment(db, ann, QueuePolicy(), now=0)
+    with pytest.raises(LabelingError, match="not assigned to you"):
+        labeling.submit_assignment(db, a.id, bob, _rank_in_order(a))
+    reordered = validate_submission(list(reversed(a.candidate_ids)), [1, 2, 3])
+    with pytest.raises(LabelingError, match="candidates changed"):
+        labeling.submit_assignment(db, a.id, ann, reordered)
+    assert db["rankings"].count == 0
+
+
+def test_gold_items_are_mixed_in_and_shown_beyond_the_overlap(db):
+    _generated_items(db, n_prompts=2)
+    gold_id = labeling.add_gold_item(db, [{"role": "user", "content": "2+2?"}],
+                                     ["4", "5", "22"], [1, 2, 3])
+    ann, bob = _users(db, "ann", "bob")
+    always_gold = QueuePolicy(overlap=1, gold_rate=1.0)
+    for user in (ann, bob):
+        a = labeling.next_assignment(db, user, always_gold, now=0)
+        assert (a.item_id, a.is_gold) == (gold_id, True)
+        labeling.submit_assignment(db, a.id, user, _rank_in_order(a), now=1)
+    # Gold used up for ann: the next one is a regular item.
+    assert not labeling.next_assignment(db, ann, always_gold, now=2).is_gold
+    rows = [r for r in labeling.rankings_for_agreement(db) if r["gold_ranks"]]
+    assert [r["annotator"] for r in rows] == ["ann", "bob"]
+    with pytest.raises(LabelingError, match="already has a gold item"):
+        labeling.add_gold_item(db, [{"role": "user", "content": "2+2?"}], ["4", "5"], [1, 2])
+
+
+def test_users_are_unique_and_roles_checked(db):
+    labeling.add_user(db, "ann", "admin", "h")
+    with pytest.raises(LabelingError, match="already exists"):
+        labeling.add_user(db, "ann", "annotator", "h")
+    with pytest.raises(LabelingError, match="role must be"):
+        labeling.add_user(db, "bob", "owner", "h")
+    with pytest.raises(LabelingError, match="without spaces"):
+        labeling.add_user(db, "bob smith", "annotator", "h")
+    assert labeling.get_user(db, "ann").is_admin
