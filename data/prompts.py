@@ -190,7 +190,7 @@ def _read_hub_dataset(name: str, split: str) -> list[dict]:
 
 # --- rows -> prompts --------------------------------------------------------------------------
 
-def _as_messages(value, where: str) -> list[dict] | None:
+def as_messages(value, where: str) -> list[dict] | None:
     """A row's prompt value as chat messages; None when it is empty."""
     if value is None:
         return None
@@ -239,7 +239,7 @@ def _to_prompts(
     for number, row in enumerate(rows):
         if limit is not None and len(load.prompts) >= limit:
             break
-        messages = _as_messages(row.get(column), f"{label} row {number + 1}")
+        messages = as_messages(row.get(column), f"{label} row {number + 1}")
         if messages is None:
             load.dropped_empty += 1
             continue

@@ -302,12 +302,15 @@ def check_writable(path: str | os.PathLike) -> None:
         raise StoreError(f"cannot create database {target}: directory {parent} is not writable")
 
 
-def open_store(path: str | os.PathLike | None = None, *, migrate_to: int = SCHEMA_VERSION):
-    """Opens (creating if needed) the database at ``path`` and brings its schema up to date."""
+def connect(path: str | os.PathLike | None = None) -> sqlite_utils.Database:
+    """A connection with RankLoop's settings, without touching the schema (see open_store)."""
     path = str(path or default_db_path())
     check_writable(path)
     try:
-        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        # check_same_thread off: a server may hand one thread's connection to another, never
+        # two at once.
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                               check_same_thread=False)
         db = sqlite_utils.Database(conn)
         db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         if path != ":memory:":
@@ -316,9 +319,18 @@ def open_store(path: str | os.PathLike | None = None, *, migrate_to: int = SCHEM
         # WAL makes NORMAL durable against process death (a crash of the OS may lose the last
         # transactions, never corrupt the file).
         db.execute("PRAGMA synchronous = NORMAL")
-        migrate(db, migrate_to)
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"cannot open database {path}: {exc}") from exc
+    return db
+
+
+def open_store(path: str | os.PathLike | None = None, *, migrate_to: int = SCHEMA_VERSION):
+    """Opens (creating if needed) the database at ``path`` and brings its schema up to date."""
+    db = connect(path)
+    try:
+        migrate(db, migrate_to)
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"cannot migrate database {path}: {exc}") from exc
     return db
 
 

@@ -1,0 +1,136 @@
+"""Background jobs: `rankloop` CLI subprocesses started from the app, tracked in SQLite.
+
+The app process never loads a model: generation and training run as separate processes whose
+output goes to a log file next to the database; a watcher thread records how each one ended.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from data import store
+
+RUNNING, SUCCEEDED, FAILED, LOST = "running", "succeeded", "failed", "lost"
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    kind: str
+    argv: list[str]
+    status: str
+    returncode: int | None
+    started_by: str
+    started_at: float
+    finished_at: float | None
+    log_path: str
+
+
+def jobs_dir(db_path: str) -> Path:
+    path = Path(db_path).resolve()
+    return path.parent / f"{path.name}.jobs"
+
+
+class JobRunner:
+    """Starts CLI jobs for one database and watches them until they end."""
+
+    def __init__(self, db_path: str):
+        self.db_path = db_path
+
+    def start(self, kind: str, args: list[str], started_by: str) -> Job:
+        """Runs ``rankloop <args> --db <db>`` in the background."""
+        argv = [*args, "--db", self.db_path]
+        db = store.connect(self.db_path)
+        try:
+            with store.transaction(db):
+                job_id = db.execute(
+                    "INSERT INTO jobs (kind, argv, status, started_by, started_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [kind, json.dumps(argv), RUNNING, started_by, time.time()],
+                ).lastrowid
+            log_path = jobs_dir(self.db_path) / f"job-{job_id}-{kind}.log"
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "wb") as log:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "launch.cli", *argv], stdout=log,
+                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                    start_new_session=True,  # a Ctrl-C on the app does not kill the job midway
+                )
+            with store.transaction(db):
+                db.execute("UPDATE jobs SET pid = ?, log_path = ? WHERE id = ?",
+                           [process.pid, str(log_path), job_id])
+        finally:
+            db.close()
+        threading.Thread(target=self._watch, args=(job_id, process), daemon=True,
+                         name=f"job-{job_id}").start()
+        return self.get(job_id)
+
+    def _watch(self, job_id: int, process: subprocess.Popen) -> None:
+        returncode = process.wait()
+        db = store.connect(self.db_path)
+        try:
+            with store.transaction(db):
+                db.execute(
+                    "UPDATE jobs SET status = ?, returncode = ?, finished_at = ? WHERE id = ?",
+                    [SUCCEEDED if returncode == 0 else FAILED, returncode, time.time(), job_id])
+        finally:
+            db.close()
+
+    def get(self, job_id: int) -> Job | None:
+        jobs = [j for j in self.list() if j.id == job_id]
+        return jobs[0] if jobs else None
+
+    def list(self, limit: int = 50) -> list[Job]:
+        db = store.connect(self.db_path)
+        try:
+            rows = list(db.query("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", [limit]))
+        finally:
+            db.close()
+        return [self._from_row(r) for r in rows]
+
+    def running(self, kind: str | None = None) -> list[Job]:
+        return [j for j in self.list() if j.status == RUNNING and kind in (None, j.kind)]
+
+    @staticmethod
+    def _from_row(row: dict) -> Job:
+        status = row["status"]
+        # A job whose app was restarted has no watcher: trust the process table instead.
+        if status == RUNNING and row["pid"] and not _alive(row["pid"]):
+            status = LOST
+        return Job(row["id"], row["kind"], json.loads(row["argv"]), status, row["returncode"],
+                   row["started_by"] or "", row["started_at"], row["finished_at"],
+                   row["log_path"] or "")
+
+    @staticmethod
+    def log_tail(job: Job, max_bytes: int = 6000) -> str:
+        if not job.log_path or not os.path.exists(job.log_path):
+            return ""
+        with open(job.log_path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - max_bytes))
+            text = f.read().decode("utf-8", errors="replace")
+        # Progress bars redraw with \r: show only each line's latest state.
+        return "\n".join(line.rsplit("\r", 1)[-1] for line in text.splitlines())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A finished child of this process stays a zombie until reaped; it is not running.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return True

@@ -1,0 +1,142 @@
+"""`rankloop app`, `rankloop users` and `rankloop gold`: the labeling side."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+
+from data import labeling, store
+from launch.common import UserError, add_db, db_path, positive_int
+
+
+def register(commands) -> None:
+    app = commands.add_parser(
+        "app", help="serve the labeling app in the browser",
+        description="Serve the labeling app. On an empty database it starts generating "
+                    "candidates for the bundled prompts in the background; with no users it "
+                    "creates an admin and prints the password once.")
+    add_db(app)
+    app.add_argument("--host", default="127.0.0.1",
+                     help="address to listen on (default: 127.0.0.1; 0.0.0.0 for a team)")
+    app.add_argument("--port", type=positive_int, default=7860, help="default: 7860")
+    app.add_argument("--overlap", type=positive_int, default=1,
+                     help="distinct annotators per item (default: 1)")
+    app.add_argument("--timeout-minutes", type=float, default=30.0,
+                     help="an unsubmitted item returns to the queue after this (default: 30)")
+    app.add_argument("--gold-rate", type=float, default=0.0,
+                     help="fraction of tasks drawn from gold items, when any are left "
+                          "(default: 0)")
+    app.add_argument("--no-autogenerate", action="store_true",
+                     help="do not start generating candidates when the database has none")
+    app.set_defaults(handler=_app)
+
+    users = commands.add_parser("users", help="create and list annotators and admins",
+                                description="Create and list the app's users.")
+    users_sub = users.add_subparsers(dest="users_command", required=True, metavar="WHAT")
+    add = users_sub.add_parser(
+        "add", help="create a user", description="Create a user. The password is read from a "
+        "prompt, or from the first line of standard input when it is not a terminal.")
+    add_db(add)
+    add.add_argument("name")
+    add.add_argument("--role", choices=labeling.ROLES, default="annotator")
+    add.set_defaults(handler=_users_add)
+    listing = users_sub.add_parser("list", help="list users", description="List users.")
+    add_db(listing)
+    listing.set_defaults(handler=_users_list)
+
+    gold = commands.add_parser("gold", help="add gold items with known rankings",
+                               description="Manage gold items used to check annotators.")
+    gold_sub = gold.add_subparsers(dest="gold_command", required=True, metavar="WHAT")
+    imp = gold_sub.add_parser(
+        "import", help="import gold items from a .jsonl file",
+        description='Import gold items: one JSON object per line with "prompt" (a string or '
+                    'chat messages), "candidates" (list of strings) and "ranks" (1 = best).')
+    add_db(imp)
+    imp.add_argument("file")
+    imp.set_defaults(handler=_gold_import)
+
+
+def _app(args: argparse.Namespace) -> int:
+    from labeler.app import serve
+    from labeler.auth import generate_password, hash_password
+    from labeler.handlers import LabelerService
+
+    policy = labeling.QueuePolicy(overlap=args.overlap, timeout_s=args.timeout_minutes * 60,
+                                  gold_rate=args.gold_rate)
+    svc = LabelerService(db_path(args), policy=policy, autogenerate=not args.no_autogenerate)
+    db = svc.db()
+    if labeling.user_count(db) == 0:
+        password = generate_password()
+        labeling.add_user(db, "admin", "admin", hash_password(password))
+        print("No users yet: created user 'admin' with password "
+              f"{password}\n(shown once; add annotators with `rankloop users add NAME`)",
+              flush=True)
+    if svc.ensure_candidates():
+        print("Generating candidates in the background; items appear in the app as they "
+              "arrive.", flush=True)
+    print(f"RankLoop app on http://{args.host}:{args.port}  (database {svc.db_path})", flush=True)
+    serve(svc, host=args.host, port=args.port)
+    return 0
+
+
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        first = getpass.getpass("password: ")
+        if first != getpass.getpass("again: "):
+            raise UserError("the passwords differ")
+        return first
+    return sys.stdin.readline().rstrip("\n")
+
+
+def _users_add(args: argparse.Namespace) -> int:
+    from labeler.auth import hash_password
+
+    password = _read_password()
+    db = store.open_store(db_path(args))
+    try:
+        user = labeling.add_user(db, args.name, args.role, hash_password(password))
+    except labeling.LabelingError as exc:
+        raise UserError(str(exc)) from None
+    print(f"created {user.role} {user.name!r}")
+    return 0
+
+
+def _users_list(args: argparse.Namespace) -> int:
+    db = store.open_store(db_path(args))
+    for user in labeling.list_users(db):
+        print(f"{user.name}\t{user.role}")
+    return 0
+
+
+def _gold_import(args: argparse.Namespace) -> int:
+    from data.prompts import PromptSourceError, as_messages
+
+    try:
+        with open(args.file, encoding="utf-8") as f:
+            lines = [(n, line) for n, line in enumerate(f, start=1) if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {args.file}: {exc}") from None
+    items = []
+    for number, line in lines:
+        where = f"{args.file} line {number}"
+        try:
+            row = json.loads(line)
+            messages = as_messages(row.get("prompt"), where)
+            candidates, ranks = row["candidates"], row["ranks"]
+        except (json.JSONDecodeError, KeyError, AttributeError, PromptSourceError) as exc:
+            raise UserError(f"{where}: expected prompt, candidates and ranks ({exc})") from None
+        if messages is None:
+            raise UserError(f"{where}: empty prompt")
+        items.append((messages, candidates, ranks))
+    db = store.open_store(db_path(args))
+    # All lines or none: a bad line in the middle leaves the store as it was.
+    try:
+        with store.transaction(db):
+            for messages, candidates, ranks in items:
+                labeling.add_gold_item(db, messages, candidates, ranks, source=args.file)
+    except labeling.LabelingError as exc:
+        raise UserError(str(exc)) from None
+    print(f"imported {len(items)} gold items")
+    return 0
