@@ -74,6 +74,10 @@ class LabelerService:
         db = self.db()
         if not self.autogenerate or db.execute("SELECT 1 FROM candidates LIMIT 1").fetchone():
             return False
+        # Only ever once by itself: a first job that failed is for an admin to look at (its log
+        # is in the Admin tab), not to be restarted on every page poll.
+        if db.execute("SELECT 1 FROM jobs WHERE kind = ? LIMIT 1", [GENERATE_KIND]).fetchone():
+            return False
         self.jobs.start(GENERATE_KIND, self.first_run_args, started_by="rankloop")
         return True
 

@@ -1,0 +1,104 @@
+"""The served app driven through its HTTP API with gradio_client, logged in."""
+
+import json
+
+import pytest
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+
+from data import store
+from tests.labeling_fixtures import PASSWORD
+
+NO_RANK = [None] * 8
+
+
+def _client(served_app, user="ann", password=PASSWORD):
+    return Client(served_app["url"], auth=(user, password), verbose=False)
+
+
+def _submit(client, assignment_id, ranks, all_bad=False, rationale="", demonstration=""):
+    # The submit endpoint's inputs: assignment id, the 8 rank slots, all-bad, rationale, answer.
+    slots = list(ranks) + NO_RANK[len(ranks):]
+    return client.predict(assignment_id, *slots, all_bad, rationale, demonstration,
+                          api_name="/submit")
+
+
+def test_a_full_session_stores_rankings_and_pairs(served_app):
+    client = _client(served_app)
+    task = client.predict(api_name="/load_task")
+    assignment_id, progress, prompt = task[:3]
+    assert assignment_id and "**0** done by you · **6** left" in progress
+    assert prompt.startswith("Question")
+
+    refused = _submit(client, assignment_id, ["1", None, "2"])
+    assert refused[0] == "Not saved: rank every candidate: B has no rank."
+    db = store.open_store(served_app["db"])
+    assert db["rankings"].count == 0
+
+    saved = _submit(client, assignment_id, ["2", "1", "2"], rationale="B is right")
+    assert saved[0] == "Saved (3 comparisons)."
+    next_id = saved[1]
+    assert next_id and next_id != assignment_id
+    again = _submit(client, assignment_id, ["2", "1", "2"])  # a double click
+    assert again[0] == "Already saved."
+
+    [ranking] = db["rankings"].rows
+    assert (ranking["ranks"], ranking["has_tie"], ranking["rationale"]) == ("[2, 1, 2]", 1,
+                                                                            "B is right")
+    pairs = list(db.query("SELECT chosen_id, rejected_id, tie FROM comparisons"))
+    ids = json.loads(ranking["candidate_ids"])  # shown order
+    assert pairs == [
+        {"chosen_id": ids[1], "rejected_id": ids[0], "tie": 0},
+        {"chosen_id": ids[0], "rejected_id": ids[2], "tie": 1},
+        {"chosen_id": ids[1], "rejected_id": ids[2], "tie": 0},
+    ]
+
+
+def test_all_bad_with_a_demonstration_and_skip(served_app):
+    client = _client(served_app)
+    first = client.predict(api_name="/load_task")[0]
+    saved = _submit(client, first, [], all_bad=True, demonstration="The answer is 4.")
+    assert saved[0] == "Saved (3 comparisons)."
+    skipped = client.predict(saved[1], api_name="/skip")
+    assert skipped[0] == "Skipped."
+    db = store.open_store(served_app["db"])
+    rows = list(db.query("SELECT all_bad, skipped, demonstration_id FROM rankings ORDER BY id"))
+    assert [(r["all_bad"], r["skipped"], r["demonstration_id"] is not None) for r in rows] == [
+        (1, 0, True), (0, 1, False)]
+
+
+def test_a_new_session_resumes_the_open_task(served_app):
+    first = _client(served_app).predict(api_name="/load_task")[0]
+    assert _client(served_app).predict(api_name="/load_task")[0] == first
+    other = _client(served_app, "bob").predict(api_name="/load_task")[0]
+    assert other != first
+
+
+def test_wrong_password_is_refused(served_app):
+    with pytest.raises(ValueError):
+        _client(served_app, password="not-the-password")
+
+
+def test_annotators_cannot_call_admin_functions(served_app):
+    client = _client(served_app)
+    admin_fns = [i for i, dep in enumerate(client.config["dependencies"])
+                 if dep.get("api_visibility", dep.get("show_api")) == "undocumented"]
+    assert len(admin_fns) == 3  # status refresh, start job, job watcher
+    for fn_index in admin_fns:
+        with pytest.raises(AppError, match="admins only"):
+            client.predict(*_default_inputs(client, fn_index), fn_index=fn_index)
+    assert store.open_store(served_app["db"])["jobs"].count == 0
+    # An admin may.
+    root = _client(served_app, "root")
+    summary = root.predict(fn_index=admin_fns[0])[0]
+    assert "**6** items" in summary
+
+
+def _default_inputs(client, fn_index):
+    dep = client.config["dependencies"][fn_index]
+    by_id = {c["id"]: c for c in client.config["components"]}
+    values = []
+    for component_id in dep["inputs"]:
+        kind = by_id[component_id]["type"]
+        values.append({"number": 4, "textbox": "bundled", "dropdown": "auto"}.get(kind))
+    return values
