@@ -166,6 +166,25 @@ def _m2_labeling(db: sqlite_utils.Database) -> None:
             )
 
 
+def _m3_model_scores(db: sqlite_utils.Database) -> None:
+    # A reward model's score for a candidate, next to the human rankings of the same candidates.
+    db["model_scores"].create(
+        {
+            "id": int,
+            "candidate_id": int,
+            "scorer": str,  # "bt:/abs/model/dir" or "armorm:/abs/model/dir"
+            "score": float,
+            "objectives": str,  # JSON {name: value} for multi-objective scorers, else NULL
+            "created_at": float,
+        },
+        pk="id",
+        foreign_keys=[("candidate_id", "candidates", "id")],
+        not_null={"candidate_id", "scorer", "score", "created_at"},
+    )
+    db["model_scores"].create_index(["candidate_id", "scorer"], unique=True)
+    db["model_scores"].create_index(["scorer"])
+
+
 def _m4_labeling_queue(db: sqlite_utils.Database) -> None:
     # Demonstrations are candidates written by an annotator (in a run whose backend is "human").
     _add_reference_column(db, "candidates", "author_id", "users")
@@ -234,6 +253,7 @@ class Migration:
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "prompts, generation runs, candidates", _m1_generation),
     Migration(2, "users, rankings, comparisons; duplicate flag on candidates", _m2_labeling),
+    Migration(3, "model scores", _m3_model_scores),
     Migration(4, "labeling queue: items, assignments, jobs; demonstration authors",
               _m4_labeling_queue),
 )
@@ -493,3 +513,85 @@ def counts(db: sqlite_utils.Database) -> dict[str, int]:
     """Row counts of the main tables, for status lines."""
     tables = ("prompts", "generation_runs", "candidates", "users", "rankings", "comparisons")
     return {t: db[t].count for t in tables if db[t].exists()}
+
+
+# --- model scores -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelScore:
+    candidate_id: int
+    scorer: str
+    """Which model gave the score: ``bt:<abs dir>`` or ``armorm:<abs dir>``."""
+    score: float
+    objectives: dict[str, float] | None = None
+    """Per-objective rewards for multi-objective scorers (ArmoRM), else None."""
+
+
+@dataclass(frozen=True)
+class CandidateToScore:
+    candidate_id: int
+    prompt_id: int
+    messages: list[dict]
+    """The prompt conversation; the candidate's text is the assistant reply to it."""
+    text: str
+
+
+def put_model_scores(db: sqlite_utils.Database, scores: Iterable[ModelScore]) -> int:
+    """Stores scores in one transaction, replacing an earlier score by the same scorer for the
+    same candidate. Returns how many were written."""
+    now = time.time()
+    written = 0
+    with transaction(db):
+        for s in scores:
+            db.execute(
+                "INSERT INTO model_scores (candidate_id, scorer, score, objectives, created_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (candidate_id, scorer) DO UPDATE SET "
+                "score = excluded.score, objectives = excluded.objectives, "
+                "created_at = excluded.created_at",
+                [s.candidate_id, s.scorer, float(s.score),
+                 None if s.objectives is None else canonical_json(s.objectives), now],
+            )
+            written += 1
+    return written
+
+
+def model_scores(
+    db: sqlite_utils.Database, scorer: str, candidate_ids: Iterable[int] | None = None
+) -> dict[int, ModelScore]:
+    """Scores by ``scorer``, keyed by candidate id (all of them, or those in candidate_ids)."""
+    rows = db.execute(
+        "SELECT candidate_id, scorer, score, objectives FROM model_scores WHERE scorer = ?",
+        [scorer],
+    )
+    wanted = None if candidate_ids is None else set(candidate_ids)
+    return {
+        r[0]: ModelScore(r[0], r[1], r[2], None if r[3] is None else json.loads(r[3]))
+        for r in rows if wanted is None or r[0] in wanted
+    }
+
+
+def model_scorers(db: sqlite_utils.Database) -> dict[str, int]:
+    """Each scorer that has written scores, with how many candidates it scored."""
+    rows = db.execute("SELECT scorer, COUNT(*) FROM model_scores GROUP BY scorer ORDER BY scorer")
+    return {r[0]: r[1] for r in rows}
+
+
+def candidates_to_score(
+    db: sqlite_utils.Database, scorer: str, *, run_id: int | None = None, rescore: bool = False
+) -> list[CandidateToScore]:
+    """Candidates (of one run, or all) with their prompts, leaving out those ``scorer`` has
+    already scored unless ``rescore``."""
+    sql = ("SELECT c.id, c.prompt_id, p.messages, c.text FROM candidates c "
+           "JOIN prompts p ON p.id = c.prompt_id")
+    where, params = [], []
+    if run_id is not None:
+        where.append("c.run_id = ?")
+        params.append(run_id)
+    if not rescore:
+        where.append("NOT EXISTS (SELECT 1 FROM model_scores s "
+                     "WHERE s.candidate_id = c.id AND s.scorer = ?)")
+        params.append(scorer)
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    rows = db.execute(sql + " ORDER BY c.id", params)
+    return [CandidateToScore(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
