@@ -1,0 +1,115 @@
+"""A real browser (headless Debian Chromium through Playwright) against the served app."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from data import store
+from tests.labeling_fixtures import PASSWORD
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian chromium is not installed (bash launch/install.sh --test installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield browser
+        browser.close()
+
+
+def _login(browser, url, user):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    dialogs = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.goto(url)
+    page.locator("input").nth(0).fill(user)
+    page.locator("input").nth(1).fill(PASSWORD)
+    page.get_by_role("button", name="Login").click()
+    page.wait_for_selector("#rl-prompt")
+    page.wait_for_function("document.querySelector('#rl-progress')?.innerText.includes('done')")
+    return page, dialogs
+
+
+def _shown_ids(db_path, user):
+    db = store.open_store(db_path)
+    row = db.execute("SELECT a.candidate_ids FROM assignments a JOIN users u ON u.id = a.user_id "
+                     "WHERE u.name = ? AND a.submitted_at IS NULL", [user]).fetchone()
+    return json.loads(row[0])
+
+
+def _rankings(db_path):
+    return list(store.open_store(db_path).query("SELECT candidate_ids, ranks FROM rankings "
+                                                "ORDER BY id"))
+
+
+def _wait_message(page, text):
+    page.wait_for_function(
+        f"document.querySelector('#rl-message')?.innerText.includes({json.dumps(text)})")
+
+
+def test_rank_with_the_mouse_then_with_the_keyboard(browser, served_app):
+    page, dialogs = _login(browser, served_app["url"], "ann")
+    db_path = served_app["db"]
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "rank-tab.png"), full_page=True)
+
+    # Candidate HTML is shown as text and never runs.
+    assert page.evaluate("window.__rl_xss") is None and dialogs == []
+    texts = page.locator("#rl-cand-0, #rl-cand-1, #rl-cand-2").all_inner_texts()
+    assert any("<script>window.__rl_xss = 1</script>" in t for t in texts)
+
+    # Submitting with a missing rank is refused and nothing is stored.
+    first_ids = _shown_ids(db_path, "ann")
+    page.locator("#rl-rank-0").get_by_text("2", exact=True).click()
+    page.locator("#rl-submit").click()
+    _wait_message(page, "Not saved")
+    assert _rankings(db_path) == []
+
+    # Mouse: the rest of the ranking, then submit.
+    page.locator("#rl-rank-1").get_by_text("1", exact=True).click()
+    page.locator("#rl-rank-2").get_by_text("3", exact=True).click()
+    page.locator("#rl-submit").click()
+    _wait_message(page, "Saved (3 comparisons)")
+    assert _rankings(db_path) == [{"candidate_ids": json.dumps(first_ids), "ranks": "[2, 1, 3]"}]
+    page.wait_for_function("document.querySelector('#rl-progress').innerText.startsWith('1')")
+
+    # Keyboard: digits rank the highlighted candidate and move on; Enter submits.
+    second_ids = _shown_ids(db_path, "ann")
+    assert second_ids != first_ids
+    page.locator("body").click(position={"x": 5, "y": 5})
+    for key in ("3", "1", "1"):
+        page.keyboard.press(key)
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.querySelector('#rl-progress').innerText.startsWith('2')")
+    assert _rankings(db_path)[1] == {"candidate_ids": json.dumps(second_ids),
+                                     "ranks": "[3, 1, 1]"}
+
+    # S skips.
+    third_ids = _shown_ids(db_path, "ann")
+    page.keyboard.press("s")
+    _wait_message(page, "Skipped")
+    db = store.open_store(db_path)
+    assert db.execute("SELECT skipped, candidate_ids FROM rankings ORDER BY id DESC").fetchone() \
+        == (1, json.dumps(third_ids))
+    page.screenshot(path=str(ARTIFACTS / "after-keyboard.png"), full_page=True)
+    assert page.get_by_role("tab", name="Admin").count() == 0
+
+
+def test_only_admins_see_the_admin_tab(browser, served_app):
+    annotator, _ = _login(browser, served_app["url"], "bob")
+    assert annotator.get_by_role("tab", name="Admin").count() == 0
+    admin, _ = _login(browser, served_app["url"], "root")
+    admin.get_by_role("tab", name="Admin").click()
+    admin.wait_for_function("document.body.innerText.includes('pairwise comparisons')")
+    ARTIFACTS.mkdir(exist_ok=True)
+    admin.screenshot(path=str(ARTIFACTS / "admin-tab.png"), full_page=True)
