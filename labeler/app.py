@@ -210,13 +210,13 @@ def create_admin_tab(svc: LabelerService):
         backend = gr.Dropdown(["auto", "vllm", "transformers"], value="auto", label="Backend")
     with gr.Row():
         k = gr.Number(value=4, precision=0, minimum=1, maximum=MAX_K, label="k")
-        limit = gr.Number(value=None, precision=0, minimum=1, label="Limit (empty = all)")
+        limit = gr.Number(value=0, precision=0, minimum=0, label="Limit (0 = all prompts)")
         max_new_tokens = gr.Number(value=256, precision=0, minimum=1, label="Max new tokens")
     start = gr.Button("Start generation job", variant="primary")
     started = gr.Markdown()
     jobs = gr.Dataframe(headers=["id", "kind", "status", "exit", "by", "time", "command"],
                         label="Jobs", interactive=False)
-    job_id = gr.Number(value=None, precision=0, label="Show log of job (empty = latest)")
+    job_id = gr.Number(value=0, precision=0, minimum=0, label="Show the log of job (0 = latest)")
     log = gr.Textbox(label="Log tail", lines=14, max_lines=14, autoscroll=True)
     ticker = gr.Timer(2.0)
 

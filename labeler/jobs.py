@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -17,12 +18,13 @@ from pathlib import Path
 
 from data import store
 
-RUNNING, SUCCEEDED, FAILED, LOST = "running", "succeeded", "failed", "lost"
+RUNNING, SUCCEEDED, FAILED, STOPPED, LOST = "running", "succeeded", "failed", "stopped", "lost"
 
 
 @dataclass(frozen=True)
 class Job:
     id: int
+    pid: int | None
     kind: str
     argv: list[str]
     status: str
@@ -75,14 +77,34 @@ class JobRunner:
 
     def _watch(self, job_id: int, process: subprocess.Popen) -> None:
         returncode = process.wait()
+        self._finish(job_id, SUCCEEDED if returncode == 0 else FAILED, returncode)
+
+    def _finish(self, job_id: int, status: str, returncode: int | None) -> None:
         db = store.connect(self.db_path)
         try:
             with store.transaction(db):
+                # Only the first word counts: a job stopped on purpose stays "stopped".
                 db.execute(
-                    "UPDATE jobs SET status = ?, returncode = ?, finished_at = ? WHERE id = ?",
-                    [SUCCEEDED if returncode == 0 else FAILED, returncode, time.time(), job_id])
+                    "UPDATE jobs SET status = ?, returncode = ?, finished_at = ? "
+                    "WHERE id = ? AND status = ?",
+                    [status, returncode, time.time(), job_id, RUNNING])
         finally:
             db.close()
+
+    def stop_all(self, grace_s: float = 10.0) -> None:
+        """Stops the running jobs (SIGTERM to each job's process group, then SIGKILL).
+
+        Generation resumes where it stopped when started again with the same settings."""
+        jobs = self.running()
+        for job in jobs:
+            self._finish(job.id, STOPPED, None)
+            _signal_group(job.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for job in jobs:
+            while _alive(job.pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if _alive(job.pid):
+                _signal_group(job.pid, signal.SIGKILL)
 
     def get(self, job_id: int) -> Job | None:
         jobs = [j for j in self.list() if j.id == job_id]
@@ -105,7 +127,7 @@ class JobRunner:
         # A job whose app was restarted has no watcher: trust the process table instead.
         if status == RUNNING and row["pid"] and not _alive(row["pid"]):
             status = LOST
-        return Job(row["id"], row["kind"], json.loads(row["argv"]), status, row["returncode"],
+        return Job(row["id"], row["pid"], row["kind"], json.loads(row["argv"]), status, row["returncode"],
                    row["started_by"] or "", row["started_at"], row["finished_at"],
                    row["log_path"] or "")
 
@@ -121,7 +143,18 @@ class JobRunner:
         return "\n".join(line.rsplit("\r", 1)[-1] for line in text.splitlines())
 
 
-def _alive(pid: int) -> bool:
+def _signal_group(pid: int | None, sig: int) -> None:
+    if not pid:
+        return
+    try:
+        os.killpg(pid, sig)  # jobs start their own session, so pid == process group id
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import getpass
 import json
+import signal
 import sys
 
 from data import labeling, store
@@ -77,6 +79,9 @@ def _app(args: argparse.Namespace) -> int:
         print("Generating candidates in the background; items appear in the app as they "
               "arrive.", flush=True)
     print(f"RankLoop app on http://{args.host}:{args.port}  (database {svc.db_path})", flush=True)
+    # Background jobs end with the app (generation resumes where it stopped on the next start).
+    atexit.register(svc.jobs.stop_all)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     serve(svc, host=args.host, port=args.port)
     return 0
 
