@@ -1,0 +1,533 @@
+"""Bradley-Terry reward model training: the recipe.
+
+    rankloop train reward --data prefs.jsonl --output runs/rm
+    accelerate launch --config_file launch/configs/zero3-cpu2.yaml -m launch.cli \\
+        train reward --data prefs.jsonl --output runs/rm
+
+Loss: −log σ(r_chosen − r_rejected − margin) per pair, plus an optional reward-centering term.
+Ties are left out by default (``ties="exclude"``); ``ties="include"`` trains them with the 50/50
+Bradley-Terry cross-entropy (``reward.losses.tie_loss``), which pulls the two rewards together.
+Pairs longer than ``max_length`` are dropped and counted, never truncated.
+
+Every optimizer step sums the per-pair loss over its micro-batches and divides by the pairs in
+the whole step (all ranks, all accumulation steps), so the update does not depend on how the
+step is split. Checkpoints hold model, optimizer, scheduler and RNG state; the data position
+follows from the step number, because each epoch's batches are a function of (seed, epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from data.preferences import PreferenceLoad, PreferenceSourceError
+from reward.data import (
+    EncodedPair,
+    PreferenceBatch,
+    collate,
+    encode_pairs,
+    global_batches,
+    micro_batches,
+    sequence_rewards,
+    split_held_out,
+    steps_per_epoch,
+)
+
+TIES = ("exclude", "include")
+SCHEDULES = ("cosine", "linear", "constant")
+CHECKPOINTS = "checkpoints"
+TRAINER_STATE = "trainer_state.json"
+
+
+@dataclass
+class RewardTrainConfig:
+    output: str
+    """Folder for the trained model (a Hugging Face folder), its card, ``metrics.jsonl`` and
+    ``checkpoints/``."""
+    model: str = "default"
+    """Starting weights: ``default`` (SmolLM2-135M-Instruct), a folder or a Hub id. A causal LM
+    gets a new score head; a sequence classifier with one label keeps its own."""
+    data: str | None = None
+    """TRL-format preference file, ``save_to_disk`` folder or Hub id; None reads the app's
+    ranked pairs from ``db``."""
+    db: str | None = None
+    """The app's database, read when ``data`` is None."""
+    split: str = "train"
+    """Dataset split for ``data`` and ``eval_data``."""
+    eval_data: str | None = None
+    """Separate held-out pairs; None holds out ``eval_fraction`` of the prompts instead."""
+    agreed_only: bool = False
+    """Database pairs only: keep only pairs that ≥ 2 annotators judged, all the same way."""
+    limit: int | None = None
+    """Read at most this many pairs (files only)."""
+    ties: str = "exclude"
+    """``exclude`` drops tied pairs; ``include`` trains them with the 50/50 tie loss."""
+    max_length: int = 1024
+    """Pairs with a side longer than this many tokens are dropped (and counted)."""
+    eval_fraction: float = 0.1
+    """Share of prompts held out for evaluation (all pairs of a prompt stay together)."""
+    per_device_batch_size: int = 8
+    """Pairs per micro-batch on each process; one forward pass runs 2× this many sequences."""
+    eval_batch_size: int | None = None
+    """Pairs per evaluation forward pass; None uses ``per_device_batch_size``."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step on each process."""
+    epochs: int = 1
+    """Passes over the training pairs (ignored when ``max_steps`` is set)."""
+    max_steps: int | None = None
+    """Optimizer steps to run; overrides ``epochs``."""
+    learning_rate: float = 1e-5
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    """Share of steps with a linear learning-rate warm-up from 0."""
+    lr_schedule: str = "cosine"
+    """After warm-up: ``cosine`` or ``linear`` decay to 0, or ``constant``."""
+    max_grad_norm: float = 1.0
+    """Gradients are clipped to this global norm."""
+    center_rewards_coefficient: float = 0.0
+    """Weight of mean((r_chosen + r_rejected)²), which keeps rewards centred on 0 (0 = off;
+    0.01 is the usual value)."""
+    lora_r: int = 0
+    """LoRA rank; 0 trains every weight."""
+    lora_alpha: float | None = None
+    """LoRA scale numerator; None means 2 × lora_r."""
+    lora_dropout: float = 0.0
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about a third more time."""
+    bf16: bool | None = None
+    """bf16 mixed precision; None follows the accelerate config, else on when a GPU exists."""
+    seed: int = 0
+    log_every: int = 10
+    """Log training metrics every this many steps."""
+    eval_every: int | None = None
+    """Evaluate every this many steps; None evaluates at the end of each epoch."""
+    save_every: int = 200
+    """Write a resumable checkpoint every this many steps (and at the end)."""
+    resume: bool = True
+    """Continue from the newest checkpoint in ``output/checkpoints`` when there is one."""
+
+    def __post_init__(self) -> None:
+        if self.ties not in TIES:
+            raise ValueError(f"ties must be one of {', '.join(TIES)}, not {self.ties!r}")
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(SCHEDULES)}")
+        if not 0 <= self.eval_fraction < 1:
+            raise ValueError(f"eval fraction must be in [0, 1), got {self.eval_fraction}")
+        for name in ("per_device_batch_size", "gradient_accumulation_steps", "epochs",
+                     "max_length", "log_every", "save_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', ' ')} must be at least 1")
+        if self.lora_r < 0:
+            raise ValueError("lora r must be 0 (full fine-tuning) or more")
+
+
+@dataclass
+class StepPlan:
+    """The batch arithmetic, computed once: every process derives the same plan."""
+
+    train_pairs: int
+    world_size: int
+    per_device_batch_size: int
+    gradient_accumulation_steps: int
+    epochs: int
+    max_steps: int | None
+
+    @property
+    def micro_batches_per_step(self) -> int:
+        return self.world_size * self.gradient_accumulation_steps
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.micro_batches_per_step * self.per_device_batch_size
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return steps_per_epoch(self.train_pairs, self.global_batch_size,
+                               self.micro_batches_per_step)
+
+    @property
+    def total_steps(self) -> int:
+        return self.max_steps or self.steps_per_epoch * self.epochs
+
+    def check(self) -> None:
+        if self.train_pairs < self.micro_batches_per_step:
+            raise PreferenceSourceError(
+                f"only {self.train_pairs} training pairs for {self.micro_batches_per_step} "
+                f"micro-batches per step ({self.world_size} processes × "
+                f"{self.gradient_accumulation_steps} accumulation steps); add data or lower them"
+            )
+
+
+@dataclass
+class TrainSummary:
+    output: str
+    steps: int
+    train_pairs: int
+    eval_pairs: int
+    dropped: dict[str, int]
+    eval_metrics: dict[str, float]
+    train_seconds: float
+    pairs_per_second: float
+    resumed_from_step: int | None = None
+    main_process: bool = True
+    """False on the other ranks of a distributed run, which should stay quiet."""
+
+    def line(self) -> str:
+        parts = [f"{self.train_pairs} training pairs, {self.eval_pairs} held out",
+                 f"{self.steps} steps"]
+        if "eval/accuracy" in self.eval_metrics:
+            parts.append(f"eval accuracy {self.eval_metrics['eval/accuracy']:.3f}, "
+                         f"loss {self.eval_metrics['eval/loss']:.4f}, "
+                         f"margin {self.eval_metrics['eval/margin']:.3f}")
+        parts.append(f"{self.pairs_per_second:.1f} pairs/s")
+        if self.resumed_from_step is not None:
+            parts.append(f"resumed at step {self.resumed_from_step}")
+        dropped = ", ".join(f"{n} {why}" for why, n in sorted(self.dropped.items()) if n)
+        parts.append(f"dropped: {dropped or 'none'}")
+        return f"reward model saved to {self.output}: " + "; ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+def read_pairs(config: RewardTrainConfig) -> PreferenceLoad:
+    from data.preferences import load_db_pairs, load_preference_file
+
+    if config.data:
+        return load_preference_file(config.data, split=config.split, limit=config.limit)
+    from data import store
+
+    return load_db_pairs(store.open_store(config.db), agreed_only=config.agreed_only)
+
+
+def prepare_pairs(
+    config: RewardTrainConfig, tokenizer, load: PreferenceLoad, eval_load: PreferenceLoad | None
+) -> tuple[list[EncodedPair], list[EncodedPair], dict[str, int]]:
+    """(train, held-out, dropped counts by reason)."""
+    dropped = dict(load.dropped)
+    pairs = load.pairs
+    if config.ties == "exclude":
+        dropped["ties (--ties exclude)"] = sum(p.tie for p in pairs)
+        pairs = [p for p in pairs if not p.tie]
+    encoded, too_long = encode_pairs(tokenizer, pairs, config.max_length)
+    dropped[f"longer than {config.max_length} tokens"] = too_long
+    if eval_load is not None:
+        eval_pairs = [p for p in eval_load.pairs if config.ties == "include" or not p.tie]
+        held_out, eval_too_long = encode_pairs(tokenizer, eval_pairs, config.max_length)
+        dropped[f"held-out longer than {config.max_length} tokens"] = eval_too_long
+        train = encoded
+    else:
+        train, held_out = split_held_out(encoded, config.eval_fraction, config.seed)
+    if not train:
+        raise PreferenceSourceError(
+            f"no training pairs left from {load.source} "
+            f"(dropped: {', '.join(f'{n} {k}' for k, n in dropped.items() if n) or 'none'})"
+        )
+    return train, held_out, {k: v for k, v in dropped.items() if v}
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics shared by training and evaluation
+# ---------------------------------------------------------------------------------------------
+
+# Sums reduced across processes: loss, pairs, correct, non-tie pairs, margin, mean reward.
+_STATS = 6
+
+
+def batch_stats(per_pair_loss, r_chosen, r_rejected, batch: PreferenceBatch):
+    import torch
+
+    preference = ~batch.is_tie
+    margin = (r_chosen - r_rejected).detach().float()
+    return torch.stack([
+        per_pair_loss.detach().float().sum(),
+        torch.tensor(float(batch.num_pairs), device=margin.device),
+        ((margin > 0) & preference).sum().float(),
+        preference.sum().float(),
+        margin[preference].sum(),
+        ((r_chosen + r_rejected).detach().float() / 2).sum(),
+    ]).cpu()
+
+
+def stats_to_metrics(stats, prefix: str) -> dict[str, float]:
+    loss, pairs, correct, preferences, margin, reward = (float(x) for x in stats)
+    metrics = {f"{prefix}/loss": loss / max(pairs, 1), f"{prefix}/reward_mean": reward / max(pairs, 1),
+               f"{prefix}/pairs": pairs}
+    if preferences:
+        metrics[f"{prefix}/accuracy"] = correct / preferences
+        metrics[f"{prefix}/margin"] = margin / preferences
+    return metrics
+
+
+def evaluate(model, accelerator, pairs: list[EncodedPair], *, batch_size: int, pad_token_id: int,
+             config: RewardTrainConfig) -> dict[str, float]:
+    """Held-out loss, accuracy (chosen scored higher, ties left out) and mean margin. Batches are
+    spread over processes; a process with no batch left runs a copy of the first and discards
+    it, since ZeRO-3 needs every rank in every forward pass."""
+    import torch
+
+    from reward.losses import preference_loss
+
+    if not pairs:
+        return {}
+    ordered = sorted(pairs, key=lambda p: p.length, reverse=True)
+    chunks = [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
+    world, rank = accelerator.num_processes, accelerator.process_index
+    stats = torch.zeros(_STATS)
+    model.eval()
+    with torch.no_grad():
+        for k in range(math.ceil(len(chunks) / world)):
+            index = k * world + rank
+            batch = collate(chunks[index if index < len(chunks) else 0], pad_token_id)
+            batch = batch.to(accelerator.device)
+            r_chosen, r_rejected = batch.split(
+                sequence_rewards(model, batch.input_ids, batch.attention_mask))
+            if index < len(chunks):
+                loss = preference_loss(r_chosen, r_rejected, is_tie=batch.is_tie,
+                                       margin=batch.margin,
+                                       centering_coefficient=config.center_rewards_coefficient)
+                stats += batch_stats(loss, r_chosen, r_rejected, batch)
+    model.train()
+    stats = accelerator.reduce(stats.to(accelerator.device), reduction="sum").cpu()
+    return stats_to_metrics(stats, "eval")
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+
+def latest_checkpoint(output: Path) -> tuple[Path, dict] | None:
+    """The newest complete checkpoint: its trainer state is written last, after every rank."""
+    found = []
+    for path in (output / CHECKPOINTS).glob("step-*"):
+        state_file = path / TRAINER_STATE
+        if state_file.is_file():
+            state = json.loads(state_file.read_text())
+            found.append((state["step"], path, state))
+    if not found:
+        return None
+    _, path, state = max(found)
+    return path, state
+
+
+def save_checkpoint(accelerator, output: Path, step: int, state: dict) -> None:
+    path = output / CHECKPOINTS / f"step-{step:07d}"
+    accelerator.save_state(str(path))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (path / TRAINER_STATE).write_text(json.dumps({**state, "step": step}, indent=2) + "\n")
+        # Keep only this checkpoint: it is complete now.
+        for old in (output / CHECKPOINTS).glob("step-*"):
+            if old != path:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def plan_fingerprint(config: RewardTrainConfig, plan: StepPlan) -> dict:
+    """What must match for a checkpoint to be resumed."""
+    return {"model": config.model, "train_pairs": plan.train_pairs,
+            "global_batch_size": plan.global_batch_size, "total_steps": plan.total_steps,
+            "seed": config.seed, "lora_r": config.lora_r}
+
+
+# ---------------------------------------------------------------------------------------------
+# The recipe
+# ---------------------------------------------------------------------------------------------
+
+def train_reward_model(
+    config: RewardTrainConfig,
+    *,
+    pairs: PreferenceLoad | None = None,
+    eval_pairs: PreferenceLoad | None = None,
+    progress: bool = True,
+) -> TrainSummary:
+    """Trains, evaluates and saves a Bradley-Terry reward model; see the module docstring.
+
+    ``pairs``/``eval_pairs`` replace reading ``config.data``/``config.db``/``config.eval_data``.
+    """
+    import torch
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    from policy.models import resolve_model
+    from reward.accel import configure_deepspeed, make_accelerator
+    from reward.losses import preference_loss
+    from reward.metrics import MetricsLog
+    from reward.modeling import (
+        LoraSettings,
+        load_reward_model,
+        load_reward_tokenizer,
+        merge_lora_state_dict,
+        write_model_card,
+    )
+
+    output = Path(config.output)
+    # 1. Data: read (bad input fails here, before anything heavy starts), drop ties and
+    #    over-long pairs, hold out prompts, plan the steps.
+    load = pairs or read_pairs(config)
+    if eval_pairs is None and config.eval_data:
+        from data.preferences import load_preference_file
+
+        eval_pairs = load_preference_file(config.eval_data, split=config.split)
+    model_path = resolve_model(config.model)
+    tokenizer = load_reward_tokenizer(model_path)
+    train, held_out, dropped = prepare_pairs(config, tokenizer, load, eval_pairs)
+    accelerator = make_accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
+                                   bf16=config.bf16)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    say = accelerator.print
+    set_seed(config.seed)
+    plan = StepPlan(len(train), world, config.per_device_batch_size,
+                    config.gradient_accumulation_steps, config.epochs, config.max_steps)
+    plan.check()
+    lengths = [p.length for p in train]
+    eval_batch_size = config.eval_batch_size or config.per_device_batch_size
+    eval_every = config.eval_every or plan.steps_per_epoch
+    say(f"rankloop: {len(train)} training pairs, {len(held_out)} held out; "
+        f"{plan.total_steps} steps of {plan.global_batch_size} pairs "
+        f"({world} processes × {config.per_device_batch_size} pairs × "
+        f"{config.gradient_accumulation_steps} accumulation)")
+
+    # 2. Model, optimizer, schedule.
+    lora = None
+    if config.lora_r:
+        lora = LoraSettings(config.lora_r, config.lora_alpha or 2 * config.lora_r,
+                            config.lora_dropout)
+    model = load_reward_model(model_path, tokenizer, lora=lora,
+                              gradient_checkpointing=config.gradient_checkpointing)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                  lr=config.learning_rate, weight_decay=config.weight_decay)
+    schedule = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+    scheduler = get_scheduler(schedule[config.lr_schedule], optimizer,
+                              num_warmup_steps=math.ceil(config.warmup_ratio * plan.total_steps),
+                              num_training_steps=plan.total_steps)
+    configure_deepspeed(accelerator, micro_batch_size=config.per_device_batch_size,
+                        gradient_accumulation_steps=config.gradient_accumulation_steps,
+                        max_grad_norm=config.max_grad_norm)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # The scheduler steps once per optimizer step, by this loop, whatever the backend.
+    accelerator.register_for_checkpointing(scheduler)
+
+    # 3. Resume from the newest checkpoint when its plan matches this one.
+    fingerprint = plan_fingerprint(config, plan)
+    start_step, resumed_from = 0, None
+    found = latest_checkpoint(output) if config.resume else None
+    if found is not None:
+        path, state = found
+        if state.get("plan") != fingerprint:
+            raise ValueError(
+                f"the checkpoint in {path} was made with other data or settings "
+                f"({state.get('plan')}); use a new --output or --no-resume"
+            )
+        accelerator.load_state(str(path))
+        start_step = resumed_from = state["step"]
+        say(f"rankloop: resuming from {path} (step {start_step})")
+    elif accelerator.is_main_process and (output / CHECKPOINTS).exists():
+        shutil.rmtree(output / CHECKPOINTS)
+    log = MetricsLog(output / "metrics.jsonl", enabled=accelerator.is_main_process,
+                     keep_up_to_step=resumed_from)
+
+    # 4. Train: each step is one global batch, cut into world × accumulation micro-batches.
+    model.train()
+    pad_id = tokenizer.pad_token_id
+    epoch_batches: tuple[int, list[list[int]]] | None = None
+    window = torch.zeros(_STATS)
+    train_seconds, trained_pairs = 0.0, 0
+    eval_metrics: dict[str, float] = {}
+    bar = tqdm(total=plan.total_steps, initial=start_step, desc="reward model",
+               disable=not (progress and accelerator.is_main_process))
+    for step in range(start_step, plan.total_steps):
+        started = time.perf_counter()
+        epoch, position = divmod(step, plan.steps_per_epoch)
+        if epoch_batches is None or epoch_batches[0] != epoch:
+            epoch_batches = (epoch, global_batches(lengths, plan.global_batch_size, config.seed,
+                                                   epoch, plan.micro_batches_per_step))
+        global_batch = epoch_batches[1][position]
+        chunks = micro_batches(global_batch, lengths, plan.micro_batches_per_step)
+        # Backends average gradients over processes and accumulation steps; this factor turns
+        # that average into the mean over every pair of the step.
+        loss_scale = plan.micro_batches_per_step / len(global_batch)
+
+        # 4a. Forward chosen and rejected together, backward each micro-batch.
+        step_stats = torch.zeros(_STATS)
+        for accumulation_step in range(config.gradient_accumulation_steps):
+            mine = chunks[accumulation_step * world + rank]
+            batch = collate([train[i] for i in mine], pad_id).to(accelerator.device)
+            with accelerator.accumulate(model):
+                rewards = sequence_rewards(model, batch.input_ids, batch.attention_mask)
+                r_chosen, r_rejected = batch.split(rewards)
+                per_pair = preference_loss(
+                    r_chosen, r_rejected, is_tie=batch.is_tie, margin=batch.margin,
+                    centering_coefficient=config.center_rewards_coefficient)
+                accelerator.backward(per_pair.sum() * loss_scale)
+            step_stats += batch_stats(per_pair, r_chosen, r_rejected, batch)
+
+        # 4b. Clip, update, advance the schedule.
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+
+        step_stats = accelerator.reduce(step_stats.to(accelerator.device), reduction="sum").cpu()
+        window += step_stats
+        trained_pairs += len(global_batch)
+        train_seconds += time.perf_counter() - started
+        done = step + 1
+        bar.update(1)
+
+        # 4c. Log, evaluate, checkpoint.
+        if done % config.log_every == 0 or done == plan.total_steps:
+            metrics = stats_to_metrics(window, "train")
+            metrics.update({
+                "train/epoch": done / plan.steps_per_epoch,
+                "train/learning_rate": scheduler.get_last_lr()[0],
+                "train/pairs_per_second": trained_pairs / max(train_seconds, 1e-9),
+            })
+            if grad_norm is not None:
+                metrics["train/grad_norm"] = float(grad_norm)
+            log.log(done, metrics)
+            bar.set_postfix(loss=f"{metrics['train/loss']:.4f}")
+            window.zero_()
+        if held_out and (done % eval_every == 0 or done == plan.total_steps):
+            eval_metrics = evaluate(model, accelerator, held_out, batch_size=eval_batch_size,
+                                    pad_token_id=pad_id, config=config)
+            log.log(done, eval_metrics)
+        if done % config.save_every == 0 or done == plan.total_steps:
+            save_checkpoint(accelerator, output, done,
+                            {"plan": fingerprint, "epoch": epoch, "position_in_epoch": position + 1})
+    bar.close()
+    if held_out and not eval_metrics:  # resumed after the last step: nothing was evaluated
+        eval_metrics = evaluate(model, accelerator, held_out, batch_size=eval_batch_size,
+                                pad_token_id=pad_id, config=config)
+
+    # 5. Save a plain Hugging Face folder (LoRA merged in), the tokenizer and a card.
+    accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(model)  # every rank takes part under ZeRO-3
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        if lora is not None:
+            state_dict = merge_lora_state_dict(state_dict, lora.scaling)
+            unwrapped = unwrapped.get_base_model()
+        unwrapped.save_pretrained(output, state_dict=state_dict, safe_serialization=True)
+        tokenizer.save_pretrained(output)
+        settings = {k: v for k, v in asdict(config).items() if k not in ("output",)}
+        settings.update(train_pairs=len(train), eval_pairs=len(held_out), steps=plan.total_steps,
+                        world_size=world, dropped=dropped)
+        write_model_card(output, base_model=config.model if config.model != "default"
+                         else "HuggingFaceTB/SmolLM2-135M-Instruct",
+                         metrics=eval_metrics, settings=settings)
+    accelerator.wait_for_everyone()
+    log.close()
+    return TrainSummary(
+        output=str(output), steps=plan.total_steps, train_pairs=len(train),
+        eval_pairs=len(held_out), dropped=dropped, eval_metrics=eval_metrics,
+        train_seconds=train_seconds,
+        pairs_per_second=trained_pairs / train_seconds if train_seconds else 0.0,
+        resumed_from_step=resumed_from, main_process=accelerator.is_main_process,
+    )
