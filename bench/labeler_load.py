@@ -1,0 +1,210 @@
+"""Labeling app under load: N concurrent simulated annotators doing fetch-next + submit.
+
+    python3 bench/labeler_load.py [--annotators 10 50 100] [--rounds 4]
+
+Each annotator logs in (gradio_client, the same HTTP API the page uses), then repeats: submit a
+ranking for the task on screen and receive the next one. The app runs as a real `rankloop app`
+process on localhost. Printed per N: client-observed latency p50/p95/p99 for the first fetch
+and for submit-and-fetch-next, submissions/s, and acknowledged submissions lost or duplicated
+in SQLite afterwards (must be 0). The peer, measured in the same run, is the same work done by
+N threads calling the data layer directly (no HTTP, no Gradio): the floor the app adds to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+K = 4
+RANKS = ["1", "2", "3", "4"]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def _make_db(path: str, annotators: int, items: int) -> None:
+    from data import labeling, store
+    from labeler.auth import hash_password
+
+    db = store.open_store(path)
+    run_id = store.get_or_create_run(db, store.RunSettings("bench", "transformers", K, 0.8, 0.9,
+                                                           64, 0))
+    with store.transaction(db):
+        for p in range(items):
+            [prompt_id] = store.upsert_prompts(
+                db, [([{"role": "user", "content": f"Benchmark prompt {p}"}], "bench", str(p))])
+            store.add_candidates(db, prompt_id, run_id, [
+                store.CandidateIn(f"Candidate {j} for prompt {p}. " * 20, 60, "stop")
+                for j in range(K)])
+    password = hash_password("bench-password")  # one hash: scrypt is slow on purpose
+    for i in range(annotators):
+        labeling.add_user(db, f"a{i}", "annotator", password)
+    labeling.sync_items(db)
+    db.close()
+
+
+def _start_app(db_path: str, port: int) -> subprocess.Popen:
+    app = subprocess.Popen(
+        [sys.executable, "-m", "launch.cli", "app", "--db", db_path, "--port", str(port),
+         "--no-autogenerate"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+            return app
+        except OSError:
+            time.sleep(0.3)
+    app.kill()
+    raise SystemExit("the app did not start")
+
+
+def _run_http(url: str, annotators: int, rounds: int) -> dict:
+    from gradio_client import Client
+
+    fetch, submit, acknowledged, errors = [], [], [], []
+    spans: list[tuple[float, float]] = []  # each annotator's (first request, last response)
+    lock = threading.Lock()
+    barrier = threading.Barrier(annotators)  # logins first, then everyone starts together
+
+    def annotator(i: int) -> None:
+        try:
+            client = Client(url, auth=(f"a{i}", "bench-password"), verbose=False)
+            barrier.wait()
+            began = start = time.perf_counter()
+            task = client.predict(api_name="/load_task")
+            with lock:
+                fetch.append(time.perf_counter() - start)
+            for _ in range(rounds):
+                start = time.perf_counter()
+                result = client.predict(task[0], *RANKS, None, None, None, None, False, "", "",
+                                        api_name="/submit")
+                elapsed = time.perf_counter() - start
+                with lock:
+                    submit.append(elapsed)
+                    if result[0].startswith("Saved"):
+                        acknowledged.append(task[0])
+                task = result[1:]
+            with lock:
+                spans.append((began, time.perf_counter()))
+        except Exception as exc:  # reported in the table, not hidden
+            with lock:
+                errors.append(repr(exc))
+            barrier.abort()
+
+    threads = [threading.Thread(target=annotator, args=(i,)) for i in range(annotators)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = max(end for _, end in spans) - min(start for start, _ in spans) if spans else 1.0
+    return {"fetch": fetch, "submit": submit, "acknowledged": acknowledged, "errors": errors,
+            "wall": wall}
+
+
+def _run_direct(db_path: str, annotators: int, rounds: int) -> dict:
+    from data import labeling, store
+    from data.rankings import validate_submission
+
+    submit, acknowledged, errors = [], [], []
+    lock = threading.Lock()
+    policy = labeling.QueuePolicy()
+
+    def annotator(i: int) -> None:
+        try:
+            db = store.connect(db_path)
+            user = labeling.get_user(db, f"a{i}")
+            task = labeling.next_assignment(db, user.id, policy)
+            for _ in range(rounds):
+                start = time.perf_counter()
+                sub = validate_submission(task.candidate_ids, [int(r) for r in RANKS])
+                stored = labeling.submit_assignment(db, task.id, user.id, sub)
+                task = labeling.next_assignment(db, user.id, policy)
+                with lock:
+                    submit.append(time.perf_counter() - start)
+                    if stored.created:
+                        acknowledged.append(stored.ranking_id)
+        except Exception as exc:
+            with lock:
+                errors.append(repr(exc))
+
+    threads = [threading.Thread(target=annotator, args=(i,)) for i in range(annotators)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"submit": submit, "acknowledged": acknowledged, "errors": errors,
+            "wall": time.perf_counter() - start}
+
+
+def _check_store(db_path: str, acknowledged: list[int]) -> tuple[int, int]:
+    """(acknowledged submissions missing from SQLite, rankings stored more than once)."""
+    from data import store
+
+    db = store.connect(db_path)
+    keys = [r[0] for r in db.execute("SELECT submission_key FROM rankings")]
+    stored = set(keys)
+    lost = sum(f"assignment:{a}" not in stored for a in acknowledged)
+    duplicated = len(keys) - len(stored)
+    db.close()
+    return lost, duplicated
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--annotators", type=int, nargs="+", default=[10, 50, 100])
+    parser.add_argument("--rounds", type=int, default=4, help="submissions per annotator")
+    parser.add_argument("--port", type=int, default=7931)
+    args = parser.parse_args()
+
+    rows = []
+    for n in args.annotators:
+        with tempfile.TemporaryDirectory() as tmp:
+            items = n * (args.rounds + 2)
+            http_db, direct_db = f"{tmp}/http.db", f"{tmp}/direct.db"
+            _make_db(http_db, n, items)
+            _make_db(direct_db, n, items)
+            app = _start_app(http_db, args.port)
+            try:
+                http = _run_http(f"http://127.0.0.1:{args.port}/", n, args.rounds)
+            finally:
+                app.terminate()
+                app.wait()
+            direct = _run_direct(direct_db, n, args.rounds)
+            lost, duplicated = _check_store(http_db, http["acknowledged"])
+            rows.append((n, http, direct, lost, duplicated))
+            print(f"N={n}: {len(http['acknowledged'])} submissions over HTTP, "
+                  f"{len(http['errors'])} client errors {http['errors'][:1]}", flush=True)
+
+    print()
+    print(f"{'N':>4} {'fetch p50':>10} {'p95':>7} {'p99':>7} {'submit p50':>11} {'p95':>7} "
+          f"{'p99':>7} {'subs/s':>8} {'direct subs/s':>14} {'direct/app':>11} {'lost':>5} "
+          f"{'dup':>4}")
+    for n, http, direct, lost, duplicated in rows:
+        ms = [1000 * _percentile(http[key], q) for key in ("fetch", "submit")
+              for q in (50, 95, 99)]
+        rate = len(http["acknowledged"]) / http["wall"]
+        direct_rate = len(direct["acknowledged"]) / direct["wall"]
+        print(f"{n:>4} {ms[0]:>8.0f}ms {ms[1]:>5.0f}ms {ms[2]:>5.0f}ms {ms[3]:>9.0f}ms "
+              f"{ms[4]:>5.0f}ms {ms[5]:>5.0f}ms {rate:>8.1f} {direct_rate:>14.1f} "
+              f"{direct_rate / rate:>10.1f}x {lost:>5} {duplicated:>4}")
+    print("\nlatency: as seen by the client, submit includes receiving the next task;"
+          " direct: the same submissions through data/labeling.py from N threads, no server")
+    print(f"median direct submit+next latency at N={rows[-1][0]}: "
+          f"{1000 * statistics.median(rows[-1][2]['submit']):.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
