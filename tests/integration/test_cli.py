@@ -71,13 +71,67 @@ def test_generate_writes_to_the_env_db_and_prints_a_summary(tmp_path, tiny_model
     assert "candidates       4" in status.stdout
 
 
+def _leaf_commands(parser, prefix="rankloop"):
+    """(full command name, parser) for every runnable command, nested groups included."""
+    for action in parser._actions:
+        if isinstance(action, __import__("argparse")._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _leaf_commands(sub, f"{prefix} {name}")
+            return
+    yield prefix, parser
+
+
 def test_every_command_has_help_and_a_readme_section():
     from launch.cli import _build_parser
 
-    parser = _build_parser()
-    commands = parser._subparsers._group_actions[0].choices
     readme = README.read_text()
-    for name, sub in commands.items():
+    leaves = list(_leaf_commands(_build_parser()))
+    assert {"rankloop generate", "rankloop app", "rankloop users add"} <= {n for n, _ in leaves}
+    for name, sub in leaves:
         assert sub.description, f"{name} has no description"
-        assert f"rankloop {name}" in readme, f"README does not mention `rankloop {name}`"
+        assert name in readme, f"README does not mention `{name}`"
         assert any(a.dest == "db" for a in sub._actions), f"{name} lacks --db"
+
+
+def test_users_add_reads_the_password_from_stdin_and_refuses_duplicates(tmp_path):
+    db = str(tmp_path / "r.db")
+    created = subprocess.run([sys.executable, "-m", "launch.cli", "users", "add", "ann",
+                              "--role", "admin", "--db", db], input="long-password\n",
+                             capture_output=True, text=True, timeout=60)
+    assert created.returncode == 0 and "created admin 'ann'" in created.stdout
+    import sqlite3
+
+    [(stored,)] = sqlite3.connect(db).execute("SELECT password_hash FROM users").fetchall()
+    assert stored.startswith("scrypt$") and "long-password" not in stored
+    again = subprocess.run([sys.executable, "-m", "launch.cli", "users", "add", "ann",
+                            "--db", db], input="long-password\n", capture_output=True,
+                           text=True, timeout=60)
+    _assert_clean_failure(again, "user 'ann' already exists")
+    short = subprocess.run([sys.executable, "-m", "launch.cli", "users", "add", "bob",
+                            "--db", db], input="short\n", capture_output=True, text=True,
+                           timeout=60)
+    _assert_clean_failure(short, "at least 8 characters")
+    listing = rankloop("users", "list", "--db", db)
+    assert listing.stdout.split() == ["ann", "admin"]
+
+
+def test_gold_import_is_all_or_nothing(tmp_path):
+    db = str(tmp_path / "r.db")
+    good = {"prompt": "2+2?", "candidates": ["4", "5"], "ranks": [1, 2]}
+    path = _write(tmp_path / "gold.jsonl", json.dumps(good) + "\n"
+                  + json.dumps({"prompt": "3+3?", "candidates": ["6"], "ranks": [1]}) + "\n")
+    _assert_clean_failure(rankloop("gold", "import", path, "--db", db), "at least 2 candidates")
+    import sqlite3
+
+    assert sqlite3.connect(db).execute("SELECT COUNT(*) FROM items").fetchone()[0] == 0
+    _assert_clean_failure(rankloop("gold", "import", _write(tmp_path / "bad.jsonl", "{oops\n"),
+                                   "--db", db), "bad.jsonl line 1")
+    ok = rankloop("gold", "import", _write(tmp_path / "ok.jsonl", json.dumps(good) + "\n"),
+                  "--db", db)
+    assert ok.returncode == 0 and "imported 1 gold items" in ok.stdout
+    assert sqlite3.connect(db).execute("SELECT is_gold FROM items").fetchall() == [(1,)]
+
+
+def test_app_refuses_an_unwritable_database(tmp_path):
+    result = rankloop("app", "--db", str(tmp_path / "missing" / "r.db"), "--port", "1")
+    _assert_clean_failure(result, "does not exist")
