@@ -107,6 +107,8 @@ class RewardTrainConfig:
     """Evaluate every this many steps; None evaluates at the end of each epoch."""
     save_every: int = 200
     """Write a resumable checkpoint every this many steps (and at the end)."""
+    keep_checkpoints: int = 1
+    """How many of the newest complete checkpoints to keep."""
     resume: bool = True
     """Continue from the newest checkpoint in ``output/checkpoints`` when there is one."""
 
@@ -118,7 +120,7 @@ class RewardTrainConfig:
         if not 0 <= self.eval_fraction < 1:
             raise ValueError(f"eval fraction must be in [0, 1), got {self.eval_fraction}")
         for name in ("per_device_batch_size", "gradient_accumulation_steps", "epochs",
-                     "max_length", "log_every", "save_every"):
+                     "max_length", "log_every", "save_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', ' ')} must be at least 1")
         if self.lora_r < 0:
@@ -315,15 +317,17 @@ def latest_checkpoint(output: Path) -> tuple[Path, dict] | None:
     return path, state
 
 
-def save_checkpoint(accelerator, output: Path, step: int, state: dict) -> None:
+def save_checkpoint(accelerator, output: Path, step: int, state: dict, keep: int) -> None:
     path = output / CHECKPOINTS / f"step-{step:07d}"
     accelerator.save_state(str(path))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (path / TRAINER_STATE).write_text(json.dumps({**state, "step": step}, indent=2) + "\n")
-        # Keep only this checkpoint: it is complete now.
-        for old in (output / CHECKPOINTS).glob("step-*"):
-            if old != path:
+        # Older checkpoints go only once this one is complete; incomplete ones go too.
+        existing = sorted((output / CHECKPOINTS).glob("step-*"))
+        complete = [p for p in existing if (p / TRAINER_STATE).is_file()]
+        for old in existing:
+            if old not in complete[-keep:]:
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
 
@@ -500,7 +504,8 @@ def train_reward_model(
             log.log(done, eval_metrics)
         if done % config.save_every == 0 or done == plan.total_steps:
             save_checkpoint(accelerator, output, done,
-                            {"plan": fingerprint, "epoch": epoch, "position_in_epoch": position + 1})
+                            {"plan": fingerprint, "epoch": epoch, "position_in_epoch": position + 1},
+                            keep=config.keep_checkpoints)
     bar.close()
     if held_out and not eval_metrics:  # resumed after the last step: nothing was evaluated
         eval_metrics = evaluate(model, accelerator, held_out, batch_size=eval_batch_size,
