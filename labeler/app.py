@@ -213,6 +213,18 @@ def create_admin_tab(svc: LabelerService):
         limit = gr.Number(value=0, precision=0, minimum=0, label="Limit (0 = all prompts)")
         max_new_tokens = gr.Number(value=256, precision=0, minimum=1, label="Max new tokens")
     start = gr.Button("Start generation job", variant="primary")
+    gr.Markdown("#### Train a reward model on the rankings")
+    with gr.Row():
+        reward_output = gr.Textbox(label="Output folder", placeholder="models/reward-1")
+        reward_model = gr.Textbox(value="default", label="Base model")
+        reward_epochs = gr.Number(value=1, precision=0, minimum=1, label="Epochs")
+        reward_lora = gr.Number(value=0, precision=0, minimum=0, label="LoRA rank (0 = full)")
+        agreed_only = gr.Checkbox(label="Only pairs the annotators agree on")
+    train = gr.Button("Start reward training job")
+    gr.Markdown("#### Score the candidates with a reward model")
+    with gr.Row():
+        scorer = gr.Textbox(label="Scorer", placeholder="bt:models/reward-1 or armorm:FOLDER")
+        score = gr.Button("Start scoring job")
     started = gr.Markdown()
     jobs = gr.Dataframe(headers=["id", "kind", "status", "exit", "by", "time", "command"],
                         label="Jobs", interactive=False)
@@ -240,6 +252,16 @@ def create_admin_tab(svc: LabelerService):
             model=model, max_new_tokens=max_new_tokens or 256)
 
     @_guard
+    def train_job(output, model, epochs, lora_r, agreed, request: gr.Request):
+        return handlers.start_reward_training(svc, _username(request), output=output,
+                                              model=model, epochs=epochs, lora_r=lora_r,
+                                              agreed_only=agreed)
+
+    @_guard
+    def score_job(scorer_spec, request: gr.Request):
+        return handlers.start_scoring(svc, _username(request), scorer=scorer_spec)
+
+    @_guard
     def watch(job_id, request: gr.Request):
         name = _username(request)
         return handlers.jobs_table(svc, name), handlers.job_log(svc, name, job_id)
@@ -248,6 +270,9 @@ def create_admin_tab(svc: LabelerService):
     refresh.click(status, None, status_outputs, api_visibility="undocumented")
     start.click(start_job, [prompts, model, backend, k, limit, max_new_tokens], started,
                 api_visibility="undocumented")
+    train.click(train_job, [reward_output, reward_model, reward_epochs, reward_lora,
+                            agreed_only], started, api_visibility="undocumented")
+    score.click(score_job, [scorer], started, api_visibility="undocumented")
     ticker.tick(watch, [job_id], [jobs, log], api_visibility="undocumented")
     return status, status_outputs
 

@@ -221,6 +221,32 @@ def start_generation(svc: LabelerService, username: str, *, prompts: str = "bund
     return f"Started job {job.id}: rankloop {' '.join(job.argv)}"
 
 
+def start_reward_training(svc: LabelerService, username: str, *, output: str,
+                          model: str = "default", epochs: int = 1, agreed_only: bool = False,
+                          lora_r: int = 0) -> str:
+    """`rankloop train reward` on the app's ranked pairs, as a background job."""
+    user = svc.require_admin(username)
+    if not (output or "").strip():
+        return "Not started: give an output folder for the reward model."
+    args = ["train", "reward", "--output", output.strip(), "--model", model or "default",
+            "--epochs", str(max(1, int(epochs or 1))), "--no-progress"]
+    if agreed_only:
+        args.append("--agreed-only")
+    if lora_r:
+        args += ["--lora-r", str(int(lora_r))]
+    job = svc.jobs.start("train-reward", args, started_by=user.name)
+    return f"Started job {job.id}: rankloop {' '.join(job.argv)}"
+
+
+def start_scoring(svc: LabelerService, username: str, *, scorer: str) -> str:
+    """`rankloop score` of every candidate with a reward model, as a background job."""
+    user = svc.require_admin(username)
+    if ":" not in (scorer or ""):
+        return "Not started: the scorer is bt:FOLDER or armorm:FOLDER."
+    job = svc.jobs.start("score", ["score", "--scorer", scorer.strip()], started_by=user.name)
+    return f"Started job {job.id}: rankloop {' '.join(job.argv)}"
+
+
 def jobs_table(svc: LabelerService, username: str) -> list[list]:
     svc.require_admin(username)
     now = time.time()

@@ -83,7 +83,8 @@ def test_annotators_cannot_call_admin_functions(served_app):
     client = _client(served_app)
     admin_fns = [i for i, dep in enumerate(client.config["dependencies"])
                  if dep.get("api_visibility", dep.get("show_api")) == "undocumented"]
-    assert len(admin_fns) == 3  # status refresh, start job, job watcher
+    # status refresh, generation, reward training, scoring, job watcher
+    assert len(admin_fns) == 5
     for fn_index in admin_fns:
         with pytest.raises(AppError, match="admins only"):
             client.predict(*_default_inputs(client, fn_index), fn_index=fn_index)
@@ -100,5 +101,5 @@ def _default_inputs(client, fn_index):
     values = []
     for component_id in dep["inputs"]:
         kind = by_id[component_id]["type"]
-        values.append({"number": 4, "textbox": "bundled", "dropdown": "auto"}.get(kind))
+        values.append({"number": 4, "textbox": "bt:x", "dropdown": "auto"}.get(kind))
     return values

@@ -50,7 +50,9 @@ def test_admin_functions_refuse_annotators(svc):
     for call in (lambda u: handlers.dataset_status(svc, u),
                  lambda u: handlers.jobs_table(svc, u),
                  lambda u: handlers.job_log(svc, u),
-                 lambda u: handlers.start_generation(svc, u)):
+                 lambda u: handlers.start_generation(svc, u),
+                 lambda u: handlers.start_reward_training(svc, u, output="out"),
+                 lambda u: handlers.start_scoring(svc, u, scorer="bt:out")):
         with pytest.raises(PermissionDenied, match="admins only"):
             call("ann")
     assert svc.db()["jobs"].count == 0
@@ -87,3 +89,18 @@ def test_empty_store_starts_one_background_generation(tmp_path):
     # Still no candidates, but the first job has run: no second one starts by itself.
     assert "Nothing left to rank" in handlers.current_task(svc, "ann").prompt_md
     assert len(svc.jobs.list()) == 1
+
+
+def test_admins_start_training_and_scoring_jobs_with_the_right_commands(svc, tmp_path):
+    assert "Not started" in handlers.start_reward_training(svc, "root", output=" ")
+    assert "Not started" in handlers.start_scoring(svc, "root", scorer="folder-without-kind")
+    message = handlers.start_reward_training(svc, "root", output=str(tmp_path / "rm"),
+                                             epochs=2, agreed_only=True, lora_r=8)
+    assert message.startswith("Started job 1: rankloop train reward --output")
+    handlers.start_scoring(svc, "root", scorer=f"bt:{tmp_path / 'rm'}")
+    jobs = {j.kind: j.argv for j in svc.jobs.list()}
+    assert jobs["train-reward"] == ["train", "reward", "--output", str(tmp_path / "rm"),
+                                    "--model", "default", "--epochs", "2", "--no-progress",
+                                    "--agreed-only", "--lora-r", "8", "--db", svc.db_path]
+    assert jobs["score"] == ["score", "--scorer", f"bt:{tmp_path / 'rm'}", "--db", svc.db_path]
+    svc.jobs.stop_all()
