@@ -1,0 +1,132 @@
+"""Policy-optimization losses as pure functions over tensors (REBEL, PPO, KL estimators).
+
+Shapes: B = sequences (or pairs), T = response tokens. ``mask`` is 1.0 on real response
+tokens and 0.0 on padding; every mean over tokens is a masked mean.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
+    mask = mask.to(values.dtype)
+    if dim is None:
+        return (values * mask).sum() / mask.sum().clamp(min=1)
+    return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
+                  eps: float = 1e-8) -> torch.Tensor:
+    """(values − mean) / std over the masked entries; padding keeps its value × 0 afterwards.
+    ``shift_mean=False`` rescales only (used for rewards, whose sign matters)."""
+    mean = masked_mean(values, mask)
+    variance = masked_mean((values - mean) ** 2, mask)
+    whitened = (values - mean) * torch.rsqrt(variance + eps)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask.to(values.dtype)
+
+
+# --- REBEL --------------------------------------------------------------------------------------
+
+def rebel_loss(logp_chosen: torch.Tensor, logp_rejected: torch.Tensor,
+               ref_logp_chosen: torch.Tensor, ref_logp_rejected: torch.Tensor,
+               reward_chosen: torch.Tensor, reward_rejected: torch.Tensor,
+               eta: float) -> torch.Tensor:
+    """Per-pair REBEL loss ``[B]`` (take the mean over the batch):
+
+        ((log π_θ(y|x) − log π_t(y|x)) − (log π_θ(y'|x) − log π_t(y'|x)) − η·(r(x,y) − r(x,y')))²
+
+    All inputs are ``[B]``: summed response log-probs under the policy being trained (π_θ) and
+    under the policy that sampled the pairs (π_t, computed once, no gradient), and rewards.
+
+    The REBEL reference code (and paper) write the regression as (Δ/η − Δr)², dividing the
+    log-ratio difference Δ by η. That equals (Δ − η·Δr)² / η²: the form here times the
+    constant 1/η² > 0. Both are zero exactly where Δ = η·Δr and a positive constant factor does
+    not move a minimizer, so they have the same minimizers for the same η; only the gradient
+    scale (an effective learning rate) differs, by 1/η². This form is used because its gradient
+    does not grow without bound as η shrinks. η is the target log-ratio gap per unit of reward:
+    a larger η moves the policy further from π_t for the same reward difference.
+    """
+    log_ratio_gap = (logp_chosen - ref_logp_chosen) - (logp_rejected - ref_logp_rejected)
+    return (log_ratio_gap - eta * (reward_chosen - reward_rejected)) ** 2
+
+
+# --- KL estimators --------------------------------------------------------------------------------
+
+def kl_estimators(logp: torch.Tensor, ref_logp: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-token estimates of KL(π ‖ π_ref) from tokens sampled from π (Schulman's k1, k2, k3),
+    each the same shape as the inputs. With log r = log π_ref − log π:
+    k1 = −log r (unbiased, can be negative), k2 = ½ (log r)² (biased, ≥ 0),
+    k3 = (r − 1) − log r (unbiased, ≥ 0)."""
+    log_r = ref_logp - logp
+    return {"k1": -log_r, "k2": 0.5 * log_r ** 2, "k3": torch.expm1(log_r) - log_r}
+
+
+# --- PPO ------------------------------------------------------------------------------------------
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
+        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalized advantage estimation over response tokens.
+
+    rewards, values, mask: ``[B, T]``, right-padded (a response's tokens come first). The value
+    after a sequence's last token is 0 (the episode ends). Returns (advantages, returns), both
+    ``[B, T]`` and 0 on padding: δ_t = r_t + γ V_{t+1} − V_t, A_t = δ_t + γλ A_{t+1},
+    returns = A + V.
+    """
+    mask = mask.to(values.dtype)
+    values = values * mask
+    rewards = rewards * mask
+    advantages = torch.zeros_like(values)
+    next_advantage = torch.zeros_like(values[:, 0])
+    next_value = torch.zeros_like(values[:, 0])
+    for t in reversed(range(values.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_advantage = (delta + gamma * lam * next_advantage) * mask[:, t]
+        next_value = values[:, t]
+        advantages[:, t] = next_advantage
+    return advantages, (advantages + values) * mask
+
+
+def ppo_clip_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
+                  mask: torch.Tensor, clip: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipped surrogate policy loss (scalar) and clip fraction (scalar), over ``[B, T]`` tokens:
+    mean of max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)) with ρ = exp(logp − old_logp)."""
+    ratio = torch.exp(logp - old_logp)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    clip_fraction = masked_mean((clipped > unclipped).float(), mask)
+    return loss, clip_fraction
+
+
+def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+                       mask: torch.Tensor, clip: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipped value loss (scalar) and its clip fraction, over ``[B, T]``:
+    ½ · mean of max((V − R)², (V_old + clip(V − V_old, ±ε) − R)²)."""
+    clipped_values = old_values + torch.clamp(values - old_values, -clip, clip)
+    unclipped = (values - returns) ** 2
+    clipped = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask)
+    return loss, masked_mean((clipped > unclipped).float(), mask)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Per-position entropy ``[..., T]`` of the softmax over the last dimension."""
+    log_p = torch.log_softmax(logits.float(), dim=-1)
+    return -(log_p.exp() * log_p).sum(-1)
+
+
+class AdaptiveKLController:
+    """Ziegler et al. (2019): the KL coefficient moves so the measured KL tracks ``target``:
+    β ← β · (1 + clip(KL/target − 1, −0.2, 0.2) · n / horizon)."""
+
+    def __init__(self, init_coef: float, target: float, horizon: int):
+        self.value = init_coef
+        self.target = target
+        self.horizon = horizon
+
+    def update(self, kl: float, n_steps: int) -> None:
+        error = min(max(kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * n_steps / self.horizon

@@ -1,0 +1,134 @@
+"""Policy losses against hand-computed tensors."""
+
+import math
+
+import pytest
+import torch
+
+from policy.losses import (
+    AdaptiveKLController,
+    clipped_value_loss,
+    gae,
+    kl_estimators,
+    masked_mean,
+    masked_whiten,
+    ppo_clip_loss,
+    rebel_loss,
+)
+
+
+def test_rebel_loss_by_hand():
+    # Pair 1: log-ratio gap (−1 − −2) − (−3 − −2.5) = 1 + 0.5 = 1.5; η·Δr = 2·(1 − 0.25) = 1.5 → 0.
+    # Pair 2: gap (0 − 0) − (0 − 0) = 0; η·Δr = 2·(0.5 − 1) = −1 → (0 + 1)² = 1.
+    loss = rebel_loss(torch.tensor([-1.0, 0.0]), torch.tensor([-3.0, 0.0]),
+                      torch.tensor([-2.0, 0.0]), torch.tensor([-2.5, 0.0]),
+                      torch.tensor([1.0, 0.5]), torch.tensor([0.25, 1.0]), eta=2.0)
+    torch.testing.assert_close(loss, torch.tensor([0.0, 1.0]))
+
+
+def test_rebel_reference_form_has_the_same_minimizer():
+    """The reference form (Δ/η − Δr)² is the multiplied form divided by η²: same minimizer."""
+    eta = 0.5
+    gap = torch.linspace(-3, 3, 601)
+    zeros = torch.zeros_like(gap)
+    ours = rebel_loss(gap, zeros, zeros, zeros, torch.full_like(gap, 0.7), zeros, eta=eta)
+    reference = (gap / eta - 0.7) ** 2
+    assert gap[ours.argmin()].item() == pytest.approx(eta * 0.7, abs=0.006)
+    assert ours.argmin() == reference.argmin()
+    torch.testing.assert_close(reference, ours / eta ** 2)
+
+
+def test_rebel_gradient_pushes_chosen_up_when_below_target():
+    logp_chosen = torch.tensor([-5.0], requires_grad=True)
+    loss = rebel_loss(logp_chosen, torch.tensor([-5.0]), torch.tensor([-5.0]),
+                      torch.tensor([-5.0]), torch.tensor([1.0]), torch.tensor([0.0]), eta=1.0)
+    loss.sum().backward()
+    assert logp_chosen.grad.item() == pytest.approx(-2.0)  # d/dx (x+5 − 1)² at x=−5
+
+
+def test_kl_estimators_by_hand():
+    logp = torch.tensor([-1.0, -2.0])
+    ref = torch.tensor([-1.5, -1.0])
+    kl = kl_estimators(logp, ref)
+    # log r = ref − logp = [−0.5, 1.0]
+    torch.testing.assert_close(kl["k1"], torch.tensor([0.5, -1.0]))
+    torch.testing.assert_close(kl["k2"], torch.tensor([0.125, 0.5]))
+    torch.testing.assert_close(kl["k3"], torch.tensor([math.exp(-0.5) - 1 + 0.5,
+                                                       math.exp(1.0) - 1 - 1.0]))
+    assert (kl["k3"] >= 0).all()
+
+
+def test_kl_estimators_match_the_true_kl_on_samples():
+    torch.manual_seed(0)
+    p = torch.tensor([0.5, 0.3, 0.2])
+    q = torch.tensor([0.2, 0.5, 0.3])
+    true_kl = float((p * (p / q).log()).sum())
+    samples = torch.multinomial(p, 200_000, replacement=True)
+    kl = kl_estimators(p.log()[samples], q.log()[samples])
+    assert kl["k1"].mean().item() == pytest.approx(true_kl, abs=0.01)
+    assert kl["k3"].mean().item() == pytest.approx(true_kl, abs=0.01)
+
+
+def test_gae_by_hand():
+    # One sequence of 3 tokens and one of 2 (padded), γ = 0.9, λ = 0.5.
+    rewards = torch.tensor([[0.0, 0.0, 1.0], [0.5, 2.0, 9.0]])
+    values = torch.tensor([[0.1, 0.2, 0.3], [1.0, 0.5, 9.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    adv, ret = gae(rewards, values, mask, gamma=0.9, lam=0.5)
+    # Sequence 1: δ2 = 1 − 0.3 = 0.7; δ1 = 0 + 0.9·0.3 − 0.2 = 0.07; δ0 = 0.9·0.2 − 0.1 = 0.08
+    a2 = 0.7
+    a1 = 0.07 + 0.45 * a2
+    a0 = 0.08 + 0.45 * a1
+    # Sequence 2: δ1 = 2 − 0.5 = 1.5 (nothing after the end); δ0 = 0.5 + 0.9·0.5 − 1 = −0.05
+    b1 = 1.5
+    b0 = -0.05 + 0.45 * b1
+    torch.testing.assert_close(adv, torch.tensor([[a0, a1, a2], [b0, b1, 0.0]]))
+    torch.testing.assert_close(ret, torch.tensor([[a0 + 0.1, a1 + 0.2, a2 + 0.3],
+                                                  [b0 + 1.0, b1 + 0.5, 0.0]]))
+
+
+def test_gae_with_lambda_one_and_gamma_one_is_reward_to_go_minus_value():
+    rewards = torch.tensor([[1.0, 2.0, 3.0]])
+    values = torch.tensor([[0.5, 0.5, 0.5]])
+    adv, ret = gae(rewards, values, torch.ones(1, 3), gamma=1.0, lam=1.0)
+    torch.testing.assert_close(ret, torch.tensor([[6.0, 5.0, 3.0]]))
+    torch.testing.assert_close(adv, torch.tensor([[5.5, 4.5, 2.5]]))
+
+
+def test_ppo_clip_loss_by_hand():
+    old = torch.zeros(1, 4)
+    logp = torch.log(torch.tensor([[1.5, 0.5, 1.1, 2.0]]))
+    adv = torch.tensor([[1.0, 1.0, -1.0, -1.0]])
+    mask = torch.tensor([[1, 1, 1, 0]])
+    loss, clip_fraction = ppo_clip_loss(logp, old, adv, mask, clip=0.2)
+    # token 0: ratio 1.5, A=1 → max(−1.5, −1.2) = −1.2 (clipped)
+    # token 1: ratio 0.5, A=1 → max(−0.5, −0.8) = −0.5
+    # token 2: ratio 1.1, A=−1 → max(1.1, 1.1) = 1.1; token 3 is padding
+    assert loss.item() == pytest.approx((-1.2 - 0.5 + 1.1) / 3)
+    assert clip_fraction.item() == pytest.approx(1 / 3)
+
+
+def test_clipped_value_loss_by_hand():
+    values = torch.tensor([[1.0, 0.0]])
+    old = torch.tensor([[0.0, 0.0]])
+    returns = torch.tensor([[2.0, 1.0]])
+    loss, clip_fraction = clipped_value_loss(values, old, returns, torch.ones(1, 2), clip=0.2)
+    # token 0: unclipped (1−2)² = 1, clipped (0.2−2)² = 3.24 → 3.24; token 1: both 1 → 1
+    assert loss.item() == pytest.approx(0.5 * (3.24 + 1.0) / 2)
+    assert clip_fraction.item() == pytest.approx(0.5)
+
+
+def test_masked_mean_and_whiten_ignore_padding():
+    values = torch.tensor([[1.0, 3.0, 100.0]])
+    mask = torch.tensor([[1, 1, 0]])
+    assert masked_mean(values, mask).item() == 2.0
+    white = masked_whiten(values, mask)
+    torch.testing.assert_close(white, torch.tensor([[-1.0, 1.0, 0.0]]), atol=1e-4, rtol=0)
+
+
+def test_adaptive_kl_moves_toward_the_target():
+    ctl = AdaptiveKLController(0.1, target=1.0, horizon=10)
+    ctl.update(kl=5.0, n_steps=1)  # error clipped to +0.2
+    assert ctl.value == pytest.approx(0.1 * 1.02)
+    ctl.update(kl=0.0, n_steps=1)
+    assert ctl.value == pytest.approx(0.1 * 1.02 * 0.98)
