@@ -596,7 +596,7 @@ the annotators and are published as written.
 # Writing: a local folder, the Hub
 # ---------------------------------------------------------------------------------------------
 
-def _check_target(target: Path, overwrite: bool) -> None:
+def check_target(target: Path, overwrite: bool) -> None:
     if target.exists():
         if not target.is_dir():
             raise ExportError(f"cannot export to {target}: it is a file")
@@ -640,7 +640,7 @@ def write_local(export: Export, target: str | os.PathLike, *, overwrite: bool = 
     ``jsonl/<config>/<split>.jsonl``.
     """
     target = Path(target).expanduser()
-    _check_target(target, overwrite)
+    check_target(target, overwrite)
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     except OSError as exc:

@@ -1,0 +1,565 @@
+"""Supervised fine-tuning: the recipe.
+
+    rankloop train sft --from demonstrations --output runs/sft
+    rankloop train sft --data chats.jsonl --output runs/sft
+    rankloop train sft --data corpus.jsonl --raw-text --block-size 512 --output runs/dapt
+    accelerate launch --config_file launch/configs/zero3-cpu2.yaml -m launch.cli \\
+        train sft --data chats.jsonl --output runs/sft
+
+Chat mode: each example is a conversation (the app's demonstrations, its chosen responses, or
+a dataset's ``messages`` column), rendered with the model's chat template; the loss covers the
+assistant turns only (their text and the template's end-of-turn tokens), never the system or
+user turns. Conversations longer than ``max_length`` tokens are dropped and counted.
+
+Raw-text mode: a causal LM on domain text (``text`` column, or ``.txt`` files): documents are
+tokenized, joined with the end-of-sequence token and cut into ``block_size`` blocks; every
+token is trained. Held-out documents are chosen before packing, so no block straddles both.
+
+The loss of a step is the sum of token losses over all its micro-batches (all ranks, all
+accumulation steps) divided by the trained tokens of the whole step: the update does not
+depend on how the step is split. The output folder is a plain Hugging Face causal LM with its
+tokenizer, usable as ``--model`` for generation and the next training stage.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+IGNORE = -100
+SCHEDULES = ("cosine", "linear", "constant")
+DB_SOURCES = ("demonstrations", "chosen")
+SETTINGS_FILE = "rankloop_sft.json"
+
+
+class SFTDataError(ValueError):
+    """Training data that cannot be used, with a message meant for the user."""
+
+
+@dataclass
+class SFTConfig:
+    output: str
+    """Folder for the fine-tuned model (a Hugging Face folder), ``metrics.jsonl`` and the
+    settings used (``rankloop_sft.json``)."""
+    model: str = "default"
+    """Starting weights: ``default`` (SmolLM2-135M-Instruct), a folder or a Hub id."""
+    data: str | None = None
+    """``.jsonl``/``.json``/``.parquet``/``.csv`` file, ``save_to_disk`` folder or Hub id (with
+    ``--raw-text`` also a ``.txt`` file); None reads ``db_source`` from ``db``."""
+    db: str | None = None
+    """The app's database, read when ``data`` is None."""
+    db_source: str = "demonstrations"
+    """From the database: ``demonstrations`` written in the app, or the ``chosen`` responses
+    (the best-ranked response of each vote)."""
+    split: str = "train"
+    """Dataset split for ``data``."""
+    raw_text: bool = False
+    """Train on plain text packed into blocks instead of chat conversations."""
+    text_column: str = "text"
+    """Raw-text mode: the column holding the documents."""
+    block_size: int = 512
+    """Raw-text mode: tokens per packed block."""
+    max_length: int = 1024
+    """Chat mode: conversations longer than this many tokens are dropped (and counted)."""
+    eval_fraction: float = 0.1
+    """Share of conversations (prompts) or documents held out to measure the loss."""
+    per_device_batch_size: int = 4
+    """Sequences per micro-batch on each process."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step on each process."""
+    epochs: int = 1
+    """Passes over the training data (ignored when ``max_steps`` is set)."""
+    max_steps: int | None = None
+    """Optimizer steps to run; overrides ``epochs``."""
+    learning_rate: float = 2e-5
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    """Share of steps with a linear learning-rate warm-up from 0."""
+    lr_schedule: str = "cosine"
+    """After warm-up: ``cosine`` or ``linear`` decay to 0, or ``constant``."""
+    max_grad_norm: float = 1.0
+    """Gradients are clipped to this global norm."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about a third more time."""
+    bf16: bool | None = None
+    """bf16 mixed precision; None follows the accelerate config, else on when a GPU exists."""
+    seed: int = 0
+    log_every: int = 10
+    """Log training metrics every this many steps."""
+    eval_every: int | None = None
+    """Evaluate every this many steps; None evaluates before training and at each epoch end."""
+
+    def __post_init__(self) -> None:
+        if self.db_source not in DB_SOURCES:
+            raise ValueError(f"--from must be one of {', '.join(DB_SOURCES)}")
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(SCHEDULES)}")
+        if not 0 <= self.eval_fraction < 1:
+            raise ValueError(f"eval fraction must be in [0, 1), got {self.eval_fraction}")
+        for name in ("per_device_batch_size", "gradient_accumulation_steps", "epochs",
+                     "max_length", "block_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', ' ')} must be at least 1")
+
+
+@dataclass(frozen=True)
+class SFTExample:
+    input_ids: list[int]
+    labels: list[int]
+    """Aligned with input_ids: the token itself where it is trained, else -100."""
+    group: str
+    """Examples of one group (a prompt, a document) are held out together."""
+
+    @property
+    def length(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def trained_tokens(self) -> int:
+        """Tokens whose prediction is trained (a label at position t is predicted at t-1)."""
+        return sum(label != IGNORE for label in self.labels[1:])
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizing (pure given a tokenizer)
+# ---------------------------------------------------------------------------------------------
+
+def assistant_spans(tokenizer, messages: Sequence[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans of its assistant turns.
+
+    Each span runs from where the template starts the reply (the rendering of the turns before
+    it with ``add_generation_prompt``) to the end of that turn's rendering, so it includes the
+    end-of-turn tokens that teach the model to stop.
+    """
+    from data.chat import ChatTemplateError, format_chat
+
+    def render(turns, generation_prompt=False):
+        return tokenizer.apply_chat_template(list(turns), tokenize=False,
+                                             add_generation_prompt=generation_prompt)
+
+    format_chat(tokenizer, messages[:1])  # a clear error when there is no chat template
+    text = render(messages)
+    spans = []
+    for i, turn in enumerate(messages):
+        if turn["role"] != "assistant":
+            continue
+        start = len(render(messages[:i], True)) if i else 0
+        end = len(render(messages[:i + 1]))
+        if not text.startswith(render(messages[:i + 1])) or start > end:
+            raise ChatTemplateError(
+                f"the chat template of {getattr(tokenizer, 'name_or_path', 'this model')!r} "
+                "renders a conversation differently from its beginning; cannot find the "
+                "assistant turns")
+        spans.append((start, end))
+    return text, spans
+
+
+def encode_conversation(tokenizer, messages: Sequence[dict], group: str = "") -> SFTExample:
+    """Token ids of the rendered conversation, labels only on assistant tokens."""
+    text, spans = assistant_spans(tokenizer, messages)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    labels = []
+    for token, (start, _end) in zip(encoded["input_ids"], encoded["offset_mapping"]):
+        trained = any(s <= start < e for s, e in spans)
+        labels.append(token if trained else IGNORE)
+    return SFTExample(list(encoded["input_ids"]), labels, group)
+
+
+def pack_blocks(documents: Sequence[Sequence[int]], block_size: int, eos_token_id: int,
+                group: str = "") -> list[SFTExample]:
+    """Documents joined, each followed by ``eos_token_id``, cut into full blocks of
+    ``block_size`` tokens; the short remainder is dropped. Every token is trained."""
+    stream: list[int] = []
+    for document in documents:
+        stream.extend(document)
+        stream.append(eos_token_id)
+    return [SFTExample(stream[i:i + block_size], stream[i:i + block_size], f"{group}{i}")
+            for i in range(0, len(stream) - block_size + 1, block_size)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading data
+# ---------------------------------------------------------------------------------------------
+
+def _read_rows(source: str, split: str) -> list[dict]:
+    from data.prompts import FILE_SUFFIXES, PromptSourceError, _read_file, _read_hub_dataset, \
+        _read_saved_dataset
+
+    path = Path(source).expanduser()
+    try:
+        if path.is_file() and path.suffix.lower() == ".txt":
+            return [{"text": path.read_text(encoding="utf-8")}]
+        if path.is_file():
+            return _read_file(path)
+        if path.is_dir():
+            return _read_saved_dataset(path, split)
+        if path.suffix.lower() in (*FILE_SUFFIXES, ".txt") or source.startswith((".", "/", "~")):
+            raise SFTDataError(f"data file {source} does not exist")
+        return _read_hub_dataset(source, split)
+    except PromptSourceError as exc:  # the shared readers speak of prompts; same message
+        raise SFTDataError(str(exc)) from None
+    except UnicodeDecodeError:
+        raise SFTDataError(f"{source} is not valid UTF-8") from None
+
+
+def conversations_from_rows(rows: Sequence[dict], label: str) -> list[list[dict]]:
+    """``messages`` chat lists; or TRL preference rows (``prompt`` + ``chosen``), trained on
+    the chosen response. Conversations without an assistant turn are an error."""
+    from data.prompts import ROLES
+
+    if not rows:
+        raise SFTDataError(f"{label} contains no rows")
+    columns = list(rows[0])
+    if "messages" not in columns and not {"prompt", "chosen"} <= set(columns):
+        raise SFTDataError(
+            f"{label} has no 'messages' column (columns: {', '.join(map(str, columns))}); "
+            "chat data needs 'messages' (or TRL 'prompt' + 'chosen'); plain text needs "
+            "--raw-text")
+    out = []
+    for number, row in enumerate(rows, start=1):
+        if "messages" in row:
+            messages = row["messages"]
+        else:
+            prompt, chosen = row["prompt"], row["chosen"]
+            prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+            chosen = ([{"role": "assistant", "content": chosen}] if isinstance(chosen, str)
+                      else chosen)
+            messages = list(prompt) + list(chosen)
+        if not isinstance(messages, list) or not all(
+                isinstance(m, dict) and m.get("role") in ROLES
+                and isinstance(m.get("content"), str) for m in messages):
+            raise SFTDataError(f"{label} row {number}: a chat message must be "
+                               f"{{'role': one of {ROLES}, 'content': str}}")
+        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+        if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+            raise SFTDataError(f"{label} row {number} has no assistant turn to learn from")
+        out.append(messages)
+    return out
+
+
+def read_conversations(config: SFTConfig) -> tuple[list[list[dict]], str]:
+    """(conversations, where they came from)."""
+    if config.data:
+        return conversations_from_rows(_read_rows(config.data, config.split), config.data), \
+            config.data
+    from data import store
+    from data.export import sft_conversations
+
+    label = f"database {config.db}"
+    conversations = sft_conversations(store.open_store(config.db), config.db_source)
+    if not conversations:
+        what = ("demonstrations (answers written in the app)" if config.db_source ==
+                "demonstrations" else "ranked responses")
+        raise SFTDataError(f"{label} has no {what} yet; write some in `rankloop app`, use "
+                           "--from chosen, or pass --data")
+    return conversations, f"{label} ({config.db_source})"
+
+
+def read_documents(config: SFTConfig) -> list[str]:
+    if not config.data:
+        raise SFTDataError("--raw-text needs --data with a text column or a .txt file")
+    rows = _read_rows(config.data, config.split)
+    if not rows or config.text_column not in rows[0]:
+        columns = ", ".join(map(str, rows[0])) if rows else "none"
+        raise SFTDataError(f"{config.data} has no column {config.text_column!r} "
+                           f"(columns: {columns}); choose one with --text-column")
+    return [str(row[config.text_column]) for row in rows
+            if row.get(config.text_column) and str(row[config.text_column]).strip()]
+
+
+def prepare_examples(config: SFTConfig, tokenizer) -> tuple[list[SFTExample], list[SFTExample],
+                                                           dict[str, int], str]:
+    """(train, held-out, dropped counts by reason, source label)."""
+    from reward.data import split_held_out
+
+    dropped: dict[str, int] = {}
+    if config.raw_text:
+        documents = read_documents(config)
+        encoded = tokenizer(documents, add_special_tokens=False)["input_ids"]
+        units = [SFTExample(ids, ids, f"doc{i}") for i, ids in enumerate(encoded)]
+        train_docs, eval_docs = split_held_out(units, config.eval_fraction, config.seed)
+        eos = tokenizer.eos_token_id
+        train = pack_blocks([d.input_ids for d in train_docs], config.block_size, eos, "train")
+        held_out = pack_blocks([d.input_ids for d in eval_docs], config.block_size, eos, "eval")
+        if not train:
+            total = sum(len(d) + 1 for d in encoded)
+            raise SFTDataError(
+                f"{config.data} has {total} tokens, fewer than one block of {config.block_size} "
+                "for training; lower --block-size or add text")
+        return train, held_out, dropped, config.data
+    conversations, label = read_conversations(config)
+    examples = []
+    for messages in conversations:
+        prompt = [m for m in messages if m["role"] != "assistant"]
+        example = encode_conversation(tokenizer, messages, json.dumps(prompt, sort_keys=True))
+        if example.length > config.max_length:
+            dropped[f"longer than {config.max_length} tokens"] = dropped.get(
+                f"longer than {config.max_length} tokens", 0) + 1
+        elif example.trained_tokens == 0:
+            dropped["no assistant tokens"] = dropped.get("no assistant tokens", 0) + 1
+        else:
+            examples.append(example)
+    train, held_out = split_held_out(examples, config.eval_fraction, config.seed)
+    if not train:
+        raise SFTDataError(f"no training examples left from {label} (dropped: "
+                           f"{', '.join(f'{n} {k}' for k, n in dropped.items()) or 'none'})")
+    return train, held_out, dropped, label
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensors and the loss
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class SFTBatch:
+    """input_ids, attention_mask, labels: ``[B, T]``, right-padded to the longest example;
+    labels are -100 on padding and on tokens that are not trained."""
+
+    input_ids: object
+    attention_mask: object
+    labels: object
+
+    def to(self, device) -> SFTBatch:
+        return SFTBatch(self.input_ids.to(device), self.attention_mask.to(device),
+                        self.labels.to(device))
+
+
+def collate(examples: Sequence[SFTExample], pad_token_id: int) -> SFTBatch:
+    import torch
+
+    width = max(e.length for e in examples)
+    input_ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, e in enumerate(examples):
+        input_ids[row, :e.length] = torch.tensor(e.input_ids)
+        labels[row, :e.length] = torch.tensor(e.labels)
+        mask[row, :e.length] = 1
+    return SFTBatch(input_ids, mask, labels)
+
+
+def token_nll_sum(logits, labels):
+    """Summed next-token negative log-likelihood and the number of trained tokens.
+
+    logits ``[B, T, V]``, labels ``[B, T]`` (-100 = not trained) → (scalar, scalar): position t
+    predicts label t+1.
+    """
+    import torch.nn.functional as F
+
+    shifted_logits = logits[:, :-1, :].float()
+    shifted_labels = labels[:, 1:]
+    loss = F.cross_entropy(shifted_logits.reshape(-1, shifted_logits.shape[-1]),
+                           shifted_labels.reshape(-1), ignore_index=IGNORE, reduction="sum")
+    return loss, (shifted_labels != IGNORE).sum()
+
+
+def evaluate(model, accelerator, examples: Sequence[SFTExample], *, batch_size: int,
+             pad_token_id: int) -> dict[str, float]:
+    """Held-out loss per trained token. Batches are spread over processes; a process with no
+    batch left runs a copy of the first and discards it, since ZeRO-3 needs every rank in
+    every forward pass."""
+    import torch
+
+    if not examples:
+        return {}
+    ordered = sorted(examples, key=lambda e: e.length, reverse=True)
+    chunks = [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
+    world, rank = accelerator.num_processes, accelerator.process_index
+    totals = torch.zeros(2)
+    model.eval()
+    with torch.no_grad():
+        for k in range(math.ceil(len(chunks) / world)):
+            index = k * world + rank
+            batch = collate(chunks[index if index < len(chunks) else 0], pad_token_id)
+            batch = batch.to(accelerator.device)
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            if index < len(chunks):
+                loss, tokens = token_nll_sum(logits, batch.labels)
+                totals += torch.stack([loss.detach().float().cpu(), tokens.float().cpu()])
+    model.train()
+    totals = accelerator.reduce(totals.to(accelerator.device), reduction="sum").cpu()
+    loss, tokens = (float(x) for x in totals)
+    return {"eval/loss": loss / max(tokens, 1), "eval/tokens": tokens}
+
+
+# ---------------------------------------------------------------------------------------------
+# The recipe
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class SFTSummary:
+    output: str
+    steps: int
+    train_examples: int
+    eval_examples: int
+    source: str
+    dropped: dict[str, int]
+    first_eval_loss: float | None
+    eval_loss: float | None
+    tokens_per_second: float
+    main_process: bool = True
+    """False on the other ranks of a distributed run, which should stay quiet."""
+
+    def line(self) -> str:
+        parts = [f"{self.train_examples} training examples from {self.source}, "
+                 f"{self.eval_examples} held out", f"{self.steps} steps"]
+        if self.eval_loss is not None:
+            parts.append(f"held-out loss {self.first_eval_loss:.4f} -> {self.eval_loss:.4f}")
+        parts.append(f"{self.tokens_per_second:.0f} tokens/s")
+        dropped = ", ".join(f"{n} {why}" for why, n in sorted(self.dropped.items()) if n)
+        parts.append(f"dropped: {dropped or 'none'}")
+        return f"fine-tuned model saved to {self.output}: " + "; ".join(parts)
+
+
+def train_sft(config: SFTConfig, *, progress: bool = True) -> SFTSummary:
+    """Fine-tunes, evaluates and saves a causal LM; see the module docstring."""
+    import torch
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForCausalLM, get_scheduler
+
+    from policy.models import ModelNotFoundError, load_tokenizer, resolve_model
+    from reward.accel import configure_deepspeed, make_accelerator
+    from reward.data import global_batches, micro_batches, steps_per_epoch
+    from reward.metrics import MetricsLog
+
+    output = Path(config.output)
+    # 1. Data: read and tokenize (bad input fails here, before anything heavy starts), hold
+    #    out prompts or documents, plan the steps.
+    model_path = resolve_model(config.model)
+    tokenizer = load_tokenizer(model_path, padding_side="right")
+    train, held_out, dropped, source = prepare_examples(config, tokenizer)
+    accelerator = make_accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
+                                   bf16=config.bf16)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    say = accelerator.print
+    set_seed(config.seed)
+    micro_per_step = world * config.gradient_accumulation_steps
+    global_batch_size = micro_per_step * config.per_device_batch_size
+    if len(train) < micro_per_step:
+        raise SFTDataError(f"only {len(train)} training examples for {micro_per_step} "
+                           f"micro-batches per step ({world} processes × "
+                           f"{config.gradient_accumulation_steps} accumulation steps)")
+    per_epoch = steps_per_epoch(len(train), global_batch_size, micro_per_step)
+    total_steps = config.max_steps or per_epoch * config.epochs
+    eval_every = config.eval_every or per_epoch
+    lengths = [e.length for e in train]
+    say(f"rankloop: {len(train)} training examples, {len(held_out)} held out; {total_steps} "
+        f"steps of {global_batch_size} examples ({world} processes × "
+        f"{config.per_device_batch_size} × {config.gradient_accumulation_steps} accumulation)")
+
+    # 2. Model (after the accelerator, so ZeRO-3 can partition it as it loads), optimizer.
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    except OSError as exc:
+        raise ModelNotFoundError(f"cannot load model {model_path!r}: "
+                                 f"{str(exc).strip().splitlines()[0]}") from None
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)
+    schedule = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+    scheduler = get_scheduler(schedule[config.lr_schedule], optimizer,
+                              num_warmup_steps=math.ceil(config.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    configure_deepspeed(accelerator, micro_batch_size=config.per_device_batch_size,
+                        gradient_accumulation_steps=config.gradient_accumulation_steps,
+                        max_grad_norm=config.max_grad_norm)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    log = MetricsLog(output / "metrics.jsonl", enabled=accelerator.is_main_process)
+    pad_id = tokenizer.pad_token_id
+
+    def run_eval(step: int) -> dict[str, float]:
+        metrics = evaluate(model, accelerator, held_out, batch_size=config.per_device_batch_size,
+                           pad_token_id=pad_id)
+        if metrics:
+            log.log(step, metrics)
+        return metrics
+
+    first_eval = run_eval(0)  # the starting point the held-out loss is compared with
+    eval_metrics = first_eval
+
+    # 3. Train: each step is one global batch, cut into world × accumulation micro-batches.
+    model.train()
+    trained_tokens = [e.trained_tokens for e in train]
+    epoch_batches: tuple[int, list[list[int]]] | None = None
+    window = torch.zeros(2)
+    seconds, seen_tokens = 0.0, 0
+    bar = tqdm(total=total_steps, desc="sft", disable=not (progress and accelerator.is_main_process))
+    for step in range(total_steps):
+        started = time.perf_counter()
+        epoch, position = divmod(step, per_epoch)
+        if epoch_batches is None or epoch_batches[0] != epoch:
+            epoch_batches = (epoch, global_batches(lengths, global_batch_size, config.seed, epoch,
+                                                   micro_per_step))
+        global_batch = epoch_batches[1][position]
+        chunks = micro_batches(global_batch, lengths, micro_per_step)
+        # Backends average gradients over processes and accumulation steps; this factor turns
+        # that average into the mean over every trained token of the step.
+        step_tokens = sum(trained_tokens[i] for i in global_batch)
+        loss_scale = micro_per_step / max(step_tokens, 1)
+
+        # 3a. Forward and backward each micro-batch.
+        for accumulation_step in range(config.gradient_accumulation_steps):
+            batch = collate([train[i] for i in chunks[accumulation_step * world + rank]],
+                            pad_id).to(accelerator.device)
+            with accelerator.accumulate(model):
+                logits = model(input_ids=batch.input_ids,
+                               attention_mask=batch.attention_mask).logits
+                loss_sum, tokens = token_nll_sum(logits, batch.labels)
+                accelerator.backward(loss_sum * loss_scale)
+            window += torch.stack([loss_sum.detach().float().cpu(), tokens.float().cpu()])
+
+        # 3b. Clip, update, advance the schedule.
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        seconds += time.perf_counter() - started
+        seen_tokens += sum(lengths[i] for i in global_batch)
+        done = step + 1
+        bar.update(1)
+
+        # 3c. Log and evaluate.
+        if done % config.log_every == 0 or done == total_steps:
+            totals = accelerator.reduce(window.to(accelerator.device), reduction="sum").cpu()
+            metrics = {"train/loss": float(totals[0]) / max(float(totals[1]), 1),
+                       "train/tokens": float(totals[1]), "train/epoch": done / per_epoch,
+                       "train/learning_rate": scheduler.get_last_lr()[0],
+                       "train/tokens_per_second": seen_tokens / max(seconds, 1e-9)}
+            if grad_norm is not None:
+                metrics["train/grad_norm"] = float(grad_norm)
+            log.log(done, metrics)
+            bar.set_postfix(loss=f"{metrics['train/loss']:.4f}")
+            window.zero_()
+        if held_out and (done % eval_every == 0 or done == total_steps):
+            eval_metrics = run_eval(done)
+    bar.close()
+
+    # 4. Save a plain Hugging Face folder with the tokenizer and the settings used.
+    accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(model)  # every rank takes part under ZeRO-3
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.config.use_cache = True
+        unwrapped.save_pretrained(output, state_dict=state_dict, safe_serialization=True)
+        tokenizer.padding_side = "left"  # as the next stage, generation, wants it
+        tokenizer.save_pretrained(output)
+        settings = {**asdict(config), "train_examples": len(train),
+                    "eval_examples": len(held_out), "steps": total_steps, "world_size": world,
+                    "dropped": dropped, "source": source, "eval": eval_metrics}
+        (output / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+    accelerator.wait_for_everyone()
+    log.close()
+    return SFTSummary(
+        output=str(output), steps=total_steps, train_examples=len(train),
+        eval_examples=len(held_out), source=source, dropped=dropped,
+        first_eval_loss=first_eval.get("eval/loss"), eval_loss=eval_metrics.get("eval/loss"),
+        tokens_per_second=seen_tokens / seconds if seconds else 0.0,
+        main_process=accelerator.is_main_process,
+    )
