@@ -625,7 +625,10 @@ def write_files(export: Export, folder: Path, *, disk: bool = True) -> list[Path
             if disk:
                 jsonl = folder / "jsonl" / folder_name / f"{split_name}.jsonl"
                 jsonl.parent.mkdir(parents=True, exist_ok=True)
-                dataset[split_name].to_json(str(jsonl), lines=True, force_ascii=False)
+                # json.dumps keeps floats exact (pandas' to_json rounds them to 10 digits).
+                with jsonl.open("w", encoding="utf-8") as f:
+                    for row in dataset[split_name]:
+                        f.write(json.dumps(row, ensure_ascii=False) + "\n")
         if disk:
             dataset.save_to_disk(str(folder / folder_name))
     return hub_files
