@@ -49,7 +49,9 @@ def load_reward_model(model: str, tokenizer, *, lora: LoraSettings | None = None
     # Without a pad id the classifier cannot find the last real token of a padded row.
     reward_model.config.pad_token_id = tokenizer.pad_token_id
     if gradient_checkpointing:
-        reward_model.gradient_checkpointing_enable()
+        # Non-reentrant checkpointing passes gradients to LoRA adapters without extra hooks.
+        reward_model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False})
         reward_model.config.use_cache = False
     if lora is not None:
         from peft import LoraConfig, TaskType, get_peft_model

@@ -99,12 +99,11 @@ def test_trained_model_learns_the_planted_preference(trained):
     assert model.config.num_labels == 1 and model.config.pad_token_id is not None
 
 
-def test_eval_reward_reports_accuracy_and_agreement_with_humans(trained):
+def test_eval_reward_reports_accuracy_and_agreement_with_humans(trained, capsys):
     fresh = planted_file(trained["tmp"] / "fresh.jsonl", 60, seed=7)
-    result = rankloop("eval", "reward", "--scorer", f"bt:{trained['out']}", "--data", fresh,
-                      "--db", trained["db"])
-    assert result.returncode == 0, result.stderr[-3000:]
-    accuracy_line, agreement_line = result.stdout.strip().splitlines()
+    assert main(["eval", "reward", "--scorer", f"bt:{trained['out']}", "--data", fresh,
+                 "--db", trained["db"]]) == 0
+    accuracy_line, agreement_line = capsys.readouterr().out.strip().splitlines()
     assert accuracy_line.startswith("accuracy ") and "on 60 pairs" in accuracy_line
     assert float(accuracy_line.split()[1]) > 0.9
     assert agreement_line.startswith("agreement with humans ")

@@ -114,14 +114,19 @@ def test_one_forward_of_chosen_and_rejected_equals_separate_forwards(start_model
 
 
 def test_micro_batches_times_accumulation_give_the_same_updates(start_model, tmp_path):
-    # 11 pairs in global batches of 6: the second step has 5 pairs, split unevenly.
-    pairs = PreferenceLoad(planted_pairs(11, seed=1), "planted")
+    # 11 pairs in global batches of 6: the second step has 5 pairs, split unevenly. Two are
+    # ties, trained with the tie loss, and every pair has a margin.
+    pairs = [PreferencePair(p.prompt, p.chosen, p.rejected, margin=0.1 * i, tie=i in (2, 7))
+             for i, p in enumerate(planted_pairs(11, seed=1))]
+    pairs = PreferenceLoad(pairs, "planted")
     runs = {}
     for per_device, accumulation in ((6, 1), (3, 2), (2, 3)):
         out = tmp_path / f"b{per_device}x{accumulation}"
         summary = train_reward_model(config(out, start_model, per_device_batch_size=per_device,
                                             gradient_accumulation_steps=accumulation,
-                                            max_steps=2), pairs=pairs, progress=False)
+                                            max_steps=2, ties="include",
+                                            center_rewards_coefficient=0.05),
+                                     pairs=pairs, progress=False)
         assert summary.steps == 2 and summary.train_pairs == 11
         runs[(per_device, accumulation)] = (losses(out), saved_weights(out))
     (ref_losses, ref_weights), *others = runs.values()
@@ -213,14 +218,19 @@ def test_lora_adapters_are_merged_into_a_plain_model(start_model, tmp_path):
 
     out = tmp_path / "lora"
     summary = train_reward_model(config(out, start_model, lora_r=4, max_steps=2,
-                                        per_device_batch_size=4),
+                                        per_device_batch_size=4, gradient_checkpointing=True),
                                  pairs=PreferenceLoad(planted_pairs(12), "planted"),
                                  progress=False)
     assert summary.steps == 2
     trained = saved_weights(out)
     assert not any("lora" in k or "base_layer" in k for k in trained)
     assert trained.keys() == saved_weights(start_model).keys()
-    assert not torch.equal(trained["score.weight"], saved_weights(start_model)["score.weight"])
+    start = saved_weights(start_model)
+    # The head trains fully; adapted layers moved through checkpointed blocks; others did not.
+    assert not torch.equal(trained["score.weight"], start["score.weight"])
+    assert not torch.equal(trained["model.layers.0.self_attn.q_proj.weight"],
+                           start["model.layers.0.self_attn.q_proj.weight"])
+    assert torch.equal(trained["model.embed_tokens.weight"], start["model.embed_tokens.weight"])
 
 
 def test_ties_are_excluded_by_default_and_trained_when_included(start_model):
