@@ -1,7 +1,7 @@
 """Reward-model training: RankLoop's Bradley-Terry recipe vs TRL's RewardTrainer.
 
     python3 bench/reward_train.py [--models tiny,default] [--pairs 48] [--eval-pairs 32] \\
-        [--batch-size 8] [--epochs 1] [--lr 5e-5]
+        [--batch-size 8] [--epochs 1] [--lr 3e-3 for tiny, 1e-4 otherwise]
 
 For each model (``tiny``: a random 2-layer, 64-wide Llama with the SmolLM2 tokenizer;
 ``default``: SmolLM2-135M-Instruct; or a folder), both trainers get the same token ids (the
@@ -178,7 +178,8 @@ def main() -> None:
     parser.add_argument("--eval-pairs", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=8, help="pairs per step")
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--lr", type=float, default=None,
+                        help="learning rate (default: 3e-3 for tiny, 1e-4 otherwise)")
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--worker", choices=("rankloop", "trl"), help=argparse.SUPPRESS)
@@ -196,15 +197,17 @@ def main() -> None:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else \
         f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
     print(f"{args.pairs} training pairs x {args.epochs} epoch(s), {args.eval_pairs} held out, "
-          f"batch {args.batch_size} pairs, lr {args.lr} | {device}", flush=True)
+          f"batch {args.batch_size} pairs | {device}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for name in args.models.split(","):
             path = tiny_model(Path(scratch) / "tiny") if name == "tiny" else resolve_model(name)
+            lr = args.lr or (3e-3 if name == "tiny" else 1e-4)
+            print(f"  {name}: lr {lr}", flush=True)
             for trainer in ("rankloop", "trl"):
-                argv = [sys.executable, __file__, "--worker", trainer, "--model-path", path]
-                for flag in ("pairs", "eval_pairs", "batch_size", "epochs", "lr", "max_length",
-                             "seed"):
+                argv = [sys.executable, __file__, "--worker", trainer, "--model-path", path,
+                        "--lr", str(lr)]
+                for flag in ("pairs", "eval_pairs", "batch_size", "epochs", "max_length", "seed"):
                     argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
                 done = subprocess.run(argv, capture_output=True, text=True)
                 result_lines = [line for line in done.stdout.splitlines()

@@ -73,6 +73,8 @@ def register(commands) -> None:
                      help="steps (default: once per epoch)")
     run.add_argument("--save-every", type=positive_int, default=200,
                      help="steps between checkpoints (default: 200)")
+    run.add_argument("--keep-checkpoints", type=positive_int, default=1,
+                     help="newest complete checkpoints to keep (default: 1)")
     run.add_argument("--no-resume", action="store_true",
                      help="start over even if --output holds a checkpoint")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -156,7 +158,7 @@ def _train_reward(args: argparse.Namespace) -> int:
         lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
         gradient_checkpointing=args.gradient_checkpointing, bf16=args.bf16, seed=args.seed,
         log_every=args.log_every, eval_every=args.eval_every, save_every=args.save_every,
-        resume=not args.no_resume,
+        keep_checkpoints=args.keep_checkpoints, resume=not args.no_resume,
     )
     summary = train_reward_model(config, progress=not args.no_progress)
     if summary.main_process:

@@ -144,11 +144,15 @@ def test_zero3_on_two_cpu_ranks_matches_one_process(start_model, tmp_path):
               "--eval-fraction", "0.2", "--log-every", "1", "--batch-size", "4",
               "--center-rewards", "0.01", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-         str(ROOT / "launch/configs/zero3-cpu2.yaml"), "-m", "launch.cli", *common,
-         "--output", str(tmp_path / "zero3")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+
+    def launch_zero3():
+        return subprocess.run(
+            [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+             str(ROOT / "launch/configs/zero3-cpu2.yaml"), "-m", "launch.cli", *common,
+             "--output", str(tmp_path / "zero3"), "--save-every", "2", "--keep-checkpoints", "2"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+
+    result = launch_zero3()
     assert result.returncode == 0, result.stderr[-4000:]
     assert "2 processes × 4 pairs × 1 accumulation" in result.stdout
     assert result.stdout.count("reward model saved to") == 1  # only rank 0 reports
@@ -163,8 +167,16 @@ def test_zero3_on_two_cpu_ranks_matches_one_process(start_model, tmp_path):
              for d in (zero3, single)]
     assert evals[0]["eval/loss"] == pytest.approx(evals[1]["eval/loss"], abs=1e-5)
     assert_same_update(saved_weights(start_model), saved_weights(zero3), saved_weights(single))
-    # The ZeRO-3 checkpoint is DeepSpeed's (partitioned per rank), resumable by the same launch.
-    assert (zero3 / "checkpoints" / "step-0000003" / "trainer_state.json").is_file()
+
+    # Resuming a DeepSpeed checkpoint (partitioned per rank) as if killed during step 3.
+    finished, first_losses = saved_weights(zero3), losses(zero3)
+    shutil.rmtree(zero3 / "checkpoints" / "step-0000003")
+    (zero3 / "model.safetensors").unlink()
+    result = launch_zero3()
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "resumed at step 2" in result.stdout
+    assert losses(zero3) == pytest.approx(first_losses, abs=1e-6)
+    assert_same_weights(saved_weights(zero3), finished, atol=1e-6)
 
 
 def test_resume_from_a_checkpoint_continues_exactly(start_model, tmp_path):
