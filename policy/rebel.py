@@ -1,0 +1,705 @@
+"""REBEL (REgression to RElative REward Based RL, Gao et al. 2024): the recipe.
+
+    rankloop train rebel --data pairs.jsonl --model M --output runs/rebel
+    accelerate launch --config_file launch/configs/zero3-cpu2.yaml -m launch.cli \\
+        train rebel --db rankloop.db --scorer bt:runs/rm --output runs/rebel
+
+Each pair is a prompt x, a chosen and a rejected response y, y' sampled from the policy π_t,
+and their rewards. The policy π_θ starts as a copy of π_t and regresses its log-ratio gap onto
+the reward gap (``policy.losses.rebel_loss``, η documented there):
+
+    ((log π_θ(y|x) − log π_t(y|x)) − (log π_θ(y'|x) − log π_t(y'|x)) − η·(r(x,y) − r(x,y')))²
+
+Log-probs sum over response tokens only, with logits divided by the sampling temperature.
+π_t's log-probs are computed once before training (batches spread over the ranks, summed
+back) and kept with the pairs; dropout is off, since π_θ and π_t must be the same function
+at step 0. Chosen and rejected run in one forward pass, padded to the longest sequence of the
+micro-batch (no fixed-width padding).
+
+Batching, checkpoints and saving follow ``reward/train_bt.py``: every optimizer step takes one
+global batch of ``world × per_device × accumulation`` pairs, the loss is normalised by the pairs
+in the whole step, and the data position follows from the step number.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from data.policy_pairs import (
+    MODES,
+    PairSet,
+    PolicyPair,
+    filter_by_length,
+    require_pairs,
+    split_held_out,
+)
+from data.preferences import PreferenceSourceError
+from policy.logprobs import TokenBatch, pack, sequence_logprobs
+
+SCHEDULES = ("cosine", "linear", "constant")
+CHECKPOINTS = "checkpoints"
+TRAINER_STATE = "trainer_state.json"
+
+
+@dataclass
+class RebelConfig:
+    output: str
+    """Folder for the trained policy (a Hugging Face folder), ``metrics.jsonl`` and
+    ``checkpoints/``."""
+    model: str = "default"
+    """π_t, the policy that sampled the pairs and the starting weights: ``default``
+    (SmolLM2-135M-Instruct), a folder or a Hub id."""
+    data: str | None = None
+    """TRL-format preference file (optional ``score_chosen``/``score_rejected``); None reads
+    the app's database ``db``."""
+    db: str | None = None
+    """The app's database, read when ``data`` is None."""
+    scorer: str | None = None
+    """Database only: use this reward model's stored scores (``bt:DIR``/``armorm:DIR`` as
+    written by ``rankloop score``); None uses the human rankings."""
+    run_id: int | None = None
+    """Database only: only candidates of this generation run."""
+    pair_mode: str = "best_worst"
+    """``best_worst``: one pair per prompt (highest vs lowest reward); ``all``: every pair."""
+    split: str = "train"
+    """Dataset split for ``data``."""
+    limit: int | None = None
+    """Read at most this many pairs (files only)."""
+    max_prompt_tokens: int = 1024
+    """Pairs whose chat-formatted prompt is longer are dropped (and counted)."""
+    max_response_tokens: int = 2048
+    """Pairs with a response longer than this (EOS included) are dropped (and counted)."""
+    eval_fraction: float = 0.1
+    """Share of prompts held out for the held-out loss (all pairs of a prompt together)."""
+    eta: float = 1.0
+    """Target log-ratio gap per unit of reward gap (see ``policy.losses.rebel_loss``)."""
+    temperature: float = 1.0
+    """The temperature the responses were sampled at; logits are divided by it."""
+    per_device_batch_size: int = 4
+    """Pairs per micro-batch on each process; one forward runs 2× this many sequences."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step on each process."""
+    epochs: int = 1
+    """Passes over the training pairs (ignored when ``max_steps`` is set)."""
+    max_steps: int | None = None
+    """Optimizer steps to run; overrides ``epochs``."""
+    learning_rate: float = 3e-7
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1
+    """Share of steps with a linear learning-rate warm-up from 0."""
+    lr_schedule: str = "cosine"
+    """After warm-up: ``cosine`` or ``linear`` decay to 0, or ``constant``."""
+    max_grad_norm: float = 1.0
+    lora_r: int = 0
+    """LoRA rank; 0 trains every weight."""
+    lora_alpha: float | None = None
+    """LoRA scale numerator; None means 2 × lora_r."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about a third more time."""
+    bf16: bool | None = None
+    """bf16 mixed precision; None follows the accelerate config, else on when a GPU exists."""
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int | None = None
+    """Evaluate every this many steps; None evaluates at the end of each epoch."""
+    save_every: int = 200
+    """Write a resumable checkpoint every this many steps (and at the end)."""
+    keep_checkpoints: int = 1
+    resume: bool = True
+    """Continue from the newest checkpoint in ``output/checkpoints`` when there is one."""
+
+    def __post_init__(self) -> None:
+        if self.pair_mode not in MODES:
+            raise ValueError(f"pair mode must be one of {', '.join(MODES)}")
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(SCHEDULES)}")
+        if not 0 <= self.eval_fraction < 1:
+            raise ValueError(f"eval fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.temperature <= 0:
+            raise ValueError("temperature must be above 0 (log-probs of greedy samples are 0)")
+        for name in ("per_device_batch_size", "gradient_accumulation_steps", "epochs",
+                     "max_prompt_tokens", "max_response_tokens", "log_every", "save_every",
+                     "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', ' ')} must be at least 1")
+
+
+@dataclass
+class StepPlan:
+    """The batch arithmetic, computed once; every process derives the same plan."""
+
+    train_pairs: int
+    world_size: int
+    per_device_batch_size: int
+    gradient_accumulation_steps: int
+    epochs: int
+    max_steps: int | None
+
+    @property
+    def micro_batches_per_step(self) -> int:
+        return self.world_size * self.gradient_accumulation_steps
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.micro_batches_per_step * self.per_device_batch_size
+
+    @property
+    def steps_per_epoch(self) -> int:
+        from reward.data import steps_per_epoch
+
+        return steps_per_epoch(self.train_pairs, self.global_batch_size,
+                               self.micro_batches_per_step)
+
+    @property
+    def total_steps(self) -> int:
+        return self.max_steps or self.steps_per_epoch * self.epochs
+
+    def check(self) -> None:
+        assert self.global_batch_size == (self.world_size * self.per_device_batch_size
+                                          * self.gradient_accumulation_steps)
+        if self.train_pairs < self.micro_batches_per_step:
+            raise PreferenceSourceError(
+                f"only {self.train_pairs} training pairs for {self.micro_batches_per_step} "
+                f"micro-batches per step ({self.world_size} processes × "
+                f"{self.gradient_accumulation_steps} accumulation steps); add data or lower them")
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EncodedPolicyPair:
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    """Response tokens, ending with EOS."""
+    rejected_ids: list[int]
+    reward_chosen: float
+    reward_rejected: float
+    group: str
+
+    @property
+    def length(self) -> int:
+        """Padded width of this pair in a batch."""
+        return len(self.prompt_ids) + max(len(self.chosen_ids), len(self.rejected_ids))
+
+
+@dataclass
+class RebelBatch:
+    """B pairs as one forward pass.
+
+    tokens: ``[2B, T]``, rows 0..B−1 prompt+chosen and B..2B−1 prompt+rejected (pair i in rows
+    i and B+i). ref_logp_chosen, ref_logp_rejected, reward_chosen, reward_rejected: ``[B]``.
+    """
+
+    tokens: TokenBatch
+    ref_logp_chosen: torch.Tensor
+    ref_logp_rejected: torch.Tensor
+    reward_chosen: torch.Tensor
+    reward_rejected: torch.Tensor
+
+    @property
+    def num_pairs(self) -> int:
+        return self.reward_chosen.shape[0]
+
+    def split(self, per_sequence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return per_sequence[: self.num_pairs], per_sequence[self.num_pairs:]
+
+    def to(self, device) -> RebelBatch:
+        return RebelBatch(self.tokens.to(device), self.ref_logp_chosen.to(device),
+                          self.ref_logp_rejected.to(device), self.reward_chosen.to(device),
+                          self.reward_rejected.to(device))
+
+
+def prompt_token_ids(tokenizer, prompts: list) -> list[list[int]]:
+    """Chat prompts through the chat template (generation prompt added, as sampled); raw-text
+    prompts as they are, with the tokenizer's special tokens."""
+    from data.chat import format_chat
+
+    out = []
+    for prompt in prompts:
+        if isinstance(prompt, str):
+            out.append(tokenizer(prompt)["input_ids"])
+        else:
+            out.append(tokenizer(format_chat(tokenizer, prompt), add_special_tokens=False)
+                       ["input_ids"])
+    return out
+
+
+def response_token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Each response's tokens followed by EOS, as the sampler produced them."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no EOS token")
+    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
+    return [list(seq) + [tokenizer.eos_token_id] for seq in ids]
+
+
+def encode_policy_pairs(tokenizer, pairs: list[PolicyPair], *, max_prompt_tokens: int,
+                        max_response_tokens: int) -> tuple[list[EncodedPolicyPair], dict[str, int]]:
+    """Tokenized pairs within the length limits, and drop counts by reason."""
+    prompts = prompt_token_ids(tokenizer, [p.prompt for p in pairs])
+    chosen = response_token_ids(tokenizer, [p.chosen for p in pairs])
+    rejected = response_token_ids(tokenizer, [p.rejected for p in pairs])
+    kept, dropped = filter_by_length(pairs, [len(x) for x in prompts], [len(x) for x in chosen],
+                                     [len(x) for x in rejected],
+                                     max_prompt_tokens=max_prompt_tokens,
+                                     max_response_tokens=max_response_tokens)
+    encoded = [EncodedPolicyPair(prompts[i], chosen[i], rejected[i], pairs[i].reward_chosen,
+                                 pairs[i].reward_rejected, pairs[i].prompt_key()) for i in kept]
+    return encoded, dropped
+
+
+def collate(pairs: list[EncodedPolicyPair], ref_logps: torch.Tensor, pad_token_id: int,
+            *, side: str = "right", width: int | None = None) -> RebelBatch:
+    """ref_logps: ``[len(pairs), 2]`` (chosen, rejected) for these pairs."""
+    tokens = pack([p.prompt_ids for p in pairs] * 2,
+                  [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs],
+                  pad_token_id, side=side, width=width)
+    return RebelBatch(tokens, ref_logps[:, 0].float(), ref_logps[:, 1].float(),
+                      torch.tensor([p.reward_chosen for p in pairs], dtype=torch.float32),
+                      torch.tensor([p.reward_rejected for p in pairs], dtype=torch.float32))
+
+
+def read_pairs(config: RebelConfig) -> PairSet:
+    from data.policy_pairs import pairs_from_db, pairs_from_file
+
+    if config.data:
+        pairs = pairs_from_file(config.data, split=config.split, limit=config.limit)
+    else:
+        from data import store
+
+        if config.db is None or not Path(config.db).is_file():
+            raise PreferenceSourceError(f"database {config.db} does not exist")
+        scorer = config.scorer
+        if scorer is not None:
+            from reward.score import parse_scorer
+
+            scorer = parse_scorer(scorer).name  # scores are stored under the absolute path
+        pairs = pairs_from_db(store.open_store(config.db), scorer=scorer, run_id=config.run_id,
+                              mode=config.pair_mode)
+    require_pairs(pairs)
+    return pairs
+
+
+def prepare_pairs(config: RebelConfig, tokenizer, pairs: PairSet
+                  ) -> tuple[list[EncodedPolicyPair], list[EncodedPolicyPair], dict[str, int]]:
+    """(train, held-out, dropped counts by reason)."""
+    encoded, too_long = encode_policy_pairs(tokenizer, pairs.pairs,
+                                            max_prompt_tokens=config.max_prompt_tokens,
+                                            max_response_tokens=config.max_response_tokens)
+    dropped = {**pairs.dropped, **too_long}
+    train_idx, held_idx = split_held_out([p.group for p in encoded], config.eval_fraction,
+                                         config.seed)
+    train, held_out = [encoded[i] for i in train_idx], [encoded[i] for i in held_idx]
+    if not train:
+        raise PreferenceSourceError(
+            f"no training pairs left from {pairs.source} (dropped: "
+            f"{', '.join(f'{n} {k}' for k, n in sorted(dropped.items()) if n) or 'none'})")
+    return train, held_out, {k: v for k, v in dropped.items() if v}
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------
+
+def check_tokenizer_matches(model_path: str, tokenizer) -> None:
+    """A tokenizer with ids beyond the model's embedding table would index out of range deep
+    inside the forward pass; say so up front."""
+    from transformers import AutoConfig
+
+    vocab = getattr(AutoConfig.from_pretrained(model_path), "vocab_size", None)
+    if vocab is not None and len(tokenizer) > vocab:
+        raise ValueError(
+            f"the tokenizer in {model_path} has {len(tokenizer)} tokens but the model's "
+            f"vocabulary has {vocab}: they do not belong together")
+
+
+def load_policy(model_path: str, *, lora_r: int = 0, lora_alpha: float | None = None,
+                gradient_checkpointing: bool = False, dtype=None):
+    """A causal LM with every dropout probability set to 0 (so π_θ at step 0 equals π_t);
+    with ``lora_r``, LoRA adapters on every linear layer are the only trained weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from policy.models import ModelNotFoundError, _first_line
+
+    try:
+        model_config = AutoConfig.from_pretrained(model_path)
+        for key, value in list(model_config.to_dict().items()):
+            if "dropout" in key and isinstance(value, float):
+                setattr(model_config, key, 0.0)
+        model = AutoModelForCausalLM.from_pretrained(model_path, config=model_config,
+                                                     dtype=dtype or torch.float32)
+    except OSError as exc:
+        raise ModelNotFoundError(_first_line(f"cannot load model {model_path!r}: {exc}")) from None
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    if lora_r:
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(
+            task_type=TaskType.CAUSAL_LM, r=lora_r, lora_alpha=lora_alpha or 2 * lora_r,
+            lora_dropout=0.0, target_modules="all-linear"))
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference log-probs, statistics, evaluation
+# ---------------------------------------------------------------------------------------------
+
+def _spread(n_chunks: int, world: int, rank: int):
+    """(chunk index, is real) for each forward this rank runs: every rank runs the same number
+    of forwards (ZeRO-3 gathers weights collectively); a rank out of chunks repeats chunk 0."""
+    for k in range(math.ceil(n_chunks / world)):
+        index = k * world + rank
+        yield (index, True) if index < n_chunks else (0, False)
+
+
+def reference_logprobs(model, accelerator, pairs: list[EncodedPolicyPair], *, batch_size: int,
+                       pad_token_id: int, temperature: float) -> torch.Tensor:
+    """``[N, 2]`` summed response log-probs (chosen, rejected) of π_t, computed once: batches
+    are spread over the ranks and the results summed back, so every rank holds all of them."""
+    out = torch.zeros(len(pairs), 2)
+    if not pairs:
+        return out
+    order = sorted(range(len(pairs)), key=lambda i: pairs[i].length, reverse=True)
+    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    dummy = torch.zeros(len(pairs), 2)
+    model.eval()
+    with torch.no_grad():
+        for index, real in _spread(len(chunks), accelerator.num_processes,
+                                   accelerator.process_index):
+            chunk = chunks[index]
+            batch = collate([pairs[i] for i in chunk], dummy[chunk], pad_token_id)
+            logp = sequence_logprobs(model, batch.tokens.to(accelerator.device), temperature)
+            if real:
+                chosen, rejected = batch.split(logp.float().cpu())
+                out[chunk] = torch.stack([chosen, rejected], dim=1)
+    model.train()
+    return accelerator.reduce(out.to(accelerator.device), reduction="sum").cpu()
+
+
+# Sums reduced across processes: loss, pairs, sign agreements, KL, chosen and rejected
+# log-ratios, tokens.
+_STATS = 7
+
+
+def batch_stats(per_pair_loss, logp_chosen, logp_rejected, batch: RebelBatch) -> torch.Tensor:
+    ratio_chosen = (logp_chosen - batch.ref_logp_chosen).detach().float()
+    ratio_rejected = (logp_rejected - batch.ref_logp_rejected).detach().float()
+    gap = ratio_chosen - ratio_rejected
+    reward_gap = batch.reward_chosen - batch.reward_rejected
+    return torch.stack([
+        per_pair_loss.detach().float().sum(),
+        torch.tensor(float(batch.num_pairs), device=gap.device),
+        (torch.sign(gap) == torch.sign(reward_gap)).float().sum(),
+        # k1 estimate of KL(π_t ‖ π_θ) per response (they were sampled from π_t), averaged
+        # over the pair's two responses.
+        (-(ratio_chosen + ratio_rejected) / 2).sum(),
+        ratio_chosen.sum(),
+        ratio_rejected.sum(),
+        batch.tokens.attention_mask.sum().float(),
+    ]).cpu()
+
+
+def stats_to_metrics(stats, prefix: str) -> dict[str, float]:
+    loss, pairs, agree, kl, chosen, rejected, tokens = (float(x) for x in stats)
+    n = max(pairs, 1.0)
+    return {f"{prefix}/loss": loss / n, f"{prefix}/sign_agreement": agree / n,
+            f"{prefix}/kl": kl / n, f"{prefix}/logratio_chosen": chosen / n,
+            f"{prefix}/logratio_rejected": rejected / n, f"{prefix}/pairs": pairs,
+            f"{prefix}/tokens": tokens}
+
+
+def evaluate(model, accelerator, pairs, ref_logps, *, batch_size: int, pad_token_id: int,
+             config: RebelConfig) -> dict[str, float]:
+    """Held-out REBEL loss, sign agreement and KL under the current policy."""
+    from policy.losses import rebel_loss
+
+    if not pairs:
+        return {}
+    order = sorted(range(len(pairs)), key=lambda i: pairs[i].length, reverse=True)
+    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    stats = torch.zeros(_STATS)
+    model.eval()
+    with torch.no_grad():
+        for index, real in _spread(len(chunks), accelerator.num_processes,
+                                   accelerator.process_index):
+            chunk = chunks[index]
+            batch = collate([pairs[i] for i in chunk], ref_logps[chunk], pad_token_id)
+            batch = batch.to(accelerator.device)
+            logp_chosen, logp_rejected = batch.split(
+                sequence_logprobs(model, batch.tokens, config.temperature))
+            if real:
+                loss = rebel_loss(logp_chosen, logp_rejected, batch.ref_logp_chosen,
+                                  batch.ref_logp_rejected, batch.reward_chosen,
+                                  batch.reward_rejected, config.eta)
+                stats += batch_stats(loss, logp_chosen, logp_rejected, batch)
+    model.train()
+    stats = accelerator.reduce(stats.to(accelerator.device), reduction="sum").cpu()
+    return stats_to_metrics(stats, "eval")
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+
+def latest_checkpoint(output: Path) -> tuple[Path, dict] | None:
+    """The newest complete checkpoint (its trainer state is written last, after every rank)."""
+    found = []
+    for path in (output / CHECKPOINTS).glob("step-*"):
+        state_file = path / TRAINER_STATE
+        if state_file.is_file():
+            try:
+                state = json.loads(state_file.read_text())
+                step = int(state["step"])
+            except (ValueError, KeyError, TypeError):
+                raise ValueError(f"checkpoint {path} is corrupt ({TRAINER_STATE} cannot be "
+                                 "read); delete it or pass --no-resume") from None
+            found.append((step, path, state))
+    if not found:
+        return None
+    _, path, state = max(found)
+    return path, state
+
+
+def plan_fingerprint(config: RebelConfig, plan: StepPlan) -> dict:
+    """What must match for a checkpoint to be resumed."""
+    return {"model": config.model, "train_pairs": plan.train_pairs,
+            "global_batch_size": plan.global_batch_size, "total_steps": plan.total_steps,
+            "seed": config.seed, "lora_r": config.lora_r, "eta": config.eta}
+
+
+# ---------------------------------------------------------------------------------------------
+# The recipe
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class RebelSummary:
+    output: str
+    steps: int
+    train_pairs: int
+    eval_pairs: int
+    dropped: dict[str, int]
+    eval_metrics: dict[str, float]
+    train_seconds: float
+    tokens_per_second: float
+    resumed_from_step: int | None = None
+    main_process: bool = True
+    """False on the other ranks of a distributed run, which should stay quiet."""
+
+    def line(self) -> str:
+        parts = [f"{self.train_pairs} training pairs, {self.eval_pairs} held out",
+                 f"{self.steps} steps"]
+        if "eval/loss" in self.eval_metrics:
+            parts.append(f"held-out loss {self.eval_metrics['eval/loss']:.4f}, sign agreement "
+                         f"{self.eval_metrics['eval/sign_agreement']:.3f}, "
+                         f"KL {self.eval_metrics['eval/kl']:.4f}")
+        parts.append(f"{self.tokens_per_second:.0f} tokens/s")
+        if self.resumed_from_step is not None:
+            parts.append(f"resumed at step {self.resumed_from_step}")
+        dropped = ", ".join(f"{n} {why}" for why, n in sorted(self.dropped.items()) if n)
+        parts.append(f"dropped: {dropped or 'none'}")
+        return f"policy saved to {self.output}: " + "; ".join(parts)
+
+
+def train_rebel(config: RebelConfig, *, pairs: PairSet | None = None,
+                progress: bool = True) -> RebelSummary:
+    """Runs the recipe; ``pairs`` lets a caller (the loop, tests) pass pairs directly."""
+    from tqdm import tqdm
+    from transformers import get_scheduler
+    from accelerate.utils import set_seed
+
+    from policy.losses import rebel_loss
+    from policy.models import load_tokenizer, resolve_model
+    from reward.accel import configure_deepspeed, make_accelerator
+    from reward.data import global_batches, micro_batches
+    from reward.metrics import MetricsLog
+    from reward.modeling import merge_lora_state_dict
+    from reward.train_bt import save_checkpoint
+
+    # 1. Pairs, tokenized and filtered; the plan, checked before any model loads.
+    if not progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    output = Path(config.output)
+    pairs = pairs if pairs is not None else read_pairs(config)
+    require_pairs(pairs)
+    model_path = resolve_model(config.model)
+    tokenizer = load_tokenizer(model_path, padding_side="right")
+    check_tokenizer_matches(model_path, tokenizer)
+    train, held_out, dropped = prepare_pairs(config, tokenizer, pairs)
+    accelerator = make_accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
+                                   bf16=config.bf16)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    say = accelerator.print
+    set_seed(config.seed)
+    plan = StepPlan(len(train), world, config.per_device_batch_size,
+                    config.gradient_accumulation_steps, config.epochs, config.max_steps)
+    plan.check()
+    lengths = [p.length for p in train]
+    eval_every = config.eval_every or plan.steps_per_epoch
+    say(f"rankloop: {len(train)} training pairs, {len(held_out)} held out; "
+        f"{plan.total_steps} steps of {plan.global_batch_size} pairs "
+        f"({world} processes × {config.per_device_batch_size} pairs × "
+        f"{config.gradient_accumulation_steps} accumulation)")
+
+    # 2. π_θ = π_t with dropout off; optimizer and schedule.
+    model = load_policy(model_path, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
+                        gradient_checkpointing=config.gradient_checkpointing)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                  lr=config.learning_rate, weight_decay=config.weight_decay)
+    schedule = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+    scheduler = get_scheduler(schedule[config.lr_schedule], optimizer,
+                              num_warmup_steps=math.ceil(config.warmup_ratio * plan.total_steps),
+                              num_training_steps=plan.total_steps)
+    configure_deepspeed(accelerator, micro_batch_size=config.per_device_batch_size,
+                        gradient_accumulation_steps=config.gradient_accumulation_steps,
+                        max_grad_norm=config.max_grad_norm)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    pad_id = tokenizer.pad_token_id
+
+    # 3. π_t's log-probs, once, from the starting weights (before any checkpoint is loaded).
+    all_pairs = train + held_out
+    ref = reference_logprobs(model, accelerator, all_pairs,
+                             batch_size=config.per_device_batch_size, pad_token_id=pad_id,
+                             temperature=config.temperature)
+    train_ref, held_ref = ref[:len(train)], ref[len(train):]
+
+    # 4. Resume from the newest checkpoint when its plan matches this one.
+    fingerprint = plan_fingerprint(config, plan)
+    start_step, resumed_from = 0, None
+    found = latest_checkpoint(output) if config.resume else None
+    if found is not None:
+        path, state = found
+        if state.get("plan") != fingerprint:
+            raise ValueError(f"the checkpoint in {path} was made with other data or settings; "
+                             "use a new --output or --no-resume")
+        try:
+            accelerator.load_state(str(path))
+        except Exception as exc:  # any unreadable file: the message must name the checkpoint
+            raise ValueError(f"checkpoint {path} cannot be loaded ({type(exc).__name__}: "
+                             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); "
+                             "delete it or pass --no-resume") from None
+        start_step = resumed_from = state["step"]
+        say(f"rankloop: resuming from {path} (step {start_step})")
+    elif accelerator.is_main_process and (output / CHECKPOINTS).exists():
+        shutil.rmtree(output / CHECKPOINTS)  # a later resume must not mix two runs
+    accelerator.wait_for_everyone()
+    log = MetricsLog(output / "metrics.jsonl", enabled=accelerator.is_main_process,
+                     keep_up_to_step=resumed_from)
+
+    # 5. Train: each step is one global batch cut into world × accumulation micro-batches.
+    model.train()
+    epoch_batches: tuple[int, list[list[int]]] | None = None
+    window = torch.zeros(_STATS)
+    train_seconds, trained_tokens = 0.0, 0.0
+    eval_metrics: dict[str, float] = {}
+    bar = tqdm(total=plan.total_steps, initial=start_step, desc="rebel",
+               disable=not (progress and accelerator.is_main_process))
+    for step in range(start_step, plan.total_steps):
+        started = time.perf_counter()
+        epoch, position = divmod(step, plan.steps_per_epoch)
+        if epoch_batches is None or epoch_batches[0] != epoch:
+            epoch_batches = (epoch, global_batches(lengths, plan.global_batch_size, config.seed,
+                                                   epoch, plan.micro_batches_per_step))
+        global_batch = epoch_batches[1][position]
+        chunks = micro_batches(global_batch, lengths, plan.micro_batches_per_step)
+        # Backends average gradients over processes and accumulation steps; this factor turns
+        # that average into the mean over every pair of the step.
+        loss_scale = plan.micro_batches_per_step / len(global_batch)
+
+        # 5a. One forward for chosen and rejected together; backward each micro-batch.
+        step_stats = torch.zeros(_STATS)
+        for accumulation_step in range(config.gradient_accumulation_steps):
+            mine = chunks[accumulation_step * world + rank]
+            batch = collate([train[i] for i in mine], train_ref[mine], pad_id)
+            batch = batch.to(accelerator.device)
+            with accelerator.accumulate(model):
+                logp = sequence_logprobs(model, batch.tokens, config.temperature)
+                logp_chosen, logp_rejected = batch.split(logp)
+                per_pair = rebel_loss(logp_chosen, logp_rejected, batch.ref_logp_chosen,
+                                      batch.ref_logp_rejected, batch.reward_chosen,
+                                      batch.reward_rejected, config.eta)
+                accelerator.backward(per_pair.sum() * loss_scale)
+            step_stats += batch_stats(per_pair, logp_chosen, logp_rejected, batch)
+
+        # 5b. Clip, update, advance the schedule.
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+
+        step_stats = accelerator.reduce(step_stats.to(accelerator.device), reduction="sum").cpu()
+        window += step_stats
+        trained_tokens += float(step_stats[6])
+        train_seconds += time.perf_counter() - started
+        done = step + 1
+        bar.update(1)
+
+        # 5c. Log, evaluate, checkpoint.
+        if done % config.log_every == 0 or done == plan.total_steps:
+            metrics = stats_to_metrics(window, "train")
+            metrics.update({"train/epoch": done / plan.steps_per_epoch,
+                            "train/learning_rate": scheduler.get_last_lr()[0],
+                            "train/tokens_per_second": trained_tokens / max(train_seconds, 1e-9)})
+            if grad_norm is not None:
+                metrics["train/grad_norm"] = float(grad_norm)
+            log.log(done, metrics)
+            bar.set_postfix(loss=f"{metrics['train/loss']:.4f}")
+            window.zero_()
+        if held_out and (done % eval_every == 0 or done == plan.total_steps):
+            eval_metrics = evaluate(model, accelerator, held_out, held_ref,
+                                    batch_size=config.per_device_batch_size,
+                                    pad_token_id=pad_id, config=config)
+            log.log(done, eval_metrics)
+        if done % config.save_every == 0 or done == plan.total_steps:
+            save_checkpoint(accelerator, output, done,
+                            {"plan": fingerprint, "epoch": epoch,
+                             "position_in_epoch": position + 1},
+                            keep=config.keep_checkpoints)
+    bar.close()
+    if held_out and not eval_metrics:  # resumed after the last step
+        eval_metrics = evaluate(model, accelerator, held_out, held_ref,
+                                batch_size=config.per_device_batch_size, pad_token_id=pad_id,
+                                config=config)
+
+    # 6. Save a plain Hugging Face folder (gathered from ZeRO-3 shards, LoRA merged in).
+    accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(model)  # every rank takes part under ZeRO-3
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        if config.lora_r:
+            state_dict = merge_lora_state_dict(state_dict, (config.lora_alpha or 2 * config.lora_r)
+                                               / config.lora_r)
+            unwrapped = unwrapped.get_base_model()
+        unwrapped.config.use_cache = True
+        unwrapped.save_pretrained(output, state_dict=state_dict, safe_serialization=True)
+        tokenizer.padding_side = "left"  # ready for batched generation
+        tokenizer.save_pretrained(output)
+        settings = {k: v for k, v in asdict(config).items() if k != "output"}
+        settings.update(train_pairs=len(train), eval_pairs=len(held_out),
+                        steps=plan.total_steps, world_size=world, dropped=dropped)
+        (output / "rebel_training.json").write_text(json.dumps(
+            {"base_model": config.model, "metrics": eval_metrics, "settings": settings},
+            indent=2, sort_keys=True, default=str) + "\n")
+    accelerator.wait_for_everyone()
+    log.close()
+    return RebelSummary(
+        output=str(output), steps=plan.total_steps, train_pairs=len(train),
+        eval_pairs=len(held_out), dropped=dropped, eval_metrics=eval_metrics,
+        train_seconds=train_seconds,
+        tokens_per_second=trained_tokens / train_seconds if train_seconds else 0.0,
+        resumed_from_step=resumed_from, main_process=accelerator.is_main_process)

@@ -1,0 +1,256 @@
+"""The REBEL recipe on tiny random Llamas: a synthetic reward rises on held-out prompts, ZeRO-3
+on 2 CPU ranks matches one process, step 0 is π_t, LoRA saves a plain model, bad input is one
+line."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from data.policy_pairs import PairSet, PolicyPair, PromptCandidates, ScoredCandidate, build_pairs
+from reward.metrics import read_metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+WORDS = ("apple river stone cloud green quick table music light paper window orange silver "
+         "garden yellow summer horse night water fire bread chair glass house money plant queen "
+         "sugar tiger voice winter zebra").split()
+
+
+@pytest.fixture(scope="module")
+def word_model(smol_tokenizer, tmp_path_factory):
+    """A tiny random Llama (untied head) whose output rows for 32 one-token words are scaled
+    up, so samples mix those words into random tokens: a reward over them varies between
+    samples and a policy can learn it in a few steps. Returns (folder, word token ids)."""
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    tok = smol_tokenizer
+    ids = [tok(" " + w, add_special_tokens=False)["input_ids"] for w in WORDS]
+    words = [x[0] for x in ids if len(x) == 1]
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        tie_word_embeddings=False, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        model.lm_head.weight[words] *= 25
+    model.generation_config = GenerationConfig(bos_token_id=config.bos_token_id,
+                                               eos_token_id=config.eos_token_id,
+                                               pad_token_id=config.pad_token_id)
+    path = tmp_path_factory.mktemp("word-llama")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path), words
+
+
+def good_word_reward(tokenizer, good: set[int]):
+    """Share of response tokens that are one of the "good" words."""
+    def reward(text: str) -> float:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return sum(i in good for i in ids) / max(len(ids), 1)
+    return reward
+
+
+def prompts(n: int, start: int = 0):
+    return [[{"role": "user", "content": f"Tell me about thing {i}"}] for i in range(start, start + n)]
+
+
+def sample(model_dir, messages, k, seed):
+    from data.chat import format_chat
+    from policy.sampling import SamplingConfig, TransformersSampler
+
+    sampler = TransformersSampler(model_dir, seed=seed, batch_size=16)
+    texts = [format_chat(sampler.tokenizer, m) for m in messages]
+    out = sampler.generate(texts, SamplingConfig(k=k, temperature=1.0, top_p=1.0,
+                                                 max_new_tokens=10, seed=seed))
+    sampler.close()
+    return out
+
+
+def rebel_config(output, model, **overrides):
+    from policy.rebel import RebelConfig
+
+    base = dict(output=str(output), model=model, learning_rate=1e-4, eta=10.0, epochs=3,
+                per_device_batch_size=8, warmup_ratio=0.0, lr_schedule="constant",
+                log_every=1, eval_fraction=0.25, save_every=1000)
+    return RebelConfig(**{**base, **overrides})
+
+
+def test_held_out_reward_rises_after_training(word_model, smol_tokenizer, tmp_path):
+    from policy.rebel import train_rebel
+
+    model_dir, words = word_model
+    reward = good_word_reward(smol_tokenizer, set(words[: len(words) // 2]))
+    train_prompts = prompts(40)
+    samples = sample(model_dir, train_prompts, k=4, seed=0)
+    pairs = build_pairs([PromptCandidates(p, tuple(ScoredCandidate(s.text, reward(s.text))
+                                                   for s in group))
+                         for p, group in zip(train_prompts, samples)])
+    summary = train_rebel(rebel_config(tmp_path / "out", model_dir), pairs=pairs, progress=False)
+    assert summary.train_pairs + summary.eval_pairs == len(pairs.pairs) > 30
+    held_out = prompts(24, start=1000)
+
+    def mean_reward(model):
+        groups = sample(model, held_out, k=4, seed=1)
+        return sum(reward(s.text) for g in groups for s in g) / (4 * len(groups))
+
+    before, after = mean_reward(model_dir), mean_reward(str(tmp_path / "out"))
+    assert after > before + 0.01, (before, after)
+    metrics = read_metrics(tmp_path / "out" / "metrics.jsonl")
+    train = [m for m in metrics if "train/loss" in m]
+    # Step 1 runs π_θ = π_t (dropout off): every log-ratio is exactly 0.
+    assert abs(train[0]["train/logratio_chosen"]) < 1e-4 and abs(train[0]["train/kl"]) < 1e-4
+    assert abs(train[-1]["train/logratio_chosen"]) > 1e-2
+    for key in ("train/sign_agreement", "train/grad_norm", "train/logratio_rejected",
+                "train/learning_rate"):
+        assert key in train[-1]
+    evals = [m for m in metrics if "eval/loss" in m]
+    assert len(evals) == 3 and evals[-1]["eval/sign_agreement"] > 0.5
+
+
+def scored_pairs_file(path: Path, n: int) -> str:
+    rows = []
+    for i in range(n):
+        rows.append({"prompt": [{"role": "user", "content": f"Question {i} about {WORDS[i % 30]}"}],
+                     "chosen": [{"role": "assistant",
+                                 "content": " ".join(WORDS[(i + j) % 30] for j in range(3 + i % 5))}],
+                     "rejected": [{"role": "assistant",
+                                   "content": " ".join(WORDS[(2 * i + j) % 30] for j in range(2 + i % 7))}],
+                     "score_chosen": 1.0 + (i % 3) * 0.5, "score_rejected": -0.5 + (i % 2)})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def losses(output):
+    return [m["train/loss"] for m in read_metrics(Path(output) / "metrics.jsonl")
+            if "train/loss" in m]
+
+
+def test_zero3_on_two_cpu_ranks_matches_one_process(tiny_model_dir, tmp_path):
+    data = scored_pairs_file(tmp_path / "pairs.jsonl", 24)
+    common = ["train", "rebel", "--data", data, "--model", tiny_model_dir, "--lr", "1e-3",
+              "--eta", "2", "--lr-schedule", "cosine", "--warmup-ratio", "0.34",
+              "--max-steps", "3", "--eval-fraction", "0.2", "--log-every", "1",
+              "--batch-size", "2", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+         str(ROOT / "launch/configs/zero3-cpu2.yaml"), "-m", "launch.cli", *common,
+         "--output", str(tmp_path / "zero3")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "2 processes × 2 pairs × 1 accumulation" in result.stdout
+    assert result.stdout.count("policy saved to") == 1
+
+    from launch.cli import main
+
+    assert main([*common, "--grad-accum", "2", "--output", str(tmp_path / "single")]) == 0
+    zero3, single = losses(tmp_path / "zero3"), losses(tmp_path / "single")
+    assert len(zero3) == 3 and zero3 != [zero3[0]] * 3
+    assert zero3 == pytest.approx(single, abs=1e-4)
+    evals = [[m for m in read_metrics(tmp_path / d / "metrics.jsonl") if "eval/loss" in m][-1]
+             for d in ("zero3", "single")]
+    assert evals[0]["eval/loss"] == pytest.approx(evals[1]["eval/loss"], abs=1e-4)
+
+    # The consolidated folder is a plain causal LM that transformers loads and runs.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "zero3")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "zero3")
+    reference = AutoModelForCausalLM.from_pretrained(tmp_path / "single")
+    ids = tokenizer("hello there", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, reference(ids).logits, atol=1e-3, rtol=0)
+    assert model.generate(ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
+
+
+def test_lora_saves_a_plain_model_that_moved(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from launch.cli import main
+
+    data = scored_pairs_file(tmp_path / "pairs.jsonl", 8)
+    out = tmp_path / "lora"
+    assert main(["train", "rebel", "--data", data, "--model", tiny_model_dir, "--lr", "1e-2",
+                 "--lora-r", "4", "--max-steps", "2", "--eval-fraction", "0",
+                 "--no-progress", "--output", str(out)]) == 0
+    saved = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    assert not any("lora" in k for k in saved)
+    assert saved.keys() == start.keys()
+    moved = [k for k in saved if not torch.equal(saved[k], start[k])]
+    assert any("q_proj" in k for k in moved)
+    assert not any("norm" in k for k in moved)  # only the adapted linear layers changed
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "launch.cli", *args], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT)
+
+
+def one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("rankloop: error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def test_empty_and_all_identical_pairs_are_one_line(tiny_model_dir, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    one_line_error(run_cli("train", "rebel", "--data", str(empty), "--model", tiny_model_dir,
+                           "--output", str(tmp_path / "o1")), "contains no rows")
+    same = tmp_path / "same.jsonl"
+    same.write_text("".join(json.dumps({"prompt": f"q{i}", "chosen": "same", "rejected": "same"})
+                            + "\n" for i in range(4)))
+    one_line_error(run_cli("train", "rebel", "--data", str(same), "--model", tiny_model_dir,
+                           "--output", str(tmp_path / "o2")),
+                   "no usable preference pairs", "4 identical")
+
+
+def test_a_db_without_rankings_or_scores_is_one_line(tiny_model_dir, tmp_path):
+    from data import store
+
+    db = tmp_path / "r.db"
+    store.open_store(db).close()
+    one_line_error(run_cli("train", "rebel", "--db", str(db), "--model", tiny_model_dir,
+                           "--output", str(tmp_path / "o")), "no ranked candidates")
+
+
+def test_mismatched_tokenizer_is_one_line(smol_tokenizer, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=1000, hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=2,
+                                         num_key_value_heads=1))
+    model.save_pretrained(tmp_path / "small-vocab")
+    smol_tokenizer.save_pretrained(tmp_path / "small-vocab")
+    data = scored_pairs_file(tmp_path / "pairs.jsonl", 4)
+    one_line_error(run_cli("train", "rebel", "--data", data, "--model",
+                           str(tmp_path / "small-vocab"), "--output", str(tmp_path / "o")),
+                   "do not belong together")
+
+
+def test_resume_from_a_corrupt_checkpoint_is_one_line(tiny_model_dir, tmp_path):
+    data = scored_pairs_file(tmp_path / "pairs.jsonl", 8)
+    out = tmp_path / "run"
+    args = ("train", "rebel", "--data", data, "--model", tiny_model_dir, "--max-steps", "2",
+            "--eval-fraction", "0", "--save-every", "1", "--no-progress", "--output", str(out))
+    assert run_cli(*args).returncode == 0
+    [checkpoint] = (out / "checkpoints").glob("step-*")
+    for weights in checkpoint.rglob("*.safetensors"):
+        weights.write_bytes(b"not a tensor file")
+    for weights in checkpoint.rglob("*.bin"):
+        weights.write_bytes(b"not a tensor file")
+    one_line_error(run_cli(*args), "cannot be loaded", "--no-resume")
+    (checkpoint / "trainer_state.json").write_text("{truncated")
+    one_line_error(run_cli(*args), "is corrupt", "--no-resume")
+    assert run_cli(*args, "--no-resume").returncode == 0
