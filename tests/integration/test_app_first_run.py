@@ -30,6 +30,12 @@ def _start(db_path, port):
     return process, "".join(lines)
 
 
+def _job_log(db_path):
+    db = store.open_store(db_path)
+    logs = [r[0] for r in db.execute("SELECT log_path FROM jobs") if r[0]]
+    return "\n".join(open(path, errors="replace").read()[-3000:] for path in logs)
+
+
 def _job_pids(db_path):
     db = store.open_store(db_path)
     return [r[0] for r in db.execute("SELECT pid FROM jobs WHERE status = 'running'")]
@@ -57,7 +63,7 @@ def test_an_empty_store_generates_and_serves_real_candidates(tmp_path):
         task = client.predict(api_name="/load_task")
         assert task[0] is None and "Generating candidates" in task[2]
         while task[0] is None:
-            assert time.monotonic() - started < 300, "no candidates arrived"
+            assert time.monotonic() - started < 600, "no candidates arrived:\n" + _job_log(db_path)
             time.sleep(2)
             task = client.predict(api_name="/load_task")
         print(f"first item ready {time.monotonic() - started:.0f} s after the first page load")
