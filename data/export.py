@@ -455,7 +455,7 @@ def build_export(db, config: ExportConfig, *, tokenizer=None, db_label: str = ""
 # ---------------------------------------------------------------------------------------------
 
 def card_stats(db, records: Sequence[RankingRecord], preference_rows: Sequence[dict]) -> dict:
-    from labeler.agreement import krippendorff_alpha_ordinal, pairwise_agreement
+    from data.agreement import krippendorff_alpha_ordinal, pairwise_agreement
 
     ranked = [r for r in records if r.ranks is not None and not r.skipped and not r.is_gold]
     agreement_rows = [{"item_id": r.item_id, "annotator": r.annotator,

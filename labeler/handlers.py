@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from data import labeling, store
 from data.labeling import LabelingError, QueuePolicy
 from data.rankings import RankingError, validate_submission
-from labeler import agreement
+from data import agreement
 from labeler.jobs import LOST, STOPPED, JobRunner
 from labeler.render import conversation_markdown, escape_markdown_html
 from labeler.auth import verify_password

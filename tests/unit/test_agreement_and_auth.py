@@ -1,6 +1,6 @@
 import pytest
 
-from labeler.agreement import gold_accuracy, krippendorff_alpha_ordinal, pairwise_agreement, ratio
+from data.agreement import gold_accuracy, krippendorff_alpha_ordinal, pairwise_agreement, ratio
 from labeler.auth import generate_password, hash_password, verify_password
 
 
