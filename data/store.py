@@ -243,6 +243,28 @@ def _m4_labeling_queue(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m5_policy_iterations(db: sqlite_utils.Database) -> None:
+    # One row per policy iteration of `rankloop loop`: the newest row's model is the policy
+    # that the next generation samples from.
+    db["policy_iterations"].create(
+        {
+            "id": int,
+            "iteration": int,  # 1, 2, ... in the order they finished
+            "algorithm": str,  # "rebel"
+            "base_model": str,  # the policy that generated this iteration's candidates
+            "model": str,  # the trained policy's folder (absolute path)
+            "run_id": int,  # the generation run whose candidates were trained on
+            "scorer": str,  # reward model that scored them ("bt:/abs/dir", ...)
+            "report": str,  # JSON: held-out reward old vs new, win rate, KL, lengths
+            "created_at": float,
+        },
+        pk="id",
+        foreign_keys=[("run_id", "generation_runs", "id")],
+        not_null={"iteration", "algorithm", "base_model", "model", "created_at"},
+    )
+    db["policy_iterations"].create_index(["iteration"], unique=True)
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -256,6 +278,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "model scores", _m3_model_scores),
     Migration(4, "labeling queue: items, assignments, jobs; demonstration authors",
               _m4_labeling_queue),
+    Migration(5, "policy iterations", _m5_policy_iterations),
 )
 SCHEMA_VERSION = max(m.version for m in MIGRATIONS)
 

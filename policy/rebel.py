@@ -288,16 +288,23 @@ def read_pairs(config: RebelConfig) -> PairSet:
     return pairs
 
 
-def prepare_pairs(config: RebelConfig, tokenizer, pairs: PairSet
+def prepare_pairs(config: RebelConfig, tokenizer, pairs: PairSet,
+                  eval_pairs: PairSet | None = None
                   ) -> tuple[list[EncodedPolicyPair], list[EncodedPolicyPair], dict[str, int]]:
-    """(train, held-out, dropped counts by reason)."""
-    encoded, too_long = encode_policy_pairs(tokenizer, pairs.pairs,
-                                            max_prompt_tokens=config.max_prompt_tokens,
-                                            max_response_tokens=config.max_response_tokens)
+    """(train, held-out, dropped counts by reason). Without ``eval_pairs``, ``eval_fraction``
+    of the prompts are held out."""
+    limits = dict(max_prompt_tokens=config.max_prompt_tokens,
+                  max_response_tokens=config.max_response_tokens)
+    encoded, too_long = encode_policy_pairs(tokenizer, pairs.pairs, **limits)
     dropped = {**pairs.dropped, **too_long}
-    train_idx, held_idx = split_held_out([p.group for p in encoded], config.eval_fraction,
-                                         config.seed)
-    train, held_out = [encoded[i] for i in train_idx], [encoded[i] for i in held_idx]
+    if eval_pairs is not None:
+        train = encoded
+        held_out, held_too_long = encode_policy_pairs(tokenizer, eval_pairs.pairs, **limits)
+        dropped.update({f"held-out {k}": v for k, v in held_too_long.items()})
+    else:
+        train_idx, held_idx = split_held_out([p.group for p in encoded], config.eval_fraction,
+                                             config.seed)
+        train, held_out = [encoded[i] for i in train_idx], [encoded[i] for i in held_idx]
     if not train:
         raise PreferenceSourceError(
             f"no training pairs left from {pairs.source} (dropped: "
@@ -514,8 +521,9 @@ class RebelSummary:
 
 
 def train_rebel(config: RebelConfig, *, pairs: PairSet | None = None,
-                progress: bool = True) -> RebelSummary:
-    """Runs the recipe; ``pairs`` lets a caller (the loop, tests) pass pairs directly."""
+                eval_pairs: PairSet | None = None, progress: bool = True) -> RebelSummary:
+    """Runs the recipe; ``pairs`` (and held-out ``eval_pairs``) let a caller such as the loop
+    pass pairs directly instead of reading ``config.data``/``config.db``."""
     from tqdm import tqdm
     from transformers import get_scheduler
     from accelerate.utils import set_seed
@@ -539,7 +547,7 @@ def train_rebel(config: RebelConfig, *, pairs: PairSet | None = None,
     model_path = resolve_model(config.model)
     tokenizer = load_tokenizer(model_path, padding_side="right")
     check_tokenizer_matches(model_path, tokenizer)
-    train, held_out, dropped = prepare_pairs(config, tokenizer, pairs)
+    train, held_out, dropped = prepare_pairs(config, tokenizer, pairs, eval_pairs)
     accelerator = make_accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
                                    bf16=config.bf16)
     rank, world = accelerator.process_index, accelerator.num_processes

@@ -1,0 +1,75 @@
+"""`rankloop loop` end to end on a tiny policy and a tiny Bradley-Terry reward model: two
+iterations, the second sampling from the first one's policy, each with a report."""
+
+import json
+
+import pytest
+
+from data import store
+
+
+@pytest.fixture(scope="module")
+def reward_model_dir(tiny_model_dir, tmp_path_factory) -> str:
+    """A saved one-label reward model (random score head) on the tiny Llama."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(1)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    path = tmp_path_factory.mktemp("tiny-rm")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def test_two_iterations_record_and_chain_policies(tiny_model_dir, reward_model_dir, tmp_path,
+                                                  capsys):
+    from launch.cli import main
+    from policy.loop import current_policy
+
+    db_file = tmp_path / "loop.db"
+    args = ["loop", "--db", str(db_file), "--scorer", f"bt:{reward_model_dir}",
+            "--output", str(tmp_path / "policy"), "--model", tiny_model_dir, "--limit", "10",
+            "--k", "3", "--backend", "transformers", "--max-new-tokens", "6",
+            "--eval-fraction", "0.3", "--lr", "1e-3", "--batch-size", "4"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert "iteration 1: policy saved to" in first and "win rate" in first
+
+    db = store.open_store(db_file)
+    iter1 = str((tmp_path / "policy" / "iter-1").resolve())
+    assert current_policy(db) == iter1
+    [row] = db.query("SELECT * FROM policy_iterations")
+    report = json.loads(row["report"])
+    assert row["base_model"] == tiny_model_dir and row["model"] == iter1
+    assert report["held_out_prompts"] == 3 and report["train_pairs"] >= 1
+    for key in ("reward_old", "reward_new", "win_rate", "kl", "length_old", "length_new"):
+        assert isinstance(report[key], float), key
+    assert 0 <= report["win_rate"] <= 1 and 1 <= report["length_new"] <= 6
+    run1 = db["generation_runs"].get(row["run_id"])
+    assert run1["model"] == tiny_model_dir
+    # Every candidate of the run was scored by the reward model.
+    scored = db.execute("SELECT COUNT(*) FROM model_scores s JOIN candidates c "
+                        "ON c.id = s.candidate_id WHERE c.run_id = ?", [row["run_id"]]).fetchone()
+    assert scored[0] == 30
+
+    # 2. The next iteration generates with the policy iteration 1 trained.
+    assert main(args) == 0
+    assert "iteration 2:" in capsys.readouterr().out
+    rows = list(db.query("SELECT * FROM policy_iterations ORDER BY iteration"))
+    assert [r["iteration"] for r in rows] == [1, 2]
+    assert rows[1]["base_model"] == iter1
+    assert db["generation_runs"].get(rows[1]["run_id"])["model"] == iter1
+    assert (tmp_path / "policy" / "iter-2" / "iteration_report.json").is_file()
+
+
+def test_an_unknown_scorer_fails_before_generating(tiny_model_dir, tmp_path, capsys):
+    from launch.cli import main
+
+    code = main(["loop", "--db", str(tmp_path / "l.db"), "--scorer", f"bt:{tmp_path}/none",
+                 "--output", str(tmp_path / "p"), "--model", tiny_model_dir])
+    assert code == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "l.db").exists()
