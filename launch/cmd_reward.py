@@ -224,7 +224,8 @@ def _eval_reward(args: argparse.Namespace) -> int:
             print(f"no human rankings in {path} to compare with")
         else:
             print(f"agreement with humans {agreement.agreement:.4f} on {agreement.comparisons} "
-                  f"pairwise judgments in {path}")
+                  f"pairwise judgments in {path} ({agreement.candidates_scored} candidates "
+                  f"scored now, {agreement.stored_scores_used} stored scores reused)")
     if scorer.truncated:
         print(f"{scorer.truncated} conversations were cut to their last {args.max_length} tokens")
     return 0

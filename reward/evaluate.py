@@ -42,7 +42,9 @@ class HumanAgreement:
     agreed: int
     """Judgments where the model scored the human's choice strictly higher."""
     candidates_scored: int
-    """Candidates the model scored for this (stored scores by the same scorer are reused)."""
+    """Candidates the model scored for this."""
+    stored_scores_used: int = 0
+    """Candidates whose score by the same scorer was already in ``model_scores``."""
 
     @property
     def agreement(self) -> float:
@@ -71,4 +73,4 @@ def human_agreement(db, scorer, *, batch_size: int = 8) -> HumanAgreement | None
                                                 batch_size=batch_size)):
         scores[cid] = value
     agreed = sum(scores[p.chosen_candidate_id] > scores[p.rejected_candidate_id] for p in pairs)
-    return HumanAgreement(len(pairs), agreed, len(missing))
+    return HumanAgreement(len(pairs), agreed, len(missing), len(conversations) - len(missing))

@@ -444,7 +444,8 @@ def train_reward_model(
         start_step = resumed_from = state["step"]
         say(f"rankloop: resuming from {path} (step {start_step})")
     elif accelerator.is_main_process and (output / CHECKPOINTS).exists():
-        shutil.rmtree(output / CHECKPOINTS)
+        shutil.rmtree(output / CHECKPOINTS)  # --no-resume: a later resume must not mix runs
+    accelerator.wait_for_everyone()
     log = MetricsLog(output / "metrics.jsonl", enabled=accelerator.is_main_process,
                      keep_up_to_step=resumed_from)
 

@@ -99,18 +99,6 @@ def test_trained_model_learns_the_planted_preference(trained):
     assert model.config.num_labels == 1 and model.config.pad_token_id is not None
 
 
-def test_eval_reward_reports_accuracy_and_agreement_with_humans(trained, capsys):
-    fresh = planted_file(trained["tmp"] / "fresh.jsonl", 60, seed=7)
-    assert main(["eval", "reward", "--scorer", f"bt:{trained['out']}", "--data", fresh,
-                 "--db", trained["db"]]) == 0
-    accuracy_line, agreement_line = capsys.readouterr().out.strip().splitlines()
-    assert accuracy_line.startswith("accuracy ") and "on 60 pairs" in accuracy_line
-    assert float(accuracy_line.split()[1]) > 0.9
-    assert agreement_line.startswith("agreement with humans ")
-    assert "on 340 pairwise judgments" in agreement_line  # 170 items x 2 annotators
-    assert float(agreement_line.split()[3]) > 0.9
-
-
 def test_score_writes_each_candidate_once_then_skips_them(trained):
     scorer_name = f"bt:{trained['out'].resolve()}"
     assert main(["score", "--scorer", f"bt:{trained['out']}", "--db", trained["db"]]) == 0
@@ -122,6 +110,22 @@ def test_score_writes_each_candidate_once_then_skips_them(trained):
     mean = sum(s.score for s in scores.values()) / len(scores)
     assert sum((scores[c].score > mean) == (c in planted) for c in scores) / len(scores) > 0.9
     assert store.candidates_to_score(db, scorer_name) == []
+
+
+def test_eval_reward_reports_accuracy_and_agreement_with_humans(trained, capsys):
+    fresh = planted_file(trained["tmp"] / "fresh.jsonl", 60, seed=7)
+    # Candidates this model already scored into the store are not scored again.
+    assert main(["score", "--scorer", f"bt:{trained['out']}", "--db", trained["db"]]) == 0
+    capsys.readouterr()
+    assert main(["eval", "reward", "--scorer", f"bt:{trained['out']}", "--data", fresh,
+                 "--db", trained["db"]]) == 0
+    accuracy_line, agreement_line = capsys.readouterr().out.strip().splitlines()
+    assert accuracy_line.startswith("accuracy ") and "on 60 pairs" in accuracy_line
+    assert float(accuracy_line.split()[1]) > 0.9
+    assert agreement_line.startswith("agreement with humans ")
+    assert "on 340 pairwise judgments" in agreement_line  # 170 items x 2 annotators
+    assert float(agreement_line.split()[3]) > 0.9
+    assert "(0 candidates scored now, 340 stored scores reused)" in agreement_line
 
 
 def test_score_again_has_nothing_to_do(trained, capsys):
