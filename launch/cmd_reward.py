@@ -21,8 +21,9 @@ def register(commands) -> None:
     _add_db(train)
     source = train.add_argument_group("data")
     source.add_argument("--data", default=None, metavar="SOURCE",
-                        help="TRL-format preferences: .jsonl/.json/.parquet/.csv file, save_to_disk "
-                             "folder or Hub id (default: the app's ranked pairs in --db)")
+                        help="TRL-format preferences: .jsonl/.json/.parquet/.csv file, "
+                             "save_to_disk folder or Hub id (default: the app's ranked pairs "
+                             "in --db)")
     source.add_argument("--split", default="train", help="dataset split (default: train)")
     source.add_argument("--eval-data", default=None, metavar="SOURCE",
                         help="held-out pairs (default: hold out --eval-fraction of the prompts)")
@@ -91,7 +92,8 @@ def register(commands) -> None:
     _add_scorer_options(score)
     score.add_argument("--run", type=positive_int, default=None, metavar="ID",
                        help="only candidates of this generation run")
-    score.add_argument("--rescore", action="store_true", help="score already scored candidates again")
+    score.add_argument("--rescore", action="store_true",
+                       help="score already scored candidates again")
     score.set_defaults(handler=_score)
 
     evaluate = _group(commands, "eval", "evaluate a trained model").add_parser(
@@ -132,7 +134,8 @@ def _add_scorer_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=8,
                         help="conversations per forward pass (default: 8)")
     parser.add_argument("--max-length", type=positive_int, default=4096,
-                        help="longer conversations keep their last this many tokens (default: 4096)")
+                        help="longer conversations keep their last this many tokens "
+                             "(default: 4096)")
 
 
 def _existing_db(args: argparse.Namespace) -> str:
@@ -208,7 +211,9 @@ def _eval_reward(args: argparse.Namespace) -> int:
     if not args.data and not has_db:
         raise UserError(f"nothing to evaluate: pass --data with preference pairs, or --db with "
                         f"human rankings ({path} does not exist)")
-    pairs = load_preference_file(args.data, split=args.split, limit=args.limit) if args.data else None
+    pairs = None
+    if args.data:
+        pairs = load_preference_file(args.data, split=args.split, limit=args.limit)
     scorer = load_scorer(spec, max_length=args.max_length)
     if pairs is not None:
         result = pair_accuracy(scorer, pairs.pairs, batch_size=args.batch_size)

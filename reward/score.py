@@ -89,7 +89,8 @@ class RewardScorer:
     def name(self) -> str:
         return self.spec.name
 
-    def score(self, conversations: Sequence[list[dict] | str], *, batch_size: int = 8) -> list[float]:
+    def score(self, conversations: Sequence[list[dict] | str], *,
+              batch_size: int = 8) -> list[float]:
         return [s.score for s in self.score_detailed(conversations, batch_size=batch_size,
                                                      objectives=False)]
 

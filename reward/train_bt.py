@@ -258,8 +258,8 @@ def batch_stats(per_pair_loss, r_chosen, r_rejected, batch: PreferenceBatch):
 
 def stats_to_metrics(stats, prefix: str) -> dict[str, float]:
     loss, pairs, correct, preferences, margin, reward = (float(x) for x in stats)
-    metrics = {f"{prefix}/loss": loss / max(pairs, 1), f"{prefix}/reward_mean": reward / max(pairs, 1),
-               f"{prefix}/pairs": pairs}
+    metrics = {f"{prefix}/loss": loss / max(pairs, 1),
+               f"{prefix}/reward_mean": reward / max(pairs, 1), f"{prefix}/pairs": pairs}
     if preferences:
         metrics[f"{prefix}/accuracy"] = correct / preferences
         metrics[f"{prefix}/margin"] = margin / preferences
@@ -515,9 +515,8 @@ def train_reward_model(
                                     pad_token_id=pad_id, config=config)
             log.log(done, eval_metrics)
         if done % config.save_every == 0 or done == plan.total_steps:
-            save_checkpoint(accelerator, output, done,
-                            {"plan": fingerprint, "epoch": epoch, "position_in_epoch": position + 1},
-                            keep=config.keep_checkpoints)
+            trainer_state = {"plan": fingerprint, "epoch": epoch, "position_in_epoch": position + 1}
+            save_checkpoint(accelerator, output, done, trainer_state, keep=config.keep_checkpoints)
     bar.close()
     if held_out and not eval_metrics:  # resumed after the last step: nothing was evaluated
         eval_metrics = evaluate(model, accelerator, held_out, batch_size=eval_batch_size,

@@ -61,10 +61,12 @@ def ranked_db(path: Path, n_prompts: int, seed: int = 0) -> str:
     return str(path)
 
 
-def planted_file(path: Path, n: int, seed: int, **extra_rows) -> str:
+def planted_file(path: Path, n: int, seed: int) -> str:
     rng = random.Random(seed)
-    rows = [{"prompt": question(rng, i), "chosen": [{"role": "assistant", "content": answer(rng, True)}],
-             "rejected": [{"role": "assistant", "content": answer(rng, False)}]} for i in range(n)]
+    rows = [{"prompt": question(rng, i),
+             "chosen": [{"role": "assistant", "content": answer(rng, True)}],
+             "rejected": [{"role": "assistant", "content": answer(rng, False)}]}
+            for i in range(n)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)
 

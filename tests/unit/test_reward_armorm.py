@@ -105,7 +105,8 @@ def by_hand_score(weights, config, ids: list[int], gate_at: int) -> tuple[float,
     rewards = weights["regression_layer.weight"] @ hidden[-1]
     x = hidden[gate_at]
     for i in range(3):
-        x = torch.relu(weights[f"gating.layers.{i}.weight"] @ x + weights[f"gating.layers.{i}.bias"])
+        layer = f"gating.layers.{i}"
+        x = torch.relu(weights[f"{layer}.weight"] @ x + weights[f"{layer}.bias"])
     logits = weights["gating.layers.3.weight"] @ x + weights["gating.layers.3.bias"]
     gate = torch.softmax(logits / 10, dim=0) * weights["gating.logit_scale"][0]
     return float((gate * (rewards @ weights["reward_transform_matrix"])).sum()), rewards

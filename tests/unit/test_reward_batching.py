@@ -86,9 +86,13 @@ def test_global_batches_cover_each_pair_once_and_group_by_length():
 
 def test_a_last_batch_too_small_for_every_micro_batch_is_left_out():
     lengths = [10] * 11
-    assert sorted(len(b) for b in global_batches(lengths, 4, seed=0, epoch=0, min_size=4)) == [4, 4]
+    def sizes(min_size):
+        return sorted(len(b) for b in global_batches(lengths, 4, seed=0, epoch=0,
+                                                     min_size=min_size))
+
+    assert sizes(4) == [4, 4]
     assert steps_per_epoch(11, 4, 4) == 2
-    assert sorted(len(b) for b in global_batches(lengths, 4, seed=0, epoch=0, min_size=2)) == [3, 4, 4]
+    assert sizes(2) == [3, 4, 4]
     assert steps_per_epoch(11, 4, 2) == 3
 
 
