@@ -73,3 +73,21 @@ def test_an_unknown_scorer_fails_before_generating(tiny_model_dir, tmp_path, cap
     assert code == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "l.db").exists()
+
+
+def test_train_ppo_command_runs_against_a_reward_model(tiny_model_dir, reward_model_dir,
+                                                       tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    from launch.cli import main
+    from reward.metrics import read_metrics
+
+    out = tmp_path / "ppo"
+    assert main(["train", "ppo", "--scorer", f"bt:{reward_model_dir}", "--model", tiny_model_dir,
+                 "--output", str(out), "--limit", "4", "--steps", "2", "--rollout-batch", "4",
+                 "--minibatch", "2", "--ppo-epochs", "1", "--max-new-tokens", "4",
+                 "--target-kl", "0.5", "--missing-eos-penalty", "1.0", "--lr", "1e-4"]) == 0
+    assert "2 PPO steps" in capsys.readouterr().out
+    metrics = read_metrics(out / "metrics.jsonl")
+    assert len(metrics) == 2 and metrics[1]["objective/kl_coef"] != 0.05  # adaptive
+    AutoModelForCausalLM.from_pretrained(out)
