@@ -11,14 +11,14 @@ def test_ppo_raises_a_synthetic_reward_with_bounded_kl(word_model, smol_tokenize
 
     model_dir, words = word_model
     share = good_word_reward(smol_tokenizer, set(words[: len(words) // 2]))
-    config = PPOConfig(output=str(tmp_path / "ppo"), model=model_dir, total_steps=8,
-                       rollout_batch_size=16, minibatch_size=8, ppo_epochs=2,
-                       max_new_tokens=8, temperature=1.0, learning_rate=3e-4, kl_coef=0.05,
+    config = PPOConfig(output=str(tmp_path / "ppo"), model=model_dir, total_steps=6,
+                       rollout_batch_size=12, minibatch_size=6, ppo_epochs=2,
+                       max_new_tokens=6, temperature=1.0, learning_rate=3e-4, kl_coef=0.05,
                        missing_eos_penalty=0.0)
     summary = train_ppo(config, reward_fn=lambda _p, texts: [10 * share(t) for t in texts],
-                        prompts=prompts(32))
+                        prompts=prompts(24))
     metrics = read_metrics(tmp_path / "ppo" / "metrics.jsonl")
-    assert [m["step"] for m in metrics] == list(range(1, 9))
+    assert [m["step"] for m in metrics] == list(range(1, 7))
     rewards = [m["objective/reward"] for m in metrics]
     assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.3, rewards
     kls = [m["objective/kl"] for m in metrics]
