@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from data.policy_pairs import PairSet, PolicyPair, PromptCandidates, ScoredCandidate, build_pairs
+from data.policy_pairs import PromptCandidates, ScoredCandidate, build_pairs
 from reward.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
