@@ -534,7 +534,8 @@ def candidates_for_run(db: sqlite_utils.Database, run_id: int) -> list[dict]:
 
 def counts(db: sqlite_utils.Database) -> dict[str, int]:
     """Row counts of the main tables, for status lines."""
-    tables = ("prompts", "generation_runs", "candidates", "users", "rankings", "comparisons")
+    tables = ("prompts", "generation_runs", "candidates", "users", "rankings", "comparisons",
+              "model_scores", "policy_iterations")
     return {t: db[t].count for t in tables if db[t].exists()}
 
 
@@ -618,3 +619,12 @@ def candidates_to_score(
         sql += " WHERE " + " AND ".join(where)
     rows = db.execute(sql + " ORDER BY c.id", params)
     return [CandidateToScore(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
+
+
+def current_policy(db: sqlite_utils.Database) -> str | None:
+    """The newest policy iteration's model folder (``rankloop loop``), None before the first."""
+    if not db["policy_iterations"].exists():
+        return None
+    row = db.execute("SELECT model FROM policy_iterations ORDER BY iteration DESC LIMIT 1"
+                     ).fetchone()
+    return row[0] if row else None

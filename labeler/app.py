@@ -206,7 +206,9 @@ def create_admin_tab(svc: LabelerService):
     gr.Markdown("#### Generate candidates")
     with gr.Row():
         prompts = gr.Textbox(value="bundled", label="Prompts (bundled, file, folder or Hub id)")
-        model = gr.Textbox(value="default", label="Model")
+        model = gr.Textbox(value="default",
+                           label="Model (default: the newest policy iteration, else the "
+                                 "embedded model)")
         backend = gr.Dropdown(["auto", "vllm", "transformers"], value="auto", label="Backend")
     with gr.Row():
         k = gr.Number(value=4, precision=0, minimum=1, maximum=MAX_K, label="k")

@@ -212,8 +212,11 @@ def start_generation(svc: LabelerService, username: str, *, prompts: str = "bund
                      k: int = 4, limit: int | None = None, backend: str = "auto",
                      model: str = "default", max_new_tokens: int = 256) -> str:
     user = svc.require_admin(username)
+    if model in (None, "", "default"):
+        # The loop records each new policy: the app's next candidates come from the newest.
+        model = store.current_policy(svc.db()) or "default"
     args = ["generate", "--prompts", prompts or "bundled", "--k", str(int(k)),
-            "--backend", backend, "--model", model or "default",
+            "--backend", backend, "--model", model,
             "--max-new-tokens", str(int(max_new_tokens)), "--no-progress"]
     if limit:
         args += ["--limit", str(int(limit))]

@@ -87,10 +87,7 @@ class IterationReport:
 # --- the store's record of iterations -----------------------------------------------------------
 
 def current_policy(db) -> str | None:
-    """The newest recorded iteration's policy folder, or None before the first iteration."""
-    row = db.execute("SELECT model FROM policy_iterations ORDER BY iteration DESC LIMIT 1"
-                     ).fetchone()
-    return row[0] if row else None
+    return store.current_policy(db)
 
 
 def next_iteration(db) -> int:

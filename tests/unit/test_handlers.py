@@ -104,3 +104,16 @@ def test_admins_start_training_and_scoring_jobs_with_the_right_commands(svc, tmp
                                     "--agreed-only", "--lora-r", "8", "--db", svc.db_path]
     assert jobs["score"] == ["score", "--scorer", f"bt:{tmp_path / 'rm'}", "--db", svc.db_path]
     svc.jobs.stop_all()
+
+
+def test_generation_jobs_use_the_newest_policy_iteration(svc, tmp_path):
+    handlers.start_generation(svc, "root", limit=1)
+    db = svc.db()
+    db.execute("INSERT INTO policy_iterations (iteration, algorithm, base_model, model, scorer, "
+               "report, created_at) VALUES (1, 'rebel', 'default', ?, 'bt:x', '{}', 0)",
+               [str(tmp_path / "policy-1")])
+    handlers.start_generation(svc, "root", limit=1)
+    second, first = svc.jobs.list()
+    assert first.argv[first.argv.index("--model") + 1] == "default"
+    assert second.argv[second.argv.index("--model") + 1] == str(tmp_path / "policy-1")
+    svc.jobs.stop_all()
