@@ -29,6 +29,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -42,6 +43,9 @@ from data.policy_pairs import (
 )
 from data.preferences import PreferenceSourceError
 from policy.logprobs import TokenBatch, pack, sequence_logprobs
+
+if TYPE_CHECKING:
+    from reward.data import StepPlan
 
 SCHEDULES = ("cosine", "linear", "constant")
 CHECKPOINTS = "checkpoints"
@@ -129,46 +133,6 @@ class RebelConfig:
                      "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', ' ')} must be at least 1")
-
-
-@dataclass
-class StepPlan:
-    """The batch arithmetic, computed once; every process derives the same plan."""
-
-    train_pairs: int
-    world_size: int
-    per_device_batch_size: int
-    gradient_accumulation_steps: int
-    epochs: int
-    max_steps: int | None
-
-    @property
-    def micro_batches_per_step(self) -> int:
-        return self.world_size * self.gradient_accumulation_steps
-
-    @property
-    def global_batch_size(self) -> int:
-        return self.micro_batches_per_step * self.per_device_batch_size
-
-    @property
-    def steps_per_epoch(self) -> int:
-        from reward.data import steps_per_epoch
-
-        return steps_per_epoch(self.train_pairs, self.global_batch_size,
-                               self.micro_batches_per_step)
-
-    @property
-    def total_steps(self) -> int:
-        return self.max_steps or self.steps_per_epoch * self.epochs
-
-    def check(self) -> None:
-        assert self.global_batch_size == (self.world_size * self.per_device_batch_size
-                                          * self.gradient_accumulation_steps)
-        if self.train_pairs < self.micro_batches_per_step:
-            raise PreferenceSourceError(
-                f"only {self.train_pairs} training pairs for {self.micro_batches_per_step} "
-                f"micro-batches per step ({self.world_size} processes × "
-                f"{self.gradient_accumulation_steps} accumulation steps); add data or lower them")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -531,7 +495,7 @@ def train_rebel(config: RebelConfig, *, pairs: PairSet | None = None,
     from policy.losses import rebel_loss
     from policy.models import load_tokenizer, resolve_model
     from reward.accel import configure_deepspeed, make_accelerator
-    from reward.data import global_batches, micro_batches
+    from reward.data import StepPlan, global_batches, micro_batches
     from reward.metrics import MetricsLog
     from reward.modeling import merge_lora_state_dict
     from reward.train_bt import save_checkpoint

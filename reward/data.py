@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from data.chat import ChatTemplateError
-from data.preferences import PreferencePair
+from data.preferences import PreferencePair, PreferenceSourceError
 
 # How many global batches are sorted by length together: big enough that padding is small,
 # small enough that step order stays random.
@@ -210,3 +210,42 @@ def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     rightmost non-pad token, as ``AutoModelForSequenceClassification`` itself does)."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     return logits[:, 0].float()
+
+
+@dataclass
+class StepPlan:
+    """The batch arithmetic, computed once: every process derives the same plan."""
+
+    train_pairs: int
+    world_size: int
+    per_device_batch_size: int
+    gradient_accumulation_steps: int
+    epochs: int
+    max_steps: int | None
+
+    @property
+    def micro_batches_per_step(self) -> int:
+        return self.world_size * self.gradient_accumulation_steps
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.micro_batches_per_step * self.per_device_batch_size
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return steps_per_epoch(self.train_pairs, self.global_batch_size,
+                               self.micro_batches_per_step)
+
+    @property
+    def total_steps(self) -> int:
+        return self.max_steps or self.steps_per_epoch * self.epochs
+
+    def check(self) -> None:
+        assert self.global_batch_size == (self.world_size * self.per_device_batch_size
+                                          * self.gradient_accumulation_steps)
+        if self.train_pairs < self.micro_batches_per_step:
+            raise PreferenceSourceError(
+                f"only {self.train_pairs} training pairs for {self.micro_batches_per_step} "
+                f"micro-batches per step ({self.world_size} processes × "
+                f"{self.gradient_accumulation_steps} accumulation steps); add data or lower them"
+            )

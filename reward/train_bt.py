@@ -27,6 +27,7 @@ from pathlib import Path
 from data.preferences import PreferenceLoad, PreferenceSourceError
 from reward.data import (
     EncodedPair,
+    StepPlan,
     PreferenceBatch,
     collate,
     encode_pairs,
@@ -34,7 +35,6 @@ from reward.data import (
     micro_batches,
     sequence_rewards,
     split_held_out,
-    steps_per_epoch,
 )
 
 TIES = ("exclude", "include")
@@ -125,43 +125,6 @@ class RewardTrainConfig:
                 raise ValueError(f"{name.replace('_', ' ')} must be at least 1")
         if self.lora_r < 0:
             raise ValueError("lora r must be 0 (full fine-tuning) or more")
-
-
-@dataclass
-class StepPlan:
-    """The batch arithmetic, computed once: every process derives the same plan."""
-
-    train_pairs: int
-    world_size: int
-    per_device_batch_size: int
-    gradient_accumulation_steps: int
-    epochs: int
-    max_steps: int | None
-
-    @property
-    def micro_batches_per_step(self) -> int:
-        return self.world_size * self.gradient_accumulation_steps
-
-    @property
-    def global_batch_size(self) -> int:
-        return self.micro_batches_per_step * self.per_device_batch_size
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return steps_per_epoch(self.train_pairs, self.global_batch_size,
-                               self.micro_batches_per_step)
-
-    @property
-    def total_steps(self) -> int:
-        return self.max_steps or self.steps_per_epoch * self.epochs
-
-    def check(self) -> None:
-        if self.train_pairs < self.micro_batches_per_step:
-            raise PreferenceSourceError(
-                f"only {self.train_pairs} training pairs for {self.micro_batches_per_step} "
-                f"micro-batches per step ({self.world_size} processes × "
-                f"{self.gradient_accumulation_steps} accumulation steps); add data or lower them"
-            )
 
 
 @dataclass
