@@ -248,15 +248,22 @@ def groups_from_scores(db, scorer: str, *, run_id: int | None = None) -> list[Pr
             for (p, _), cands in grouped.items()]
 
 
-def groups_from_rankings(db) -> list[PromptCandidates]:
+def _run_candidate_ids(db, run_id: int) -> set[int]:
+    return {row[0] for row in db.execute("SELECT id FROM candidates WHERE run_id = ?", [run_id])}
+
+
+def groups_from_rankings(db, *, run_id: int | None = None) -> list[PromptCandidates]:
     """Each ranked candidate set with the mean of its annotators' rewards on the
-    ``ranks_to_rewards`` scale."""
+    ``ranks_to_rewards`` scale; with ``run_id``, only sets of that generation run."""
+    in_run = _run_candidate_ids(db, run_id) if run_id is not None else None
     sums: dict[tuple[int, tuple[int, ...]], dict[int, list[float]]] = {}
     for prompt_id, ids_json, ranks_json in db.execute(
             "SELECT prompt_id, candidate_ids, ranks FROM rankings "
             "WHERE skipped = 0 AND ranks IS NOT NULL ORDER BY id"):
         ids, ranks = json.loads(ids_json), json.loads(ranks_json)
         if not ranks or any(r is None for r in ranks):
+            continue
+        if in_run is not None and not set(ids) <= in_run:
             continue
         key = (prompt_id, tuple(sorted(ids)))
         per_candidate = sums.setdefault(key, defaultdict(list))
@@ -274,6 +281,11 @@ def groups_from_rankings(db) -> list[PromptCandidates]:
     return groups
 
 
+def ranked_prompts(db, run_id: int) -> int:
+    """Prompts of generation run ``run_id`` with at least one complete human ranking."""
+    return len({g.prompt_id for g in groups_from_rankings(db, run_id=run_id)})
+
+
 def pairs_from_db(db, *, scorer: str | None = None, run_id: int | None = None,
                   mode: str = "best_worst") -> PairSet:
     """Pairs from the app's database: ``scorer``'s scores when given, else human rankings."""
@@ -284,8 +296,8 @@ def pairs_from_db(db, *, scorer: str | None = None, run_id: int | None = None,
         groups = groups_from_scores(db, scorer, run_id=run_id)
         what = f"candidates scored by {scorer}" + (f" in run {run_id}" if run_id else "")
     else:
-        groups = groups_from_rankings(db)
-        what = "ranked candidates"
+        groups = groups_from_rankings(db, run_id=run_id)
+        what = "ranked candidates" + (f" in run {run_id}" if run_id else "")
     if not groups:
         raise PreferenceSourceError(f"{label} has no {what}; rank candidates in the app, score "
                                     "them with `rankloop score`, or pass --data")

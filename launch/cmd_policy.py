@@ -50,24 +50,32 @@ def register(commands) -> None:
     ppo = train.add_parser(
         "ppo", help="train a policy with PPO against a reward model",
         description="Train a policy with PPO: sample responses to prompts with the current "
-                    "policy, score them with a reward model (--scorer), and update policy and "
-                    "value head with clipped objectives, GAE and a per-token KL penalty to the "
-                    "starting model. One process.",
+                    "policy, score them with a reward model (--scorer) or a Python reward "
+                    "function (--reward-fn), and update policy and value head with clipped "
+                    "objectives, GAE and a per-token KL penalty to the starting model. Runs "
+                    "under `accelerate launch` too (each process rolls out its share of every "
+                    "batch); rerunning the same command resumes from the last checkpoint.",
     )
     add_db(ppo)
-    ppo.add_argument("--scorer", required=True, metavar="KIND:DIR",
-                     help="reward model: bt:DIR or armorm:DIR")
+    reward = ppo.add_mutually_exclusive_group(required=True)
+    reward.add_argument("--scorer", metavar="KIND:DIR", help="reward model: bt:DIR or armorm:DIR")
+    reward.add_argument("--reward-fn", metavar="MODULE:FUNCTION",
+                        help="a Python reward, called as FUNCTION(prompts, responses) -> list of "
+                             "floats; MODULE is imported from the working directory")
     ppo.add_argument("--prompts", default=None, metavar="SOURCE",
                      help="prompt source (default: the bundled prompts)")
     ppo.add_argument("--limit", type=positive_int, default=None, help="use at most N prompts")
     ppo.add_argument("--model", default="default", help="starting policy (default: SmolLM2)")
     ppo.add_argument("--output", required=True, metavar="DIR", help="folder for the policy")
+    ppo.add_argument("--backend", choices=("transformers", "vllm"), default="transformers",
+                     help="rollout sampler; vllm gets the new weights after every update "
+                          "(default: transformers)")
     ppo.add_argument("--steps", type=positive_int, default=100,
                      help="rollout/update iterations (default: 100)")
     ppo.add_argument("--rollout-batch", type=positive_int, default=16,
-                     help="prompts per rollout (default: 16)")
+                     help="prompts per rollout over all processes (default: 16)")
     ppo.add_argument("--minibatch", type=positive_int, default=4,
-                     help="responses per gradient step (default: 4)")
+                     help="responses per gradient step over all processes (default: 4)")
     ppo.add_argument("--ppo-epochs", type=positive_int, default=4, help="default: 4")
     ppo.add_argument("--max-new-tokens", type=positive_int, default=64, help="default: 64")
     ppo.add_argument("--temperature", type=float, default=0.7, help="default: 0.7")
@@ -77,23 +85,45 @@ def register(commands) -> None:
     ppo.add_argument("--missing-eos-penalty", type=float, default=None,
                      help="subtract this from the reward of responses cut by --max-new-tokens")
     ppo.add_argument("--learning-rate", "--lr", type=float, default=1e-6, help="default: 1e-6")
+    ppo.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                     help="bf16 mixed precision (default: on with a GPU)")
     ppo.add_argument("--seed", type=int, default=0, help="default: 0")
+    ppo.add_argument("--log-every", type=positive_int, default=1, help="steps (default: 1)")
+    ppo.add_argument("--save-every", type=positive_int, default=50,
+                     help="checkpoint every N steps (default: 50)")
+    ppo.add_argument("--no-resume", action="store_true",
+                     help="start over even if --output has a checkpoint")
+    ppo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     ppo.set_defaults(handler=_train_ppo)
 
     loop = commands.add_parser(
-        "loop", help="run one policy iteration: generate, score, pair, train, record",
+        "loop", help="run one policy iteration: generate, get feedback, train, record",
         description="One iteration of the loop on the app's database: generate k candidates "
                     "per prompt with the current policy (the last recorded iteration's model, "
-                    "else --model), score them with the reward model, build best/worst pairs, "
-                    "train REBEL, save the new policy under --output/iter-N and record it, so "
-                    "the next generation uses it. Prints a report: mean reward of the new vs "
-                    "the previous policy on held-out prompts, win rate, KL and length.",
+                    "else --model); get feedback: score them with the reward model, or wait "
+                    "for annotators to rank them in the app (--feedback human); train REBEL on "
+                    "best/worst pairs or PPO against the reward model; save the new policy "
+                    "under --output/iter-N and record it, so the next generation uses it. "
+                    "Prints a report: mean reward of the new vs the previous policy on "
+                    "held-out prompts, win rate, KL and length.",
     )
     add_db(loop)
-    loop.add_argument("--scorer", required=True, metavar="KIND:DIR",
-                      help="reward model: bt:DIR or armorm:DIR")
+    loop.add_argument("--scorer", default=None, metavar="KIND:DIR",
+                      help="reward model: bt:DIR or armorm:DIR (optional only with "
+                           "--feedback human)")
     loop.add_argument("--output", required=True, metavar="DIR",
                       help="folder holding one sub-folder per iteration")
+    loop.add_argument("--algorithm", choices=("rebel", "ppo"), default="rebel",
+                      help="default: rebel")
+    loop.add_argument("--feedback", choices=("reward-model", "human"), default="reward-model",
+                      help="REBEL pairs from the reward model's scores or from rankings made "
+                           "in the app (default: reward-model)")
+    loop.add_argument("--min-ranked", type=positive_int, default=None,
+                      help="human feedback: prompts that must be ranked before training "
+                           "(default: all of the iteration's training prompts)")
+    loop.add_argument("--wait-minutes", type=float, default=60.0,
+                      help="human feedback: stop waiting after this long and train on what is "
+                           "ranked (default: 60)")
     loop.add_argument("--model", default="default",
                       help="policy for the first iteration (default: SmolLM2)")
     loop.add_argument("--prompts", default=None, metavar="SOURCE",
@@ -106,12 +136,18 @@ def register(commands) -> None:
     loop.add_argument("--temperature", type=float, default=0.8, help="default: 0.8")
     loop.add_argument("--eval-fraction", type=float, default=0.1,
                       help="share of prompts held out for the report (default: 0.1)")
-    loop.add_argument("--eta", type=float, default=1.0, help="REBEL eta (default: 1.0)")
     loop.add_argument("--learning-rate", "--lr", type=float, default=3e-7,
                       help="default: 3e-7")
-    loop.add_argument("--epochs", type=positive_int, default=1, help="default: 1")
+    loop.add_argument("--eta", type=float, default=1.0, help="REBEL eta (default: 1.0)")
+    loop.add_argument("--epochs", type=positive_int, default=1, help="REBEL (default: 1)")
     loop.add_argument("--batch-size", type=positive_int, default=4,
-                      help="pairs per micro-batch (default: 4)")
+                      help="REBEL pairs per micro-batch (default: 4)")
+    loop.add_argument("--ppo-steps", type=positive_int, default=20, help="PPO (default: 20)")
+    loop.add_argument("--rollout-batch", type=positive_int, default=16,
+                      help="PPO prompts per rollout (default: 16)")
+    loop.add_argument("--minibatch", type=positive_int, default=4,
+                      help="PPO responses per gradient step (default: 4)")
+    loop.add_argument("--kl-coef", type=float, default=0.05, help="PPO (default: 0.05)")
     loop.add_argument("--seed", type=int, default=0, help="default: 0")
     loop.set_defaults(handler=_loop)
 
@@ -202,19 +238,22 @@ def _train_rebel(args: argparse.Namespace) -> int:
 
 
 def _train_ppo(args: argparse.Namespace) -> int:
-    from policy.ppo import PPOConfig, scorer_reward, train_ppo
+    from policy.ppo import PPOConfig, function_reward, scorer_reward, train_ppo
 
     config = PPOConfig(
         output=args.output, model=args.model, prompts=args.prompts, limit=args.limit,
-        total_steps=args.steps, rollout_batch_size=args.rollout_batch,
+        backend=args.backend, total_steps=args.steps, rollout_batch_size=args.rollout_batch,
         minibatch_size=args.minibatch, ppo_epochs=args.ppo_epochs,
         max_new_tokens=args.max_new_tokens, temperature=args.temperature,
         kl_coef=args.kl_coef, target_kl=args.target_kl,
         missing_eos_penalty=args.missing_eos_penalty, learning_rate=args.learning_rate,
-        seed=args.seed,
+        bf16=args.bf16, seed=args.seed, log_every=args.log_every, save_every=args.save_every,
+        resume=not args.no_resume,
     )
-    summary = train_ppo(config, reward_fn=scorer_reward(args.scorer))
-    print(summary.line())
+    reward = scorer_reward(args.scorer) if args.scorer else function_reward(args.reward_fn)
+    summary = train_ppo(config, reward_fn=reward, progress=not args.no_progress)
+    if summary.main_process:
+        print(summary.line())
     return 0
 
 
@@ -222,11 +261,14 @@ def _loop(args: argparse.Namespace) -> int:
     from policy.loop import LoopConfig, run_iteration
 
     config = LoopConfig(
-        db=db_path(args), scorer=args.scorer, output=args.output, model=args.model,
-        prompts=args.prompts, limit=args.limit, k=args.k, backend=args.backend,
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+        db=db_path(args), scorer=args.scorer, output=args.output, algorithm=args.algorithm,
+        feedback=args.feedback, min_ranked=args.min_ranked, wait_minutes=args.wait_minutes,
+        model=args.model, prompts=args.prompts, limit=args.limit, k=args.k,
+        backend=args.backend, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
         eval_fraction=args.eval_fraction, eta=args.eta, learning_rate=args.learning_rate,
-        epochs=args.epochs, per_device_batch_size=args.batch_size, seed=args.seed,
+        epochs=args.epochs, per_device_batch_size=args.batch_size, ppo_steps=args.ppo_steps,
+        rollout_batch_size=args.rollout_batch, minibatch_size=args.minibatch,
+        kl_coef=args.kl_coef, seed=args.seed,
     )
     report = run_iteration(config)
     print(report.line())

@@ -107,7 +107,24 @@ class TransformersSampler:
         self.model = load_causal_lm(model, dtype=dtype, device=device).eval()
         self.batch_size = batch_size
         self.generator_seed = seed
+        self.generate_options: dict = {}
+        self.no_grad = torch.inference_mode
         torch.manual_seed(seed)
+
+    @classmethod
+    def from_model(cls, model, tokenizer, *, batch_size: int = 8,
+                   generate_options: dict | None = None) -> TransformersSampler:
+        """A sampler on a model a trainer is updating: it always samples the current weights.
+        The global RNG is left as it is (a resumed trainer has just restored it)."""
+        import torch
+
+        sampler = cls.__new__(cls)
+        sampler.tokenizer, sampler.model, sampler.batch_size = tokenizer, model, batch_size
+        sampler.generate_options = dict(generate_options or {})
+        # no_grad, not inference_mode: tensors that ZeRO-3 gathers while sampling may be kept
+        # and later take part in a backward pass.
+        sampler.no_grad = torch.no_grad
+        return sampler
 
     def generate(self, prompts: Sequence[str], config: SamplingConfig) -> list[list[Sample]]:
         import torch
@@ -126,9 +143,10 @@ class TransformersSampler:
             # decoding refuses): rows i*k .. i*k+k-1 belong to prompt i.
             enc = {name: t.repeat_interleave(config.k, dim=0) for name, t in enc.items()}
             sampling = config.temperature > 0
-            with torch.inference_mode():
+            with self.no_grad():
                 out = self.model.generate(
                     **enc,
+                    **self.generate_options,
                     do_sample=sampling,
                     temperature=config.temperature if sampling else None,
                     top_p=config.top_p if sampling else None,
