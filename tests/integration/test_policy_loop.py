@@ -91,3 +91,74 @@ def test_train_ppo_command_runs_against_a_reward_model(tiny_model_dir, reward_mo
     metrics = read_metrics(out / "metrics.jsonl")
     assert len(metrics) == 2 and metrics[1]["objective/kl_coef"] != 0.05  # adaptive
     AutoModelForCausalLM.from_pretrained(out)
+
+
+def test_a_ppo_iteration_trains_against_the_reward_model_and_is_recorded(
+        tiny_model_dir, reward_model_dir, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    from launch.cli import main
+
+    db_file = tmp_path / "loop.db"
+    assert main(["loop", "--db", str(db_file), "--algorithm", "ppo", "--scorer",
+                 f"bt:{reward_model_dir}", "--output", str(tmp_path / "policy"), "--model",
+                 tiny_model_dir, "--limit", "8", "--k", "2", "--backend", "transformers",
+                 "--max-new-tokens", "5", "--eval-fraction", "0.25", "--lr", "1e-4",
+                 "--ppo-steps", "2", "--rollout-batch", "4", "--minibatch", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "iteration 1:" in out and "PPO on 6 prompts" in out and "win rate" in out
+    db = store.open_store(db_file)
+    [row] = db.query("SELECT * FROM policy_iterations")
+    report = json.loads(row["report"])
+    assert row["algorithm"] == "ppo" and report["held_out_prompts"] == 2
+    assert isinstance(report["reward_new"], float) and isinstance(report["kl"], float)
+    metrics = (tmp_path / "policy" / "iter-1" / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == 2
+    AutoModelForCausalLM.from_pretrained(tmp_path / "policy" / "iter-1")
+
+
+def test_human_feedback_waits_for_rankings_made_in_the_app_store(tiny_model_dir, tmp_path):
+    """`rankloop loop --feedback human` in its own process generates, then waits; an annotator
+    ranks the new run's items through the labeling queue; REBEL trains on those rankings."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from data import labeling
+    from data.rankings import Submission
+    from labeler.auth import hash_password
+    from tests.integration.test_policy_rebel import ROOT
+
+    db_file = tmp_path / "loop.db"
+    db = store.open_store(db_file)
+    annotator = labeling.add_user(db, "ann", "annotator", hash_password("pw-12345678"))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "launch.cli", "loop", "--db", str(db_file), "--feedback",
+         "human", "--output", str(tmp_path / "policy"), "--model", tiny_model_dir,
+         "--limit", "5", "--k", "3", "--backend", "transformers", "--max-new-tokens", "5",
+         "--eval-fraction", "0.2", "--lr", "1e-3", "--wait-minutes", "5"],
+        cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        ranked, deadline = 0, time.monotonic() + 300
+        while ranked < 4 and time.monotonic() < deadline and process.poll() is None:
+            assignment = labeling.next_assignment(db, annotator.id, labeling.QueuePolicy())
+            if assignment is None:
+                time.sleep(0.5)
+                continue
+            ids = tuple(assignment.candidate_ids)
+            labeling.submit_assignment(db, assignment.id, annotator.id,
+                                       Submission(ids, tuple(range(1, len(ids) + 1))))
+            ranked += 1
+        out, err = process.communicate(timeout=300)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err[-3000:]
+    assert "waiting for rankings of run 1 in the app: 0 of 4 prompts ranked" in out
+    assert "pairs from human feedback" in out and "KL" in out
+    [row] = db.query("SELECT * FROM policy_iterations")
+    report = json.loads(row["report"])
+    assert row["scorer"] is None and report["feedback"] == "human"
+    assert report["reward_new"] is None and isinstance(report["kl"], float)
+    assert 1 <= report["train_pairs"] <= 4
