@@ -26,7 +26,6 @@ import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from data.preferences import PreferenceSourceError
 
@@ -175,21 +174,12 @@ def pairs_from_file(source: str, *, split: str = "train", limit: int | None = No
     the fixed ``UNSCORED_GAP``. Responses must be one assistant turn (or plain strings)."""
     from data.preferences import DROP_IDENTICAL as FILE_IDENTICAL
     from data.preferences import _row_to_pair
-    from data.prompts import PromptSourceError, _read_file, _read_hub_dataset, _read_saved_dataset
+    from data.prompts import PromptSourceError, read_rows
 
-    path = Path(source).expanduser()
     try:
-        if path.is_file():
-            rows = _read_file(path)
-        elif path.is_dir():
-            rows = _read_saved_dataset(path, split)
-        elif path.suffix or source.startswith((".", "/", "~")):
-            raise PreferenceSourceError(f"preference file {source} does not exist")
-        else:
-            rows = _read_hub_dataset(source, split)
+        rows, label = read_rows(source, split, what="preference")
     except PromptSourceError as exc:
         raise PreferenceSourceError(str(exc)) from None
-    label = str(path) if path.exists() else source
     if not rows:
         raise PreferenceSourceError(f"{label} contains no rows")
     if "chosen" not in rows[0] or "rejected" not in rows[0]:

@@ -23,16 +23,8 @@ import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from data.prompts import (
-    FILE_SUFFIXES,
-    ROLES,
-    PromptSourceError,
-    _read_file,
-    _read_hub_dataset,
-    _read_saved_dataset,
-)
+from data.prompts import ROLES, PromptSourceError, read_rows
 
 DROP_IDENTICAL = "identical chosen/rejected"
 DROP_EMPTY = "empty response"
@@ -107,19 +99,10 @@ def load_preference_file(
 ) -> PreferenceLoad:
     """Reads TRL-format preference pairs from a ``.jsonl``/``.json``/``.csv``/``.parquet`` file,
     a ``save_to_disk`` folder (``split`` picks from a DatasetDict) or a Hub dataset id."""
-    path = Path(source).expanduser()
     try:
-        if path.is_file():
-            rows = _read_file(path)
-        elif path.is_dir():
-            rows = _read_saved_dataset(path, split)
-        elif path.suffix.lower() in FILE_SUFFIXES or source.startswith((".", "/", "~")):
-            raise PreferenceSourceError(f"preference file {source} does not exist")
-        else:
-            rows = _read_hub_dataset(source, split)
+        rows, label = read_rows(source, split, what="preference")
     except PromptSourceError as exc:  # the shared readers speak of prompts; same message
         raise PreferenceSourceError(str(exc)) from None
-    label = str(path) if path.exists() else source
     return rows_to_pairs(rows, label, limit=limit)
 
 

@@ -61,16 +61,24 @@ def load_prompts(
     if source == BUNDLED:
         rows, label = _read_jsonl(BUNDLED_FILE), BUNDLED
     else:
-        path = Path(source).expanduser()
-        if path.is_file():
-            rows, label = _read_file(path), str(path)
-        elif path.is_dir():
-            rows, label = _read_saved_dataset(path, split), str(path)
-        elif path.suffix.lower() in FILE_SUFFIXES or source.startswith((".", "/", "~")):
-            raise PromptSourceError(f"prompt file {source} does not exist")
-        else:
-            rows, label = _read_hub_dataset(source, split), source
+        rows, label = read_rows(source, split)
     return _to_prompts(rows, label, prompt_column, limit)
+
+
+def read_rows(source: str, split: str = "train", *, what: str = "prompt"
+              ) -> tuple[list[dict], str]:
+    """Dict rows and a label for messages, from a ``.jsonl``/``.json``/``.csv``/``.parquet``
+    file, a ``save_to_disk`` folder (``split`` picks from a DatasetDict) or a Hub dataset id.
+    Every other dataset reader in RankLoop goes through here; ``what`` names the kind of file
+    in the error for a missing path."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return _read_file(path), str(path)
+    if path.is_dir():
+        return _read_saved_dataset(path, split), str(path)
+    if path.suffix.lower() in FILE_SUFFIXES or source.startswith((".", "/", "~")):
+        raise PromptSourceError(f"{what} file {source} does not exist")
+    return _read_hub_dataset(source, split), source
 
 
 # --- readers: each yields dict rows -----------------------------------------------------------

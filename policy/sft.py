@@ -186,20 +186,15 @@ def pack_blocks(documents: Sequence[Sequence[int]], block_size: int, eos_token_i
 # ---------------------------------------------------------------------------------------------
 
 def _read_rows(source: str, split: str) -> list[dict]:
-    from data.prompts import FILE_SUFFIXES, PromptSourceError, _read_file, _read_hub_dataset, \
-        _read_saved_dataset
+    from data.prompts import PromptSourceError, read_rows
 
     path = Path(source).expanduser()
     try:
         if path.is_file() and path.suffix.lower() == ".txt":
             return [{"text": path.read_text(encoding="utf-8")}]
-        if path.is_file():
-            return _read_file(path)
-        if path.is_dir():
-            return _read_saved_dataset(path, split)
-        if path.suffix.lower() in (*FILE_SUFFIXES, ".txt") or source.startswith((".", "/", "~")):
+        if path.suffix.lower() == ".txt" and not path.exists():
             raise SFTDataError(f"data file {source} does not exist")
-        return _read_hub_dataset(source, split)
+        return read_rows(source, split, what="data")[0]
     except PromptSourceError as exc:  # the shared readers speak of prompts; same message
         raise SFTDataError(str(exc)) from None
     except UnicodeDecodeError:
