@@ -67,8 +67,11 @@ class PPOConfig:
     top_p: float = 1.0
     """Nucleus sampling mass (1.0 keeps the log-probs those of the sampling distribution)."""
     backend: str = "transformers"
-    """Rollout sampler: ``transformers`` (on the policy's weights) or ``vllm`` (an engine per
-    process, given the new weights after every update)."""
+    """Rollout sampler: ``transformers`` (on the policy's weights) or ``vllm`` (an engine given
+    the new weights after every update; one process only)."""
+    vllm_memory_fraction: float = 0.3
+    """vLLM: share of the GPU's memory (of RAM on CPU) its KV cache takes; the rest is left to
+    training, which shares the device."""
     kl_coef: float = 0.05
     """β of the per-token penalty −β·(log π − log π_ref)."""
     target_kl: float | None = None
@@ -277,18 +280,18 @@ def load_prompt_messages(config: PPOConfig, tokenizer) -> list[list[dict]]:
     return [k.prompt.messages for k in kept]
 
 
-def push_weights(accelerator, lm, sampler) -> None:
-    """Hands the policy's current weights to a sampler that keeps its own copy (vLLM); under
-    ZeRO-3 each parameter is gathered from its shards first, on every process together."""
+def push_weights(lm, sampler) -> None:
+    """Hands the policy's current weights to a sampler that keeps its own copy (vLLM), all in
+    one call (vLLM reloads whole fused layers); under ZeRO-3 they are gathered from their
+    shards for the call."""
     named = list(lm.named_parameters())
     if not any(hasattr(p, "ds_id") for _, p in named):  # whole weights on this process
         sampler.sync_weights((name, p.detach()) for name, p in named)
         return
     import deepspeed
 
-    for name, parameter in named:
-        with deepspeed.zero.GatheredParameters([parameter]):
-            sampler.sync_weights([(name, parameter.detach())])
+    with deepspeed.zero.GatheredParameters([p for _, p in named]):
+        sampler.sync_weights([(name, p.detach()) for name, p in named])
 
 
 def _plan_fingerprint(config: PPOConfig, plan: PPOPlan, n_prompts: int) -> dict:
@@ -349,6 +352,9 @@ def train_ppo(config: PPOConfig, *, reward_fn: RewardFn,
     rank, world, say = accelerator.process_index, accelerator.num_processes, accelerator.print
     plan = PPOPlan(world, config.rollout_batch_size, config.minibatch_size)
     plan.check()
+    if config.backend == "vllm" and sampler is None and world > 1:
+        raise ValueError("vLLM rollouts run in one process; under accelerate launch use "
+                         "--backend transformers")
     say(f"rankloop: {len(messages)} prompts; {config.total_steps} PPO steps of "
         f"{config.rollout_batch_size} responses ({world} processes × {plan.per_device_rollout}),"
         f" minibatches of {config.minibatch_size} ({world} processes × "
@@ -396,10 +402,12 @@ def train_ppo(config: PPOConfig, *, reward_fn: RewardFn,
             # together: each one must keep stepping until the longest response is done.
             generate_options={"synced_gpus": world > 1})
     elif own_sampler:
-        sampler = make_sampler("vllm", model_path, SamplingConfig(k=1, seed=config.seed + rank))
+        sampler = make_sampler("vllm", model_path, SamplingConfig(k=1, seed=config.seed + rank),
+                               gpu_memory_utilization=config.vllm_memory_fraction,
+                               max_model_len=config.max_prompt_tokens + config.max_new_tokens)
     shares_weights = getattr(sampler, "model", None) is lm
     if not shares_weights and start_step:
-        push_weights(accelerator, lm, sampler)
+        push_weights(lm, sampler)
     sampling = SamplingConfig(k=1, temperature=config.temperature, top_p=config.top_p,
                               max_new_tokens=config.max_new_tokens, seed=config.seed)
 
@@ -475,7 +483,7 @@ def train_ppo(config: PPOConfig, *, reward_fn: RewardFn,
                                    ("clipfrac", clipfrac), ("value_clipfrac", value_clipfrac)):
                     stats[key].append(float(value.detach()))
         if not shares_weights:
-            push_weights(accelerator, lm, sampler)
+            push_weights(lm, sampler)
 
         # 9. Means over every process; adapt β (the same on every process); log.
         local = torch.tensor([
