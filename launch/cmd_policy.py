@@ -23,7 +23,7 @@ def register(commands) -> None:
     source = rebel.add_argument_group("data")
     source.add_argument("--data", default=None, metavar="SOURCE",
                         help="TRL-format preferences: .jsonl/.json/.parquet/.csv file, save_to_disk "
-                             "folder or Hub id (default: the app's database)")
+                             "folder or Hub id; or the app's database file (default: --db)")
     source.add_argument("--split", default="train", help="dataset split (default: train)")
     source.add_argument("--scorer", default=None, metavar="KIND:DIR",
                         help="database only: rewards from this reward model's stored scores "

@@ -61,8 +61,8 @@ class RebelConfig:
     """π_t, the policy that sampled the pairs and the starting weights: ``default``
     (SmolLM2-135M-Instruct), a folder or a Hub id."""
     data: str | None = None
-    """TRL-format preference file (optional ``score_chosen``/``score_rejected``); None reads
-    the app's database ``db``."""
+    """TRL-format preference file (optional ``score_chosen``/``score_rejected``) or the app's
+    database file; None reads the database ``db``."""
     db: str | None = None
     """The app's database, read when ``data`` is None."""
     scorer: str | None = None
@@ -231,22 +231,32 @@ def collate(pairs: list[EncodedPolicyPair], ref_logps: torch.Tensor, pad_token_i
                       torch.tensor([p.reward_rejected for p in pairs], dtype=torch.float32))
 
 
+def is_sqlite_file(source: str) -> bool:
+    """True for an SQLite database (the app's store), recognised by its header."""
+    path = Path(source).expanduser()
+    if not path.is_file():
+        return False
+    with path.open("rb") as f:
+        return f.read(16) == b"SQLite format 3\x00"
+
+
 def read_pairs(config: RebelConfig) -> PairSet:
     from data.policy_pairs import pairs_from_db, pairs_from_file
 
-    if config.data:
+    if config.data and not is_sqlite_file(config.data):
         pairs = pairs_from_file(config.data, split=config.split, limit=config.limit)
     else:
         from data import store
 
-        if config.db is None or not Path(config.db).is_file():
-            raise PreferenceSourceError(f"database {config.db} does not exist")
+        db_file = config.data or config.db
+        if db_file is None or not Path(db_file).is_file():
+            raise PreferenceSourceError(f"database {db_file} does not exist")
         scorer = config.scorer
         if scorer is not None:
             from reward.score import parse_scorer
 
             scorer = parse_scorer(scorer).name  # scores are stored under the absolute path
-        pairs = pairs_from_db(store.open_store(config.db), scorer=scorer, run_id=config.run_id,
+        pairs = pairs_from_db(store.open_store(db_file), scorer=scorer, run_id=config.run_id,
                               mode=config.pair_mode)
     require_pairs(pairs)
     return pairs

@@ -292,3 +292,23 @@ def test_resume_continues_exactly_from_a_middle_checkpoint(tiny_model_dir, tmp_p
     resumed = load_file(str(out / "model.safetensors"))
     for key in whole:
         torch.testing.assert_close(resumed[key], whole[key], atol=1e-6, rtol=0)
+
+
+def test_data_accepts_the_apps_database_and_trains_on_its_rankings(tiny_model_dir, tmp_path,
+                                                                    capsys):
+    from data import labeling, store
+    from data.rankings import Submission
+    from launch.cli import main
+    from tests.labeling_fixtures import make_labeling_db
+
+    db_file = make_labeling_db(tmp_path / "app.db", n_prompts=4)
+    db = store.open_store(db_file)
+    ann = labeling.get_user(db, "ann")
+    for _ in range(4):
+        task = labeling.next_assignment(db, ann.id, labeling.QueuePolicy())
+        ids = tuple(task.candidate_ids)
+        labeling.submit_assignment(db, task.id, ann.id, Submission(ids, (2, 1, 3)))
+    assert main(["train", "rebel", "--data", db_file, "--model", tiny_model_dir, "--output",
+                 str(tmp_path / "o"), "--eval-fraction", "0.25", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "3 training pairs, 1 held out" in out  # one best/worst pair per ranked prompt
