@@ -1,8 +1,14 @@
-"""REBEL update throughput: RankLoop's step vs the reference REBEL approach, same run, same
-model, same pairs.
+"""Policy step cost: REBEL updates/s vs the reference REBEL, PPO s/step vs TRL's PPO.
 
-    python3 bench/policy_step.py                       # tiny random Llama, CPU-sized
+Each comparison runs in the same invocation, on the same model and the same data.
+
+    python3 bench/policy_step.py                       # both parts, tiny random Llama, CPU-sized
     python3 bench/policy_step.py --model default --pairs 2 --steps 3
+    python3 bench/policy_step.py --only ppo --trl-path /tmp/trl-ppo
+    python3 bench/policy_step.py --only ppo --trl-path /tmp/trl-ppo --threads 1 --ppo-rounds 2
+                                                       # steadier when other work shares the CPU
+
+REBEL part:
 
 - RankLoop: chosen and rejected in one forward pass, right-padded to the longest sequence of
   the micro-batch (``policy.rebel.collate``).
@@ -12,13 +18,30 @@ model, same pairs.
 Both run the same REBEL loss, AdamW step and pairs from the same starting weights; π_t's
 log-probs are computed before timing in both (the reference computes them at generation time).
 Prints updates/s, useful (non-padding) tokens/s and padded tokens/s for each, and the ratios.
+
+PPO part: ``policy.ppo.train_ppo`` and TRL's ``PPOTrainer`` (``trl.experimental.ppo``, last
+shipped in trl 1.12.0; trl 1.13+ has none), each in its own subprocess, run the same policy,
+the same reward model, prompts, rollout batch, minibatch, PPO epochs, new tokens, temperature
+and KL/clip/GAE settings. TRL's needs its own value model: it gets a copy of the reward model
+(TRL's recipe), a second network beside the policy, where RankLoop puts a value head on the
+policy's trunk. A step is rollout (generate) + scoring, reference/value forwards and the PPO
+epochs; it is timed from one ``generate`` call to the next, after one warm-up step. When the
+installed trl has no PPO, install one beside it, not into the environment:
+
+    pip install --no-deps --target /tmp/trl-ppo trl==1.12.0
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import json
+import os
 import random
+import subprocess
 import sys
+import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -102,21 +125,293 @@ def run(model, pairs, ref, steps, batch_pairs, mode, pad_id, prompt_pad, respons
             "padded tokens/s": padded / seconds, "s/update": seconds / steps}
 
 
+# ---------------------------------------------------------------------------------------------
+# PPO: RankLoop's recipe vs TRL's PPOTrainer, each in a subprocess
+# ---------------------------------------------------------------------------------------------
+
+TRL_PPO_VERSION = "1.12.0"
+"""The last trl release with a PPOTrainer (``trl.experimental.ppo``)."""
+
+
+def install_generate_timer() -> list[dict]:
+    """Records every ``generate`` call (start, end, rows, padded prompt width, new tokens):
+    both trainers sample through transformers' ``GenerationMixin.generate``."""
+    from transformers import GenerationMixin
+
+    calls: list[dict] = []
+    original = GenerationMixin.generate
+
+    def timed(self, *args, **kwargs):
+        start = time.perf_counter()
+        out = original(self, *args, **kwargs)
+        sequences = out if isinstance(out, torch.Tensor) else out.sequences
+        prompt = kwargs["input_ids"] if kwargs.get("input_ids") is not None else args[0]
+        calls.append({"start": start, "end": time.perf_counter(), "rows": sequences.shape[0],
+                      "prompt": prompt.shape[1], "new": sequences.shape[1] - prompt.shape[1]})
+        return out
+
+    GenerationMixin.generate = timed
+    return calls
+
+
+def step_times(calls: list[dict], timed_steps: int) -> dict:
+    """Per timed step: seconds from its rollout's start to the next one's, seconds generating,
+    sampled tokens and prompt+response tokens; the first step (warm-up) and the last (no next
+    rollout) are not counted."""
+    if len(calls) != timed_steps + 2:
+        raise RuntimeError(f"expected {timed_steps + 2} generate calls (one per step), "
+                           f"got {len(calls)}")
+    timed = range(1, timed_steps + 1)
+    return {"step": [calls[k + 1]["start"] - calls[k]["start"] for k in timed],
+            "generate": [calls[k]["end"] - calls[k]["start"] for k in timed],
+            "new_tokens": [calls[k]["rows"] * calls[k]["new"] for k in timed],
+            "tokens": [calls[k]["rows"] * (calls[k]["prompt"] + calls[k]["new"]) for k in timed]}
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Medians over every timed step of every round (robust to other work on the machine), the
+    fastest step, and the mean load."""
+    from statistics import mean, median
+
+    every = {key: [x for run in runs for x in run[key]]
+             for key in ("step", "generate", "new_tokens", "tokens")}
+    rest = [s - g for s, g in zip(every["step"], every["generate"], strict=True)]
+    return {"s/step": median(every["step"]), "best": min(every["step"]),
+            "generate": median(every["generate"]), "rest": median(rest),
+            "new_tokens": mean(every["new_tokens"]), "tokens": mean(every["tokens"]),
+            "load": mean(run["load"] for run in runs), "version": runs[0].get("version", "")}
+
+
+def ppo_worker_rankloop(spec: dict) -> dict:
+    from policy.ppo import PPOConfig, scorer_reward, train_ppo
+
+    calls = install_generate_timer()
+    config = PPOConfig(output=spec["output"], model=spec["policy"],
+                       total_steps=spec["steps"] + 2, rollout_batch_size=spec["rollout"],
+                       minibatch_size=spec["minibatch"], ppo_epochs=spec["epochs"],
+                       max_new_tokens=spec["new_tokens"], temperature=spec["temperature"],
+                       kl_coef=spec["kl_coef"], learning_rate=spec["lr"], seed=0)
+    train_ppo(config, reward_fn=scorer_reward(f"bt:{spec['reward']}", batch_size=spec["rollout"]),
+              prompts=spec["messages"])
+    return step_times(calls, spec["steps"])
+
+
+def ppo_worker_trl(spec: dict) -> dict:
+    if spec.get("trl_path"):
+        sys.path.insert(0, spec["trl_path"])
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    import trl
+
+    try:
+        from trl.experimental.ppo import PPOConfig, PPOTrainer
+    except ImportError:
+        from trl import PPOConfig, PPOTrainer  # trl < 0.27
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification
+
+    from data.chat import format_chat
+    from policy.models import load_tokenizer
+    from policy.rebel import load_policy
+
+    calls = install_generate_timer()
+    tokenizer = load_tokenizer(spec["policy"])  # left padding, as TRL's collator needs
+    prompt_ids = tokenizer([format_chat(tokenizer, m) for m in spec["messages"]],
+                           add_special_tokens=False)["input_ids"]
+    reward_model, value_model = (AutoModelForSequenceClassification.from_pretrained(
+        spec["reward"], num_labels=1, dtype=torch.float32) for _ in range(2))
+    rollout, minibatch = spec["rollout"], spec["minibatch"]
+    args = PPOConfig(
+        output_dir=spec["output"], per_device_train_batch_size=rollout,
+        gradient_accumulation_steps=1, num_mini_batches=rollout // minibatch,
+        num_ppo_epochs=spec["epochs"], response_length=spec["new_tokens"],
+        total_episodes=rollout * (spec["steps"] + 2), local_rollout_forward_batch_size=rollout,
+        temperature=spec["temperature"], kl_coef=spec["kl_coef"], learning_rate=spec["lr"],
+        stop_token="eos", num_sample_generations=0, report_to="none", save_strategy="no",
+        disable_tqdm=True, logging_steps=1, seed=0, bf16=False,
+        # TRL's PPO turns gradient checkpointing on by default, which also makes its sampling
+        # run without a KV cache; RankLoop's recipe runs without it.
+        gradient_checkpointing=False)
+    trainer = PPOTrainer(args=args, processing_class=tokenizer, model=load_policy(spec["policy"]),
+                         ref_model=load_policy(spec["policy"]), reward_model=reward_model,
+                         value_model=value_model,
+                         train_dataset=Dataset.from_dict({"input_ids": prompt_ids}),
+                         eval_dataset=Dataset.from_dict({"input_ids": prompt_ids[:rollout]}))
+    trainer.train()
+    return {**step_times(calls, spec["steps"]), "version": trl.__version__}
+
+
+def trl_ppo_problem(trl_path: str | None) -> str | None:
+    """Why TRL's PPO cannot run (None when it can): looked up in ``trl_path``, else in the
+    installed trl, in a subprocess so the bench's own imports stay untouched."""
+    if trl_path and not Path(trl_path).is_dir():
+        return f"--trl-path {trl_path} is not a folder"
+    probe = ("import sys,os;os.environ['TRL_EXPERIMENTAL_SILENCE']='1'\n"
+             + (f"sys.path.insert(0,{trl_path!r})\n" if trl_path else "")
+             + "import trl\ntry:\n from trl.experimental.ppo import PPOTrainer\n"
+               "except ImportError:\n from trl import PPOTrainer\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=False)
+    if done.returncode == 0:
+        return None
+    version = subprocess.run(
+        [sys.executable, "-c", (f"import sys;sys.path.insert(0,{trl_path!r});" if trl_path
+                                else "import sys;") + "import trl;print(trl.__version__)"],
+        capture_output=True, text=True, check=False).stdout.strip() or "not installed"
+    error = (done.stderr.strip().splitlines() or ["no output"])[-1]
+    where = f"trl in {trl_path}" if trl_path else "the installed trl"
+    return (f"{where} ({version}) has no PPOTrainer ({error}); PPO left trl after "
+            f"{TRL_PPO_VERSION}: pip install --no-deps --target DIR trl=={TRL_PPO_VERSION}, "
+            f"then --trl-path DIR")
+
+
+def run_ppo_worker(side: str, spec: dict, folder: Path) -> dict:
+    """Runs one side in a fresh interpreter; returns its timings or ``{"error": line}``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    spec_path = folder / f"{side}.json"
+    spec_path.write_text(json.dumps({**spec, "output": str(folder / f"out-{side}")}))
+    command = [sys.executable, str(Path(__file__).resolve()), "--ppo-worker", side,
+               "--ppo-spec", str(spec_path)]
+    if spec.get("threads"):
+        command += ["--threads", str(spec["threads"])]
+    load_before = os.getloadavg()[0]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith("PPO-RESULT "):
+            return {**json.loads(line[len("PPO-RESULT "):]),
+                    "load": (load_before + os.getloadavg()[0]) / 2}
+    lines = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()
+    return {"error": f"exit {done.returncode}: {lines[-1]}"}
+
+
+def synthetic_conversations(n: int, seed: int, word_range) -> list[list[dict]]:
+    rng = random.Random(seed)
+    return [[{"role": "user", "content": " ".join(rng.choices(WORDS, k=rng.randint(*word_range)))}]
+            for _ in range(n)]
+
+
+def ppo_part(args, tokenizer, make) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    with tempfile.TemporaryDirectory(prefix="rankloop-ppo-bench-") as tmp:
+        folder = Path(tmp)
+        # The policy as a folder (both trainers load it) and a random reward model of the same
+        # shape, so scoring costs the same on both sides.
+        torch.manual_seed(0)
+        policy = make()
+        policy.generation_config.eos_token_id = tokenizer.eos_token_id
+        policy.generation_config.pad_token_id = tokenizer.pad_token_id
+        policy.save_pretrained(folder / "policy")
+        tokenizer.save_pretrained(folder / "policy")
+        reward_config = copy.deepcopy(policy.config)
+        reward_config.num_labels = 1
+        reward = AutoModelForSequenceClassification.from_config(reward_config)
+        reward.save_pretrained(folder / "reward")
+        tokenizer.save_pretrained(folder / "reward")
+        params = sum(p.numel() for p in policy.parameters()) / 1e6
+        del policy, reward
+        spec = {"policy": str(folder / "policy"), "reward": str(folder / "reward"),
+                "steps": args.ppo_steps, "rollout": args.ppo_rollout,
+                "minibatch": args.ppo_minibatch, "epochs": args.ppo_epochs,
+                "new_tokens": args.ppo_new_tokens, "temperature": 1.0, "kl_coef": 0.05,
+                "lr": 1e-6, "threads": args.threads, "trl_path": args.trl_path,
+                "messages": synthetic_conversations(args.ppo_rollout * (args.ppo_steps + 2), 1,
+                                                    args.ppo_prompt_words)}
+        # Rounds alternate the two sides, so that other work on the machine weighs on both.
+        problem = trl_ppo_problem(args.trl_path)
+        runs: dict[str, list[dict]] = {"rankloop": [], "trl": []}
+        results: dict[str, dict] = {"trl": {"error": problem}} if problem else {}
+        for round_ in range(args.ppo_rounds):
+            for side in ("rankloop", "trl"):
+                if side in results:
+                    continue
+                run = run_ppo_worker(side, spec, folder / f"round{round_}")
+                if "error" in run:
+                    results[side] = run
+                else:
+                    runs[side].append(run)
+        results = {side: results.get(side) or summarize(runs[side])
+                   for side in ("rankloop", "trl")}
+
+    print(f"\nPPO step, {args.model} ({params:.0f}M parameters; reward model the same shape), "
+          f"rollout {args.ppo_rollout} prompts x 1 response, minibatch {args.ppo_minibatch}, "
+          f"{args.ppo_epochs} PPO epochs, {args.ppo_new_tokens} new tokens (temperature 1), "
+          f"prompts {args.ppo_prompt_words[0]}-{args.ppo_prompt_words[1]} words, "
+          f"{args.ppo_rounds} round(s) of {args.ppo_steps} timed steps after 1 warm-up per "
+          f"side, {torch.get_num_threads()} threads, {os.cpu_count()} cores")
+    print(f"{'approach':<44} {'s/step':>7} {'best':>6} {'generate':>9} {'rest':>6} "
+          f"{'new tok':>8} {'tokens':>7} {'load':>5}")
+    names = {"rankloop": "RankLoop PPO (value head on the policy)",
+             "trl": f"TRL PPOTrainer {results['trl'].get('version', '')} (value model)"}
+    for side, r in results.items():
+        if "error" in r:
+            print(f"{names[side]:<44} not measured: {r['error']}")
+        else:
+            print(f"{names[side]:<44} {r['s/step']:>7.2f} {r['best']:>6.2f} "
+                  f"{r['generate']:>9.2f} {r['rest']:>6.2f} {r['new_tokens']:>8.0f} "
+                  f"{r['tokens']:>7.0f} {r['load']:>5.1f}")
+    print("  seconds, medians over the timed steps; best = fastest step; generate = sampling the "
+          "rollout;\n  rest = scoring, reference/value forwards, PPO epochs; new tok / tokens = "
+          "sampled / prompt+response\n  tokens (padded) per rollout; load = 1-minute load "
+          "average around the runs (above the core\n  count, other work shared the CPU)")
+    if any("error" in r for r in results.values()):
+        print("ratio TRL / RankLoop: not measured (see above)")
+        return
+    rl, trl_r = results["rankloop"], results["trl"]
+    print(f"ratio TRL / RankLoop seconds per step: {trl_r['s/step'] / rl['s/step']:.2f}x "
+          f"(best step {trl_r['best'] / rl['best']:.2f}x; generate "
+          f"{trl_r['generate'] / rl['generate']:.2f}x, rest {trl_r['rest'] / rl['rest']:.2f}x)")
+    differences = (
+        "differences that remain: TRL trains a separate value model (a copy of the reward "
+        "model, as its recipe does: a second trunk forward and backward per minibatch) where "
+        "RankLoop has a value head on the policy; TRL takes the old log-probs from generation "
+        "scores, RankLoop from one no-grad forward that also gives the values; RankLoop's "
+        "reward model reads the chat-formatted conversation re-tokenized from text, TRL's the "
+        "prompt+response ids; RankLoop clips the gradient norm, TRL's PPO loop does not. "
+        "TRL's default gradient checkpointing (which also samples without a KV cache) is "
+        "off here, as in RankLoop")
+    print(textwrap.fill(differences, width=100, initial_indent="  ", subsequent_indent="  "))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=("rebel", "ppo"), default=None,
+                        help="run only this part (default: both)")
     parser.add_argument("--model", default="tiny",
                         help="'tiny' (random 4-layer, 256-wide Llama with the SmolLM2 "
                              "tokenizer), 'default' (SmolLM2-135M) or a folder")
-    parser.add_argument("--pairs", type=int, default=2, help="pairs per update")
-    parser.add_argument("--steps", type=int, default=3, help="timed updates per approach")
+    parser.add_argument("--pairs", type=int, default=2, help="REBEL: pairs per update")
+    parser.add_argument("--steps", type=int, default=3, help="REBEL: timed updates per approach")
     parser.add_argument("--prompt-tokens", type=int, nargs=2, default=(30, 150))
     parser.add_argument("--response-tokens", type=int, nargs=2, default=(40, 300))
     parser.add_argument("--prompt-pad", type=int, default=1024)
     parser.add_argument("--response-pad", type=int, default=2048)
+    parser.add_argument("--ppo-steps", type=int, default=3,
+                        help="PPO: timed steps per trainer (two more run untimed)")
+    parser.add_argument("--ppo-rollout", type=int, default=8, help="PPO: prompts per rollout")
+    parser.add_argument("--ppo-minibatch", type=int, default=4,
+                        help="PPO: responses per gradient step")
+    parser.add_argument("--ppo-epochs", type=int, default=2, help="PPO: passes over a rollout")
+    parser.add_argument("--ppo-new-tokens", type=int, default=16,
+                        help="PPO: new tokens per response")
+    parser.add_argument("--ppo-rounds", type=int, default=1,
+                        help="PPO: runs per trainer, alternating RankLoop and TRL")
+    parser.add_argument("--ppo-prompt-words", type=int, nargs=2, default=(20, 40),
+                        help="PPO: words per synthetic prompt")
+    parser.add_argument("--trl-path", default=None,
+                        help=f"folder holding trl {TRL_PPO_VERSION} (pip install --no-deps "
+                             f"--target DIR trl=={TRL_PPO_VERSION}), put first on TRL's path; "
+                             "default: the installed trl")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--ppo-worker", choices=("rankloop", "trl"), help=argparse.SUPPRESS)
+    parser.add_argument("--ppo-spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.ppo_worker:
+        spec = json.loads(Path(args.ppo_spec).read_text())
+        worker = ppo_worker_rankloop if args.ppo_worker == "rankloop" else ppo_worker_trl
+        print("PPO-RESULT " + json.dumps(worker(spec)), flush=True)
+        return
 
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
@@ -127,7 +422,10 @@ def main() -> None:
         torch.manual_seed(0)
         config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=768,
                              num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                             max_position_embeddings=4096, tie_word_embeddings=True)
+                             max_position_embeddings=4096, tie_word_embeddings=True,
+                             bos_token_id=tokenizer.bos_token_id,
+                             eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.pad_token_id)
         make = lambda: LlamaForCausalLM(config)  # noqa: E731
         state = make().state_dict()
     else:
@@ -135,6 +433,13 @@ def main() -> None:
         tokenizer = load_tokenizer(path)
         make = lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # noqa: E731
         state = None
+    if args.only != "ppo":
+        rebel_part(args, tokenizer, make, state)
+    if args.only != "rebel":
+        ppo_part(args, tokenizer, make)
+
+
+def rebel_part(args, tokenizer, make, state) -> None:
     n = args.pairs * (args.steps + 1)
     pairs = synthetic_pairs(tokenizer, n, 0, args.prompt_tokens, args.response_tokens)
     ref = torch.randn(n, 2) - 200.0
@@ -162,7 +467,6 @@ def main() -> None:
               f"{r['padded tokens/s']:>13.1f} {r['s/update']:>9.2f}")
     ratio = results["rankloop"]["updates/s"] / results["reference"]["updates/s"]
     print(f"ratio RankLoop / reference: {ratio:.1f}x updates/s (and useful tokens/s)")
-    print("PPO vs TRL's experimental PPO: not measured by this script")
 
 
 if __name__ == "__main__":
