@@ -25,15 +25,20 @@ def word_model(smol_tokenizer, tmp_path_factory):
     """A tiny random Llama (untied head) whose output rows for 32 one-token words are scaled
     up, so samples mix those words into random tokens: a reward over them varies between
     samples and a policy can learn it in a few steps. Returns (folder, word token ids)."""
+    return make_word_model(smol_tokenizer, tmp_path_factory.mktemp("word-llama"))
+
+
+def make_word_model(tok, path, *, hidden_size: int = 64, num_attention_heads: int = 4,
+                    num_key_value_heads: int = 2):
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    tok = smol_tokenizer
     ids = [tok(" " + w, add_special_tokens=False)["input_ids"] for w in WORDS]
     words = [x[0] for x in ids if len(x) == 1]
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        num_hidden_layers=2, num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads, max_position_embeddings=2048,
         tie_word_embeddings=False, bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     model = LlamaForCausalLM(config)
@@ -42,7 +47,6 @@ def word_model(smol_tokenizer, tmp_path_factory):
     model.generation_config = GenerationConfig(bos_token_id=config.bos_token_id,
                                                eos_token_id=config.eos_token_id,
                                                pad_token_id=config.pad_token_id)
-    path = tmp_path_factory.mktemp("word-llama")
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return str(path), words
