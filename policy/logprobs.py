@@ -81,10 +81,20 @@ def shifted_logprobs(logits: torch.Tensor, batch: TokenBatch,
 
     logits ``[N, T, V]`` from a forward over ``batch``; returns (logp, mask), both
     ``[N, T−1]``: entry t is log π(input_ids[t+1] | input_ids[..t]), kept where token t+1 is a
-    response token."""
-    logp = token_logprobs(logits[:, :-1], batch.input_ids[:, 1:], temperature)
-    mask = batch.response_mask[:, 1:].to(logp.dtype)
+    response token. Logits of only the last L positions (``logits_to_keep=L``) give the last
+    L−1 entries: ``[N, L−1]``."""
+    offset = batch.input_ids.shape[1] - logits.shape[1]
+    logp = token_logprobs(logits[:, :-1], batch.input_ids[:, offset + 1:], temperature)
+    mask = batch.response_mask[:, offset + 1:].to(logp.dtype)
     return logp * mask, mask
+
+
+def response_window(batch: TokenBatch) -> int:
+    """How many final positions hold every row's response logits (the first response token is
+    predicted from the last prompt token): pass it as ``logits_to_keep`` to skip computing
+    logits over the prompts, a large share of the work with big vocabularies."""
+    first_response = batch.response_mask.argmax(-1).min().item()
+    return batch.input_ids.shape[1] - max(first_response - 1, 0)
 
 
 def forward(model, batch: TokenBatch, **kwargs):

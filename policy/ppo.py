@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from policy.logprobs import TokenBatch, forward, pack, shifted_logprobs
+from policy.logprobs import TokenBatch, forward, pack, response_window, shifted_logprobs
 
 RewardFn = Callable[[Sequence[list[dict]], Sequence[str]], list[float]]
 """(prompt conversations, response texts) → one reward per response."""
@@ -171,11 +171,12 @@ class PolicyWithValueHead(torch.nn.Module):
         torch.nn.init.zeros_(self.value_head.weight)
         torch.nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, batch: TokenBatch):
-        """(logits ``[N, T, V]``, values ``[N, T]``): value t estimates the return from token
-        t+1 on, aligned with the log-prob of token t+1."""
-        out = forward(self.lm, batch, output_hidden_states=True)
-        values = self.value_head(out.hidden_states[-1].float()).squeeze(-1)
+    def forward(self, batch: TokenBatch, keep: int):
+        """(logits ``[N, keep, V]``, values ``[N, keep]``) of the last ``keep`` positions:
+        value t estimates the return from token t+1 on, aligned with the log-prob of token
+        t+1."""
+        out = forward(self.lm, batch, output_hidden_states=True, logits_to_keep=keep)
+        values = self.value_head(out.hidden_states[-1][:, -keep:].float()).squeeze(-1)
         return out.logits, values
 
 
@@ -437,11 +438,13 @@ def train_ppo(config: PPOConfig, *, reward_fn: RewardFn,
         # 7. Old log-probs, reference log-probs, values; per-token rewards; GAE.
         tokens = pack([prompt_ids[i] for i in chosen], responses,
                       tokenizer.pad_token_id).to(accelerator.device)
+        # Every tensor below covers only the positions from the first response token on.
+        keep = response_window(tokens)
         with torch.no_grad():
-            logits, values = policy(tokens)
+            logits, values = policy(tokens, keep)
             logprobs, mask = shifted_logprobs(logits.float(), tokens, config.temperature)
-            ref_logprobs, _ = shifted_logprobs(forward(reference, tokens).logits.float(), tokens,
-                                               config.temperature)
+            ref_logits = forward(reference, tokens, logits_to_keep=keep).logits
+            ref_logprobs, _ = shifted_logprobs(ref_logits.float(), tokens, config.temperature)
             mask = mask.float()
             values = values[:, :-1] * mask
             kl = (logprobs - ref_logprobs) * mask
@@ -463,7 +466,7 @@ def train_ppo(config: PPOConfig, *, reward_fn: RewardFn,
             for start in range(0, plan.per_device_rollout, plan.per_device_minibatch):
                 mb = rollout.select(permutation[start:start + plan.per_device_minibatch]
                                     .to(accelerator.device))
-                logits, new_values = policy(mb.tokens)
+                logits, new_values = policy(mb.tokens, keep)
                 new_logprobs, _ = shifted_logprobs(logits.float(), mb.tokens, config.temperature)
                 new_values = new_values[:, :-1]
                 policy_loss, clipfrac = ppo_clip_loss(new_logprobs, mb.logprobs, mb.advantages,

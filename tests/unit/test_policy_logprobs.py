@@ -64,3 +64,19 @@ def test_left_and_right_padding_give_the_unpadded_logprobs(tiny_lm):
     torch.testing.assert_close(right, alone, atol=1e-4, rtol=0)
     torch.testing.assert_close(left, alone, atol=1e-4, rtol=0)
     assert (alone < 0).all()
+
+
+def test_logits_of_the_response_window_give_the_same_logprobs_as_all_logits():
+    from policy.logprobs import pack, response_window, shifted_logprobs
+
+    batch = pack([[5, 6, 7, 8], [5, 6]], [[9, 10], [11, 12, 13]], pad_token_id=0)
+    # Prompts of 4 and 2 tokens: the earliest response token sits at position 2 and is
+    # predicted from position 1, so positions 1..5 are kept.
+    assert response_window(batch) == 5
+    logits = torch.randn(2, 6, 16, generator=torch.Generator().manual_seed(0))
+    full, full_mask = shifted_logprobs(logits, batch, temperature=0.7)
+    kept, kept_mask = shifted_logprobs(logits[:, -5:], batch, temperature=0.7)
+    assert kept.shape == (2, 4)
+    torch.testing.assert_close(kept, full[:, -4:])
+    torch.testing.assert_close(kept_mask, full_mask[:, -4:])
+    assert full_mask[:, :-4].sum() == 0  # nothing of the response was cut off
