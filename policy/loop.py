@@ -9,7 +9,8 @@
     4. train from the current policy on the other prompts: REBEL on best/worst pairs of the
        scores or rankings, or PPO against the reward model (fresh rollouts on those prompts);
     5. report on the held-out prompts: the previous policy's first candidate (from step 1)
-       and one new sample from the new policy, both scored by the same reward model: mean
+       and one new sample from the new policy (the step 1 engine, given the new weights),
+       both scored by the same reward model: mean
        reward, win rate of new over old (ties count half), KL(new ‖ old) estimated on the new
        policy's samples, mean length;
     6. record the iteration (``policy_iterations``), so the next generation, here or in the
@@ -196,16 +197,30 @@ def wait_for_rankings(db, run_id: int, needed: int, config: LoopConfig, *,
         sleep(config.poll_seconds)
 
 
-def _sample_once(model: str, backend: str, texts: list[str], config: LoopConfig):
+def _start_sampler(backend: str, model: str, seed: int):
+    """One engine for the whole iteration: it generates the candidates, waits through
+    training, then takes the new policy's weights for the report (a vLLM start costs more than
+    a weight sync). On a GPU its KV cache leaves room for training."""
+    import torch
+
     from policy.sampling import SamplingConfig, make_sampler
 
+    options = {"gpu_memory_utilization": 0.3} if backend == "vllm" and \
+        torch.cuda.is_available() else {}
+    return make_sampler(backend, model, SamplingConfig(seed=seed), **options)
+
+
+def _sample_new_policy(sampler, new_model: str, texts: list[str], config: LoopConfig):
+    from transformers import AutoModelForCausalLM
+
+    from policy.sampling import SamplingConfig
+
+    trained = AutoModelForCausalLM.from_pretrained(new_model, dtype="auto")
+    sampler.sync_weights(trained.state_dict().items())
+    del trained
     sampling = SamplingConfig(k=1, temperature=config.temperature, top_p=1.0,
                               max_new_tokens=config.max_new_tokens, seed=config.seed + 1)
-    sampler = make_sampler(backend, model, sampling)
-    try:
-        return [s[0] for s in sampler.generate(texts, sampling)]
-    finally:
-        sampler.close()
+    return [s[0] for s in sampler.generate(texts, sampling)]
 
 
 def _kl_new_old(new_model: str, old_model: str, prompt_texts: list[str], responses: list[str],
@@ -236,12 +251,9 @@ def _kl_new_old(new_model: str, old_model: str, prompt_texts: list[str], respons
 
 def run_iteration(config: LoopConfig, *, progress: bool = False,
                   say: Callable[[str], None] = print) -> IterationReport:
-    from data.chat import format_chat
-    from data.policy_pairs import pairs_from_db
-    from policy.generate import GenerateConfig, run_generation
-    from policy.models import load_tokenizer, resolve_model
-    from policy.sampling import SamplingConfig, pick_backend
-    from reward.score import load_scorer, parse_scorer
+    from policy.models import resolve_model
+    from policy.sampling import pick_backend
+    from reward.score import parse_scorer
 
     started = time.perf_counter()
     spec = parse_scorer(config.scorer) if config.scorer else None  # fails before any sampling
@@ -251,13 +263,37 @@ def run_iteration(config: LoopConfig, *, progress: bool = False,
     base_model = current_policy(db) or config.model
     output = Path(config.output) / f"iter-{iteration}"
 
+    sampler = _start_sampler(backend, resolve_model(base_model), config.seed + iteration)
+    try:
+        report = _iteration(config, db, iteration, base_model, output, spec, sampler,
+                            progress=progress, say=say)
+    finally:
+        sampler.close()
+    report.seconds = time.perf_counter() - started
+
+    # 6. Record the iteration: the next generation samples from the new policy.
+    (output / "iteration_report.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
+    record_iteration(db, report, scorer=spec.name if spec else None)
+    db.close()
+    return report
+
+
+def _iteration(config: LoopConfig, db, iteration: int, base_model: str, output: Path, spec,
+               sampler, *, progress: bool, say) -> IterationReport:
+    from data.chat import format_chat
+    from data.policy_pairs import pairs_from_db
+    from policy.generate import GenerateConfig, run_generation
+    from policy.models import load_tokenizer, resolve_model
+    from policy.sampling import SamplingConfig
+    from reward.score import load_scorer
+
     # 1. Generate k candidates per prompt with the current policy.
     generated = run_generation(GenerateConfig(
         db=config.db, prompts=config.prompts, limit=config.limit, model=base_model,
-        backend=backend, sampling=SamplingConfig(
+        backend=sampler.name, sampling=SamplingConfig(
             k=config.k, temperature=config.temperature, top_p=1.0,
             max_new_tokens=config.max_new_tokens, seed=config.seed + iteration)),
-        progress=progress)
+        sampler=sampler, progress=progress)
     run_candidates = store.candidates_for_run(db, generated.run_id)
     prompt_of = {row["prompt_id"]: store.prompt_messages(db, row["prompt_id"])
                  for row in run_candidates}
@@ -328,7 +364,7 @@ def run_iteration(config: LoopConfig, *, progress: bool = False,
         held_prompts = [prompt_of[p] for p in held_ids]
         tokenizer = load_tokenizer(resolve_model(base_model))
         texts = [format_chat(tokenizer, m) for m in held_prompts]
-        new = _sample_once(new_model, backend, texts, config)
+        new = _sample_new_policy(sampler, new_model, texts, config)
         n = len(held_ids)
         if scorer is not None:
             stored = store.model_scores(db, spec.name, [old[p]["id"] for p in held_ids])
@@ -343,10 +379,4 @@ def run_iteration(config: LoopConfig, *, progress: bool = False,
                                 [s.text for s in new], config.temperature)
         report.length_old = sum(old[p]["token_count"] for p in held_ids) / n
         report.length_new = sum(s.token_count for s in new) / n
-    report.seconds = time.perf_counter() - started
-
-    # 6. Record the iteration: the next generation samples from the new policy.
-    (output / "iteration_report.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
-    record_iteration(db, report, scorer=spec.name if spec else None)
-    db.close()
     return report
