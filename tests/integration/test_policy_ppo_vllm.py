@@ -19,15 +19,15 @@ def test_ppo_keeps_a_vllm_engine_in_step_with_the_policy(wide_word_model, tmp_pa
     from data.chat import format_chat
     from policy.ppo import PPOConfig, train_ppo
     from policy.sampling import SamplingConfig, TransformersSampler, VLLMSampler
-    from tests.integration.ppo_rewards import good_word_share
+    from tests.integration.ppo_rewards import avoid_good_words
 
     model_dir, _ = wide_word_model
     config = PPOConfig(output=str(tmp_path / "ppo"), model=model_dir, total_steps=3,
                        rollout_batch_size=8, minibatch_size=4, ppo_epochs=2, max_new_tokens=6,
-                       temperature=1.0, learning_rate=3e-3, backend="vllm")
+                       temperature=1.0, learning_rate=1e-2, backend="vllm")
     engine = VLLMSampler(model_dir, gpu_memory_utilization=0.05, max_model_len=256)
     try:
-        train_ppo(config, reward_fn=good_word_share, prompts=prompts(16), sampler=engine)
+        train_ppo(config, reward_fn=avoid_good_words, prompts=prompts(16), sampler=engine)
         metrics = read_metrics(tmp_path / "ppo" / "metrics.jsonl")
         assert [m["step"] for m in metrics] == [1, 2, 3]
         assert abs(metrics[0]["objective/kl"]) < 1e-3
