@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -37,7 +36,6 @@ from policy.logprobs import TokenBatch, forward, pack, response_window, shifted_
 RewardFn = Callable[[Sequence[list[dict]], Sequence[str]], list[float]]
 """(prompt conversations, response texts) → one reward per response."""
 
-CHECKPOINTS = "checkpoints"
 
 
 @dataclass
@@ -324,12 +322,11 @@ def train_ppo(config: PPOConfig, *, reward_fn: RewardFn,
         ppo_clip_loss,
     )
     from policy.models import load_tokenizer, resolve_model
-    from policy.rebel import check_tokenizer_matches, latest_checkpoint, load_policy, \
-        response_token_ids
+    from policy.rebel import check_tokenizer_matches, load_policy, response_token_ids
     from policy.sampling import SamplingConfig, TransformersSampler, make_sampler
     from reward.accel import configure_deepspeed, make_accelerator, mixed_precision
     from reward.metrics import MetricsLog
-    from reward.train_bt import save_checkpoint
+    from reward.train_bt import resume_checkpoint, save_checkpoint
 
     started = time.perf_counter()
     output = Path(config.output)
@@ -372,25 +369,11 @@ def train_ppo(config: PPOConfig, *, reward_fn: RewardFn,
 
     # 3. Resume from the newest checkpoint when its plan matches this one.
     fingerprint = _plan_fingerprint(config, plan, len(messages))
-    start_step, resumed_from = 0, None
-    found = latest_checkpoint(output) if config.resume else None
-    if found is not None:
-        path, state = found
-        if state.get("plan") != fingerprint:
-            raise ValueError(f"the checkpoint in {path} was made with other data or settings; "
-                             "use a new --output or --no-resume")
-        try:
-            accelerator.load_state(str(path))
-        except Exception as exc:  # any unreadable file: the message must name the checkpoint
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise ValueError(f"checkpoint {path} cannot be loaded ({type(exc).__name__}: "
-                             f"{first}); delete it or pass --no-resume") from None
-        start_step = resumed_from = state["step"]
+    state = resume_checkpoint(accelerator, output, fingerprint, resume=config.resume, say=say)
+    start_step = state["step"] if state else 0
+    resumed_from = state["step"] if state else None
+    if state:
         kl_ctl.value = state["kl_coef"]
-        say(f"rankloop: resuming from {path} (step {start_step})")
-    elif accelerator.is_main_process and (output / CHECKPOINTS).exists():
-        shutil.rmtree(output / CHECKPOINTS)  # a later resume must not mix two runs
-    accelerator.wait_for_everyone()
     log = MetricsLog(output / "metrics.jsonl", enabled=accelerator.is_main_process,
                      keep_up_to_step=resumed_from)
 

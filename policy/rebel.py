@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,8 +47,6 @@ if TYPE_CHECKING:
     from reward.data import StepPlan
 
 SCHEDULES = ("cosine", "linear", "constant")
-CHECKPOINTS = "checkpoints"
-TRAINER_STATE = "trainer_state.json"
 
 
 @dataclass
@@ -435,25 +432,6 @@ def evaluate(model, accelerator, pairs, ref_logps, *, batch_size: int, pad_token
 # Checkpoints
 # ---------------------------------------------------------------------------------------------
 
-def latest_checkpoint(output: Path) -> tuple[Path, dict] | None:
-    """The newest complete checkpoint (its trainer state is written last, after every rank)."""
-    found = []
-    for path in (output / CHECKPOINTS).glob("step-*"):
-        state_file = path / TRAINER_STATE
-        if state_file.is_file():
-            try:
-                state = json.loads(state_file.read_text())
-                step = int(state["step"])
-            except (ValueError, KeyError, TypeError):
-                raise ValueError(f"checkpoint {path} is corrupt ({TRAINER_STATE} cannot be "
-                                 "read); delete it or pass --no-resume") from None
-            found.append((step, path, state))
-    if not found:
-        return None
-    _, path, state = max(found)
-    return path, state
-
-
 def plan_fingerprint(config: RebelConfig, plan: StepPlan) -> dict:
     """What must match for a checkpoint to be resumed."""
     return {"model": config.model, "train_pairs": plan.train_pairs,
@@ -508,7 +486,7 @@ def train_rebel(config: RebelConfig, *, pairs: PairSet | None = None,
     from reward.data import StepPlan, global_batches, micro_batches
     from reward.metrics import MetricsLog
     from reward.modeling import merge_lora_state_dict
-    from reward.train_bt import save_checkpoint
+    from reward.train_bt import resume_checkpoint, save_checkpoint
 
     # 1. Pairs, tokenized and filtered; the plan, checked before any model loads.
     if not progress:
@@ -562,24 +540,9 @@ def train_rebel(config: RebelConfig, *, pairs: PairSet | None = None,
 
     # 4. Resume from the newest checkpoint when its plan matches this one.
     fingerprint = plan_fingerprint(config, plan)
-    start_step, resumed_from = 0, None
-    found = latest_checkpoint(output) if config.resume else None
-    if found is not None:
-        path, state = found
-        if state.get("plan") != fingerprint:
-            raise ValueError(f"the checkpoint in {path} was made with other data or settings; "
-                             "use a new --output or --no-resume")
-        try:
-            accelerator.load_state(str(path))
-        except Exception as exc:  # any unreadable file: the message must name the checkpoint
-            raise ValueError(f"checkpoint {path} cannot be loaded ({type(exc).__name__}: "
-                             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); "
-                             "delete it or pass --no-resume") from None
-        start_step = resumed_from = state["step"]
-        say(f"rankloop: resuming from {path} (step {start_step})")
-    elif accelerator.is_main_process and (output / CHECKPOINTS).exists():
-        shutil.rmtree(output / CHECKPOINTS)  # a later resume must not mix two runs
-    accelerator.wait_for_everyone()
+    state = resume_checkpoint(accelerator, output, fingerprint, resume=config.resume, say=say)
+    start_step = state["step"] if state else 0
+    resumed_from = state["step"] if state else None
     log = MetricsLog(output / "metrics.jsonl", enabled=accelerator.is_main_process,
                      keep_up_to_step=resumed_from)
 

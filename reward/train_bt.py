@@ -283,12 +283,43 @@ def latest_checkpoint(output: Path) -> tuple[Path, dict] | None:
     for path in (output / CHECKPOINTS).glob("step-*"):
         state_file = path / TRAINER_STATE
         if state_file.is_file():
-            state = json.loads(state_file.read_text())
-            found.append((state["step"], path, state))
+            try:
+                state = json.loads(state_file.read_text())
+                step = int(state["step"])
+            except (ValueError, KeyError, TypeError):
+                raise ValueError(f"checkpoint {path} is corrupt ({TRAINER_STATE} cannot be "
+                                 "read); delete it or pass --no-resume") from None
+            found.append((step, path, state))
     if not found:
         return None
     _, path, state = max(found)
     return path, state
+
+
+def resume_checkpoint(accelerator, output: Path, fingerprint: dict, *, resume: bool,
+                      say=print) -> dict | None:
+    """Loads the newest checkpoint in ``output`` into the prepared objects and returns its
+    trainer state, when ``resume`` and its plan equals ``fingerprint``; otherwise removes old
+    checkpoints (a later resume must not mix two runs) and returns None. Every process calls
+    it."""
+    found = latest_checkpoint(output) if resume else None
+    state = None
+    if found is not None:
+        path, state = found
+        if state.get("plan") != fingerprint:
+            raise ValueError(f"the checkpoint in {path} was made with other data or settings "
+                             f"({state.get('plan')}); use a new --output or --no-resume")
+        try:
+            accelerator.load_state(str(path))
+        except Exception as exc:  # any unreadable file: the message must name the checkpoint
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ValueError(f"checkpoint {path} cannot be loaded ({type(exc).__name__}: "
+                             f"{first}); delete it or pass --no-resume") from None
+        say(f"rankloop: resuming from {path} (step {state['step']})")
+    elif accelerator.is_main_process and (output / CHECKPOINTS).exists():
+        shutil.rmtree(output / CHECKPOINTS)
+    accelerator.wait_for_everyone()
+    return state
 
 
 def save_checkpoint(accelerator, output: Path, step: int, state: dict, keep: int) -> None:
@@ -394,21 +425,9 @@ def train_reward_model(
 
     # 3. Resume from the newest checkpoint when its plan matches this one.
     fingerprint = plan_fingerprint(config, plan)
-    start_step, resumed_from = 0, None
-    found = latest_checkpoint(output) if config.resume else None
-    if found is not None:
-        path, state = found
-        if state.get("plan") != fingerprint:
-            raise ValueError(
-                f"the checkpoint in {path} was made with other data or settings "
-                f"({state.get('plan')}); use a new --output or --no-resume"
-            )
-        accelerator.load_state(str(path))
-        start_step = resumed_from = state["step"]
-        say(f"rankloop: resuming from {path} (step {start_step})")
-    elif accelerator.is_main_process and (output / CHECKPOINTS).exists():
-        shutil.rmtree(output / CHECKPOINTS)  # --no-resume: a later resume must not mix runs
-    accelerator.wait_for_everyone()
+    state = resume_checkpoint(accelerator, output, fingerprint, resume=config.resume, say=say)
+    start_step = state["step"] if state else 0
+    resumed_from = state["step"] if state else None
     log = MetricsLog(output / "metrics.jsonl", enabled=accelerator.is_main_process,
                      keep_up_to_step=resumed_from)
 
