@@ -32,7 +32,7 @@ def main() -> None:
 
     from data.chat import format_and_filter
     from data.prompts import load_prompts
-    from policy.models import load_tokenizer, resolve_model
+    from training.models import load_tokenizer, resolve_model
     from policy.sampling import SamplingConfig, TransformersSampler, VLLMSampler
 
     model = resolve_model(args.model)

@@ -210,8 +210,7 @@ def ppo_worker_trl(spec: dict) -> dict:
     from transformers import AutoModelForSequenceClassification
 
     from data.chat import format_chat
-    from policy.models import load_tokenizer
-    from policy.rebel import load_policy
+    from training.models import load_policy, load_tokenizer
 
     calls = install_generate_timer()
     tokenizer = load_tokenizer(spec["policy"])  # left padding, as TRL's collator needs
@@ -415,7 +414,7 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-    from policy.models import default_model_dir, load_tokenizer, resolve_model
+    from training.models import default_model_dir, load_tokenizer, resolve_model
 
     if args.model == "tiny":
         tokenizer = load_tokenizer(str(default_model_dir()))

@@ -57,7 +57,7 @@ def tiny_model(folder: Path) -> str:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from policy.models import load_tokenizer, resolve_model
+    from training.models import load_tokenizer, resolve_model
 
     tokenizer = load_tokenizer(resolve_model("default"))
     torch.manual_seed(0)
@@ -192,7 +192,7 @@ def main() -> None:
 
     import torch
 
-    from policy.models import resolve_model
+    from training.models import resolve_model
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else \
         f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"

@@ -33,7 +33,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "the input is wrong", reported as one line."""
     from data.chat import ChatTemplateError
     from data.prompts import PromptSourceError
-    from policy.models import ModelNotFoundError
+    from training.models import ModelNotFoundError
     from policy.sampling import BackendError
 
     return (UserError, store.StoreError, PromptSourceError, ChatTemplateError,

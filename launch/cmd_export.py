@@ -142,7 +142,7 @@ def _export(args: argparse.Namespace) -> int:
     path = _existing_db(args)
     tokenizer = None
     if args.format == "standard":
-        from policy.models import load_tokenizer, resolve_model
+        from training.models import load_tokenizer, resolve_model
 
         tokenizer = load_tokenizer(resolve_model(args.model))
     built = export.build_export(store.open_store(path), config, tokenizer=tokenizer,

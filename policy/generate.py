@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from data import store
 from data.chat import DEFAULT_MAX_PROMPT_TOKENS, format_and_filter
 from data.prompts import load_prompts
-from policy.models import DEFAULT_MODEL, is_default, load_tokenizer, resolve_model
+from training.models import DEFAULT_MODEL, is_default, load_tokenizer, resolve_model
 from policy.sampling import Sampler, SamplingConfig, make_sampler, pick_backend
 
 

@@ -229,8 +229,8 @@ def _kl_new_old(new_model: str, old_model: str, prompt_texts: list[str], respons
     import torch
 
     from policy.logprobs import pack, sequence_logprobs
-    from policy.models import load_tokenizer
-    from policy.rebel import load_policy, response_token_ids
+    from policy.rebel import response_token_ids
+    from training.models import load_policy, load_tokenizer
 
     tokenizer = load_tokenizer(new_model)
     prompt_ids = tokenizer(prompt_texts, add_special_tokens=False)["input_ids"]
@@ -251,7 +251,7 @@ def _kl_new_old(new_model: str, old_model: str, prompt_texts: list[str], respons
 
 def run_iteration(config: LoopConfig, *, progress: bool = False,
                   say: Callable[[str], None] = print) -> IterationReport:
-    from policy.models import resolve_model
+    from training.models import resolve_model
     from policy.sampling import pick_backend
     from reward.score import parse_scorer
 
@@ -283,7 +283,7 @@ def _iteration(config: LoopConfig, db, iteration: int, base_model: str, output: 
     from data.chat import format_chat
     from data.policy_pairs import pairs_from_db
     from policy.generate import GenerateConfig, run_generation
-    from policy.models import load_tokenizer, resolve_model
+    from training.models import load_tokenizer, resolve_model
     from policy.sampling import SamplingConfig
     from reward.score import load_scorer
 

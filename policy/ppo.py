@@ -321,12 +321,12 @@ def train_ppo(config: PPOConfig, *, reward_fn: RewardFn,
         masked_whiten,
         ppo_clip_loss,
     )
-    from policy.models import load_tokenizer, resolve_model
-    from policy.rebel import check_tokenizer_matches, load_policy, response_token_ids
+    from policy.rebel import response_token_ids
     from policy.sampling import SamplingConfig, TransformersSampler, make_sampler
-    from reward.accel import configure_deepspeed, make_accelerator, mixed_precision
-    from reward.metrics import MetricsLog
-    from reward.train_bt import resume_checkpoint, save_checkpoint
+    from training.accel import configure_deepspeed, make_accelerator, mixed_precision
+    from training.checkpoints import resume_checkpoint, save_checkpoint
+    from training.metrics import MetricsLog
+    from training.models import check_tokenizer_matches, load_policy, load_tokenizer, resolve_model
 
     started = time.perf_counter()
     output = Path(config.output)

@@ -24,11 +24,9 @@ in the whole step, and the data position follows from the step number.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -42,11 +40,8 @@ from data.policy_pairs import (
 )
 from data.preferences import PreferenceSourceError
 from policy.logprobs import TokenBatch, pack, sequence_logprobs
-
-if TYPE_CHECKING:
-    from reward.data import StepPlan
-
-SCHEDULES = ("cosine", "linear", "constant")
+from training.optim import SCHEDULES
+from training.plan import StepPlan, spread
 
 
 @dataclass
@@ -284,64 +279,8 @@ def prepare_pairs(config: RebelConfig, tokenizer, pairs: PairSet,
 
 
 # ---------------------------------------------------------------------------------------------
-# Model
-# ---------------------------------------------------------------------------------------------
-
-def check_tokenizer_matches(model_path: str, tokenizer) -> None:
-    """A tokenizer with ids beyond the model's embedding table would index out of range deep
-    inside the forward pass; say so up front."""
-    from transformers import AutoConfig
-
-    vocab = getattr(AutoConfig.from_pretrained(model_path), "vocab_size", None)
-    if vocab is not None and len(tokenizer) > vocab:
-        raise ValueError(
-            f"the tokenizer in {model_path} has {len(tokenizer)} tokens but the model's "
-            f"vocabulary has {vocab}: they do not belong together")
-
-
-def load_policy(model_path: str, *, lora_r: int = 0, lora_alpha: float | None = None,
-                gradient_checkpointing: bool = False, dtype=None):
-    """A causal LM with every dropout probability set to 0 (so π_θ at step 0 equals π_t);
-    with ``lora_r``, LoRA adapters on every linear layer are the only trained weights."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from policy.models import ModelNotFoundError, _first_line
-
-    try:
-        model_config = AutoConfig.from_pretrained(model_path)
-        for key, value in list(model_config.to_dict().items()):
-            if "dropout" in key and isinstance(value, float):
-                setattr(model_config, key, 0.0)
-        model = AutoModelForCausalLM.from_pretrained(model_path, config=model_config,
-                                                     dtype=dtype or torch.float32)
-    except OSError as exc:
-        raise ModelNotFoundError(_first_line(f"cannot load model {model_path!r}: {exc}")) from None
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.config.use_cache = False
-    if lora_r:
-        from peft import LoraConfig, TaskType, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(
-            task_type=TaskType.CAUSAL_LM, r=lora_r, lora_alpha=lora_alpha or 2 * lora_r,
-            lora_dropout=0.0, target_modules="all-linear"))
-    return model
-
-
-# ---------------------------------------------------------------------------------------------
 # Reference log-probs, statistics, evaluation
 # ---------------------------------------------------------------------------------------------
-
-def _spread(n_chunks: int, world: int, rank: int):
-    """(chunk index, is real) for each forward this rank runs: every rank runs the same number
-    of forwards (ZeRO-3 gathers weights collectively); a rank out of chunks repeats chunk 0."""
-    for k in range(math.ceil(n_chunks / world)):
-        index = k * world + rank
-        yield (index, True) if index < n_chunks else (0, False)
-
 
 def reference_logprobs(model, accelerator, pairs: list[EncodedPolicyPair], *, batch_size: int,
                        pad_token_id: int, temperature: float) -> torch.Tensor:
@@ -355,7 +294,7 @@ def reference_logprobs(model, accelerator, pairs: list[EncodedPolicyPair], *, ba
     dummy = torch.zeros(len(pairs), 2)
     model.eval()
     with torch.no_grad():
-        for index, real in _spread(len(chunks), accelerator.num_processes,
+        for index, real in spread(len(chunks), accelerator.num_processes,
                                    accelerator.process_index):
             chunk = chunks[index]
             batch = collate([pairs[i] for i in chunk], dummy[chunk], pad_token_id)
@@ -411,7 +350,7 @@ def evaluate(model, accelerator, pairs, ref_logps, *, batch_size: int, pad_token
     stats = torch.zeros(_STATS)
     model.eval()
     with torch.no_grad():
-        for index, real in _spread(len(chunks), accelerator.num_processes,
+        for index, real in spread(len(chunks), accelerator.num_processes,
                                    accelerator.process_index):
             chunk = chunks[index]
             batch = collate([pairs[i] for i in chunk], ref_logps[chunk], pad_token_id)
@@ -476,17 +415,23 @@ def train_rebel(config: RebelConfig, *, pairs: PairSet | None = None,
                 eval_pairs: PairSet | None = None, progress: bool = True) -> RebelSummary:
     """Runs the recipe; ``pairs`` (and held-out ``eval_pairs``) let a caller such as the loop
     pass pairs directly instead of reading ``config.data``/``config.db``."""
-    from tqdm import tqdm
-    from transformers import get_scheduler
     from accelerate.utils import set_seed
+    from tqdm import tqdm
 
     from policy.losses import rebel_loss
-    from policy.models import load_tokenizer, resolve_model
-    from reward.accel import configure_deepspeed, make_accelerator
-    from reward.data import StepPlan, global_batches, micro_batches
-    from reward.metrics import MetricsLog
-    from reward.modeling import merge_lora_state_dict
-    from reward.train_bt import resume_checkpoint, save_checkpoint
+    from training.accel import configure_deepspeed, make_accelerator
+    from training.checkpoints import resume_checkpoint, save_checkpoint
+    from training.metrics import MetricsLog
+    from training.models import (
+        LoraSettings,
+        check_tokenizer_matches,
+        load_policy,
+        load_tokenizer,
+        resolve_model,
+        save_trained_model,
+    )
+    from training.optim import lr_scheduler
+    from training.plan import global_batches, micro_batches
 
     # 1. Pairs, tokenized and filtered; the plan, checked before any model loads.
     if not progress:
@@ -516,14 +461,13 @@ def train_rebel(config: RebelConfig, *, pairs: PairSet | None = None,
         f"{config.gradient_accumulation_steps} accumulation)")
 
     # 2. π_θ = π_t with dropout off; optimizer and schedule.
-    model = load_policy(model_path, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
+    lora = LoraSettings.from_rank(config.lora_r, config.lora_alpha)
+    model = load_policy(model_path, lora=lora,
                         gradient_checkpointing=config.gradient_checkpointing)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                   lr=config.learning_rate, weight_decay=config.weight_decay)
-    schedule = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
-    scheduler = get_scheduler(schedule[config.lr_schedule], optimizer,
-                              num_warmup_steps=math.ceil(config.warmup_ratio * plan.total_steps),
-                              num_training_steps=plan.total_steps)
+    scheduler = lr_scheduler(config.lr_schedule, optimizer, warmup_ratio=config.warmup_ratio,
+                             total_steps=plan.total_steps)
     configure_deepspeed(accelerator, micro_batch_size=config.per_device_batch_size,
                         gradient_accumulation_steps=config.gradient_accumulation_steps,
                         max_grad_norm=config.max_grad_norm)
@@ -622,18 +566,8 @@ def train_rebel(config: RebelConfig, *, pairs: PairSet | None = None,
                                 config=config)
 
     # 6. Save a plain Hugging Face folder (gathered from ZeRO-3 shards, LoRA merged in).
-    accelerator.wait_for_everyone()
-    state_dict = accelerator.get_state_dict(model)  # every rank takes part under ZeRO-3
-    if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        if config.lora_r:
-            state_dict = merge_lora_state_dict(state_dict, (config.lora_alpha or 2 * config.lora_r)
-                                               / config.lora_r)
-            unwrapped = unwrapped.get_base_model()
-        unwrapped.config.use_cache = True
-        unwrapped.save_pretrained(output, state_dict=state_dict, safe_serialization=True)
-        tokenizer.padding_side = "left"  # ready for batched generation
-        tokenizer.save_pretrained(output)
+    # Left padding: the folder is ready for batched generation.
+    if save_trained_model(accelerator, model, tokenizer, output, lora=lora, padding_side="left"):
         settings = {k: v for k, v in asdict(config).items() if k != "output"}
         settings.update(train_pairs=len(train), eval_pairs=len(held_out),
                         steps=plan.total_steps, world_size=world, dropped=dropped)

@@ -147,7 +147,7 @@ class TransformersSampler:
                  dtype=None):
         import torch
 
-        from policy.models import load_causal_lm, load_tokenizer
+        from training.models import load_causal_lm, load_tokenizer
 
         self.tokenizer = load_tokenizer(model, padding_side="left")
         self.model = load_causal_lm(model, dtype=dtype, device=device).eval()

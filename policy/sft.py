@@ -30,8 +30,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from training.optim import SCHEDULES
+
 IGNORE = -100
-SCHEDULES = ("cosine", "linear", "constant")
 DB_SOURCES = ("demonstrations", "chosen")
 SETTINGS_FILE = "rankloop_sft.json"
 
@@ -269,7 +270,7 @@ def read_documents(config: SFTConfig) -> list[str]:
 def prepare_examples(config: SFTConfig, tokenizer) -> tuple[list[SFTExample], list[SFTExample],
                                                            dict[str, int], str]:
     """(train, held-out, dropped counts by reason, source label)."""
-    from reward.data import split_held_out
+    from training.plan import split_held_out
 
     dropped: dict[str, int] = {}
     if config.raw_text:
@@ -415,12 +416,13 @@ def train_sft(config: SFTConfig, *, progress: bool = True) -> SFTSummary:
     import torch
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
-    from transformers import AutoModelForCausalLM, get_scheduler
+    from transformers import AutoModelForCausalLM
 
-    from policy.models import ModelNotFoundError, load_tokenizer, resolve_model
-    from reward.accel import configure_deepspeed, make_accelerator
-    from reward.data import global_batches, micro_batches, steps_per_epoch
-    from reward.metrics import MetricsLog
+    from training.accel import configure_deepspeed, make_accelerator
+    from training.metrics import MetricsLog
+    from training.models import ModelNotFoundError, load_tokenizer, resolve_model
+    from training.optim import lr_scheduler
+    from training.plan import global_batches, micro_batches, steps_per_epoch
 
     output = Path(config.output)
     # 1. Data: read and tokenize (bad input fails here, before anything heavy starts), hold
@@ -458,10 +460,8 @@ def train_sft(config: SFTConfig, *, progress: bool = True) -> SFTSummary:
         model.config.use_cache = False
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
-    schedule = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
-    scheduler = get_scheduler(schedule[config.lr_schedule], optimizer,
-                              num_warmup_steps=math.ceil(config.warmup_ratio * total_steps),
-                              num_training_steps=total_steps)
+    scheduler = lr_scheduler(config.lr_schedule, optimizer, warmup_ratio=config.warmup_ratio,
+                             total_steps=total_steps)
     configure_deepspeed(accelerator, micro_batch_size=config.per_device_batch_size,
                         gradient_accumulation_steps=config.gradient_accumulation_steps,
                         max_grad_norm=config.max_grad_norm)

@@ -1,28 +1,16 @@
-"""From preference pairs to padded tensors: tokenizing, the held-out split, length-grouped
-batches and the ``PreferenceBatch`` container.
-
-Batching is planned in whole optimizer steps. Each step takes one *global batch* of
-``world × per_device × accumulation`` pairs, cut into that many micro-batches; which rank and
-which accumulation step runs a micro-batch does not change which pairs make up the step. So one
-process with accumulation, several processes, and one big batch all see the same pairs per
-step, and (with the loss normalised by the global batch) compute the same update.
-"""
+"""From preference pairs to padded tensors for the reward model: tokenizing conversations,
+``EncodedPair`` and the ``PreferenceBatch`` container. Step planning, the held-out split and
+length-grouped batches are the training layer's (``training.plan``)."""
 
 from __future__ import annotations
 
-import hashlib
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from data.chat import ChatTemplateError
-from data.preferences import PreferencePair, PreferenceSourceError
-
-# How many global batches are sorted by length together: big enough that padding is small,
-# small enough that step order stays random.
-LENGTH_GROUP_BATCHES = 16
+from data.preferences import PreferencePair
 
 
 def conversation_text(tokenizer, conversation: list[dict] | str) -> str:
@@ -90,69 +78,6 @@ def encode_pairs(
     return encoded, too_long
 
 
-def split_held_out(
-    pairs: Sequence[EncodedPair], fraction: float, seed: int
-) -> tuple[list[EncodedPair], list[EncodedPair]]:
-    """(train, held-out): ``fraction`` of the prompts (at least one when there are two or
-    more and fraction > 0) go to held-out with all their pairs. Deterministic in ``seed``."""
-    if fraction <= 0:
-        return list(pairs), []
-    groups = sorted({p.group for p in pairs},
-                    key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
-    n_eval = min(len(groups) - 1, max(1, round(fraction * len(groups))))
-    held_out = set(groups[:n_eval])
-    return ([p for p in pairs if p.group not in held_out],
-            [p for p in pairs if p.group in held_out])
-
-
-# --- step planning ------------------------------------------------------------------------
-
-def global_batches(
-    lengths: Sequence[int], global_batch_size: int, seed: int, epoch: int, min_size: int = 1
-) -> list[list[int]]:
-    """One epoch's global batches of pair indices, length-grouped.
-
-    Shuffles with (seed, epoch), sorts each run of ``LENGTH_GROUP_BATCHES`` global batches by
-    length so pairs of similar length share a batch, and shuffles the batch order. The last
-    batch may be smaller; a last batch below ``min_size`` (fewer pairs than micro-batches)
-    is left out of this epoch.
-    """
-    order = list(range(len(lengths)))
-    rng = random.Random(f"{seed}:{epoch}")
-    rng.shuffle(order)
-    group = global_batch_size * LENGTH_GROUP_BATCHES
-    batches: list[list[int]] = []
-    for start in range(0, len(order), group):
-        chunk = sorted(order[start:start + group], key=lambda i: lengths[i], reverse=True)
-        batches += [chunk[i:i + global_batch_size] for i in range(0, len(chunk), global_batch_size)]
-    # The short remainder of the last group is the only batch that can be small.
-    if batches and len(batches[-1]) < min_size:
-        batches.pop()
-    rng.shuffle(batches)
-    return batches
-
-
-def steps_per_epoch(n_pairs: int, global_batch_size: int, min_size: int) -> int:
-    full, rest = divmod(n_pairs, global_batch_size)
-    return full + (1 if rest >= min_size else 0)
-
-
-def micro_batches(global_batch: Sequence[int], lengths: Sequence[int], n: int) -> list[list[int]]:
-    """Splits a global batch into ``n`` non-empty micro-batches of near-equal size, sorted by
-    length so each is padded little. Micro-batch ``accumulation_step × world + rank`` belongs
-    to that rank at that accumulation step."""
-    ordered = sorted(global_batch, key=lambda i: lengths[i], reverse=True)
-    if len(ordered) < n:
-        raise ValueError(f"a global batch of {len(ordered)} pairs cannot fill {n} micro-batches")
-    size, extra = divmod(len(ordered), n)
-    out, start = [], 0
-    for k in range(n):
-        end = start + size + (1 if k < extra else 0)
-        out.append(ordered[start:end])
-        start = end
-    return out
-
-
 # --- tensors --------------------------------------------------------------------------------
 
 @dataclass
@@ -210,42 +135,3 @@ def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     rightmost non-pad token, as ``AutoModelForSequenceClassification`` itself does)."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     return logits[:, 0].float()
-
-
-@dataclass
-class StepPlan:
-    """The batch arithmetic, computed once: every process derives the same plan."""
-
-    train_pairs: int
-    world_size: int
-    per_device_batch_size: int
-    gradient_accumulation_steps: int
-    epochs: int
-    max_steps: int | None
-
-    @property
-    def micro_batches_per_step(self) -> int:
-        return self.world_size * self.gradient_accumulation_steps
-
-    @property
-    def global_batch_size(self) -> int:
-        return self.micro_batches_per_step * self.per_device_batch_size
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return steps_per_epoch(self.train_pairs, self.global_batch_size,
-                               self.micro_batches_per_step)
-
-    @property
-    def total_steps(self) -> int:
-        return self.max_steps or self.steps_per_epoch * self.epochs
-
-    def check(self) -> None:
-        assert self.global_batch_size == (self.world_size * self.per_device_batch_size
-                                          * self.gradient_accumulation_steps)
-        if self.train_pairs < self.micro_batches_per_step:
-            raise PreferenceSourceError(
-                f"only {self.train_pairs} training pairs for {self.micro_batches_per_step} "
-                f"micro-batches per step ({self.world_size} processes × "
-                f"{self.gradient_accumulation_steps} accumulation steps); add data or lower them"
-            )

@@ -1,30 +1,14 @@
 """Loading and saving Bradley-Terry reward models: ``AutoModelForSequenceClassification`` with
-one label, optionally with LoRA adapters that are merged into the weights on save."""
+one label, optionally with LoRA adapters (``training.models.LoraSettings``) that are merged
+into the weights on save."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
-from policy.models import ModelNotFoundError, _first_line, load_tokenizer
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    r: int
-    """Adapter rank."""
-    alpha: float
-    """Scale numerator: adapters are multiplied by alpha / r."""
-    dropout: float = 0.0
-    target_modules: str | list[str] = "all-linear"
-    """Which linear layers get adapters (peft syntax); the score head is always trained fully."""
-
-    @property
-    def scaling(self) -> float:
-        return self.alpha / self.r
+from training.models import LoraSettings, ModelNotFoundError, first_line, load_tokenizer
 
 
 def load_reward_tokenizer(model: str):
@@ -45,7 +29,7 @@ def load_reward_model(model: str, tokenizer, *, lora: LoraSettings | None = None
             model, num_labels=1, dtype=dtype or torch.float32
         )
     except OSError as exc:
-        raise ModelNotFoundError(_first_line(f"cannot load model {model!r}: {exc}")) from None
+        raise ModelNotFoundError(first_line(f"cannot load model {model!r}: {exc}")) from None
     # Without a pad id the classifier cannot find the last real token of a padded row.
     reward_model.config.pad_token_id = tokenizer.pad_token_id
     if gradient_checkpointing:
@@ -61,34 +45,6 @@ def load_reward_model(model: str, tokenizer, *, lora: LoraSettings | None = None
             lora_dropout=lora.dropout, target_modules=lora.target_modules,
         ))
     return reward_model
-
-
-_PEFT_PREFIX = "base_model.model."
-_LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<kind>[AB])\.(?P<adapter>[^.]+)\.weight$")
-
-
-def merge_lora_state_dict(state_dict: dict, scaling: float) -> dict:
-    """A peft model's full state dict (as gathered from every rank) → the plain model's, with
-    W + scaling · B @ A folded into each adapted weight. Works on tensors alone, so it needs no
-    second model in memory and no access to ZeRO-3-partitioned modules."""
-    adapters: dict[str, dict[str, object]] = {}
-    merged: dict = {}
-    for key, value in state_dict.items():
-        name = key[len(_PEFT_PREFIX):] if key.startswith(_PEFT_PREFIX) else key
-        match = _LORA_KEY.match(name)
-        if match:
-            adapters.setdefault(match["module"], {})[match["kind"]] = value
-            continue
-        if ".original_module." in name:  # the frozen copy of a fully trained module
-            continue
-        name = name.replace(".modules_to_save.default.", ".").replace(".base_layer.", ".")
-        merged[name] = value
-    for module, pair in adapters.items():
-        weight_key = f"{module}.weight"
-        weight = merged[weight_key]
-        delta = (pair["B"].float() @ pair["A"].float()) * scaling
-        merged[weight_key] = (weight.float() + delta).to(weight.dtype)
-    return merged
 
 
 def write_model_card(output: Path, *, base_model: str, metrics: dict, settings: dict) -> None:

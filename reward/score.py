@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from policy.models import ModelNotFoundError
+from training.models import ModelNotFoundError
 
 KINDS = ("bt", "armorm")
 DEFAULT_MAX_LENGTH = 4096

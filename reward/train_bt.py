@@ -17,30 +17,16 @@ follows from the step number, because each epoch's batches are a function of (se
 
 from __future__ import annotations
 
-import json
-import math
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from data.preferences import PreferenceLoad, PreferenceSourceError
-from reward.data import (
-    EncodedPair,
-    StepPlan,
-    PreferenceBatch,
-    collate,
-    encode_pairs,
-    global_batches,
-    micro_batches,
-    sequence_rewards,
-    split_held_out,
-)
+from reward.data import EncodedPair, PreferenceBatch, collate, encode_pairs, sequence_rewards
+from training.optim import SCHEDULES
+from training.plan import StepPlan, global_batches, micro_batches, split_held_out, spread
 
 TIES = ("exclude", "include")
-SCHEDULES = ("cosine", "linear", "constant")
-CHECKPOINTS = "checkpoints"
-TRAINER_STATE = "trainer_state.json"
 
 
 @dataclass
@@ -242,17 +228,15 @@ def evaluate(model, accelerator, pairs: list[EncodedPair], *, batch_size: int, p
         return {}
     ordered = sorted(pairs, key=lambda p: p.length, reverse=True)
     chunks = [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
-    world, rank = accelerator.num_processes, accelerator.process_index
     stats = torch.zeros(_STATS)
     model.eval()
     with torch.no_grad():
-        for k in range(math.ceil(len(chunks) / world)):
-            index = k * world + rank
-            batch = collate(chunks[index if index < len(chunks) else 0], pad_token_id)
-            batch = batch.to(accelerator.device)
+        for index, real in spread(len(chunks), accelerator.num_processes,
+                                  accelerator.process_index):
+            batch = collate(chunks[index], pad_token_id).to(accelerator.device)
             r_chosen, r_rejected = batch.split(
                 sequence_rewards(model, batch.input_ids, batch.attention_mask))
-            if index < len(chunks):
+            if real:
                 loss = preference_loss(r_chosen, r_rejected, is_tie=batch.is_tie,
                                        margin=batch.margin,
                                        centering_coefficient=config.center_rewards_coefficient)
@@ -262,91 +246,15 @@ def evaluate(model, accelerator, pairs: list[EncodedPair], *, batch_size: int, p
     return stats_to_metrics(stats, "eval")
 
 
-def adamw(params, *, lr: float, weight_decay: float):
-    """AdamW with the fused kernel where torch has one for the device: on CPU it is over ten
-    times faster than the per-tensor loop for a 135M model, and the same arithmetic."""
-    import torch
-
-    try:
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
-    except RuntimeError:
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-
-
 # ---------------------------------------------------------------------------------------------
-# Checkpoints
+# The recipe
 # ---------------------------------------------------------------------------------------------
-
-def latest_checkpoint(output: Path) -> tuple[Path, dict] | None:
-    """The newest complete checkpoint: its trainer state is written last, after every rank."""
-    found = []
-    for path in (output / CHECKPOINTS).glob("step-*"):
-        state_file = path / TRAINER_STATE
-        if state_file.is_file():
-            try:
-                state = json.loads(state_file.read_text())
-                step = int(state["step"])
-            except (ValueError, KeyError, TypeError):
-                raise ValueError(f"checkpoint {path} is corrupt ({TRAINER_STATE} cannot be "
-                                 "read); delete it or pass --no-resume") from None
-            found.append((step, path, state))
-    if not found:
-        return None
-    _, path, state = max(found)
-    return path, state
-
-
-def resume_checkpoint(accelerator, output: Path, fingerprint: dict, *, resume: bool,
-                      say=print) -> dict | None:
-    """Loads the newest checkpoint in ``output`` into the prepared objects and returns its
-    trainer state, when ``resume`` and its plan equals ``fingerprint``; otherwise removes old
-    checkpoints (a later resume must not mix two runs) and returns None. Every process calls
-    it."""
-    found = latest_checkpoint(output) if resume else None
-    state = None
-    if found is not None:
-        path, state = found
-        if state.get("plan") != fingerprint:
-            raise ValueError(f"the checkpoint in {path} was made with other data or settings "
-                             f"({state.get('plan')}); use a new --output or --no-resume")
-        try:
-            accelerator.load_state(str(path))
-        except Exception as exc:  # any unreadable file: the message must name the checkpoint
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise ValueError(f"checkpoint {path} cannot be loaded ({type(exc).__name__}: "
-                             f"{first}); delete it or pass --no-resume") from None
-        say(f"rankloop: resuming from {path} (step {state['step']})")
-    elif accelerator.is_main_process and (output / CHECKPOINTS).exists():
-        shutil.rmtree(output / CHECKPOINTS)
-    accelerator.wait_for_everyone()
-    return state
-
-
-def save_checkpoint(accelerator, output: Path, step: int, state: dict, keep: int) -> None:
-    path = output / CHECKPOINTS / f"step-{step:07d}"
-    accelerator.save_state(str(path))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (path / TRAINER_STATE).write_text(json.dumps({**state, "step": step}, indent=2) + "\n")
-        # Older checkpoints go only once this one is complete; incomplete ones go too.
-        existing = sorted((output / CHECKPOINTS).glob("step-*"))
-        complete = [p for p in existing if (p / TRAINER_STATE).is_file()]
-        for old in existing:
-            if old not in complete[-keep:]:
-                shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
 
 def plan_fingerprint(config: RewardTrainConfig, plan: StepPlan) -> dict:
     """What must match for a checkpoint to be resumed."""
     return {"model": config.model, "train_pairs": plan.train_pairs,
             "global_batch_size": plan.global_batch_size, "total_steps": plan.total_steps,
             "seed": config.seed, "lora_r": config.lora_r}
-
-
-# ---------------------------------------------------------------------------------------------
-# The recipe
-# ---------------------------------------------------------------------------------------------
 
 def train_reward_model(
     config: RewardTrainConfig,
@@ -362,19 +270,14 @@ def train_reward_model(
     import torch
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
-    from transformers import get_scheduler
 
-    from policy.models import resolve_model
-    from reward.accel import configure_deepspeed, make_accelerator
     from reward.losses import preference_loss
-    from reward.metrics import MetricsLog
-    from reward.modeling import (
-        LoraSettings,
-        load_reward_model,
-        load_reward_tokenizer,
-        merge_lora_state_dict,
-        write_model_card,
-    )
+    from reward.modeling import load_reward_model, load_reward_tokenizer, write_model_card
+    from training.accel import configure_deepspeed, make_accelerator
+    from training.checkpoints import resume_checkpoint, save_checkpoint
+    from training.metrics import MetricsLog
+    from training.models import LoraSettings, resolve_model, save_trained_model
+    from training.optim import adamw, lr_scheduler
 
     output = Path(config.output)
     # 1. Data: read (bad input fails here, before anything heavy starts), drop ties and
@@ -404,18 +307,13 @@ def train_reward_model(
         f"{config.gradient_accumulation_steps} accumulation)")
 
     # 2. Model, optimizer, schedule.
-    lora = None
-    if config.lora_r:
-        lora = LoraSettings(config.lora_r, config.lora_alpha or 2 * config.lora_r,
-                            config.lora_dropout)
+    lora = LoraSettings.from_rank(config.lora_r, config.lora_alpha, config.lora_dropout)
     model = load_reward_model(model_path, tokenizer, lora=lora,
                               gradient_checkpointing=config.gradient_checkpointing)
     optimizer = adamw([p for p in model.parameters() if p.requires_grad],
                       lr=config.learning_rate, weight_decay=config.weight_decay)
-    schedule = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
-    scheduler = get_scheduler(schedule[config.lr_schedule], optimizer,
-                              num_warmup_steps=math.ceil(config.warmup_ratio * plan.total_steps),
-                              num_training_steps=plan.total_steps)
+    scheduler = lr_scheduler(config.lr_schedule, optimizer, warmup_ratio=config.warmup_ratio,
+                             total_steps=plan.total_steps)
     configure_deepspeed(accelerator, micro_batch_size=config.per_device_batch_size,
                         gradient_accumulation_steps=config.gradient_accumulation_steps,
                         max_grad_norm=config.max_grad_norm)
@@ -505,15 +403,7 @@ def train_reward_model(
                                 pad_token_id=pad_id, config=config)
 
     # 5. Save a plain Hugging Face folder (LoRA merged in), the tokenizer and a card.
-    accelerator.wait_for_everyone()
-    state_dict = accelerator.get_state_dict(model)  # every rank takes part under ZeRO-3
-    if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        if lora is not None:
-            state_dict = merge_lora_state_dict(state_dict, lora.scaling)
-            unwrapped = unwrapped.get_base_model()
-        unwrapped.save_pretrained(output, state_dict=state_dict, safe_serialization=True)
-        tokenizer.save_pretrained(output)
+    if save_trained_model(accelerator, model, tokenizer, output, lora=lora):
         settings = {k: v for k, v in asdict(config).items() if k not in ("output",)}
         settings.update(train_pairs=len(train), eval_pairs=len(held_out), steps=plan.total_steps,
                         world_size=world, dropped=dropped)

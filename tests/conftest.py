@@ -26,14 +26,14 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def default_model_dir() -> str:
     """SmolLM2-135M-Instruct, converted from the embedded GGUF once (cached across runs)."""
-    from policy.models import default_model_dir
+    from training.models import default_model_dir
 
     return str(default_model_dir())
 
 
 @pytest.fixture(scope="session")
 def smol_tokenizer(default_model_dir):
-    from policy.models import load_tokenizer
+    from training.models import load_tokenizer
 
     return load_tokenizer(default_model_dir)
 

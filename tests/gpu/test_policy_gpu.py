@@ -3,7 +3,7 @@ test_policy_ppo.py): the same recipes on CUDA in bf16 mixed precision."""
 
 import pytest
 
-from reward.metrics import read_metrics
+from training.metrics import read_metrics
 from tests.integration.test_policy_rebel import (  # noqa: F401
     prompts,
     rebel_config,

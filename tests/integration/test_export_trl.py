@@ -10,7 +10,7 @@ import torch
 from datasets import load_dataset
 
 from launch.cli import main
-from reward.metrics import read_metrics
+from training.metrics import read_metrics
 from tests.unit.test_export import make_export_db
 
 

@@ -80,7 +80,7 @@ def test_train_ppo_command_runs_against_a_reward_model(tiny_model_dir, reward_mo
     from transformers import AutoModelForCausalLM
 
     from launch.cli import main
-    from reward.metrics import read_metrics
+    from training.metrics import read_metrics
 
     out = tmp_path / "ppo"
     assert main(["train", "ppo", "--scorer", f"bt:{reward_model_dir}", "--model", tiny_model_dir,

@@ -4,7 +4,7 @@ on 2 ZeRO-3 CPU ranks, resume is exact, a corrupt checkpoint is one clear error.
 import pytest
 import torch
 
-from reward.metrics import read_metrics
+from training.metrics import read_metrics
 from tests.integration.test_policy_rebel import good_word_reward, prompts, word_model  # noqa: F401
 
 

@@ -3,7 +3,7 @@ so at the end it decodes exactly what the saved policy decodes."""
 
 import pytest
 
-from reward.metrics import read_metrics
+from training.metrics import read_metrics
 from tests.integration.test_policy_rebel import make_word_model, prompts, word_model  # noqa: F401
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from data.policy_pairs import PromptCandidates, ScoredCandidate, build_pairs
-from reward.metrics import read_metrics
+from training.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 WORDS = ("apple river stone cloud green quick table music light paper window orange silver "

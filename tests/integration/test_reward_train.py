@@ -14,7 +14,7 @@ import torch
 
 from data.preferences import PreferenceLoad, PreferencePair
 from reward.data import collate, encode_pairs, pad_sequences, sequence_rewards
-from reward.metrics import read_metrics
+from training.metrics import read_metrics
 from reward.train_bt import RewardTrainConfig, prepare_pairs, train_reward_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -207,7 +207,8 @@ def test_lora_adapters_are_merged_into_a_plain_model(start_model, tmp_path):
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
-    from reward.modeling import load_reward_tokenizer, merge_lora_state_dict
+    from reward.modeling import load_reward_tokenizer
+    from training.models import merge_lora_state_dict
 
     tokenizer = load_reward_tokenizer(start_model)
     peft_model = get_peft_model(

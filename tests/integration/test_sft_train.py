@@ -15,7 +15,7 @@ import pytest
 
 from launch.cli import main
 from policy.sft import SFTConfig, train_sft
-from reward.metrics import read_metrics
+from training.metrics import read_metrics
 from tests.unit.test_export import make_export_db
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,7 +64,7 @@ def test_sft_lowers_held_out_loss_and_saves_a_loadable_policy(tiny_model_dir, tm
     assert summary.first_eval_loss == pytest.approx(start, abs=1e-5)
 
     # The folder is the next policy: it resolves, loads and generates with its chat template.
-    from policy.models import load_causal_lm, load_tokenizer, resolve_model
+    from training.models import load_causal_lm, load_tokenizer, resolve_model
 
     path = resolve_model(str(out))
     tokenizer, model = load_tokenizer(path), load_causal_lm(path)
@@ -139,7 +139,7 @@ def test_zero3_on_two_cpu_ranks_matches_one_process(tiny_model_dir, tmp_path):
     assert [v for _, v in eval_losses(zero3)] == pytest.approx(
         [v for _, v in eval_losses(single)], abs=1e-4)
     # The gathered ZeRO-3 weights are a complete model the next stage loads.
-    from policy.models import load_causal_lm
+    from training.models import load_causal_lm
 
     assert load_causal_lm(str(zero3)).num_parameters() == load_causal_lm(
         str(single)).num_parameters()

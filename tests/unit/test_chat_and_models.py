@@ -2,7 +2,7 @@ import pytest
 
 from data.chat import ChatTemplateError, format_and_filter, format_chat
 from data.prompts import Prompt
-from policy import models
+from training import models
 
 
 def test_chat_template_ends_where_the_reply_starts(smol_tokenizer):

@@ -6,16 +6,8 @@ import pytest
 import torch
 
 from data.preferences import PreferencePair
-from reward.data import (
-    EncodedPair,
-    collate,
-    encode_pairs,
-    global_batches,
-    micro_batches,
-    pad_sequences,
-    split_held_out,
-    steps_per_epoch,
-)
+from reward.data import EncodedPair, collate, encode_pairs, pad_sequences
+from training.plan import global_batches, micro_batches, split_held_out, steps_per_epoch
 
 
 def encoded(chosen_len, rejected_len, group="g", tie=False, margin=0.0):
