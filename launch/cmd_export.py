@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from launch.common import UserError, add_db, db_path, positive_int, subcommand_group
+from launch.training_options import add_optimizer_options, optimizer_settings
 
 HUB_PREFIX = "hub:"
 
@@ -108,8 +109,7 @@ def register(commands) -> None:
     optim.add_argument("--lr-schedule", choices=("cosine", "linear", "constant"),
                        default="cosine", help="after warm-up (default: cosine)")
     optim.add_argument("--warmup-ratio", type=float, default=0.03, help="default: 0.03")
-    optim.add_argument("--weight-decay", type=float, default=0.0, help="default: 0")
-    optim.add_argument("--max-grad-norm", type=float, default=1.0, help="default: 1.0")
+    add_optimizer_options(optim)
     optim.add_argument("--seed", type=int, default=0, help="default: 0")
     optim.add_argument("--log-every", type=positive_int, default=10, help="steps (default: 10)")
     optim.add_argument("--eval-every", type=positive_int, default=None,
@@ -166,10 +166,9 @@ def _train_sft(args: argparse.Namespace) -> int:
         block_size=args.block_size, max_length=args.max_length, eval_fraction=args.eval_fraction,
         per_device_batch_size=args.batch_size, gradient_accumulation_steps=args.grad_accum,
         epochs=args.epochs, max_steps=args.max_steps, learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
-        lr_schedule=args.lr_schedule, max_grad_norm=args.max_grad_norm,
+        warmup_ratio=args.warmup_ratio, lr_schedule=args.lr_schedule,
         gradient_checkpointing=args.gradient_checkpointing, bf16=args.bf16, seed=args.seed,
-        log_every=args.log_every, eval_every=args.eval_every,
+        log_every=args.log_every, eval_every=args.eval_every, **optimizer_settings(args),
     )
     summary = train_sft(config, progress=not args.no_progress)
     if summary.main_process:

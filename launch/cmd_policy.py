@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from launch.common import UserError, add_db, db_path, positive_int, subcommand_group
+from launch.training_options import add_optimizer_options, optimizer_settings
 
 
 def register(commands) -> None:
@@ -85,6 +86,7 @@ def register(commands) -> None:
     ppo.add_argument("--missing-eos-penalty", type=float, default=None,
                      help="subtract this from the reward of responses cut by --max-new-tokens")
     ppo.add_argument("--learning-rate", "--lr", type=float, default=1e-6, help="default: 1e-6")
+    add_optimizer_options(ppo, adam_eps=1e-5)
     ppo.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                      help="bf16 mixed precision (default: on with a GPU)")
     ppo.add_argument("--seed", type=int, default=0, help="default: 0")
@@ -193,8 +195,7 @@ def _add_model_options(parser, *, default_lr: float) -> None:
     optim.add_argument("--lr-schedule", choices=("cosine", "linear", "constant"),
                        default="cosine", help="after warm-up (default: cosine)")
     optim.add_argument("--warmup-ratio", type=float, default=0.1, help="default: 0.1")
-    optim.add_argument("--weight-decay", type=float, default=0.0, help="default: 0")
-    optim.add_argument("--max-grad-norm", type=float, default=1.0, help="default: 1.0")
+    add_optimizer_options(optim)
     optim.add_argument("--seed", type=int, default=0, help="default: 0")
     run = parser.add_argument_group("logging and checkpoints")
     run.add_argument("--log-every", type=positive_int, default=10, help="steps (default: 10)")
@@ -225,11 +226,10 @@ def _train_rebel(args: argparse.Namespace) -> int:
         eval_fraction=args.eval_fraction, eta=args.eta, temperature=args.temperature,
         per_device_batch_size=args.batch_size, gradient_accumulation_steps=args.grad_accum,
         epochs=args.epochs, max_steps=args.max_steps, learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
-        lr_schedule=args.lr_schedule, max_grad_norm=args.max_grad_norm, lora_r=args.lora_r,
+        warmup_ratio=args.warmup_ratio, lr_schedule=args.lr_schedule, lora_r=args.lora_r,
         lora_alpha=args.lora_alpha, gradient_checkpointing=args.gradient_checkpointing,
         bf16=args.bf16, seed=args.seed, log_every=args.log_every, eval_every=args.eval_every,
-        save_every=args.save_every, resume=not args.no_resume,
+        save_every=args.save_every, resume=not args.no_resume, **optimizer_settings(args),
     )
     summary = train_rebel(config, progress=not args.no_progress)
     if summary.main_process:
@@ -248,7 +248,7 @@ def _train_ppo(args: argparse.Namespace) -> int:
         kl_coef=args.kl_coef, target_kl=args.target_kl,
         missing_eos_penalty=args.missing_eos_penalty, learning_rate=args.learning_rate,
         bf16=args.bf16, seed=args.seed, log_every=args.log_every, save_every=args.save_every,
-        resume=not args.no_resume,
+        resume=not args.no_resume, **optimizer_settings(args),
     )
     reward = scorer_reward(args.scorer) if args.scorer else function_reward(args.reward_fn)
     summary = train_ppo(config, reward_fn=reward, progress=not args.no_progress)

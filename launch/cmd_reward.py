@@ -8,6 +8,7 @@ from pathlib import Path
 
 from data import store
 from launch.common import UserError, add_db, db_path, positive_int, subcommand_group
+from launch.training_options import add_optimizer_options, optimizer_settings
 
 
 def register(commands) -> None:
@@ -63,8 +64,7 @@ def register(commands) -> None:
     optim.add_argument("--lr-schedule", choices=("cosine", "linear", "constant"),
                        default="cosine", help="after warm-up (default: cosine)")
     optim.add_argument("--warmup-ratio", type=float, default=0.03, help="default: 0.03")
-    optim.add_argument("--weight-decay", type=float, default=0.0, help="default: 0")
-    optim.add_argument("--max-grad-norm", type=float, default=1.0, help="default: 1.0")
+    add_optimizer_options(optim)
     optim.add_argument("--center-rewards", type=float, default=0.0, metavar="COEF",
                        help="reward-centering coefficient, e.g. 0.01 (default: 0, off)")
     optim.add_argument("--seed", type=int, default=0, help="default: 0")
@@ -155,13 +155,13 @@ def _train_reward(args: argparse.Namespace) -> int:
         ties=args.ties, max_length=args.max_length, eval_fraction=args.eval_fraction,
         per_device_batch_size=args.batch_size, gradient_accumulation_steps=args.grad_accum,
         epochs=args.epochs, max_steps=args.max_steps, learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
-        lr_schedule=args.lr_schedule, max_grad_norm=args.max_grad_norm,
+        warmup_ratio=args.warmup_ratio, lr_schedule=args.lr_schedule,
         center_rewards_coefficient=args.center_rewards, lora_r=args.lora_r,
         lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
         gradient_checkpointing=args.gradient_checkpointing, bf16=args.bf16, seed=args.seed,
         log_every=args.log_every, eval_every=args.eval_every, save_every=args.save_every,
         keep_checkpoints=args.keep_checkpoints, resume=not args.no_resume,
+        **optimizer_settings(args),
     )
     summary = train_reward_model(config, progress=not args.no_progress)
     if summary.main_process:

@@ -6,6 +6,8 @@ tokens and 0.0 on padding; every mean over tokens is a masked mean.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -17,11 +19,21 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Ten
 
 
 def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
-                  eps: float = 1e-8) -> torch.Tensor:
+                  eps: float = 1e-8,
+                  reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """(values − mean) / std over the masked entries; padding keeps its value × 0 afterwards.
-    ``shift_mean=False`` rescales only (used for rewards, whose sign matters)."""
-    mean = masked_mean(values, mask)
-    variance = masked_mean((values - mean) ** 2, mask)
+    ``shift_mean=False`` rescales only (used for rewards, whose sign matters).
+
+    ``reduce_sum`` sums a tensor over every process holding a share of the values (e.g.
+    ``lambda t: accelerator.reduce(t, reduction="sum")``): mean and variance are then those of
+    the whole rollout, so the result does not depend on how it was split over processes. Every
+    process must call it, with or without values of its own."""
+    mask = mask.to(values.dtype)
+    reduce_sum = reduce_sum or (lambda t: t)
+    total, count = reduce_sum(torch.stack([(values * mask).sum(), mask.sum()]))
+    count = count.clamp(min=1)
+    mean = total / count
+    variance = reduce_sum(((values - mean) ** 2 * mask).sum()) / count
     whitened = (values - mean) * torch.rsqrt(variance + eps)
     if not shift_mean:
         whitened = whitened + mean
@@ -41,13 +53,12 @@ def rebel_loss(logp_chosen: torch.Tensor, logp_rejected: torch.Tensor,
     All inputs are ``[B]``: summed response log-probs under the policy being trained (π_θ) and
     under the policy that sampled the pairs (π_t, computed once, no gradient), and rewards.
 
-    The REBEL reference code (and paper) write the regression as (Δ/η − Δr)², dividing the
-    log-ratio difference Δ by η. That equals (Δ − η·Δr)² / η²: the form here times the
-    constant 1/η² > 0. Both are zero exactly where Δ = η·Δr and a positive constant factor does
-    not move a minimizer, so they have the same minimizers for the same η; only the gradient
-    scale (an effective learning rate) differs, by 1/η². This form is used because its gradient
-    does not grow without bound as η shrinks. η is the target log-ratio gap per unit of reward:
-    a larger η moves the policy further from π_t for the same reward difference.
+    This is what every REBEL reference script computes (``ratio_logprob − eta ·
+    reward_gap``, squared). Only the paper's written objective divides instead, (Δ/η − Δr)²
+    with Δ the log-ratio difference; that equals (Δ − η·Δr)² / η², this form times the
+    constant 1/η² > 0, so both have the same minimizers (Δ = η·Δr) and differ only in gradient
+    scale (an effective learning rate), by 1/η². η is the target log-ratio gap per unit of
+    reward: a larger η moves the policy further from π_t for the same reward difference.
     """
     log_ratio_gap = (logp_chosen - ref_logp_chosen) - (logp_rejected - ref_logp_rejected)
     return (log_ratio_gap - eta * (reward_chosen - reward_rejected)) ** 2

@@ -16,7 +16,8 @@ so any backend works; log-probs always come from the same forward pass as the up
 logits divided by the sampling temperature. The value head is a linear layer on the policy's
 last hidden state (shared trunk). Under ZeRO-3 the policy and value head are partitioned; the
 frozen reference is a whole copy on every process (loaded before DeepSpeed starts, in bf16 on
-GPUs), which costs memory but no communication. Advantages are whitened per process.
+GPUs), which costs memory but no communication. Advantages are whitened over the whole
+rollout, across processes.
 """
 
 from __future__ import annotations
@@ -85,11 +86,18 @@ class PPOConfig:
     vf_coef: float = 0.1
     """Weight of the value loss."""
     whiten_advantages: bool = True
-    """Normalise advantages over each process's rollout to mean 0, std 1."""
+    """Normalise advantages to mean 0, std 1 over the whole rollout (every process's share)."""
     missing_eos_penalty: float | None = None
     """Subtracted from the score of responses cut by ``max_new_tokens``."""
     learning_rate: float = 1e-6
-    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW (β1, β2)."""
+    adam_eps: float = 1e-5
+    """AdamW ε (1e-5, as in TRL's and cleanrl's PPO)."""
+    max_grad_norm: float | None = 1.0
+    """Gradients are clipped to this global norm; 0 or None: no clipping."""
     bf16: bool | None = None
     """bf16 mixed precision; None follows the accelerate config, else on when a GPU exists."""
     seed: int = 0
@@ -112,6 +120,9 @@ class PPOConfig:
             raise ValueError("temperature must be above 0")
         if self.backend not in ("transformers", "vllm"):
             raise ValueError(f"backend must be transformers or vllm, not {self.backend!r}")
+        from training.optim import check_optimizer_settings
+
+        check_optimizer_settings(self)
 
 
 @dataclass(frozen=True)
@@ -327,6 +338,7 @@ def train_ppo(config: PPOConfig, *, reward_fn: RewardFn,
     from training.checkpoints import resume_checkpoint, save_checkpoint
     from training.metrics import MetricsLog
     from training.models import check_tokenizer_matches, load_policy, load_tokenizer, resolve_model
+    from training.optim import adamw, clip_gradients
 
     started = time.perf_counter()
     output = Path(config.output)
@@ -360,7 +372,9 @@ def train_ppo(config: PPOConfig, *, reward_fn: RewardFn,
     set_seed(config.seed + rank)  # processes sample different responses
     reference.to(accelerator.device)
     policy = PolicyWithValueHead(load_policy(model_path))
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate, eps=1e-5)
+    optimizer = adamw(policy.parameters(), lr=config.learning_rate,
+                      weight_decay=config.weight_decay, betas=config.adam_betas,
+                      eps=config.adam_eps)
     configure_deepspeed(accelerator, micro_batch_size=plan.per_device_minibatch,
                         gradient_accumulation_steps=1, max_grad_norm=config.max_grad_norm)
     policy, optimizer = accelerator.prepare(policy, optimizer)
@@ -436,7 +450,11 @@ def train_ppo(config: PPOConfig, *, reward_fn: RewardFn,
             rewards[torch.arange(len(chosen), device=rewards.device), last] += scores
             advantages, returns = gae(rewards, values, mask, config.gamma, config.lam)
             if config.whiten_advantages:
-                advantages = masked_whiten(advantages, mask)
+                # Over the whole rollout, all processes together: the same advantages
+                # however the rollout is split.
+                advantages = masked_whiten(
+                    advantages, mask,
+                    reduce_sum=lambda t: accelerator.reduce(t, reduction="sum"))
         rollout = Rollout(tokens, logprobs, ref_logprobs, values, rewards, advantages, returns,
                           mask, scores, mask.sum(-1))
 
@@ -457,7 +475,7 @@ def train_ppo(config: PPOConfig, *, reward_fn: RewardFn,
                 value_loss, value_clipfrac = clipped_value_loss(
                     new_values, mb.values, mb.returns, mb.mask, config.value_clip_range)
                 accelerator.backward(policy_loss + config.vf_coef * value_loss)
-                accelerator.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+                clip_gradients(accelerator, policy.parameters(), config.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad()
                 with torch.no_grad():

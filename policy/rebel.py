@@ -40,7 +40,7 @@ from data.policy_pairs import (
 )
 from data.preferences import PreferenceSourceError
 from policy.logprobs import TokenBatch, pack, sequence_logprobs
-from training.optim import SCHEDULES
+from training.optim import SCHEDULES, check_optimizer_settings
 from training.plan import StepPlan, spread
 
 
@@ -88,11 +88,18 @@ class RebelConfig:
     """Optimizer steps to run; overrides ``epochs``."""
     learning_rate: float = 3e-7
     weight_decay: float = 0.0
+    """AdamW weight decay (the REBEL reference: 1e-6)."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW (β1, β2) (the REBEL reference: (0.9, 0.95))."""
+    adam_eps: float = 1e-8
+    """AdamW ε (the REBEL reference: 1e-8)."""
     warmup_ratio: float = 0.1
     """Share of steps with a linear learning-rate warm-up from 0."""
     lr_schedule: str = "cosine"
     """After warm-up: ``cosine`` or ``linear`` decay to 0, or ``constant``."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: float | None = 1.0
+    """Gradients are clipped to this global norm; 0 or None: no clipping (the REBEL reference
+    does not clip)."""
     lora_r: int = 0
     """LoRA rank; 0 trains every weight."""
     lora_alpha: float | None = None
@@ -120,6 +127,7 @@ class RebelConfig:
             raise ValueError(f"eval fraction must be in [0, 1), got {self.eval_fraction}")
         if self.temperature <= 0:
             raise ValueError("temperature must be above 0 (log-probs of greedy samples are 0)")
+        check_optimizer_settings(self)
         for name in ("per_device_batch_size", "gradient_accumulation_steps", "epochs",
                      "max_prompt_tokens", "max_response_tokens", "log_every", "save_every",
                      "keep_checkpoints"):
@@ -430,7 +438,7 @@ def train_rebel(config: RebelConfig, *, pairs: PairSet | None = None,
         resolve_model,
         save_trained_model,
     )
-    from training.optim import lr_scheduler
+    from training.optim import adamw, clip_gradients, lr_scheduler
     from training.plan import global_batches, micro_batches
 
     # 1. Pairs, tokenized and filtered; the plan, checked before any model loads.
@@ -464,8 +472,9 @@ def train_rebel(config: RebelConfig, *, pairs: PairSet | None = None,
     lora = LoraSettings.from_rank(config.lora_r, config.lora_alpha)
     model = load_policy(model_path, lora=lora,
                         gradient_checkpointing=config.gradient_checkpointing)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                                  lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate,
+                      weight_decay=config.weight_decay, betas=config.adam_betas,
+                      eps=config.adam_eps)
     scheduler = lr_scheduler(config.lr_schedule, optimizer, warmup_ratio=config.warmup_ratio,
                              total_steps=plan.total_steps)
     configure_deepspeed(accelerator, micro_batch_size=config.per_device_batch_size,
@@ -526,7 +535,7 @@ def train_rebel(config: RebelConfig, *, pairs: PairSet | None = None,
             step_stats += batch_stats(per_pair, logp_chosen, logp_rejected, batch)
 
         # 5b. Clip, update, advance the schedule.
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        grad_norm = clip_gradients(accelerator, model.parameters(), config.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from training.optim import SCHEDULES
+from training.optim import SCHEDULES, check_optimizer_settings
 
 IGNORE = -100
 DB_SOURCES = ("demonstrations", "chosen")
@@ -78,12 +78,18 @@ class SFTConfig:
     """Optimizer steps to run; overrides ``epochs``."""
     learning_rate: float = 2e-5
     weight_decay: float = 0.0
+    """AdamW weight decay (the REBEL reference: 1e-6)."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW (β1, β2) (the REBEL reference: (0.9, 0.95))."""
+    adam_eps: float = 1e-8
+    """AdamW ε (the REBEL reference: 1e-8)."""
     warmup_ratio: float = 0.03
     """Share of steps with a linear learning-rate warm-up from 0."""
     lr_schedule: str = "cosine"
     """After warm-up: ``cosine`` or ``linear`` decay to 0, or ``constant``."""
-    max_grad_norm: float = 1.0
-    """Gradients are clipped to this global norm."""
+    max_grad_norm: float | None = 1.0
+    """Gradients are clipped to this global norm; 0 or None: no clipping (the REBEL reference
+    does not clip)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about a third more time."""
     bf16: bool | None = None
@@ -105,6 +111,7 @@ class SFTConfig:
                      "max_length", "block_size", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', ' ')} must be at least 1")
+        check_optimizer_settings(self)
 
 
 @dataclass(frozen=True)
@@ -421,7 +428,7 @@ def train_sft(config: SFTConfig, *, progress: bool = True) -> SFTSummary:
     from training.accel import configure_deepspeed, make_accelerator
     from training.metrics import MetricsLog
     from training.models import ModelNotFoundError, load_tokenizer, resolve_model
-    from training.optim import lr_scheduler
+    from training.optim import adamw, clip_gradients, lr_scheduler
     from training.plan import global_batches, micro_batches, steps_per_epoch
 
     output = Path(config.output)
@@ -458,8 +465,9 @@ def train_sft(config: SFTConfig, *, progress: bool = True) -> SFTSummary:
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
-                                  weight_decay=config.weight_decay)
+    optimizer = adamw(model.parameters(), lr=config.learning_rate,
+                      weight_decay=config.weight_decay, betas=config.adam_betas,
+                      eps=config.adam_eps)
     scheduler = lr_scheduler(config.lr_schedule, optimizer, warmup_ratio=config.warmup_ratio,
                              total_steps=total_steps)
     configure_deepspeed(accelerator, micro_batch_size=config.per_device_batch_size,
@@ -511,7 +519,7 @@ def train_sft(config: SFTConfig, *, progress: bool = True) -> SFTSummary:
             window += torch.stack([loss_sum.detach().float().cpu(), tokens.float().cpu()])
 
         # 3b. Clip, update, advance the schedule.
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        grad_norm = clip_gradients(accelerator, model.parameters(), config.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()

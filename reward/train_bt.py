@@ -23,7 +23,7 @@ from pathlib import Path
 
 from data.preferences import PreferenceLoad, PreferenceSourceError
 from reward.data import EncodedPair, PreferenceBatch, collate, encode_pairs, sequence_rewards
-from training.optim import SCHEDULES
+from training.optim import SCHEDULES, check_optimizer_settings
 from training.plan import StepPlan, global_batches, micro_batches, split_held_out, spread
 
 TIES = ("exclude", "include")
@@ -68,12 +68,18 @@ class RewardTrainConfig:
     """Optimizer steps to run; overrides ``epochs``."""
     learning_rate: float = 1e-5
     weight_decay: float = 0.0
+    """AdamW weight decay (the REBEL reference: 1e-6)."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW (β1, β2) (the REBEL reference: (0.9, 0.95))."""
+    adam_eps: float = 1e-8
+    """AdamW ε (the REBEL reference: 1e-8)."""
     warmup_ratio: float = 0.03
     """Share of steps with a linear learning-rate warm-up from 0."""
     lr_schedule: str = "cosine"
     """After warm-up: ``cosine`` or ``linear`` decay to 0, or ``constant``."""
-    max_grad_norm: float = 1.0
-    """Gradients are clipped to this global norm."""
+    max_grad_norm: float | None = 1.0
+    """Gradients are clipped to this global norm; 0 or None: no clipping (the REBEL reference
+    does not clip)."""
     center_rewards_coefficient: float = 0.0
     """Weight of mean((r_chosen + r_rejected)²), which keeps rewards centred on 0 (0 = off;
     0.01 is the usual value)."""
@@ -111,6 +117,7 @@ class RewardTrainConfig:
                 raise ValueError(f"{name.replace('_', ' ')} must be at least 1")
         if self.lora_r < 0:
             raise ValueError("lora r must be 0 (full fine-tuning) or more")
+        check_optimizer_settings(self)
 
 
 @dataclass
@@ -277,7 +284,7 @@ def train_reward_model(
     from training.checkpoints import resume_checkpoint, save_checkpoint
     from training.metrics import MetricsLog
     from training.models import LoraSettings, resolve_model, save_trained_model
-    from training.optim import adamw, lr_scheduler
+    from training.optim import adamw, clip_gradients, lr_scheduler
 
     output = Path(config.output)
     # 1. Data: read (bad input fails here, before anything heavy starts), drop ties and
@@ -310,8 +317,9 @@ def train_reward_model(
     lora = LoraSettings.from_rank(config.lora_r, config.lora_alpha, config.lora_dropout)
     model = load_reward_model(model_path, tokenizer, lora=lora,
                               gradient_checkpointing=config.gradient_checkpointing)
-    optimizer = adamw([p for p in model.parameters() if p.requires_grad],
-                      lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate,
+                      weight_decay=config.weight_decay, betas=config.adam_betas,
+                      eps=config.adam_eps)
     scheduler = lr_scheduler(config.lr_schedule, optimizer, warmup_ratio=config.warmup_ratio,
                              total_steps=plan.total_steps)
     configure_deepspeed(accelerator, micro_batch_size=config.per_device_batch_size,
@@ -365,7 +373,7 @@ def train_reward_model(
             step_stats += batch_stats(per_pair, r_chosen, r_rejected, batch)
 
         # 4b. Clip, update, advance the schedule.
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        grad_norm = clip_gradients(accelerator, model.parameters(), config.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()

@@ -35,10 +35,10 @@ def make_accelerator(*, gradient_accumulation_steps: int, bf16: bool | None = No
 
 
 def configure_deepspeed(accelerator, *, micro_batch_size: int, gradient_accumulation_steps: int,
-                        max_grad_norm: float) -> None:
+                        max_grad_norm: float | None) -> None:
     """Writes the batch numbers into the DeepSpeed config, which cannot infer them because
     recipes batch their own data instead of handing accelerate a DataLoader. DeepSpeed clips
-    gradients itself inside its step, so the clipping norm goes here too."""
+    gradients itself inside its step, so the clipping norm goes here too (0: no clipping)."""
     plugin = accelerator.state.deepspeed_plugin
     if plugin is None:
         return
@@ -47,4 +47,4 @@ def configure_deepspeed(accelerator, *, micro_batch_size: int, gradient_accumula
     config["gradient_accumulation_steps"] = gradient_accumulation_steps
     config["train_batch_size"] = (
         micro_batch_size * gradient_accumulation_steps * accelerator.num_processes)
-    config["gradient_clipping"] = max_grad_norm
+    config["gradient_clipping"] = max_grad_norm or 0.0

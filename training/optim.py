@@ -1,4 +1,10 @@
-"""Optimizer and learning-rate schedule shared by the training recipes."""
+"""Optimizer, learning-rate schedule and gradient clipping shared by the training recipes.
+
+Every recipe's optimizer is AdamW with its betas, ε and weight decay exposed. The REBEL
+reference scripts use betas (0.9, 0.95), ε 1e-8 and weight decay 1e-6 and never clip
+gradients; RankLoop's defaults are torch's betas (0.9, 0.999) with no weight decay and a
+clipping norm of 1.0, and each can be set to the reference's values.
+"""
 
 from __future__ import annotations
 
@@ -31,3 +37,21 @@ def lr_scheduler(name: str, optimizer, *, warmup_ratio: float, total_steps: int)
     kind = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[name]
     return get_scheduler(kind, optimizer, num_warmup_steps=math.ceil(warmup_ratio * total_steps),
                          num_training_steps=total_steps)
+
+
+def clip_gradients(accelerator, parameters, max_grad_norm: float | None):
+    """Clips the global gradient norm to ``max_grad_norm`` (None or 0: no clipping) and returns
+    the norm before clipping. Under DeepSpeed, which clips inside its own step
+    (``training.accel.configure_deepspeed``), this only reads the norm back."""
+    return accelerator.clip_grad_norm_(parameters, max_grad_norm or math.inf)
+
+
+def check_optimizer_settings(config) -> None:
+    """Refuses optimizer settings of a recipe config that AdamW would take silently."""
+    betas = tuple(config.adam_betas)
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise ValueError(f"adam betas must be two numbers in [0, 1), got {config.adam_betas}")
+    if config.weight_decay < 0:
+        raise ValueError("weight decay must be 0 or more")
+    if config.max_grad_norm is not None and config.max_grad_norm < 0:
+        raise ValueError("max grad norm must be 0 (no clipping) or more")

@@ -316,3 +316,68 @@ def test_data_accepts_the_apps_database_and_trains_on_its_rankings(tiny_model_di
                  str(tmp_path / "o"), "--eval-fraction", "0.25", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "3 training pairs, 1 held out" in out  # one best/worst pair per ranked prompt
+
+
+def test_the_reference_optimizer_settings_give_the_reference_update(tiny_model_dir, tmp_path):
+    """With the REBEL reference's AdamW (betas (0.9, 0.95), weight decay 1e-6) and no
+    clipping, three recipe steps equal three hand-written steps of the reference's arithmetic:
+    mean of (log-ratio gap − η·reward gap)² over the batch, torch AdamW, no clipping."""
+    from safetensors.torch import load_file
+
+    from data.policy_pairs import pairs_from_file
+    from policy.logprobs import sequence_logprobs
+    from policy.losses import rebel_loss
+    from policy.rebel import collate, prepare_pairs, train_rebel
+    from training.models import load_policy, load_tokenizer
+    from training.plan import global_batches, micro_batches
+
+    pairs = pairs_from_file(scored_pairs_file(tmp_path / "pairs.jsonl", 4))
+    settings = dict(learning_rate=1e-3, epochs=3, per_device_batch_size=4, eval_fraction=0.0,
+                    eta=2.0, adam_betas=(0.9, 0.95), weight_decay=1e-6, max_grad_norm=0.0)
+    config = rebel_config(tmp_path / "ref", tiny_model_dir, **settings)
+    train_rebel(config, pairs=pairs, progress=False)
+    saved = load_file(str(tmp_path / "ref" / "model.safetensors"))
+    tokenizer = load_tokenizer(tiny_model_dir, padding_side="right")
+    train, _, _ = prepare_pairs(config, tokenizer, pairs)
+    lengths = [p.length for p in train]
+
+    def by_hand(betas):
+        model = load_policy(tiny_model_dir)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=betas, eps=1e-8,
+                                      weight_decay=1e-6)
+        with torch.no_grad():
+            ref = sequence_logprobs(model, collate(train, torch.zeros(4, 2),
+                                                   tokenizer.pad_token_id).tokens)
+        norms = []
+        for epoch in range(3):
+            # The recipe's row order (length-sorted): a gradient summed in another order
+            # differs in its last bits, which Adam magnifies where a gradient is near 0.
+            [step] = global_batches(lengths, 4, config.seed, epoch, 1)
+            rows = micro_batches(step, lengths, 1)[0]
+            batch = collate([train[i] for i in rows], torch.zeros(4, 2), tokenizer.pad_token_id)
+            logp_chosen, logp_rejected = batch.split(sequence_logprobs(model, batch.tokens))
+            loss = rebel_loss(logp_chosen, logp_rejected, ref[:4][rows], ref[4:][rows],
+                              batch.reward_chosen, batch.reward_rejected, eta=2.0).mean()
+            loss.backward()
+            norms.append(float(torch.nn.utils.get_total_norm(
+                [p.grad for p in model.parameters() if p.grad is not None])))
+            optimizer.step()
+            optimizer.zero_grad()
+        return model.state_dict(), norms
+
+    def largest_difference(state):
+        return max((saved[k] - state[k]).abs().max().item() for k in saved)
+
+    reference, norms = by_hand((0.9, 0.95))
+    assert largest_difference(reference) < 1e-6
+    assert largest_difference(by_hand((0.9, 0.999))[0]) > 1e-5  # the betas reach the optimizer
+    logged = [m["train/grad_norm"] for m in read_metrics(tmp_path / "ref" / "metrics.jsonl")
+              if "train/grad_norm" in m]
+    assert logged == pytest.approx(norms, rel=1e-4)
+
+    # Clipping below that norm changes the update: the clipping knob reaches the step too.
+    train_rebel(rebel_config(tmp_path / "clipped", tiny_model_dir,
+                             **{**settings, "max_grad_norm": norms[0] / 100}),
+                pairs=pairs, progress=False)
+    clipped = load_file(str(tmp_path / "clipped" / "model.safetensors"))
+    assert largest_difference(clipped) > 1e-5

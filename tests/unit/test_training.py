@@ -183,3 +183,19 @@ def test_check_tokenizer_matches_names_both_sizes(tiny_model_dir, tmp_path):
                                  num_key_value_heads=1)).save_pretrained(tmp_path / "small")
     with pytest.raises(ValueError, match="vocabulary has 100: they do not belong together"):
         models.check_tokenizer_matches(str(tmp_path / "small"), tokenizer)
+
+
+def test_recipe_configs_refuse_impossible_optimizer_settings(tmp_path):
+    from policy.ppo import PPOConfig
+    from policy.rebel import RebelConfig
+    from policy.sft import SFTConfig
+    from reward.train_bt import RewardTrainConfig
+
+    for make in (RebelConfig, RewardTrainConfig, SFTConfig, PPOConfig):
+        with pytest.raises(ValueError, match="adam betas must be two numbers in"):
+            make(output=str(tmp_path), adam_betas=(0.9, 1.0))
+        with pytest.raises(ValueError, match="weight decay must be 0 or more"):
+            make(output=str(tmp_path), weight_decay=-1.0)
+        with pytest.raises(ValueError, match="max grad norm must be 0"):
+            make(output=str(tmp_path), max_grad_norm=-1.0)
+        assert make(output=str(tmp_path), max_grad_norm=None).max_grad_norm is None
