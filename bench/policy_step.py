@@ -11,7 +11,7 @@ Each comparison runs in the same invocation, on the same model and the same data
 REBEL part:
 
 - RankLoop: chosen and rejected in one forward pass, right-padded to the longest sequence of
-  the micro-batch (``policy.rebel.collate``).
+  the micro-batch (``policy.pairs.collate``).
 - Reference: every sequence padded to a fixed 1024 prompt + 2048 response tokens (prompt
   left-padded, response right-padded), chosen and rejected in two separate forward passes.
 
@@ -51,7 +51,7 @@ import torch  # noqa: E402
 
 from policy.logprobs import TokenBatch, sequence_logprobs  # noqa: E402
 from policy.losses import rebel_loss  # noqa: E402
-from policy.rebel import EncodedPolicyPair, collate  # noqa: E402
+from policy.pairs import EncodedPolicyPair, collate  # noqa: E402
 
 WORDS = ("the of and to in is that for it as with was on be by this are or from at an have "
          "not which but all were when we there can more if out so what about up into than "

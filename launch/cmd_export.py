@@ -6,7 +6,12 @@ import argparse
 from pathlib import Path
 
 from launch.common import UserError, add_db, db_path, positive_int, subcommand_group
-from launch.training_options import add_optimizer_options, optimizer_settings
+from launch.training_options import (
+    add_optimizer_options,
+    add_tracking_options,
+    optimizer_settings,
+    tracking_settings,
+)
 
 HUB_PREFIX = "hub:"
 
@@ -115,6 +120,7 @@ def register(commands) -> None:
     optim.add_argument("--eval-every", type=positive_int, default=None,
                        help="steps (default: before training and once per epoch)")
     optim.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_tracking_options(optim)
     sft.set_defaults(handler=_train_sft)
 
 
@@ -169,6 +175,7 @@ def _train_sft(args: argparse.Namespace) -> int:
         warmup_ratio=args.warmup_ratio, lr_schedule=args.lr_schedule,
         gradient_checkpointing=args.gradient_checkpointing, bf16=args.bf16, seed=args.seed,
         log_every=args.log_every, eval_every=args.eval_every, **optimizer_settings(args),
+        **tracking_settings(args),
     )
     summary = train_sft(config, progress=not args.no_progress)
     if summary.main_process:

@@ -1,4 +1,4 @@
-"""`rankloop train rebel`, `rankloop train ppo` and `rankloop loop`."""
+"""`rankloop train rebel`, `rankloop train dpo`, `rankloop train ppo` and `rankloop loop`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,12 @@ import argparse
 from pathlib import Path
 
 from launch.common import UserError, add_db, db_path, positive_int, subcommand_group
-from launch.training_options import add_optimizer_options, optimizer_settings
+from launch.training_options import (
+    add_optimizer_options,
+    add_tracking_options,
+    optimizer_settings,
+    tracking_settings,
+)
 
 
 def register(commands) -> None:
@@ -20,26 +25,7 @@ def register(commands) -> None:
                     "the human rankings. Runs under `accelerate launch` too; rerunning the same "
                     "command resumes from the last checkpoint in --output.",
     )
-    _add_db(rebel)
-    source = rebel.add_argument_group("data")
-    source.add_argument("--data", default=None, metavar="SOURCE",
-                        help="TRL-format preferences: .jsonl/.json/.parquet/.csv file, save_to_disk "
-                             "folder or Hub id; or the app's database file (default: --db)")
-    source.add_argument("--split", default="train", help="dataset split (default: train)")
-    source.add_argument("--scorer", default=None, metavar="KIND:DIR",
-                        help="database only: rewards from this reward model's stored scores "
-                             "(default: human rankings, mapped best=1 .. worst=0)")
-    source.add_argument("--run", type=positive_int, default=None, metavar="ID",
-                        help="database only: candidates of this generation run")
-    source.add_argument("--pairs", choices=("best_worst", "all"), default="best_worst",
-                        help="per prompt: best vs worst (default) or every pair")
-    source.add_argument("--limit", type=positive_int, default=None, help="read at most N pairs")
-    source.add_argument("--max-prompt-tokens", type=positive_int, default=1024,
-                        help="drop pairs with a longer prompt (default: 1024)")
-    source.add_argument("--max-response-tokens", type=positive_int, default=2048,
-                        help="drop pairs with a longer response (default: 2048)")
-    source.add_argument("--eval-fraction", type=float, default=0.1,
-                        help="share of prompts held out (default: 0.1)")
+    _add_pair_source(rebel)
     _add_model_options(rebel, default_lr=3e-7)
     algo = rebel.add_argument_group("REBEL")
     algo.add_argument("--eta", type=float, default=1.0,
@@ -47,6 +33,26 @@ def register(commands) -> None:
     algo.add_argument("--temperature", type=float, default=1.0,
                       help="temperature the responses were sampled at (default: 1.0)")
     rebel.set_defaults(handler=_train_rebel)
+
+    dpo = train.add_parser(
+        "dpo", help="train a policy with DPO or IPO on preference pairs",
+        description="Train a policy with DPO (--loss sigmoid) or IPO (--loss ipo): raise the "
+                    "chosen response's log-ratio to the reference model above the rejected "
+                    "one's, with beta setting how far from the reference. Pairs are built as "
+                    "for `train rebel`: a TRL-format file (--data) or the app's database "
+                    "(--db), ordered by a reward model's stored scores (--scorer) or the human "
+                    "rankings. The reference is --model; its log-probs are computed once. Runs "
+                    "under `accelerate launch` too; rerunning the same command resumes from "
+                    "the last checkpoint in --output.",
+    )
+    _add_pair_source(dpo)
+    _add_model_options(dpo, default_lr=1e-6)
+    algo = dpo.add_argument_group("DPO")
+    algo.add_argument("--loss", choices=("sigmoid", "ipo"), default="sigmoid",
+                      help="sigmoid (DPO) or ipo (default: sigmoid)")
+    algo.add_argument("--beta", type=float, default=0.1,
+                      help="strength of the pull toward the reference model (default: 0.1)")
+    dpo.set_defaults(handler=_train_dpo)
 
     ppo = train.add_parser(
         "ppo", help="train a policy with PPO against a reward model",
@@ -96,6 +102,7 @@ def register(commands) -> None:
     ppo.add_argument("--no-resume", action="store_true",
                      help="start over even if --output has a checkpoint")
     ppo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_tracking_options(ppo)
     ppo.set_defaults(handler=_train_ppo)
 
     loop = commands.add_parser(
@@ -169,6 +176,29 @@ def _add_db(parser: argparse.ArgumentParser) -> None:
             action.default = argparse.SUPPRESS
 
 
+def _add_pair_source(parser) -> None:
+    _add_db(parser)
+    source = parser.add_argument_group("data")
+    source.add_argument("--data", default=None, metavar="SOURCE",
+                        help="TRL-format preferences: .jsonl/.json/.parquet/.csv file, save_to_disk "
+                             "folder or Hub id; or the app's database file (default: --db)")
+    source.add_argument("--split", default="train", help="dataset split (default: train)")
+    source.add_argument("--scorer", default=None, metavar="KIND:DIR",
+                        help="database only: rewards from this reward model's stored scores "
+                             "(default: human rankings, mapped best=1 .. worst=0)")
+    source.add_argument("--run", type=positive_int, default=None, metavar="ID",
+                        help="database only: candidates of this generation run")
+    source.add_argument("--pairs", choices=("best_worst", "all"), default="best_worst",
+                        help="per prompt: best vs worst (default) or every pair")
+    source.add_argument("--limit", type=positive_int, default=None, help="read at most N pairs")
+    source.add_argument("--max-prompt-tokens", type=positive_int, default=1024,
+                        help="drop pairs with a longer prompt (default: 1024)")
+    source.add_argument("--max-response-tokens", type=positive_int, default=2048,
+                        help="drop pairs with a longer response (default: 2048)")
+    source.add_argument("--eval-fraction", type=float, default=0.1,
+                        help="share of prompts held out (default: 0.1)")
+
+
 def _add_model_options(parser, *, default_lr: float) -> None:
     model = parser.add_argument_group("model")
     model.add_argument("--model", default="default",
@@ -206,6 +236,7 @@ def _add_model_options(parser, *, default_lr: float) -> None:
     run.add_argument("--no-resume", action="store_true",
                      help="start over even if --output holds a checkpoint")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_tracking_options(run)
 
 
 def _existing_db(args: argparse.Namespace) -> str:
@@ -230,8 +261,32 @@ def _train_rebel(args: argparse.Namespace) -> int:
         lora_alpha=args.lora_alpha, gradient_checkpointing=args.gradient_checkpointing,
         bf16=args.bf16, seed=args.seed, log_every=args.log_every, eval_every=args.eval_every,
         save_every=args.save_every, resume=not args.no_resume, **optimizer_settings(args),
+        **tracking_settings(args),
     )
     summary = train_rebel(config, progress=not args.no_progress)
+    if summary.main_process:
+        print(summary.line())
+    return 0
+
+
+def _train_dpo(args: argparse.Namespace) -> int:
+    from policy.dpo import DPOConfig, train_dpo
+
+    db = None if args.data else _existing_db(args)
+    config = DPOConfig(
+        output=args.output, model=args.model, data=args.data, db=db, scorer=args.scorer,
+        run_id=args.run, pair_mode=args.pairs, split=args.split, limit=args.limit,
+        max_prompt_tokens=args.max_prompt_tokens, max_response_tokens=args.max_response_tokens,
+        eval_fraction=args.eval_fraction, loss_type=args.loss, beta=args.beta,
+        per_device_batch_size=args.batch_size, gradient_accumulation_steps=args.grad_accum,
+        epochs=args.epochs, max_steps=args.max_steps, learning_rate=args.learning_rate,
+        warmup_ratio=args.warmup_ratio, lr_schedule=args.lr_schedule, lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha, gradient_checkpointing=args.gradient_checkpointing,
+        bf16=args.bf16, seed=args.seed, log_every=args.log_every, eval_every=args.eval_every,
+        save_every=args.save_every, resume=not args.no_resume, **optimizer_settings(args),
+        **tracking_settings(args),
+    )
+    summary = train_dpo(config, progress=not args.no_progress)
     if summary.main_process:
         print(summary.line())
     return 0
@@ -248,7 +303,7 @@ def _train_ppo(args: argparse.Namespace) -> int:
         kl_coef=args.kl_coef, target_kl=args.target_kl,
         missing_eos_penalty=args.missing_eos_penalty, learning_rate=args.learning_rate,
         bf16=args.bf16, seed=args.seed, log_every=args.log_every, save_every=args.save_every,
-        resume=not args.no_resume, **optimizer_settings(args),
+        resume=not args.no_resume, **optimizer_settings(args), **tracking_settings(args),
     )
     reward = scorer_reward(args.scorer) if args.scorer else function_reward(args.reward_fn)
     summary = train_ppo(config, reward_fn=reward, progress=not args.no_progress)

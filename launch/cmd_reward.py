@@ -8,7 +8,12 @@ from pathlib import Path
 
 from data import store
 from launch.common import UserError, add_db, db_path, positive_int, subcommand_group
-from launch.training_options import add_optimizer_options, optimizer_settings
+from launch.training_options import (
+    add_optimizer_options,
+    add_tracking_options,
+    optimizer_settings,
+    tracking_settings,
+)
 
 
 def register(commands) -> None:
@@ -79,6 +84,7 @@ def register(commands) -> None:
     run.add_argument("--no-resume", action="store_true",
                      help="start over even if --output holds a checkpoint")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_tracking_options(run)
     train.set_defaults(handler=_train_reward)
 
     score = commands.add_parser(
@@ -161,7 +167,7 @@ def _train_reward(args: argparse.Namespace) -> int:
         gradient_checkpointing=args.gradient_checkpointing, bf16=args.bf16, seed=args.seed,
         log_every=args.log_every, eval_every=args.eval_every, save_every=args.save_every,
         keep_checkpoints=args.keep_checkpoints, resume=not args.no_resume,
-        **optimizer_settings(args),
+        **optimizer_settings(args), **tracking_settings(args),
     )
     summary = train_reward_model(config, progress=not args.no_progress)
     if summary.main_process:

@@ -26,3 +26,15 @@ def add_optimizer_options(group, *, adam_eps: float = 1e-8) -> None:
 def optimizer_settings(args: argparse.Namespace) -> dict:
     return dict(weight_decay=args.weight_decay, adam_betas=tuple(args.adam_betas),
                 adam_eps=args.adam_eps, max_grad_norm=args.max_grad_norm)
+
+
+def add_tracking_options(group) -> None:
+    group.add_argument("--report-to", nargs="+", choices=("none", *TRACKERS), default=["none"],
+                       metavar="TRACKER",
+                       help="also send the metrics to tensorboard (DIR/tensorboard) and/or wandb "
+                            "(WANDB_PROJECT, WANDB_MODE=offline work as usual); metrics.jsonl "
+                            "is always written (default: none)")
+
+
+def tracking_settings(args: argparse.Namespace) -> dict:
+    return dict(report_to=tuple(n for n in args.report_to if n != "none"))

@@ -229,7 +229,7 @@ def _kl_new_old(new_model: str, old_model: str, prompt_texts: list[str], respons
     import torch
 
     from policy.logprobs import pack, sequence_logprobs
-    from policy.rebel import response_token_ids
+    from policy.pairs import response_token_ids
     from training.models import load_policy, load_tokenizer
 
     tokenizer = load_tokenizer(new_model)

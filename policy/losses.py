@@ -1,4 +1,5 @@
-"""Policy-optimization losses as pure functions over tensors (REBEL, PPO, KL estimators).
+"""Policy-optimization losses as pure functions over tensors (REBEL, DPO, IPO, PPO, KL
+estimators).
 
 Shapes: B = sequences (or pairs), T = response tokens. ``mask`` is 1.0 on real response
 tokens and 0.0 on padding; every mean over tokens is a masked mean.
@@ -62,6 +63,43 @@ def rebel_loss(logp_chosen: torch.Tensor, logp_rejected: torch.Tensor,
     """
     log_ratio_gap = (logp_chosen - ref_logp_chosen) - (logp_rejected - ref_logp_rejected)
     return (log_ratio_gap - eta * (reward_chosen - reward_rejected)) ** 2
+
+
+# --- DPO ----------------------------------------------------------------------------------------
+
+DPO_LOSSES = ("sigmoid", "ipo")
+
+
+def dpo_loss(logp_chosen: torch.Tensor, logp_rejected: torch.Tensor,
+             ref_logp_chosen: torch.Tensor, ref_logp_rejected: torch.Tensor, *, beta: float,
+             loss_type: str = "sigmoid", chosen_lengths: torch.Tensor | None = None,
+             rejected_lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-pair DPO-family loss ``[B]`` (take the mean over the batch). All inputs ``[B]``:
+    summed response log-probs under the policy being trained and under the frozen reference.
+
+    With h = (log π_θ(y|x) − log π_ref(y|x)) − (log π_θ(y'|x) − log π_ref(y'|x)):
+
+    - ``sigmoid`` (DPO, Rafailov et al. 2023): −log σ(β·h).
+    - ``ipo`` (Azar et al. 2023): (h̄ − 1/(2β))², where h̄ uses each response's log-ratio
+      divided by its number of tokens (``chosen_lengths``/``rejected_lengths``), as TRL does
+      and as the IPO authors' results were computed.
+    """
+    ratio_chosen = logp_chosen - ref_logp_chosen
+    ratio_rejected = logp_rejected - ref_logp_rejected
+    if loss_type == "sigmoid":
+        return -torch.nn.functional.logsigmoid(beta * (ratio_chosen - ratio_rejected))
+    if loss_type == "ipo":
+        if chosen_lengths is None or rejected_lengths is None:
+            raise ValueError("the IPO loss needs the response lengths")
+        gap = (ratio_chosen / chosen_lengths.clamp(min=1)
+               - ratio_rejected / rejected_lengths.clamp(min=1))
+        return (gap - 1 / (2 * beta)) ** 2
+    raise ValueError(f"loss type must be one of {', '.join(DPO_LOSSES)}, not {loss_type!r}")
+
+
+def dpo_implicit_rewards(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch.Tensor:
+    """β·(log π_θ(y|x) − log π_ref(y|x)) ``[B]``: the reward DPO's policy implicitly assigns."""
+    return beta * (logp - ref_logp)
 
 
 # --- KL estimators --------------------------------------------------------------------------------

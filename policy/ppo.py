@@ -33,6 +33,8 @@ from pathlib import Path
 import torch
 
 from policy.logprobs import TokenBatch, forward, pack, response_window, shifted_logprobs
+from training.metrics import check_report_to
+from training.optim import check_optimizer_settings
 
 RewardFn = Callable[[Sequence[list[dict]], Sequence[str]], list[float]]
 """(prompt conversations, response texts) → one reward per response."""
@@ -100,6 +102,9 @@ class PPOConfig:
     """Gradients are clipped to this global norm; 0 or None: no clipping."""
     bf16: bool | None = None
     """bf16 mixed precision; None follows the accelerate config, else on when a GPU exists."""
+    report_to: tuple[str, ...] = ()
+    """Trackers that receive the metrics too: ``tensorboard`` and/or ``wandb``
+    (``metrics.jsonl`` is always written)."""
     seed: int = 0
     log_every: int = 1
     save_every: int = 50
@@ -120,9 +125,8 @@ class PPOConfig:
             raise ValueError("temperature must be above 0")
         if self.backend not in ("transformers", "vllm"):
             raise ValueError(f"backend must be transformers or vllm, not {self.backend!r}")
-        from training.optim import check_optimizer_settings
-
         check_optimizer_settings(self)
+        self.report_to = check_report_to(self.report_to)
 
 
 @dataclass(frozen=True)
@@ -332,7 +336,7 @@ def train_ppo(config: PPOConfig, *, reward_fn: RewardFn,
         masked_whiten,
         ppo_clip_loss,
     )
-    from policy.rebel import response_token_ids
+    from policy.pairs import response_token_ids
     from policy.sampling import SamplingConfig, TransformersSampler, make_sampler
     from training.accel import configure_deepspeed, make_accelerator, mixed_precision
     from training.checkpoints import resume_checkpoint, save_checkpoint
@@ -358,7 +362,8 @@ def train_ppo(config: PPOConfig, *, reward_fn: RewardFn,
     reference.eval().requires_grad_(False)
 
     # 2. Processes, the batch plan, the policy with its value head (partitioned under ZeRO-3).
-    accelerator = make_accelerator(gradient_accumulation_steps=1, bf16=config.bf16)
+    accelerator = make_accelerator(gradient_accumulation_steps=1, bf16=config.bf16,
+                                   report_to=config.report_to, output=output)
     rank, world, say = accelerator.process_index, accelerator.num_processes, accelerator.print
     plan = PPOPlan(world, config.rollout_batch_size, config.minibatch_size)
     plan.check()
@@ -389,7 +394,8 @@ def train_ppo(config: PPOConfig, *, reward_fn: RewardFn,
     if state:
         kl_ctl.value = state["kl_coef"]
     log = MetricsLog(output / "metrics.jsonl", enabled=accelerator.is_main_process,
-                     keep_up_to_step=resumed_from)
+                     keep_up_to_step=resumed_from, accelerator=accelerator,
+                     settings=asdict(config))
 
     # 4. The sampler: transformers on the policy's own weights, or an engine kept in sync.
     own_sampler = sampler is None

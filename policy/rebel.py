@@ -30,16 +30,10 @@ from pathlib import Path
 
 import torch
 
-from data.policy_pairs import (
-    MODES,
-    PairSet,
-    PolicyPair,
-    filter_by_length,
-    require_pairs,
-    split_held_out,
-)
-from data.preferences import PreferenceSourceError
-from policy.logprobs import TokenBatch, pack, sequence_logprobs
+from data.policy_pairs import MODES, PairSet, require_pairs
+from policy.logprobs import sequence_logprobs
+from policy.pairs import PairBatch, collate, prepare_pairs, read_pairs, reference_logprobs
+from training.metrics import check_report_to
 from training.optim import SCHEDULES, check_optimizer_settings
 from training.plan import StepPlan, spread
 
@@ -108,6 +102,9 @@ class RebelConfig:
     """Recompute activations in the backward pass: less memory, about a third more time."""
     bf16: bool | None = None
     """bf16 mixed precision; None follows the accelerate config, else on when a GPU exists."""
+    report_to: tuple[str, ...] = ()
+    """Trackers that receive the metrics too: ``tensorboard`` and/or ``wandb``
+    (``metrics.jsonl`` is always written)."""
     seed: int = 0
     log_every: int = 10
     eval_every: int | None = None
@@ -128,6 +125,7 @@ class RebelConfig:
         if self.temperature <= 0:
             raise ValueError("temperature must be above 0 (log-probs of greedy samples are 0)")
         check_optimizer_settings(self)
+        self.report_to = check_report_to(self.report_to)
         for name in ("per_device_batch_size", "gradient_accumulation_steps", "epochs",
                      "max_prompt_tokens", "max_response_tokens", "log_every", "save_every",
                      "keep_checkpoints"):
@@ -136,190 +134,15 @@ class RebelConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Data
+# Statistics and evaluation
 # ---------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class EncodedPolicyPair:
-    prompt_ids: list[int]
-    chosen_ids: list[int]
-    """Response tokens, ending with EOS."""
-    rejected_ids: list[int]
-    reward_chosen: float
-    reward_rejected: float
-    group: str
-
-    @property
-    def length(self) -> int:
-        """Padded width of this pair in a batch."""
-        return len(self.prompt_ids) + max(len(self.chosen_ids), len(self.rejected_ids))
-
-
-@dataclass
-class RebelBatch:
-    """B pairs as one forward pass.
-
-    tokens: ``[2B, T]``, rows 0..B−1 prompt+chosen and B..2B−1 prompt+rejected (pair i in rows
-    i and B+i). ref_logp_chosen, ref_logp_rejected, reward_chosen, reward_rejected: ``[B]``.
-    """
-
-    tokens: TokenBatch
-    ref_logp_chosen: torch.Tensor
-    ref_logp_rejected: torch.Tensor
-    reward_chosen: torch.Tensor
-    reward_rejected: torch.Tensor
-
-    @property
-    def num_pairs(self) -> int:
-        return self.reward_chosen.shape[0]
-
-    def split(self, per_sequence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return per_sequence[: self.num_pairs], per_sequence[self.num_pairs:]
-
-    def to(self, device) -> RebelBatch:
-        return RebelBatch(self.tokens.to(device), self.ref_logp_chosen.to(device),
-                          self.ref_logp_rejected.to(device), self.reward_chosen.to(device),
-                          self.reward_rejected.to(device))
-
-
-def prompt_token_ids(tokenizer, prompts: list) -> list[list[int]]:
-    """Chat prompts through the chat template (generation prompt added, as sampled); raw-text
-    prompts as they are, with the tokenizer's special tokens."""
-    from data.chat import format_chat
-
-    out = []
-    for prompt in prompts:
-        if isinstance(prompt, str):
-            out.append(tokenizer(prompt)["input_ids"])
-        else:
-            out.append(tokenizer(format_chat(tokenizer, prompt), add_special_tokens=False)
-                       ["input_ids"])
-    return out
-
-
-def response_token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Each response's tokens followed by EOS, as the sampler produced them."""
-    if tokenizer.eos_token_id is None:
-        raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no EOS token")
-    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
-    return [list(seq) + [tokenizer.eos_token_id] for seq in ids]
-
-
-def encode_policy_pairs(tokenizer, pairs: list[PolicyPair], *, max_prompt_tokens: int,
-                        max_response_tokens: int) -> tuple[list[EncodedPolicyPair], dict[str, int]]:
-    """Tokenized pairs within the length limits, and drop counts by reason."""
-    prompts = prompt_token_ids(tokenizer, [p.prompt for p in pairs])
-    chosen = response_token_ids(tokenizer, [p.chosen for p in pairs])
-    rejected = response_token_ids(tokenizer, [p.rejected for p in pairs])
-    kept, dropped = filter_by_length(pairs, [len(x) for x in prompts], [len(x) for x in chosen],
-                                     [len(x) for x in rejected],
-                                     max_prompt_tokens=max_prompt_tokens,
-                                     max_response_tokens=max_response_tokens)
-    encoded = [EncodedPolicyPair(prompts[i], chosen[i], rejected[i], pairs[i].reward_chosen,
-                                 pairs[i].reward_rejected, pairs[i].prompt_key()) for i in kept]
-    return encoded, dropped
-
-
-def collate(pairs: list[EncodedPolicyPair], ref_logps: torch.Tensor, pad_token_id: int,
-            *, side: str = "right", width: int | None = None) -> RebelBatch:
-    """ref_logps: ``[len(pairs), 2]`` (chosen, rejected) for these pairs."""
-    tokens = pack([p.prompt_ids for p in pairs] * 2,
-                  [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs],
-                  pad_token_id, side=side, width=width)
-    return RebelBatch(tokens, ref_logps[:, 0].float(), ref_logps[:, 1].float(),
-                      torch.tensor([p.reward_chosen for p in pairs], dtype=torch.float32),
-                      torch.tensor([p.reward_rejected for p in pairs], dtype=torch.float32))
-
-
-def is_sqlite_file(source: str) -> bool:
-    """True for an SQLite database (the app's store), recognised by its header."""
-    path = Path(source).expanduser()
-    if not path.is_file():
-        return False
-    with path.open("rb") as f:
-        return f.read(16) == b"SQLite format 3\x00"
-
-
-def read_pairs(config: RebelConfig) -> PairSet:
-    from data.policy_pairs import pairs_from_db, pairs_from_file
-
-    if config.data and not is_sqlite_file(config.data):
-        pairs = pairs_from_file(config.data, split=config.split, limit=config.limit)
-    else:
-        from data import store
-
-        db_file = config.data or config.db
-        if db_file is None or not Path(db_file).is_file():
-            raise PreferenceSourceError(f"database {db_file} does not exist")
-        scorer = config.scorer
-        if scorer is not None:
-            from reward.score import parse_scorer
-
-            scorer = parse_scorer(scorer).name  # scores are stored under the absolute path
-        pairs = pairs_from_db(store.open_store(db_file), scorer=scorer, run_id=config.run_id,
-                              mode=config.pair_mode)
-    require_pairs(pairs)
-    return pairs
-
-
-def prepare_pairs(config: RebelConfig, tokenizer, pairs: PairSet,
-                  eval_pairs: PairSet | None = None
-                  ) -> tuple[list[EncodedPolicyPair], list[EncodedPolicyPair], dict[str, int]]:
-    """(train, held-out, dropped counts by reason). Without ``eval_pairs``, ``eval_fraction``
-    of the prompts are held out."""
-    limits = dict(max_prompt_tokens=config.max_prompt_tokens,
-                  max_response_tokens=config.max_response_tokens)
-    encoded, too_long = encode_policy_pairs(tokenizer, pairs.pairs, **limits)
-    dropped = {**pairs.dropped, **too_long}
-    if eval_pairs is not None:
-        train = encoded
-        held_out, held_too_long = encode_policy_pairs(tokenizer, eval_pairs.pairs, **limits)
-        dropped.update({f"held-out {k}": v for k, v in held_too_long.items()})
-    else:
-        train_idx, held_idx = split_held_out([p.group for p in encoded], config.eval_fraction,
-                                             config.seed)
-        train, held_out = [encoded[i] for i in train_idx], [encoded[i] for i in held_idx]
-    if not train:
-        raise PreferenceSourceError(
-            f"no training pairs left from {pairs.source} (dropped: "
-            f"{', '.join(f'{n} {k}' for k, n in sorted(dropped.items()) if n) or 'none'})")
-    return train, held_out, {k: v for k, v in dropped.items() if v}
-
-
-# ---------------------------------------------------------------------------------------------
-# Reference log-probs, statistics, evaluation
-# ---------------------------------------------------------------------------------------------
-
-def reference_logprobs(model, accelerator, pairs: list[EncodedPolicyPair], *, batch_size: int,
-                       pad_token_id: int, temperature: float) -> torch.Tensor:
-    """``[N, 2]`` summed response log-probs (chosen, rejected) of π_t, computed once: batches
-    are spread over the ranks and the results summed back, so every rank holds all of them."""
-    out = torch.zeros(len(pairs), 2)
-    if not pairs:
-        return out
-    order = sorted(range(len(pairs)), key=lambda i: pairs[i].length, reverse=True)
-    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    dummy = torch.zeros(len(pairs), 2)
-    model.eval()
-    with torch.no_grad():
-        for index, real in spread(len(chunks), accelerator.num_processes,
-                                   accelerator.process_index):
-            chunk = chunks[index]
-            batch = collate([pairs[i] for i in chunk], dummy[chunk], pad_token_id)
-            logp = sequence_logprobs(model, batch.tokens.to(accelerator.device), temperature)
-            if real:
-                chosen, rejected = batch.split(logp.float().cpu())
-                out[chunk] = torch.stack([chosen, rejected], dim=1)
-    model.train()
-    return accelerator.reduce(out.to(accelerator.device), reduction="sum").cpu()
-
 
 # Sums reduced across processes: loss, pairs, sign agreements, KL, chosen and rejected
 # log-ratios, tokens.
 _STATS = 7
 
 
-def batch_stats(per_pair_loss, logp_chosen, logp_rejected, batch: RebelBatch) -> torch.Tensor:
+def batch_stats(per_pair_loss, logp_chosen, logp_rejected, batch: PairBatch) -> torch.Tensor:
     ratio_chosen = (logp_chosen - batch.ref_logp_chosen).detach().float()
     ratio_rejected = (logp_rejected - batch.ref_logp_rejected).detach().float()
     gap = ratio_chosen - ratio_rejected
@@ -454,7 +277,7 @@ def train_rebel(config: RebelConfig, *, pairs: PairSet | None = None,
     check_tokenizer_matches(model_path, tokenizer)
     train, held_out, dropped = prepare_pairs(config, tokenizer, pairs, eval_pairs)
     accelerator = make_accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
-                                   bf16=config.bf16)
+                                   bf16=config.bf16, report_to=config.report_to, output=output)
     rank, world = accelerator.process_index, accelerator.num_processes
     say = accelerator.print
     set_seed(config.seed)
@@ -497,7 +320,8 @@ def train_rebel(config: RebelConfig, *, pairs: PairSet | None = None,
     start_step = state["step"] if state else 0
     resumed_from = state["step"] if state else None
     log = MetricsLog(output / "metrics.jsonl", enabled=accelerator.is_main_process,
-                     keep_up_to_step=resumed_from)
+                     keep_up_to_step=resumed_from, accelerator=accelerator,
+                     settings=asdict(config))
 
     # 5. Train: each step is one global batch cut into world × accumulation micro-batches.
     model.train()

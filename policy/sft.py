@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from training.metrics import check_report_to
 from training.optim import SCHEDULES, check_optimizer_settings
 
 IGNORE = -100
@@ -94,6 +95,9 @@ class SFTConfig:
     """Recompute activations in the backward pass: less memory, about a third more time."""
     bf16: bool | None = None
     """bf16 mixed precision; None follows the accelerate config, else on when a GPU exists."""
+    report_to: tuple[str, ...] = ()
+    """Trackers that receive the metrics too: ``tensorboard`` and/or ``wandb``
+    (``metrics.jsonl`` is always written)."""
     seed: int = 0
     log_every: int = 10
     """Log training metrics every this many steps."""
@@ -112,6 +116,7 @@ class SFTConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', ' ')} must be at least 1")
         check_optimizer_settings(self)
+        self.report_to = check_report_to(self.report_to)
 
 
 @dataclass(frozen=True)
@@ -438,7 +443,7 @@ def train_sft(config: SFTConfig, *, progress: bool = True) -> SFTSummary:
     tokenizer = load_tokenizer(model_path, padding_side="right")
     train, held_out, dropped, source = prepare_examples(config, tokenizer)
     accelerator = make_accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
-                                   bf16=config.bf16)
+                                   bf16=config.bf16, report_to=config.report_to, output=output)
     rank, world = accelerator.process_index, accelerator.num_processes
     say = accelerator.print
     set_seed(config.seed)
@@ -474,7 +479,8 @@ def train_sft(config: SFTConfig, *, progress: bool = True) -> SFTSummary:
                         gradient_accumulation_steps=config.gradient_accumulation_steps,
                         max_grad_norm=config.max_grad_norm)
     model, optimizer = accelerator.prepare(model, optimizer)
-    log = MetricsLog(output / "metrics.jsonl", enabled=accelerator.is_main_process)
+    log = MetricsLog(output / "metrics.jsonl", enabled=accelerator.is_main_process,
+                     accelerator=accelerator, settings=asdict(config))
     pad_id = tokenizer.pad_token_id
 
     def run_eval(step: int) -> dict[str, float]:

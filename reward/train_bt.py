@@ -23,6 +23,7 @@ from pathlib import Path
 
 from data.preferences import PreferenceLoad, PreferenceSourceError
 from reward.data import EncodedPair, PreferenceBatch, collate, encode_pairs, sequence_rewards
+from training.metrics import check_report_to
 from training.optim import SCHEDULES, check_optimizer_settings
 from training.plan import StepPlan, global_batches, micro_batches, split_held_out, spread
 
@@ -92,6 +93,9 @@ class RewardTrainConfig:
     """Recompute activations in the backward pass: less memory, about a third more time."""
     bf16: bool | None = None
     """bf16 mixed precision; None follows the accelerate config, else on when a GPU exists."""
+    report_to: tuple[str, ...] = ()
+    """Trackers that receive the metrics too: ``tensorboard`` and/or ``wandb``
+    (``metrics.jsonl`` is always written)."""
     seed: int = 0
     log_every: int = 10
     """Log training metrics every this many steps."""
@@ -118,6 +122,7 @@ class RewardTrainConfig:
         if self.lora_r < 0:
             raise ValueError("lora r must be 0 (full fine-tuning) or more")
         check_optimizer_settings(self)
+        self.report_to = check_report_to(self.report_to)
 
 
 @dataclass
@@ -298,7 +303,7 @@ def train_reward_model(
     tokenizer = load_reward_tokenizer(model_path)
     train, held_out, dropped = prepare_pairs(config, tokenizer, load, eval_pairs)
     accelerator = make_accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
-                                   bf16=config.bf16)
+                                   bf16=config.bf16, report_to=config.report_to, output=output)
     rank, world = accelerator.process_index, accelerator.num_processes
     say = accelerator.print
     set_seed(config.seed)
@@ -335,7 +340,8 @@ def train_reward_model(
     start_step = state["step"] if state else 0
     resumed_from = state["step"] if state else None
     log = MetricsLog(output / "metrics.jsonl", enabled=accelerator.is_main_process,
-                     keep_up_to_step=resumed_from)
+                     keep_up_to_step=resumed_from, accelerator=accelerator,
+                     settings=asdict(config))
 
     # 4. Train: each step is one global batch, cut into world × accumulation micro-batches.
     model.train()

@@ -20,18 +20,25 @@ def mixed_precision(bf16: bool | None) -> str:
         "bf16" if torch.cuda.is_available() else "no")
 
 
-def make_accelerator(*, gradient_accumulation_steps: int, bf16: bool | None = None):
+def make_accelerator(*, gradient_accumulation_steps: int, bf16: bool | None = None,
+                     report_to=(), output=None):
+    """The recipe's Accelerator. ``report_to``: tracker names (``tensorboard``, ``wandb``)
+    that ``training.metrics.MetricsLog`` sends metrics to, writing under ``output``."""
     import torch
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs
+
+    from training.metrics import make_trackers
 
     handlers = []
     if launched_with_deepspeed() and not torch.cuda.is_available():
         # Without a GPU, accelerate finds no collective backend for DeepSpeed ranks and would
         # report a world of one process on every rank; gloo is what DeepSpeed uses on CPU.
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    trackers = make_trackers(report_to, output) if report_to else None
     return Accelerator(gradient_accumulation_steps=gradient_accumulation_steps,
-                       mixed_precision=mixed_precision(bf16), kwargs_handlers=handlers)
+                       mixed_precision=mixed_precision(bf16), kwargs_handlers=handlers,
+                       log_with=trackers)
 
 
 def configure_deepspeed(accelerator, *, micro_batch_size: int, gradient_accumulation_steps: int,

@@ -1,22 +1,74 @@
 """Metric logging for training recipes: one JSON object per logged step in ``metrics.jsonl``
-(namespaced keys such as ``train/loss``, ``eval/accuracy``), mirrored to TensorBoard when it is
-installed. Only the main process writes."""
+(namespaced keys such as ``train/loss``, ``eval/accuracy``; floats at full precision), the
+record that tests and tools read back, and the same values through accelerate's tracker API
+(``log_with``) to TensorBoard (``output/tensorboard``) and/or Weights & Biases (project
+``$WANDB_PROJECT``, else ``rankloop``; the run is named after the output folder and its files
+go under ``output/wandb``; ``WANDB_MODE=offline`` keeps it local). Only the main process
+writes."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import math
+import os
 from pathlib import Path
+
+TRACKERS = ("tensorboard", "wandb")
+_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+
+
+def check_report_to(report_to) -> tuple[str, ...]:
+    """The tracker names as a tuple; unknown names are refused. ``none`` means none."""
+    names = tuple(dict.fromkeys(n for n in (report_to or ()) if n != "none"))
+    unknown = [n for n in names if n not in TRACKERS]
+    if unknown:
+        raise ValueError(f"unknown tracker {unknown[0]!r}; choose from "
+                         f"{', '.join(TRACKERS)} or none")
+    return names
+
+
+def make_trackers(report_to, output: Path) -> list:
+    """Accelerate trackers for ``report_to``, writing under ``output``. A tracker whose
+    package is missing is refused with the install line, before any model loads."""
+    names = check_report_to(report_to)
+    for name in names:
+        if importlib.util.find_spec(_PACKAGES[name]) is None:
+            raise ValueError(f"--report-to {name} needs the {_PACKAGES[name]} package: "
+                             f"pip install {_PACKAGES[name]}")
+    from accelerate.tracking import TensorBoardTracker, WandBTracker
+
+    output = Path(output)
+    trackers = []
+    if "tensorboard" in names:
+        trackers.append(TensorBoardTracker("tensorboard", logging_dir=str(output)))
+    if "wandb" in names:
+        output.mkdir(parents=True, exist_ok=True)
+        trackers.append(WandBTracker(os.environ.get("WANDB_PROJECT", "rankloop"),
+                                     name=output.resolve().name, dir=str(output)))
+    return trackers
+
+
+def tracker_config(settings: dict) -> dict:
+    """Run settings as trackers accept them (TensorBoard's hyper-parameters take only
+    numbers, strings and booleans)."""
+    return {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v, default=str)
+            for k, v in settings.items()}
 
 
 class MetricsLog:
-    def __init__(self, path: Path, *, enabled: bool = True, tensorboard: bool = True,
-                 keep_up_to_step: int | None = None):
+    def __init__(self, path: Path, *, enabled: bool = True, keep_up_to_step: int | None = None,
+                 accelerator=None, settings: dict | None = None):
         """``keep_up_to_step``: when resuming, lines logged after that step by the interrupted
-        run are removed, so each step appears once."""
+        run are removed, so each step appears once. ``accelerator``: values also go to its
+        trackers (those it was made with, ``training.accel.make_accelerator(report_to=...)``),
+        which start here with ``settings`` as the run's configuration; every process must
+        pass it."""
         self.path = Path(path)
         self.enabled = enabled
-        self._writer = None
+        self._accelerator = accelerator if accelerator is not None and accelerator.log_with \
+            else None
+        if self._accelerator is not None:
+            self._accelerator.init_trackers("rankloop", config=tracker_config(settings or {}))
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -26,29 +78,20 @@ class MetricsLog:
             kept = [line for line in self.path.read_text().splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= keep_up_to_step]
             self.path.write_text("".join(line + "\n" for line in kept))
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard is optional
-                SummaryWriter = None
-            if SummaryWriter is not None:
-                self._writer = SummaryWriter(str(self.path.parent / "tensorboard"))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
+        if self._accelerator is not None:  # on the main process only, inside accelerate
+            self._accelerator.log({k: v for k, v in metrics.items()
+                                   if isinstance(v, (int, float))}, step=step)
         if not self.enabled:
             return
-        clean = {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v)
-                 for k, v in metrics.items()}
+        # Full precision: a learning rate of 3e-7 must not read back as 0.
         with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, **clean}) + "\n")
-        if self._writer is not None:
-            for key, value in metrics.items():
-                if isinstance(value, (int, float)):
-                    self._writer.add_scalar(key, value, step)
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+        if self._accelerator is not None:
+            self._accelerator.end_training()
 
 
 def read_metrics(path: str | Path) -> list[dict]:

@@ -327,7 +327,8 @@ def test_the_reference_optimizer_settings_give_the_reference_update(tiny_model_d
     from data.policy_pairs import pairs_from_file
     from policy.logprobs import sequence_logprobs
     from policy.losses import rebel_loss
-    from policy.rebel import collate, prepare_pairs, train_rebel
+    from policy.pairs import collate, prepare_pairs
+    from policy.rebel import train_rebel
     from training.models import load_policy, load_tokenizer
     from training.plan import global_batches, micro_batches
 

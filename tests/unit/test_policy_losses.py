@@ -8,6 +8,8 @@ import torch
 from policy.losses import (
     AdaptiveKLController,
     clipped_value_loss,
+    dpo_implicit_rewards,
+    dpo_loss,
     gae,
     kl_estimators,
     masked_mean,
@@ -24,6 +26,32 @@ def test_rebel_loss_by_hand():
                       torch.tensor([-2.0, 0.0]), torch.tensor([-2.5, 0.0]),
                       torch.tensor([1.0, 0.5]), torch.tensor([0.25, 1.0]), eta=2.0)
     torch.testing.assert_close(loss, torch.tensor([0.0, 1.0]))
+
+
+def test_dpo_sigmoid_loss_by_hand():
+    # Pair 1: log-ratios chosen −1 − (−2) = 1, rejected −3 − (−2.5) = −0.5; h = 1.5;
+    #   β = 0.5 → −log σ(0.75) = log(1 + e^−0.75).
+    # Pair 2: policy equals the reference: h = 0 → log 2.
+    args = (torch.tensor([-1.0, -4.0]), torch.tensor([-3.0, -5.0]), torch.tensor([-2.0, -4.0]),
+            torch.tensor([-2.5, -5.0]))
+    loss = dpo_loss(*args, beta=0.5)
+    torch.testing.assert_close(loss, torch.tensor([math.log1p(math.exp(-0.75)), math.log(2)]))
+    rewards = dpo_implicit_rewards(args[0], args[2], beta=0.5)
+    torch.testing.assert_close(rewards, torch.tensor([0.5, 0.0]))
+
+
+def test_ipo_loss_by_hand_uses_log_ratios_per_token():
+    # Chosen log-ratio 1 over 4 tokens = 0.25; rejected −0.5 over 2 tokens = −0.25;
+    # h̄ = 0.5; β = 0.25 → 1/(2β) = 2 → (0.5 − 2)² = 2.25. Policy = reference → (0 − 2)² = 4.
+    loss = dpo_loss(torch.tensor([-1.0, -4.0]), torch.tensor([-3.0, -5.0]),
+                    torch.tensor([-2.0, -4.0]), torch.tensor([-2.5, -5.0]), beta=0.25,
+                    loss_type="ipo", chosen_lengths=torch.tensor([4.0, 3.0]),
+                    rejected_lengths=torch.tensor([2.0, 9.0]))
+    torch.testing.assert_close(loss, torch.tensor([2.25, 4.0]))
+    with pytest.raises(ValueError, match="needs the response lengths"):
+        dpo_loss(*(torch.zeros(1),) * 4, beta=0.1, loss_type="ipo")
+    with pytest.raises(ValueError, match="loss type must be one of sigmoid, ipo"):
+        dpo_loss(*(torch.zeros(1),) * 4, beta=0.1, loss_type="hinge")
 
 
 def test_rebel_reference_form_has_the_same_minimizer():

@@ -199,3 +199,41 @@ def test_recipe_configs_refuse_impossible_optimizer_settings(tmp_path):
         with pytest.raises(ValueError, match="max grad norm must be 0"):
             make(output=str(tmp_path), max_grad_norm=-1.0)
         assert make(output=str(tmp_path), max_grad_norm=None).max_grad_norm is None
+
+
+def test_metrics_keep_full_precision_and_reach_tensorboard_and_wandb(tmp_path, monkeypatch):
+    from tests.tracker_readers import tensorboard_scalars, wandb_run
+    from training.accel import make_accelerator
+    from training.metrics import MetricsLog, read_metrics
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    accelerator = make_accelerator(gradient_accumulation_steps=1, bf16=False,
+                                   report_to=("tensorboard", "wandb"), output=out)
+    log = MetricsLog(out / "metrics.jsonl", accelerator=accelerator,
+                     settings={"learning_rate": 3e-7, "adam_betas": (0.9, 0.95), "limit": None})
+    logged = {1: {"train/loss": 0.123456789, "train/learning_rate": 3e-7},
+              2: {"train/loss": 1 / 3, "train/learning_rate": 2.5e-9}}
+    for step, metrics in logged.items():
+        log.log(step, metrics)
+    log.close()
+    assert read_metrics(out / "metrics.jsonl") == [{"step": s, **m} for s, m in logged.items()]
+    scalars = tensorboard_scalars(out / "tensorboard")
+    for step, metrics in logged.items():
+        for key, value in metrics.items():
+            assert scalars[key][step] == pytest.approx(value, rel=1e-6)  # float32 on disk
+    history, config = wandb_run(out)
+    assert history == logged
+    assert config["learning_rate"] == 3e-7 and config["adam_betas"] == "[0.9, 0.95]"
+
+
+def test_unknown_or_missing_trackers_are_refused(tmp_path, monkeypatch):
+    from training.metrics import check_report_to, make_trackers
+
+    assert check_report_to(["none"]) == () and check_report_to(("wandb", "wandb")) == ("wandb",)
+    with pytest.raises(ValueError, match="unknown tracker 'mlflow'"):
+        check_report_to(["mlflow"])
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(ValueError, match="needs the wandb package: pip install wandb"):
+        make_trackers(["wandb"], tmp_path)
