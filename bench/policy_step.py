@@ -1,10 +1,11 @@
-"""Policy step cost: REBEL updates/s vs the reference REBEL, PPO s/step vs TRL's PPO.
+"""Policy step cost: REBEL updates/s vs the reference REBEL, DPO and PPO s/step vs TRL's.
 
 Each comparison runs in the same invocation, on the same model and the same data.
 
     python3 bench/policy_step.py                       # both parts, tiny random Llama, CPU-sized
     python3 bench/policy_step.py --model default --pairs 2 --steps 3
     python3 bench/policy_step.py --only ppo --trl-path /tmp/trl-ppo
+    python3 bench/policy_step.py --only dpo --dpo-batch 4 --dpo-steps 4 --dpo-rounds 2
     python3 bench/policy_step.py --only ppo --trl-path /tmp/trl-ppo --threads 1 --ppo-rounds 2
                                                        # steadier when other work shares the CPU
 
@@ -18,6 +19,13 @@ REBEL part:
 Both run the same REBEL loss, AdamW step and pairs from the same starting weights; π_t's
 log-probs are computed before timing in both (the reference computes them at generation time).
 Prints updates/s, useful (non-padding) tokens/s and padded tokens/s for each, and the ratios.
+
+DPO part: ``policy.dpo.train_dpo`` and TRL's ``DPOTrainer`` (the installed trl), each in its own
+subprocess, train the same policy on the same text pairs with the same batch size, β, learning
+rate, sigmoid loss and gradient clipping, both with the reference log-probs computed once
+before training (TRL's ``precompute_ref_log_probs``) and no truncation. A step (forward of
+chosen and rejected, backward, clipping, AdamW) is timed from one optimizer step to the next,
+after one warm-up step.
 
 PPO part: ``policy.ppo.train_ppo`` and TRL's ``PPOTrainer`` (``trl.experimental.ppo``, last
 shipped in trl 1.12.0; trl 1.13+ has none), each in its own subprocess, run the same policy,
@@ -123,6 +131,164 @@ def run(model, pairs, ref, steps, batch_pairs, mode, pad_id, prompt_pad, respons
     seconds = time.perf_counter() - started
     return {"updates/s": steps / seconds, "tokens/s": useful / seconds,
             "padded tokens/s": padded / seconds, "s/update": seconds / steps}
+
+
+# ---------------------------------------------------------------------------------------------
+# DPO: RankLoop's recipe vs TRL's DPOTrainer, each in a subprocess
+# ---------------------------------------------------------------------------------------------
+
+def install_step_timer() -> list[float]:
+    """Records when every AdamW step ends: both trainers take one per optimizer step (fused
+    or not, it is ``torch.optim.AdamW.step``)."""
+    ends: list[float] = []
+    original = torch.optim.AdamW.step
+
+    def timed(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        ends.append(time.perf_counter())
+        return out
+
+    torch.optim.AdamW.step = timed
+    return ends
+
+
+def dpo_step_times(ends: list[float], timed_steps: int) -> list[float]:
+    """Seconds of each timed step: from the end of one optimizer step to the end of the next,
+    the first step (warm-up) left out."""
+    if len(ends) != timed_steps + 1:
+        raise RuntimeError(f"expected {timed_steps + 1} optimizer steps, got {len(ends)}")
+    return [b - a for a, b in zip(ends, ends[1:])]
+
+
+def dpo_worker_rankloop(spec: dict) -> dict:
+    from policy.dpo import DPOConfig, train_dpo
+
+    ends = install_step_timer()
+    config = DPOConfig(output=spec["output"], model=spec["policy"], data=spec["pairs"],
+                       per_device_batch_size=spec["batch"], max_steps=spec["steps"] + 1,
+                       learning_rate=spec["lr"], beta=spec["beta"], eval_fraction=0.0,
+                       lr_schedule="constant", warmup_ratio=0.0, max_prompt_tokens=100_000,
+                       max_response_tokens=100_000, log_every=1, save_every=100_000, seed=0)
+    train_dpo(config, progress=False)
+    return {"step": dpo_step_times(ends, spec["steps"])}
+
+
+def dpo_worker_trl(spec: dict) -> dict:
+    import trl
+    from datasets import load_dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from training.models import load_policy, load_tokenizer
+
+    ends = install_step_timer()
+    tokenizer = load_tokenizer(spec["policy"], padding_side="right")
+    args = DPOConfig(
+        output_dir=spec["output"], per_device_train_batch_size=spec["batch"],
+        gradient_accumulation_steps=1, max_steps=spec["steps"] + 1, learning_rate=spec["lr"],
+        beta=spec["beta"], loss_type=["sigmoid"], precompute_ref_log_probs=True,
+        max_length=None, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0,
+        report_to=[], save_strategy="no", logging_steps=1, disable_tqdm=True, seed=0,
+        use_cpu=not torch.cuda.is_available(), bf16=False, dataloader_num_workers=0,
+        gradient_checkpointing=False)
+    trainer = DPOTrainer(model=load_policy(spec["policy"]), args=args, processing_class=tokenizer,
+                         train_dataset=load_dataset("json", data_files=spec["pairs"],
+                                                    split="train"))
+    trainer.train()
+    return {"step": dpo_step_times(ends, spec["steps"]), "version": trl.__version__}
+
+
+def text_pairs(path: Path, n: int, seed: int, prompt_range, response_range) -> None:
+    """``n`` pairs of random words (TRL's standard text format), lengths drawn uniformly from
+    the ranges (in words; about one token each)."""
+    rng = random.Random(seed)
+
+    def text(lo, hi):
+        return " ".join(rng.choices(WORDS, k=rng.randint(lo, hi)))
+
+    path.write_text("".join(json.dumps({"prompt": text(*prompt_range),
+                                        "chosen": " " + text(*response_range),
+                                        "rejected": " " + text(*response_range)}) + "\n"
+                            for _ in range(n)))
+
+
+def run_worker(kind: str, side: str, spec: dict, folder: Path) -> dict:
+    """Runs one side of a part in a fresh interpreter; returns its timings or
+    ``{"error": line}``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    spec_path = folder / f"{kind}-{side}.json"
+    spec_path.write_text(json.dumps({**spec, "output": str(folder / f"out-{kind}-{side}")}))
+    command = [sys.executable, str(Path(__file__).resolve()), f"--{kind}-worker", side,
+               f"--{kind}-spec", str(spec_path)]
+    if spec.get("threads"):
+        command += ["--threads", str(spec["threads"])]
+    load_before = os.getloadavg()[0]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    marker = f"{kind.upper()}-RESULT "
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith(marker):
+            return {**json.loads(line[len(marker):]),
+                    "load": (load_before + os.getloadavg()[0]) / 2}
+    lines = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()
+    return {"error": f"exit {done.returncode}: {lines[-1]}"}
+
+
+def dpo_part(args, tokenizer, make) -> None:
+    from statistics import mean, median
+
+    with tempfile.TemporaryDirectory(prefix="rankloop-dpo-bench-") as tmp:
+        folder = Path(tmp)
+        torch.manual_seed(0)
+        policy = make()
+        policy.save_pretrained(folder / "policy")
+        tokenizer.save_pretrained(folder / "policy")
+        params = sum(p.numel() for p in policy.parameters()) / 1e6
+        del policy
+        text_pairs(folder / "pairs.jsonl", args.dpo_batch * (args.dpo_steps + 1), 2,
+                   args.prompt_tokens, args.response_tokens)
+        spec = {"policy": str(folder / "policy"), "pairs": str(folder / "pairs.jsonl"),
+                "batch": args.dpo_batch, "steps": args.dpo_steps, "lr": 1e-6, "beta": 0.1,
+                "threads": args.threads}
+        runs: dict[str, list[dict]] = {"rankloop": [], "trl": []}
+        errors: dict[str, str] = {}
+        for round_ in range(args.dpo_rounds):  # alternating, so other work weighs on both
+            for side in ("rankloop", "trl"):
+                if side in errors:
+                    continue
+                run = run_worker("dpo", side, spec, folder / f"round{round_}")
+                if "error" in run:
+                    errors[side] = run["error"]
+                else:
+                    runs[side].append(run)
+
+    print(f"\nDPO step, {args.model} ({params:.0f}M parameters), {args.dpo_batch} pairs per "
+          f"step, prompts {args.prompt_tokens[0]}-{args.prompt_tokens[1]} and responses "
+          f"{args.response_tokens[0]}-{args.response_tokens[1]} words, sigmoid loss, reference "
+          f"log-probs precomputed, {args.dpo_rounds} round(s) of {args.dpo_steps} timed steps "
+          f"after 1 warm-up per side, {torch.get_num_threads()} threads, {os.cpu_count()} cores")
+    print(f"{'approach':<44} {'s/step':>7} {'best':>6} {'pairs/s':>8} {'load':>5}")
+    version = next((r["version"] for r in runs["trl"] if "version" in r), "")
+    names = {"rankloop": "RankLoop DPO (policy.dpo)", "trl": f"TRL DPOTrainer {version}"}
+    results = {}
+    for side in ("rankloop", "trl"):
+        if side in errors:
+            print(f"{names[side]:<44} not measured: {errors[side]}")
+            continue
+        steps = [x for run in runs[side] for x in run["step"]]
+        results[side] = median(steps)
+        print(f"{names[side]:<44} {median(steps):>7.3f} {min(steps):>6.3f} "
+              f"{args.dpo_batch / median(steps):>8.2f} "
+              f"{mean(run['load'] for run in runs[side]):>5.1f}")
+    print("  seconds per optimizer step, medians over the timed steps; best = fastest step; load "
+          "= 1-minute\n  load average around the runs (above the core count, other work "
+          "shared the CPU)")
+    if len(results) == 2:
+        print(f"ratio TRL / RankLoop seconds per step: {results['trl'] / results['rankloop']:.2f}x")
+    differences = (
+        "differences that remain: TRL tokenizes the text pairs itself and computes log-probs "
+        "through its fused LM-head path; RankLoop's batches are grouped by length over the "
+        "whole epoch, TRL's come in dataset order; both pad chosen and rejected together to "
+        "the longest sequence of the batch")
+    print(textwrap.fill(differences, width=100, initial_indent="  ", subsequent_indent="  "))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,25 +429,6 @@ def trl_ppo_problem(trl_path: str | None) -> str | None:
             f"then --trl-path DIR")
 
 
-def run_ppo_worker(side: str, spec: dict, folder: Path) -> dict:
-    """Runs one side in a fresh interpreter; returns its timings or ``{"error": line}``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    spec_path = folder / f"{side}.json"
-    spec_path.write_text(json.dumps({**spec, "output": str(folder / f"out-{side}")}))
-    command = [sys.executable, str(Path(__file__).resolve()), "--ppo-worker", side,
-               "--ppo-spec", str(spec_path)]
-    if spec.get("threads"):
-        command += ["--threads", str(spec["threads"])]
-    load_before = os.getloadavg()[0]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    for line in reversed(done.stdout.splitlines()):
-        if line.startswith("PPO-RESULT "):
-            return {**json.loads(line[len("PPO-RESULT "):]),
-                    "load": (load_before + os.getloadavg()[0]) / 2}
-    lines = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()
-    return {"error": f"exit {done.returncode}: {lines[-1]}"}
-
-
 def synthetic_conversations(n: int, seed: int, word_range) -> list[list[dict]]:
     rng = random.Random(seed)
     return [[{"role": "user", "content": " ".join(rng.choices(WORDS, k=rng.randint(*word_range)))}]
@@ -323,7 +470,7 @@ def ppo_part(args, tokenizer, make) -> None:
             for side in ("rankloop", "trl"):
                 if side in results:
                     continue
-                run = run_ppo_worker(side, spec, folder / f"round{round_}")
+                run = run_worker("ppo", side, spec, folder / f"round{round_}")
                 if "error" in run:
                     results[side] = run
                 else:
@@ -373,7 +520,7 @@ def ppo_part(args, tokenizer, make) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("rebel", "ppo"), default=None,
+    parser.add_argument("--only", choices=("rebel", "dpo", "ppo"), default=None,
                         help="run only this part (default: both)")
     parser.add_argument("--model", default="tiny",
                         help="'tiny' (random 4-layer, 256-wide Llama with the SmolLM2 "
@@ -384,6 +531,11 @@ def main() -> None:
     parser.add_argument("--response-tokens", type=int, nargs=2, default=(40, 300))
     parser.add_argument("--prompt-pad", type=int, default=1024)
     parser.add_argument("--response-pad", type=int, default=2048)
+    parser.add_argument("--dpo-batch", type=int, default=4, help="DPO: pairs per step")
+    parser.add_argument("--dpo-steps", type=int, default=3,
+                        help="DPO: timed steps per trainer (one more runs untimed)")
+    parser.add_argument("--dpo-rounds", type=int, default=1,
+                        help="DPO: runs per trainer, alternating RankLoop and TRL")
     parser.add_argument("--ppo-steps", type=int, default=3,
                         help="PPO: timed steps per trainer (two more run untimed)")
     parser.add_argument("--ppo-rollout", type=int, default=8, help="PPO: prompts per rollout")
@@ -401,11 +553,18 @@ def main() -> None:
                              f"--target DIR trl=={TRL_PPO_VERSION}), put first on TRL's path; "
                              "default: the installed trl")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--dpo-worker", choices=("rankloop", "trl"), help=argparse.SUPPRESS)
+    parser.add_argument("--dpo-spec", help=argparse.SUPPRESS)
     parser.add_argument("--ppo-worker", choices=("rankloop", "trl"), help=argparse.SUPPRESS)
     parser.add_argument("--ppo-spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.dpo_worker:
+        spec = json.loads(Path(args.dpo_spec).read_text())
+        worker = dpo_worker_rankloop if args.dpo_worker == "rankloop" else dpo_worker_trl
+        print("DPO-RESULT " + json.dumps(worker(spec)), flush=True)
+        return
     if args.ppo_worker:
         spec = json.loads(Path(args.ppo_spec).read_text())
         worker = ppo_worker_rankloop if args.ppo_worker == "rankloop" else ppo_worker_trl
@@ -432,9 +591,11 @@ def main() -> None:
         tokenizer = load_tokenizer(path)
         make = lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # noqa: E731
         state = None
-    if args.only != "ppo":
+    if args.only in (None, "rebel"):
         rebel_part(args, tokenizer, make, state)
-    if args.only != "rebel":
+    if args.only in (None, "dpo"):
+        dpo_part(args, tokenizer, make)
+    if args.only in (None, "ppo"):
         ppo_part(args, tokenizer, make)
 
 

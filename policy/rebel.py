@@ -16,9 +16,11 @@ back) and kept with the pairs; dropout is off, since π_θ and π_t must be the 
 at step 0. Chosen and rejected run in one forward pass, padded to the longest sequence of the
 micro-batch (no fixed-width padding).
 
-Batching, checkpoints and saving follow ``reward/train_bt.py``: every optimizer step takes one
-global batch of ``world × per_device × accumulation`` pairs, the loss is normalised by the pairs
-in the whole step, and the data position follows from the step number.
+Pairs are read and tokenized by ``policy.pairs`` (shared with DPO). Batching, checkpoints and
+saving are the training layer's (``training.plan``, ``training.checkpoints``,
+``training.models``): every optimizer step takes one global batch of
+``world × per_device × accumulation`` pairs, the loss is normalised by the pairs in the whole
+step, and the data position follows from the step number.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""GPU twins of the CPU policy tests (tests/integration/test_policy_rebel.py and
-test_policy_ppo.py): the same recipes on CUDA in bf16 mixed precision."""
+"""GPU twins of the CPU policy tests (tests/integration/test_policy_rebel.py,
+test_policy_dpo.py and test_policy_ppo.py): the same recipes on CUDA in bf16 mixed precision."""
 
 import pytest
 
@@ -27,6 +27,21 @@ def test_rebel_trains_on_cuda_in_bf16(tiny_model_dir, tmp_path):
     assert len(losses) == 3 and all(loss == loss for loss in losses)  # finite, not NaN
     assert summary.tokens_per_second > 0
     AutoModelForCausalLM.from_pretrained(tmp_path / "rebel")
+
+
+@pytest.mark.gpu
+def test_dpo_trains_on_cuda_in_bf16(tiny_model_dir, tmp_path):
+    from data.policy_pairs import pairs_from_file
+    from policy.dpo import train_dpo
+    from tests.integration.test_policy_dpo import dpo_config, good_bad_pairs_file
+
+    pairs = pairs_from_file(good_bad_pairs_file(tmp_path / "train.jsonl", 24))
+    held = pairs_from_file(good_bad_pairs_file(tmp_path / "held.jsonl", 8, start=500))
+    summary = train_dpo(dpo_config(tmp_path / "dpo", tiny_model_dir, epochs=3,
+                                   per_device_batch_size=8, bf16=True),
+                        pairs=pairs, eval_pairs=held, progress=False)
+    assert summary.eval_metrics["eval/reward_accuracy"] > 0.75
+    assert summary.eval_metrics["eval/loss"] == summary.eval_metrics["eval/loss"]  # not NaN
 
 
 @pytest.mark.gpu
