@@ -9,8 +9,8 @@ twice:
     prompts            prompt_hash                 generation_runs   settings_hash
     candidates         (prompt, run, idx)          model_scores      (candidate, scorer)
     users              name                        items             (prompt, run)
-    assignments        (item, user)                rankings          submission_key
-    comparisons        with their new ranking
+    assignments        (item, user)                rankings          (user, prompt, order
+    comparisons        with their new ranking                            shown, submitted at)
 
 References (candidate ids inside rankings' and assignments' JSON lists too) are rewritten to
 the target's ids. A row that already exists keeps the target's version; candidates whose text
@@ -77,7 +77,8 @@ _KEYS = {
     "model_scores": ("candidate_id", "scorer"),
     "items": ("prompt_id", "run_id"),
     "assignments": ("item_id", "user_id"),
-    "rankings": ("submission_key",),
+    # Not submission_key: the app's keys name an assignment id, which is per database.
+    "rankings": ("user_id", "prompt_id", "candidate_ids", "submitted_at"),
 }
 _REFERENCES = {  # column -> table whose ids it holds
     "candidates": {"prompt_id": "prompts", "run_id": "generation_runs",
@@ -93,7 +94,8 @@ _REFERENCES = {  # column -> table whose ids it holds
 _CANDIDATE_LISTS = {"rankings": "candidate_ids", "assignments": "candidate_ids"}
 
 
-def _open_source(path: str) -> sqlite3.Connection:
+def _open_source(path: str) -> tuple[sqlite3.Connection, set[str]]:
+    """A read-only connection to a source database and its table names."""
     if not Path(path).is_file():
         raise store.StoreError(f"database {path} does not exist")
     try:
@@ -105,8 +107,7 @@ def _open_source(path: str) -> sqlite3.Connection:
     if "prompts" not in tables:
         conn.close()
         raise store.StoreError(f"{path} is not a RankLoop database (no prompts table)")
-    conn.tables = tables  # type: ignore[attr-defined]
-    return conn
+    return conn, tables
 
 
 def merge_database(target, source_path: str) -> MergeSummary:
@@ -114,13 +115,13 @@ def merge_database(target, source_path: str) -> MergeSummary:
     if Path(source_path).resolve() == Path(target.conn.execute(
             "PRAGMA database_list").fetchone()[2] or "").resolve():
         raise ValueError(f"{source_path} is the target database itself")
-    source = _open_source(source_path)
+    source, tables = _open_source(source_path)
     summary = MergeSummary(source_path)
     ids: dict[str, dict[int, int]] = {t: {} for t in TABLES}
     try:
         with store.transaction(target):
             for table in TABLES:
-                if table in source.tables and target[table].exists():
+                if table in tables and target[table].exists():
                     _merge_table(target, source, table, ids, summary)
     finally:
         source.close()
@@ -149,16 +150,6 @@ def _merge_table(target, source, table: str, ids: dict, summary: MergeSummary) -
             column = _CANDIDATE_LISTS[table]
             values[column] = json.dumps([ids["candidates"][c] for c in json.loads(values[column])])
         identity = tuple(values[c] for c in key) if key else None
-        if table == "rankings" and values.get("submission_key") is None:
-            # No client key: the same voter, prompt, order and time is the same vote.
-            match = target.execute(
-                "SELECT id FROM rankings WHERE submission_key IS NULL AND user_id = ? AND "
-                "prompt_id = ? AND candidate_ids = ? AND submitted_at = ?",
-                [values["user_id"], values["prompt_id"], values["candidate_ids"],
-                 values["submitted_at"]]).fetchone()
-            identity = ("no key", row["id"])
-            if match:
-                known[identity] = match[0]
         if identity is not None and identity in known:
             target_id = known[identity]
             if table == "candidates":
@@ -169,6 +160,8 @@ def _merge_table(target, source, table: str, ids: dict, summary: MergeSummary) -
                 ids[table][row["id"]] = target_id
             existing += 1
             continue
+        if table == "rankings" and values.get("submission_key") is not None:
+            values["submission_key"] = _submission_key(target, values, row, ids)
         cursor = target.execute(
             f"INSERT INTO {table} ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
             list(values.values()))
@@ -179,10 +172,21 @@ def _merge_table(target, source, table: str, ids: dict, summary: MergeSummary) -
     summary.added[table], summary.existing[table] = added, existing
 
 
+def _submission_key(target, values: dict, row, ids: dict) -> str:
+    """The vote's submission key in the target: the app's ``assignment:N`` names the target's
+    assignment; another key already taken there gets the source ranking's id appended."""
+    key = values["submission_key"]
+    if key.startswith("assignment:") and values.get("assignment_id") is not None:
+        return f"assignment:{values['assignment_id']}"
+    if target.execute("SELECT 1 FROM rankings WHERE submission_key = ?", [key]).fetchone():
+        return f"{key}#merged-{row['id']}"
+    return key
+
+
 def merge_databases(target_path: str, sources: list[str]) -> list[MergeSummary]:
     """Merges each source into ``target_path`` (created if missing), one transaction each."""
     for path in sources:
-        _open_source(path).close()  # every source readable before anything is written
+        _open_source(path)[0].close()  # every source readable before anything is written
     target = store.open_store(target_path)
     try:
         return [merge_database(target, path) for path in sources]
