@@ -193,6 +193,7 @@ class ScoreSummary:
     """Scores written (0 when nothing was left to score)."""
     processes: int
     seconds: float
+    """From every process having its model loaded to the scores committed."""
     truncated: int
     """Conversations cut to ``max_length`` tokens, over all processes."""
     main_process: bool = True
@@ -253,11 +254,12 @@ def score_candidates(config: ScoreConfig, *, progress: bool = False) -> ScoreSum
         return ScoreSummary(spec.name, 0, world, 0.0, 0, state.is_main_process)
 
     # 2. Each process scores its share on its own device.
-    started = time.perf_counter()
     db = store.connect(config.db)
     todo = store.candidates_by_id(db, mine)
     db.close()
     scorer = load_scorer(spec, device=str(state.device), max_length=config.max_length)
+    state.wait_for_everyone()  # the time below is scoring and writing, not loading
+    started = time.perf_counter()
     results = []
     if todo:
         from tqdm import tqdm
