@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from data import store
-from data.merge import parse_shard, in_shard
+from data.merge import in_shard, parse_shard
 from data.chat import DEFAULT_MAX_PROMPT_TOKENS, format_and_filter
 from data.prompts import load_prompts
 from policy.models import DEFAULT_MODEL, is_default, load_tokenizer, resolve_model
