@@ -1,9 +1,14 @@
-"""Generation throughput: the same prompts x k through the vLLM and transformers backends.
+"""Generation throughput: the same prompts x k through the vLLM and transformers backends, and
+through 1 against N data-parallel processes.
 
     python3 bench/generation.py [--model default] [--prompts 32] [--k 4] [--max-new-tokens 64]
+        [--only backends|processes] [--processes 2] [--parallel-backend transformers]
 
-Prints one table and the vLLM / transformers ratio. vLLM is timed three ways: engine start,
-its first (cold) pass, and a second pass over the same prompts (steady state).
+Prints one table and the ratios. vLLM is timed three ways: engine start, its first (cold) pass,
+and a second pass over the same prompts (steady state). The data-parallel part runs the same
+prompts on one engine and on ``--processes`` engines (one per GPU on a GPU machine, a share of
+the cores on CPU), each timed after its engines started, and checks that both drew the same
+samples (per-sample seeds).
 """
 
 from __future__ import annotations
@@ -26,6 +31,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="transformers batch size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-vllm", action="store_true")
+    parser.add_argument("--only", choices=("backends", "processes"), default=None,
+                        help="run one part (default: both)")
+    parser.add_argument("--processes", type=int, default=2, help="data-parallel engines")
+    parser.add_argument("--parallel-backend", default="transformers",
+                        help="backend of the data-parallel part (default: transformers)")
     args = parser.parse_args()
 
     import torch
@@ -33,7 +43,7 @@ def main() -> None:
     from data.chat import format_and_filter
     from data.prompts import load_prompts
     from training.models import load_tokenizer, resolve_model
-    from policy.sampling import SamplingConfig, TransformersSampler, VLLMSampler
+    from policy.sampling import SamplingConfig, TransformersSampler, VLLMSampler, make_sampler
 
     model = resolve_model(args.model)
     tokenizer = load_tokenizer(model)
@@ -55,6 +65,47 @@ def main() -> None:
         print(f"  {label} {phase}: {seconds:.1f} s, {tokens} tokens", flush=True)
         return tokens / seconds
 
+    if args.only != "processes":
+        backends(args, model, texts, config, rows, timed_pass, TransformersSampler, VLLMSampler)
+    if args.only != "backends":
+        processes(args, model, texts, config, rows, make_sampler)
+
+
+def print_rows(rows) -> None:
+    print()
+    print(f"{'backend':<22}{'phase':<20}{'seconds':>10}{'tokens':>10}{'tokens/s':>12}")
+    for label, phase, seconds, tokens in rows:
+        rate = f"{tokens / seconds:.1f}" if tokens else "-"
+        print(f"{label:<22}{phase:<20}{seconds:>10.1f}{tokens:>10}{rate:>12}")
+
+
+def processes(args, model, texts, config, rows, make_sampler) -> None:
+    """One engine against ``args.processes`` engines on the same prompts."""
+    rows.clear()
+    rates, outputs = {}, {}
+    for size in (1, args.processes):
+        label = f"{args.parallel_backend} x{size}"
+        start = time.perf_counter()
+        options = {"batch_size": args.batch_size} if args.parallel_backend == "transformers" \
+            else {"max_model_len": 2048}
+        sampler = make_sampler(args.parallel_backend, model, config, data_parallel_size=size,
+                               **options)
+        rows.append((label, "start", time.perf_counter() - start, 0))
+        start = time.perf_counter()
+        outputs[size] = sampler.generate(texts, config)
+        seconds = time.perf_counter() - start
+        tokens = sum(s.token_count for per_prompt in outputs[size] for s in per_prompt)
+        rows.append((label, "generate", seconds, tokens))
+        rates[size] = tokens / seconds
+        print(f"  {label} generate: {seconds:.1f} s, {tokens} tokens", flush=True)
+        sampler.close()
+    print_rows(rows)
+    print(f"\n{args.processes} processes / 1 process: {rates[args.processes] / rates[1]:.2f}x "
+          f"tokens/s; same samples: {outputs[1] == outputs[args.processes]}")
+
+
+def backends(args, model, texts, config, rows, timed_pass, TransformersSampler,
+             VLLMSampler) -> None:
     start = time.perf_counter()
     hf = TransformersSampler(model, seed=args.seed, batch_size=args.batch_size)
     rows.append(("transformers", "load", time.perf_counter() - start, 0))
@@ -71,11 +122,7 @@ def main() -> None:
         vllm_rate = timed_pass(engine, "vllm", "steady state")
         engine.close()
 
-    print()
-    print(f"{'backend':<14}{'phase':<20}{'seconds':>10}{'tokens':>10}{'tokens/s':>12}")
-    for label, phase, seconds, tokens in rows:
-        rate = f"{tokens / seconds:.1f}" if tokens else "-"
-        print(f"{label:<14}{phase:<20}{seconds:>10.1f}{tokens:>10}{rate:>12}")
+    print_rows(rows)
     if vllm_rate:
         print(f"\nvLLM steady state / transformers: {vllm_rate / hf_rate:.2f}x")
         print(f"vLLM first pass  / transformers: {vllm_cold_rate / hf_rate:.2f}x")

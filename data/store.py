@@ -600,13 +600,7 @@ def model_scorers(db: sqlite_utils.Database) -> dict[str, int]:
     return {r[0]: r[1] for r in rows}
 
 
-def candidates_to_score(
-    db: sqlite_utils.Database, scorer: str, *, run_id: int | None = None, rescore: bool = False
-) -> list[CandidateToScore]:
-    """Candidates (of one run, or all) with their prompts, leaving out those ``scorer`` has
-    already scored unless ``rescore``."""
-    sql = ("SELECT c.id, c.prompt_id, p.messages, c.text FROM candidates c "
-           "JOIN prompts p ON p.id = c.prompt_id")
+def _unscored_where(scorer: str, run_id: int | None, rescore: bool) -> tuple[str, list]:
     where, params = [], []
     if run_id is not None:
         where.append("c.run_id = ?")
@@ -615,10 +609,41 @@ def candidates_to_score(
         where.append("NOT EXISTS (SELECT 1 FROM model_scores s "
                      "WHERE s.candidate_id = c.id AND s.scorer = ?)")
         params.append(scorer)
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    rows = db.execute(sql + " ORDER BY c.id", params)
+    return (" WHERE " + " AND ".join(where)) if where else "", params
+
+
+def candidates_to_score(
+    db: sqlite_utils.Database, scorer: str, *, run_id: int | None = None, rescore: bool = False
+) -> list[CandidateToScore]:
+    """Candidates (of one run, or all) with their prompts, leaving out those ``scorer`` has
+    already scored unless ``rescore``."""
+    where, params = _unscored_where(scorer, run_id, rescore)
+    rows = db.execute("SELECT c.id, c.prompt_id, p.messages, c.text FROM candidates c "
+                      "JOIN prompts p ON p.id = c.prompt_id" + where + " ORDER BY c.id", params)
     return [CandidateToScore(r[0], r[1], json.loads(r[2]), r[3]) for r in rows]
+
+
+def candidate_lengths(
+    db: sqlite_utils.Database, scorer: str, *, run_id: int | None = None, rescore: bool = False
+) -> dict[int, int]:
+    """The candidates ``candidates_to_score`` would return, as id -> characters of prompt and
+    reply (to split scoring work by length without reading every text)."""
+    where, params = _unscored_where(scorer, run_id, rescore)
+    rows = db.execute("SELECT c.id, length(p.messages) + length(c.text) FROM candidates c "
+                      "JOIN prompts p ON p.id = c.prompt_id" + where, params)
+    return {r[0]: r[1] for r in rows}
+
+
+def candidates_by_id(db: sqlite_utils.Database, ids: Sequence[int]) -> list[CandidateToScore]:
+    """These candidates with their prompts, in the order of ``ids``."""
+    found: dict[int, CandidateToScore] = {}
+    for start in range(0, len(ids), 500):  # SQLite caps the parameters of one statement
+        chunk = list(ids[start:start + 500])
+        rows = db.execute(
+            "SELECT c.id, c.prompt_id, p.messages, c.text FROM candidates c JOIN prompts p "
+            f"ON p.id = c.prompt_id WHERE c.id IN ({','.join('?' * len(chunk))})", chunk)
+        found.update((r[0], CandidateToScore(r[0], r[1], json.loads(r[2]), r[3])) for r in rows)
+    return [found[i] for i in ids]
 
 
 def current_policy(db: sqlite_utils.Database) -> str | None:

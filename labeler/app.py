@@ -214,6 +214,10 @@ def create_admin_tab(svc: LabelerService):
         k = gr.Number(value=4, precision=0, minimum=1, maximum=MAX_K, label="k")
         limit = gr.Number(value=0, precision=0, minimum=0, label="Limit (0 = all prompts)")
         max_new_tokens = gr.Number(value=256, precision=0, minimum=1, label="Max new tokens")
+        data_parallel = gr.Number(value=1, precision=0, minimum=1,
+                                  label="Data parallel (engines, e.g. one per GPU)")
+        tensor_parallel = gr.Number(value=1, precision=0, minimum=1,
+                                    label="Tensor parallel (GPUs per vLLM engine)")
     start = gr.Button("Start generation job", variant="primary")
     gr.Markdown("#### Train a reward model on the rankings")
     with gr.Row():
@@ -248,10 +252,13 @@ def create_admin_tab(svc: LabelerService):
         return st.summary_md(), labels, agree, st.annotators, st.agreement_pairs
 
     @_guard
-    def start_job(prompts, model, backend, k, limit, max_new_tokens, request: gr.Request):
+    def start_job(prompts, model, backend, k, limit, max_new_tokens, data_parallel_size,
+                  tensor_parallel_size, request: gr.Request):
         return handlers.start_generation(
             svc, _username(request), prompts=prompts, k=k or 4, limit=limit, backend=backend,
-            model=model, max_new_tokens=max_new_tokens or 256)
+            model=model, max_new_tokens=max_new_tokens or 256,
+            data_parallel_size=data_parallel_size or 1,
+            tensor_parallel_size=tensor_parallel_size or 1)
 
     @_guard
     def train_job(output, model, epochs, lora_r, agreed, request: gr.Request):
@@ -270,7 +277,8 @@ def create_admin_tab(svc: LabelerService):
 
     status_outputs = [summary, labels_plot, agreement_plot, annotators, pairs]
     refresh.click(status, None, status_outputs, api_visibility="undocumented")
-    start.click(start_job, [prompts, model, backend, k, limit, max_new_tokens], started,
+    start.click(start_job, [prompts, model, backend, k, limit, max_new_tokens,
+                            data_parallel, tensor_parallel], started,
                 api_visibility="undocumented")
     train.click(train_job, [reward_output, reward_model, reward_epochs, reward_lora,
                             agreed_only], started, api_visibility="undocumented")

@@ -210,7 +210,8 @@ def dataset_status(svc: LabelerService, username: str) -> DatasetStatus:
 
 def start_generation(svc: LabelerService, username: str, *, prompts: str = "bundled",
                      k: int = 4, limit: int | None = None, backend: str = "auto",
-                     model: str = "default", max_new_tokens: int = 256) -> str:
+                     model: str = "default", max_new_tokens: int = 256,
+                     tensor_parallel_size: int = 1, data_parallel_size: int = 1) -> str:
     user = svc.require_admin(username)
     if model in (None, "", "default"):
         # The loop records each new policy: the app's next candidates come from the newest.
@@ -220,6 +221,10 @@ def start_generation(svc: LabelerService, username: str, *, prompts: str = "bund
             "--max-new-tokens", str(int(max_new_tokens)), "--no-progress"]
     if limit:
         args += ["--limit", str(int(limit))]
+    for flag, size in (("--tensor-parallel-size", tensor_parallel_size),
+                       ("--data-parallel-size", data_parallel_size)):
+        if size and int(size) > 1:
+            args += [flag, str(int(size))]
     job = svc.jobs.start(GENERATE_KIND, args, started_by=user.name)
     return f"Started job {job.id}: rankloop {' '.join(job.argv)}"
 

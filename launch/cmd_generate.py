@@ -1,4 +1,4 @@
-"""`rankloop generate` and `rankloop status`."""
+"""`rankloop generate`, `rankloop merge` and `rankloop status`."""
 
 from __future__ import annotations
 
@@ -36,9 +36,31 @@ def register(commands) -> None:
     gen.add_argument("--max-new-tokens", type=positive_int, default=256, help="default: 256")
     gen.add_argument("--seed", type=int, default=0, help="default: 0")
     gen.add_argument("--batch-size", type=positive_int, default=32,
-                     help="prompts per sampler call (default: 32)")
+                     help="prompts per engine per sampler call (default: 32)")
+    gen.add_argument("--tensor-parallel-size", type=positive_int, default=1, metavar="N",
+                     help="GPUs each vLLM engine shards its model over, for models that do not "
+                          "fit one GPU (default: 1)")
+    gen.add_argument("--data-parallel-size", type=positive_int, default=1, metavar="N",
+                     help="engines, each a whole model copy on its own GPUs (8 on an 8-GPU node "
+                          "for a model that fits one GPU); on CPU, processes (default: 1)")
+    gen.add_argument("--shard", default=None, metavar="I/N",
+                     help="only shard I (0 .. N-1) of N of the prompts, split by prompt hash: "
+                          "run one per machine into separate databases, then `rankloop merge`")
     gen.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     gen.set_defaults(handler=_generate)
+
+    merge = commands.add_parser(
+        "merge", help="merge other databases (e.g. one per node) into one",
+        description="Copy the prompts, generation runs, candidates, model scores, users, "
+                    "labeling items, assignments and rankings of each SOURCE database into "
+                    "--db, matching rows by content (prompt hash, run settings, prompt/run/idx, "
+                    "user name, submission key), so nothing is stored twice and merging again "
+                    "adds nothing. Each source is merged in one transaction.",
+    )
+    add_db(merge)
+    merge.add_argument("sources", nargs="+", metavar="SOURCE",
+                       help="databases to merge in (they are only read)")
+    merge.set_defaults(handler=_merge)
 
     status = commands.add_parser("status", help="show what the database holds",
                                  description="Row counts of the database's tables.")
@@ -65,9 +87,20 @@ def _generate(args: argparse.Namespace) -> int:
             max_new_tokens=args.max_new_tokens, seed=args.seed,
         ),
         batch_size=args.batch_size,
+        tensor_parallel_size=args.tensor_parallel_size,
+        data_parallel_size=args.data_parallel_size,
+        shard=args.shard,
     )
     summary = run_generation(config, progress=not args.no_progress)
     print(summary.line())
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from data.merge import merge_databases
+
+    for summary in merge_databases(db_path(args), args.sources):
+        print(summary.line())
     return 0
 
 

@@ -141,6 +141,10 @@ def register(commands) -> None:
     loop.add_argument("--k", type=positive_int, default=4, help="candidates per prompt (default: 4)")
     loop.add_argument("--backend", choices=("auto", "vllm", "transformers"), default="auto",
                       help="sampling backend (default: vLLM when installed)")
+    loop.add_argument("--tensor-parallel-size", type=positive_int, default=1, metavar="N",
+                      help="GPUs per vLLM engine, as for `rankloop generate` (default: 1)")
+    loop.add_argument("--data-parallel-size", type=positive_int, default=1, metavar="N",
+                      help="sampling engines, as for `rankloop generate` (default: 1)")
     loop.add_argument("--max-new-tokens", type=positive_int, default=256, help="default: 256")
     loop.add_argument("--temperature", type=float, default=0.8, help="default: 0.8")
     loop.add_argument("--eval-fraction", type=float, default=0.1,
@@ -323,7 +327,8 @@ def _loop(args: argparse.Namespace) -> int:
         eval_fraction=args.eval_fraction, eta=args.eta, learning_rate=args.learning_rate,
         epochs=args.epochs, per_device_batch_size=args.batch_size, ppo_steps=args.ppo_steps,
         rollout_batch_size=args.rollout_batch, minibatch_size=args.minibatch,
-        kl_coef=args.kl_coef, seed=args.seed,
+        kl_coef=args.kl_coef, seed=args.seed, tensor_parallel_size=args.tensor_parallel_size,
+        data_parallel_size=args.data_parallel_size,
     )
     report = run_iteration(config)
     print(report.line())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 from data import store
@@ -92,7 +91,10 @@ def register(commands) -> None:
         description="Score every candidate (of one run with --run) with a Bradley-Terry "
                     "(bt:DIR) or ArmoRM (armorm:DIR) reward model and store the scores in the "
                     "model_scores table, next to the human rankings. Candidates this scorer "
-                    "already scored are skipped unless --rescore.",
+                    "already scored are skipped unless --rescore. Under `accelerate launch` "
+                    "each process (one per GPU) scores a share of the candidates, split by "
+                    "length; the main process writes all scores in one transaction, so a "
+                    "killed run stores nothing and a rerun scores what is missing.",
     )
     add_db(score)
     _add_scorer_options(score)
@@ -100,6 +102,7 @@ def register(commands) -> None:
                        help="only candidates of this generation run")
     score.add_argument("--rescore", action="store_true",
                        help="score already scored candidates again")
+    score.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     score.set_defaults(handler=_score)
 
     evaluate = _group(commands, "eval", "evaluate a trained model").add_parser(
@@ -176,33 +179,26 @@ def _train_reward(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from reward.score import load_scorer, parse_scorer
+    from reward.score import ScoreConfig, parse_scorer, score_candidates
 
     spec = parse_scorer(args.scorer)
     db = store.open_store(_existing_db(args))
     if args.run is not None and db["generation_runs"].count_where("id = ?", [args.run]) == 0:
         raise UserError(f"generation run {args.run} does not exist in {db_path(args)}")
-    todo = store.candidates_to_score(db, spec.name, run_id=args.run, rescore=args.rescore)
-    if not todo:
+    db.close()
+    summary = score_candidates(ScoreConfig(
+        db=db_path(args), scorer=args.scorer, run_id=args.run, rescore=args.rescore,
+        batch_size=args.batch_size, max_length=args.max_length), progress=not args.no_progress)
+    if not summary.main_process:
+        return 0
+    if not summary.candidates:
         print(f"nothing to score: every candidate already has a score from {spec.name} "
               "(--rescore scores them again)")
         return 0
-    scorer = load_scorer(spec, max_length=args.max_length)
-    started, written = time.perf_counter(), 0
-    chunk = 256  # each chunk is stored in one transaction, so an interrupted run keeps its work
-    for start in range(0, len(todo), chunk):
-        part = todo[start:start + chunk]
-        scored = scorer.score_detailed(
-            [c.messages + [{"role": "assistant", "content": c.text}] for c in part],
-            batch_size=args.batch_size)
-        written += store.put_model_scores(db, [
-            store.ModelScore(c.candidate_id, spec.name, s.score, s.objectives)
-            for c, s in zip(part, scored)
-        ])
-    seconds = time.perf_counter() - started
-    print(f"scored {written} candidates with {spec.name} in {seconds:.1f} s "
-          f"({scorer.truncated} cut to their last {args.max_length} tokens); "
-          f"stored in model_scores of {db_path(args)}")
+    print(f"scored {summary.candidates} candidates with {spec.name} in {summary.seconds:.1f} s "
+          f"on {summary.processes} process{'es' if summary.processes > 1 else ''} "
+          f"({summary.per_second:.1f}/s; {summary.truncated} cut to their last "
+          f"{args.max_length} tokens); stored in model_scores of {db_path(args)}")
     return 0
 
 

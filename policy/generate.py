@@ -3,6 +3,11 @@
 Resumable: a run is identified by its settings (model, backend, k, sampling parameters, seed),
 each prompt's k candidates are written in one transaction, and a rerun skips prompts that
 already have all k. A killed job loses at most the batch it was sampling.
+
+Scaling out: ``data_parallel_size`` engines in one invocation (one per GPU or tensor-parallel
+group) share each batch, and this process stays the only writer. Beyond one machine, each node
+runs its own invocation on a disjoint ``shard`` of the prompts into its own database, and
+``data.merge`` brings the databases together.
 """
 
 from __future__ import annotations
@@ -12,10 +17,12 @@ import time
 from dataclasses import dataclass, field
 
 from data import store
+from data.merge import in_shard, parse_shard
 from data.chat import DEFAULT_MAX_PROMPT_TOKENS, format_and_filter
 from data.prompts import load_prompts
 from training.models import DEFAULT_MODEL, is_default, load_tokenizer, resolve_model
-from policy.sampling import Sampler, SamplingConfig, make_sampler, pick_backend
+from policy.sampling import (Sampler, SamplingConfig, check_parallel, make_sampler,
+                             pick_backend)
 
 
 @dataclass
@@ -39,7 +46,14 @@ class GenerateConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     """k, temperature, top_p, max_new_tokens, seed."""
     batch_size: int = 32
-    """Prompts per sampler call; also the most work a kill can lose."""
+    """Prompts per engine per sampler call; a kill loses at most one call's prompts."""
+    tensor_parallel_size: int = 1
+    """GPUs one vLLM engine's model is sharded over (vLLM's ``tensor_parallel_size``)."""
+    data_parallel_size: int = 1
+    """Engines, each a whole model copy on its own GPUs (or its share of the CPU cores)."""
+    shard: str | None = None
+    """``i/n``: only the prompts of shard i (0 .. n-1) of n, split by prompt hash, so n
+    machines can each sample a disjoint part of one source."""
 
     def __post_init__(self):
         if self.limit is not None and self.limit < 1:
@@ -48,6 +62,10 @@ class GenerateConfig:
             raise ValueError(f"max_prompt_tokens must be at least 1, got {self.max_prompt_tokens}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.tensor_parallel_size < 1 or self.data_parallel_size < 1:
+            raise ValueError("tensor and data parallel sizes must be at least 1")
+        if self.shard is not None:
+            parse_shard(self.shard)
 
 
 @dataclass
@@ -66,6 +84,8 @@ class GenerateSummary:
     dropped_too_long: int
     duplicates: int
     """Candidates identical to an earlier candidate of the same prompt (stored, flagged)."""
+    other_shards: int = 0
+    """Prompts left to the other shards (``shard``)."""
 
     @property
     def tokens_per_second(self) -> float:
@@ -75,7 +95,9 @@ class GenerateSummary:
         return (
             f"run {self.run_id}: {self.prompts_done} prompts sampled "
             f"({self.prompts_skipped} already done, {self.dropped_too_long} too long, "
-            f"{self.dropped_empty} empty), {self.candidates} candidates, {self.tokens} tokens, "
+            f"{self.dropped_empty} empty"
+            + (f", {self.other_shards} in other shards" if self.other_shards else "")
+            + f"), {self.candidates} candidates, {self.tokens} tokens, "
             f"{self.tokens_per_second:.1f} tokens/s, {self.duplicates} duplicate candidates flagged"
         )
 
@@ -88,6 +110,8 @@ def run_generation(
 
     # 1. Validate everything that can fail before writing anything.
     backend = sampler.name if sampler is not None else pick_backend(config.backend)
+    if sampler is None:
+        check_parallel(backend, config.tensor_parallel_size, config.data_parallel_size)
     store.check_writable(config.db)
     loaded = load_prompts(config.prompts, config.prompt_column, split=config.split,
                           limit=config.limit)
@@ -102,7 +126,14 @@ def run_generation(
             f"{config.max_prompt_tokens}; nothing to generate"
         )
 
+    other_shards = 0
+    if config.shard is not None:
+        index, count = parse_shard(config.shard)
+        kept = [f for f in formatted if in_shard(f.prompt.messages, index, count)]
+        other_shards, formatted = len(formatted) - len(kept), kept
+
     # 2. Record prompts and the run; find what a previous invocation already finished.
+    # Parallel sizes and shards are not settings of the run: the rows do not depend on them.
     db = store.open_store(config.db)
     settings = store.RunSettings(
         model=DEFAULT_MODEL if is_default(config.model) else model_path,
@@ -128,7 +159,7 @@ def run_generation(
     summary = GenerateSummary(
         run_id=run_id, prompts_total=len(formatted), prompts_skipped=len(formatted) - len(todo),
         prompts_done=0, candidates=0, tokens=0, seconds=0.0, dropped_empty=loaded.dropped_empty,
-        dropped_too_long=dropped_too_long, duplicates=0,
+        dropped_too_long=dropped_too_long, duplicates=0, other_shards=other_shards,
     )
     if not todo:
         return summary
@@ -136,13 +167,16 @@ def run_generation(
     # 3. Sample in batches; store each prompt's k candidates atomically as they arrive.
     own_sampler = sampler is None
     if own_sampler:
-        sampler = make_sampler(backend, model_path, config.sampling)
+        sampler = make_sampler(backend, model_path, config.sampling,
+                               tensor_parallel_size=config.tensor_parallel_size,
+                               data_parallel_size=config.data_parallel_size)
+    step = config.batch_size * getattr(sampler, "data_parallel_size", 1)
     bar = tqdm(total=len(todo), unit="prompt", desc="generate", disable=not progress,
                file=sys.stderr)
     started = time.perf_counter()
     try:
-        for start in range(0, len(todo), config.batch_size):
-            batch = todo[start:start + config.batch_size]
+        for start in range(0, len(todo), step):
+            batch = todo[start:start + step]
             samples = sampler.generate([item.text for _, item in batch], config.sampling)
             for (prompt_id, _), prompt_samples in zip(batch, samples):
                 rows = [store.CandidateIn(s.text, s.token_count, s.finish_reason)

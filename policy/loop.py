@@ -65,6 +65,10 @@ class LoopConfig:
     """Candidates per prompt."""
     backend: str = "auto"
     """Sampling backend: ``vllm``, ``transformers`` or ``auto``."""
+    tensor_parallel_size: int = 1
+    """GPUs per vLLM engine (see ``GenerateConfig``)."""
+    data_parallel_size: int = 1
+    """Sampling engines, each on its own GPUs (see ``GenerateConfig``)."""
     max_new_tokens: int = 256
     temperature: float = 0.8
     eval_fraction: float = 0.1
@@ -197,7 +201,7 @@ def wait_for_rankings(db, run_id: int, needed: int, config: LoopConfig, *,
         sleep(config.poll_seconds)
 
 
-def _start_sampler(backend: str, model: str, seed: int):
+def _start_sampler(backend: str, model: str, seed: int, **parallel):
     """One engine for the whole iteration: it generates the candidates, waits through
     training, then takes the new policy's weights for the report (a vLLM start costs more than
     a weight sync). On a GPU its KV cache leaves room for training."""
@@ -207,7 +211,7 @@ def _start_sampler(backend: str, model: str, seed: int):
 
     options = {"gpu_memory_utilization": 0.3} if backend == "vllm" and \
         torch.cuda.is_available() else {}
-    return make_sampler(backend, model, SamplingConfig(seed=seed), **options)
+    return make_sampler(backend, model, SamplingConfig(seed=seed), **parallel, **options)
 
 
 def _sample_new_policy(sampler, new_model: str, texts: list[str], config: LoopConfig):
@@ -263,7 +267,9 @@ def run_iteration(config: LoopConfig, *, progress: bool = False,
     base_model = current_policy(db) or config.model
     output = Path(config.output) / f"iter-{iteration}"
 
-    sampler = _start_sampler(backend, resolve_model(base_model), config.seed + iteration)
+    sampler = _start_sampler(backend, resolve_model(base_model), config.seed + iteration,
+                             tensor_parallel_size=config.tensor_parallel_size,
+                             data_parallel_size=config.data_parallel_size)
     try:
         report = _iteration(config, db, iteration, base_model, output, spec, sampler,
                             progress=progress, say=say)

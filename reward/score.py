@@ -164,3 +164,129 @@ def load_scorer(spec: str | ScorerSpec, *, device: str | None = None,
         raise ModelNotFoundError(f"cannot load reward model {spec.path}: "
                                  f"{str(exc).strip().splitlines()[0]}") from None
     return RewardScorer(spec, model.to(device), tokenizer, max_length=max_length)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring a database's candidates, in one process or one per GPU under `accelerate launch`.
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class ScoreConfig:
+    db: str
+    """The database whose candidates are scored; scores go to its ``model_scores``."""
+    scorer: str
+    """``bt:DIR``, ``armorm:DIR`` or a bare reward model folder."""
+    run_id: int | None = None
+    """Only candidates of this generation run; None = all."""
+    rescore: bool = False
+    """Score candidates this scorer already scored again."""
+    batch_size: int = 8
+    """Conversations per forward pass, per process."""
+    max_length: int = DEFAULT_MAX_LENGTH
+    """Longer conversations keep their last this many tokens."""
+
+
+@dataclass
+class ScoreSummary:
+    scorer: str
+    candidates: int
+    """Scores written (0 when nothing was left to score)."""
+    processes: int
+    seconds: float
+    """From every process having its model loaded to the scores committed."""
+    truncated: int
+    """Conversations cut to ``max_length`` tokens, over all processes."""
+    main_process: bool = True
+
+    @property
+    def per_second(self) -> float:
+        return self.candidates / self.seconds if self.seconds > 0 else 0.0
+
+
+def split_by_length(lengths: dict[int, int], parts: int) -> list[list[int]]:
+    """Ids split into ``parts`` shares of about equal total length: longest first, each to the
+    share with the least so far. Each share is a list of ids, longest first."""
+    import heapq
+
+    shares: list[list[int]] = [[] for _ in range(parts)]
+    heap = [(0, part) for part in range(parts)]
+    for cid in sorted(lengths, key=lambda c: (-lengths[c], c)):
+        total, part = heapq.heappop(heap)
+        shares[part].append(cid)
+        heapq.heappush(heap, (total + lengths[cid], part))
+    return shares
+
+
+def score_candidates(config: ScoreConfig, *, progress: bool = False) -> ScoreSummary:
+    """Scores the database's unscored candidates (every candidate with ``rescore``).
+
+    Under ``accelerate launch`` each process loads the reward model on its own device and
+    scores a share of the candidates, split by length so the shares take about the same time;
+    the main process gathers every score and writes them in one transaction. A run killed
+    before that commit leaves no scores behind, and a rerun scores whatever is missing.
+    """
+    import time
+
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    from data import store
+
+    import torch
+
+    spec = parse_scorer(config.scorer)  # every process fails alike on a bad --scorer
+    # cpu=True lets processes without a GPU form a gloo group (accelerate's MULTI_CPU).
+    state = PartialState(cpu=not torch.cuda.is_available())
+    world, rank = state.num_processes, state.process_index
+
+    # 1. The main process picks the candidates and splits them; the others get their ids.
+    shares: list = [None]
+    if state.is_main_process:
+        db = store.open_store(config.db)
+        lengths = store.candidate_lengths(db, spec.name, run_id=config.run_id,
+                                          rescore=config.rescore)
+        db.close()
+        shares = [split_by_length(lengths, world)]
+    if world > 1:
+        broadcast_object_list(shares)
+    mine = shares[0][rank]
+    if not any(shares[0]):
+        return ScoreSummary(spec.name, 0, world, 0.0, 0, state.is_main_process)
+
+    # 2. Each process scores its share on its own device.
+    db = store.connect(config.db)
+    todo = store.candidates_by_id(db, mine)
+    db.close()
+    scorer = load_scorer(spec, device=str(state.device), max_length=config.max_length)
+    state.wait_for_everyone()  # the time below is scoring and writing, not loading
+    started = time.perf_counter()
+    results = []
+    if todo:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), unit="candidate", desc="score",
+                   disable=not (progress and state.is_main_process))
+        step = max(config.batch_size * 16, 256)
+        for start in range(0, len(todo), step):
+            part = todo[start:start + step]
+            scored = scorer.score_detailed(
+                [c.messages + [{"role": "assistant", "content": c.text}] for c in part],
+                batch_size=config.batch_size)
+            results += [(c.candidate_id, s.score, s.objectives) for c, s in zip(part, scored)]
+            bar.update(len(part))
+        bar.close()
+
+    # 3. Every score to the main process, which writes them all in one transaction.
+    truncated = scorer.truncated
+    if world > 1:
+        results = gather_object(results)
+        truncated = sum(gather_object([truncated]))
+    written = 0
+    if state.is_main_process:
+        db = store.open_store(config.db)
+        written = store.put_model_scores(db, (store.ModelScore(cid, spec.name, score, objectives)
+                                              for cid, score, objectives in results))
+        db.close()
+    state.wait_for_everyone()
+    return ScoreSummary(spec.name, written, world, time.perf_counter() - started, truncated,
+                        state.is_main_process)

@@ -140,3 +140,95 @@ def test_vllm_resume_skips_finished_prompts(tmp_path, prompt_file, vllm_sampler)
     first = run_generation(config, sampler=vllm_sampler, progress=False)
     second = run_generation(config, sampler=vllm_sampler, progress=False)
     assert (first.prompts_done, second.prompts_done, second.prompts_skipped) == (3, 0, 3)
+
+
+MORE_PROMPTS = [{"id": f"q{i}", "prompt": f"Question number {i}: say something about {w}."}
+                for i, w in enumerate(["tea", "rain", "maps", "owls", "bread", "jazz", "ice"])]
+
+
+@pytest.fixture
+def more_prompts(tmp_path):
+    path = tmp_path / "more.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in MORE_PROMPTS))
+    return str(path)
+
+
+def _rows_by_content(db_path):
+    """Each candidate as (prompt hash, settings hash, idx, text, tokens, finish reason)."""
+    db = store.open_store(db_path)
+    rows = db.execute(
+        "SELECT p.prompt_hash, r.settings_hash, c.idx, c.text, c.token_count, c.finish_reason "
+        "FROM candidates c JOIN prompts p ON p.id = c.prompt_id "
+        "JOIN generation_runs r ON r.id = c.run_id").fetchall()
+    db.close()
+    return sorted(rows)
+
+
+def test_two_data_parallel_processes_store_the_same_rows_as_one(tmp_path, tiny_model_dir,
+                                                                 more_prompts):
+    # Per-sample seeds: a prompt's samples do not depend on which engine or batch drew them.
+    # (vLLM-CPU cannot seed single requests, so this equality holds for vLLM on GPUs only.)
+    sampling = SamplingConfig(k=3, max_new_tokens=10, seed=7)
+    one = GenerateConfig(db=str(tmp_path / "one.db"), prompts=more_prompts, model=tiny_model_dir,
+                         backend="transformers", sampling=sampling, batch_size=2)
+    two = GenerateConfig(db=str(tmp_path / "two.db"), prompts=more_prompts, model=tiny_model_dir,
+                         backend="transformers", sampling=sampling, batch_size=2,
+                         data_parallel_size=2)
+    first = run_generation(one, progress=False)
+    second = run_generation(two, progress=False)
+    assert (first.candidates, second.candidates) == (21, 21)
+    rows = _rows_by_content(one.db)
+    assert rows == _rows_by_content(two.db)
+    assert len({r[3] for r in rows}) > 15  # sampled, not one repeated text
+    # A different seed draws other samples.
+    other = run_generation(GenerateConfig(
+        db=str(tmp_path / "one.db"), prompts=more_prompts, model=tiny_model_dir,
+        backend="transformers", sampling=SamplingConfig(k=3, max_new_tokens=10, seed=8)),
+        progress=False)
+    texts = {r["text"] for r in _candidate_rows(one.db, other.run_id)}
+    assert len(texts & {r[3] for r in rows}) < 3
+
+
+def test_shards_then_merge_give_the_rows_of_one_run_without_duplicates(tmp_path, tiny_model_dir,
+                                                                        more_prompts):
+    from launch.cli import main
+
+    common = ["generate", "--prompts", more_prompts, "--model", tiny_model_dir, "--backend",
+              "transformers", "--k", "2", "--max-new-tokens", "8", "--seed", "3", "--no-progress"]
+    whole = str(tmp_path / "whole.db")
+    assert main([*common, "--db", whole]) == 0
+    nodes = [str(tmp_path / f"node{i}.db") for i in range(3)]
+    for i, node in enumerate(nodes):
+        assert main([*common, "--db", node, "--shard", f"{i}/3"]) == 0
+    sizes = [len(_rows_by_content(n)) for n in nodes]
+    # Disjoint, split by prompt hash: with 7 prompts one node may get none, and its empty
+    # database merges too.
+    assert sum(sizes) == 14 and sum(map(bool, sizes)) >= 2, sizes
+
+    merged = str(tmp_path / "merged.db")
+    assert main(["merge", "--db", merged, *nodes]) == 0
+    assert _rows_by_content(merged) == _rows_by_content(whole)
+    db = store.open_store(merged)
+    assert (db["prompts"].count, db["generation_runs"].count, db["candidates"].count) == (7, 1, 14)
+    db.close()
+    assert main(["merge", "--db", merged, *nodes]) == 0  # again: nothing new
+    assert len(_rows_by_content(merged)) == 14
+    # Resuming into the merged database finds every prompt done.
+    summary = run_generation(GenerateConfig(
+        db=merged, prompts=more_prompts, model=tiny_model_dir, backend="transformers",
+        sampling=SamplingConfig(k=2, max_new_tokens=8, seed=3)), progress=False)
+    assert (summary.prompts_done, summary.prompts_skipped) == (0, 7)
+
+
+def test_parallel_sizes_that_cannot_run_are_refused_before_writing(tmp_path, tiny_model_dir,
+                                                                   prompt_file, capsys):
+    from launch.cli import main
+
+    db = tmp_path / "r.db"
+    assert main(["generate", "--db", str(db), "--prompts", prompt_file, "--model",
+                 tiny_model_dir, "--backend", "transformers", "--tensor-parallel-size", "2"]) == 2
+    assert "tensor parallelism needs the vllm backend" in capsys.readouterr().err
+    assert main(["generate", "--db", str(db), "--prompts", prompt_file, "--model",
+                 tiny_model_dir, "--shard", "2/2"]) == 2
+    assert "shard must be i/n" in capsys.readouterr().err
+    assert not db.exists()

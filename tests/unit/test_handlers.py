@@ -106,6 +106,19 @@ def test_admins_start_training_and_scoring_jobs_with_the_right_commands(svc, tmp
     svc.jobs.stop_all()
 
 
+def test_generation_jobs_pass_the_parallel_sizes(svc):
+    handlers.start_generation(svc, "root", limit=1, data_parallel_size=8)
+    handlers.start_generation(svc, "root", limit=1, tensor_parallel_size=2, data_parallel_size=4)
+    handlers.start_generation(svc, "root", limit=1)
+    plain, both, data = (j.argv for j in svc.jobs.list())
+    assert data[data.index("--data-parallel-size") + 1] == "8"
+    assert "--tensor-parallel-size" not in data
+    assert (both[both.index("--tensor-parallel-size") + 1],
+            both[both.index("--data-parallel-size") + 1]) == ("2", "4")
+    assert not any("parallel" in a for a in plain)
+    svc.jobs.stop_all()
+
+
 def test_generation_jobs_use_the_newest_policy_iteration(svc, tmp_path):
     handlers.start_generation(svc, "root", limit=1)
     db = svc.db()
