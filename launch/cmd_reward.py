@@ -194,6 +194,9 @@ def _score(args: argparse.Namespace) -> int:
             for c, s in zip(part, scored)
         ])
     seconds = time.perf_counter() - started
+    from data.queue_order import refresh_uncertainty
+
+    refresh_uncertainty(db)  # the uncertain queue order reads the new scores
     print(f"scored {written} candidates with {spec.name} in {seconds:.1f} s "
           f"({scorer.truncated} cut to their last {args.max_length} tokens); "
           f"stored in model_scores of {db_path(args)}")
