@@ -34,6 +34,7 @@ log-probs REBEL regresses on.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -221,10 +222,13 @@ class IterationState:
         self.path = folder / "loop_state.json"
         self.data = {"iteration": iteration, "base_model": base_model, "settings": settings,
                      "done": [], "run_id": None, "train": None}
+        self.resumed = False
+        """True when an earlier attempt at this iteration left its state: its training
+        checkpoints may be resumed."""
         if self.path.is_file():
             saved = json.loads(self.path.read_text())
             if saved.get("base_model") == base_model and saved.get("settings") == settings:
-                self.data = saved
+                self.data, self.resumed = saved, True
             # Different settings: a new iteration in an old folder starts over.
 
     def done(self, step: str) -> bool:
@@ -452,6 +456,8 @@ class TrainContext:
     train_prompts: list[list[dict]]
     held_keys: set[str]
     progress: bool
+    resume: bool
+    """Continue from a checkpoint an interrupted attempt left in ``output``."""
 
 
 @dataclass
@@ -476,7 +482,7 @@ def _train_rebel(ctx: TrainContext) -> TrainResult:
         output=str(ctx.output), model=ctx.base_model, eta=config.eta,
         temperature=config.temperature, learning_rate=config.learning_rate,
         epochs=config.epochs, per_device_batch_size=config.per_device_batch_size,
-        eval_fraction=0.0, seed=config.seed, log_every=1, resume=True),
+        eval_fraction=0.0, seed=config.seed, log_every=1, resume=ctx.resume),
         pairs=train_pairs, eval_pairs=held_pairs if held_pairs.pairs else None,
         progress=ctx.progress)
     gaps = [p.reward_gap for p in train_pairs.pairs]
@@ -503,7 +509,7 @@ def _train_ppo(ctx: TrainContext) -> TrainResult:
         rollout_batch_size=batch, minibatch_size=minibatch, ppo_epochs=config.ppo_epochs,
         max_new_tokens=config.max_new_tokens, temperature=config.temperature,
         kl_coef=config.kl_coef, learning_rate=config.learning_rate, seed=config.seed,
-        resume=True),
+        resume=ctx.resume),
         reward_fn=ctx.reward_fn, prompts=ctx.train_prompts, progress=ctx.progress)
     diagnosis = ppo_diagnosis(read_metrics(ctx.output / "metrics.jsonl"),
                               learning_rate=config.learning_rate, steps=config.ppo_steps)
@@ -588,9 +594,11 @@ def _iteration(config: LoopConfig, db, iteration: int, base_model: str, output: 
             config=config, db=db, run_id=run_id, base_model=base_model, output=output,
             scorer_name=spec.name if from_scores else None, reward_fn=reward_fn,
             train_prompts=[m for pid, m in prompt_of.items() if keys[pid] not in held_keys],
-            held_keys=held_keys, progress=progress))
+            held_keys=held_keys, progress=progress, resume=state.resumed))
         state.mark("train", train={"trained_on": result.trained_on,
                                    "diagnosis": asdict(result.diagnosis)})
+        # The saved policy is what later steps need; optimizer state is several times its size.
+        shutil.rmtree(output / "checkpoints", ignore_errors=True)
     trained = state.data["train"]
 
     # 5. Report on held-out prompts: the previous policy's first candidate of step 1 against
