@@ -2,7 +2,7 @@
 iterations, and the held-out success rate of the policy after each one.
 
     python3 bench/learning_signal.py [--model default] [--iterations 3] [--algorithms rebel,ppo]
-        [--train-prompts 64] [--eval-prompts 48] [--samples 2] [--max-new-tokens 32]
+        [--train-prompts 64] [--eval-prompts 48] [--samples 3] [--max-new-tokens 24]
 
 The preference, checked by code: **the reply gets to the point** — its opening sentence (up to
 the first ``.``, ``!``, ``?``, ``:`` or line break) has at most 10 words. SmolLM2-135M-Instruct
@@ -122,18 +122,18 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--train-prompts", type=int, default=64)
     parser.add_argument("--eval-prompts", type=int, default=48)
-    parser.add_argument("--samples", type=int, default=2, help="held-out replies per prompt")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--samples", type=int, default=3, help="held-out replies per prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--noise", type=float, default=1.0, help="annotators' Gumbel noise")
     parser.add_argument("--k", type=int, default=4, help="REBEL: candidates per prompt")
-    parser.add_argument("--rebel-lr", type=float, default=1e-5)
+    parser.add_argument("--rebel-lr", type=float, default=2e-5)
     parser.add_argument("--rebel-epochs", type=int, default=2)
     parser.add_argument("--eta", type=float, default=4.0)
     parser.add_argument("--ppo-k", type=int, default=2, help="PPO: candidates per prompt for "
                         "the queue (PPO itself trains on fresh rollouts)")
     parser.add_argument("--ppo-lr", type=float, default=1e-5)
-    parser.add_argument("--ppo-steps", type=int, default=6)
+    parser.add_argument("--ppo-steps", type=int, default=5)
     parser.add_argument("--ppo-rollout", type=int, default=16)
     parser.add_argument("--ppo-minibatch", type=int, default=8)
     parser.add_argument("--ppo-epochs", type=int, default=2)
