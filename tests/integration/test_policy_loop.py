@@ -228,3 +228,28 @@ def test_simulated_iterations_chain_and_resume_after_a_kill(tiny_model_dir, tmp_
     config = LoopConfig(db=str(db_file), output=str(out), feedback=args[args.index("--feedback") + 1],
                         iterations=2)
     assert list(plan_iterations(config, db)) == [3, 4]
+
+
+def test_ppo_with_simulated_feedback_is_rewarded_by_the_scoring_function(tiny_model_dir,
+                                                                          tmp_path, capsys):
+    from launch.cli import main
+    from reward.metrics import read_metrics
+
+    db_file = tmp_path / "loop.db"
+    assert main(["loop", "--db", str(db_file), "--algorithm", "ppo", "--feedback",
+                 "simulated:tests.integration.sim_kill:length_or_die", "--output",
+                 str(tmp_path / "policy"), "--model", tiny_model_dir, "--limit", "6", "--k", "2",
+                 "--backend", "transformers", "--max-new-tokens", "5", "--eval-fraction", "0.34",
+                 "--lr", "1e-3", "--ppo-steps", "2", "--rollout-batch", "4", "--minibatch", "2",
+                 "--ppo-epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "simulated annotators stored 12 rankings of 6 items" in out
+    assert "PPO on 4 prompts" in out and "PPO moved the reward by" in out
+    [row] = store.open_store(db_file).query("SELECT * FROM policy_iterations")
+    report = json.loads(row["report"])
+    assert row["scorer"] is None and report["judge"].startswith("simulated:")
+    assert isinstance(report["reward_new"], float) and "kl" in report["diagnostics"]
+    # PPO's logged rewards are the scoring function's: minus the response's length in chars.
+    rewards = [m["objective/reward"] for m in read_metrics(tmp_path / "policy" / "iter-1" /
+                                                           "metrics.jsonl")]
+    assert len(rewards) == 2 and all(r <= 0 for r in rewards)
