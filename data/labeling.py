@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import sqlite_utils
 
-from data import store
+from data import queue_order, store
 from data.rankings import Submission, ranking_to_pairs
 
 ROLES = ("annotator", "admin")
@@ -179,13 +179,8 @@ _AVAILABLE_WHERE = """
          AND ((a.submitted_at IS NOT NULL AND a.skipped = 0)
               OR (a.submitted_at IS NULL AND a.expires_at > ?))) < ?
 """
-# Finish items already started by others before opening new ones.
-_NEXT_AVAILABLE = f"""
-    SELECT i.id FROM items i WHERE {_AVAILABLE_WHERE}
-    ORDER BY (SELECT COUNT(*) FROM assignments a WHERE a.item_id = i.id
-              AND a.submitted_at IS NOT NULL AND a.skipped = 0) DESC, i.id
-    LIMIT 1
-"""
+# The next item: in the project's queue order (data/queue_order.py), which finishes items
+# already started by others before opening new ones.
 _COUNT_AVAILABLE = f"SELECT COUNT(*) FROM items i WHERE {_AVAILABLE_WHERE}"
 
 
@@ -206,7 +201,8 @@ def next_assignment(
         for gold in ((1, 0) if want_gold else (0,)):
             # Gold items are checks, not labels: any number of annotators may see one.
             overlap = 1 << 30 if gold else policy.overlap
-            item = db.execute(_NEXT_AVAILABLE, [gold, user_id, user_id, now, overlap]).fetchone()
+            item = db.execute(queue_order.next_item_sql(db, _AVAILABLE_WHERE),
+                              [gold, user_id, user_id, now, overlap]).fetchone()
             if item:
                 break
         if not item:

@@ -265,6 +265,29 @@ def _m5_policy_iterations(db: sqlite_utils.Database) -> None:
     db["policy_iterations"].create_index(["iteration"], unique=True)
 
 
+def _m20_queue_order(db: sqlite_utils.Database) -> None:
+    # Per-project settings chosen by an admin (the queue order, as JSON under "queue_order").
+    db["project_settings"].create(
+        {"key": str, "value": str, "updated_at": float, "updated_by": str},
+        pk="key", not_null={"value", "updated_at"},
+    )
+    # Active selection: an item's uncertainty under the reward model(s), with the scores it was
+    # computed from (data/queue_order.py).
+    db["item_uncertainty"].create(
+        {
+            "item_id": int,
+            "uncertainty": float,  # higher = served earlier by the "uncertain" order
+            "method": str,  # "gap" (one scorer) or "ensemble"
+            "scorers": str,  # JSON list of scorer names
+            "scores": str,  # JSON {candidate id: [score per scorer]}
+            "computed_at": float,
+        },
+        pk="item_id",
+        foreign_keys=[("item_id", "items", "id")],
+        not_null={"uncertainty", "method", "scorers", "scores", "computed_at"},
+    )
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -279,6 +302,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "labeling queue: items, assignments, jobs; demonstration authors",
               _m4_labeling_queue),
     Migration(5, "policy iterations", _m5_policy_iterations),
+    Migration(20, "project settings; item uncertainty for the queue order", _m20_queue_order),
 )
 SCHEMA_VERSION = max(m.version for m in MIGRATIONS)
 

@@ -10,6 +10,7 @@ import signal
 import sys
 
 from data import labeling, store
+from launch.cmd_simulate import add_queue_order_args, apply_queue_order
 from launch.common import UserError, add_db, db_path, positive_int
 
 
@@ -32,6 +33,7 @@ def register(commands) -> None:
                           "(default: 0)")
     app.add_argument("--no-autogenerate", action="store_true",
                      help="do not start generating candidates when the database has none")
+    add_queue_order_args(app)
     app.set_defaults(handler=_app)
 
     users = commands.add_parser("users", help="create and list annotators and admins",
@@ -69,6 +71,7 @@ def _app(args: argparse.Namespace) -> int:
                                   gold_rate=args.gold_rate)
     svc = LabelerService(db_path(args), policy=policy, autogenerate=not args.no_autogenerate)
     db = svc.db()
+    apply_queue_order(args, db)
     if labeling.user_count(db) == 0:
         password = generate_password()
         labeling.add_user(db, "admin", "admin", hash_password(password))

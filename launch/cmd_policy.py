@@ -15,6 +15,8 @@ from launch.training_options import (
 
 
 def register(commands) -> None:
+    from policy.loop import TRAINERS
+
     train = _group(commands)
     rebel = train.add_parser(
         "rebel", help="train a policy with REBEL on preference pairs",
@@ -106,15 +108,19 @@ def register(commands) -> None:
     ppo.set_defaults(handler=_train_ppo)
 
     loop = commands.add_parser(
-        "loop", help="run one policy iteration: generate, get feedback, train, record",
-        description="One iteration of the loop on the app's database: generate k candidates "
-                    "per prompt with the current policy (the last recorded iteration's model, "
-                    "else --model); get feedback: score them with the reward model, or wait "
-                    "for annotators to rank them in the app (--feedback human); train REBEL on "
-                    "best/worst pairs or PPO against the reward model; save the new policy "
-                    "under --output/iter-N and record it, so the next generation uses it. "
-                    "Prints a report: mean reward of the new vs the previous policy on "
-                    "held-out prompts, win rate, KL and length.",
+        "loop", help="run policy iterations: generate, get feedback, train, report, record",
+        description="Policy iterations on the app's database: generate k candidates per "
+                    "prompt with the current policy (the last recorded iteration's model, "
+                    "else --model); get feedback: score them with the reward model, wait for "
+                    "annotators to rank them in the app (--feedback human), or let simulated "
+                    "annotators rank them through the app's queue (--feedback "
+                    "simulated:MODULE:FUNCTION); train REBEL on best/worst pairs or PPO; save "
+                    "the new policy under --output/iter-N and record it, so the next "
+                    "generation uses it. Prints a report per iteration (held-out mean reward "
+                    "of the new vs the previous policy, win rate, KL, length, whether training "
+                    "moved the policy) and writes loop_report.md/.json/.svg in --output. "
+                    "--iterations N chains N iterations; rerunning the same command after a "
+                    "crash continues at the step it reached.",
     )
     add_db(loop)
     loop.add_argument("--scorer", default=None, metavar="KIND:DIR",
@@ -122,11 +128,23 @@ def register(commands) -> None:
                            "--feedback human)")
     loop.add_argument("--output", required=True, metavar="DIR",
                       help="folder holding one sub-folder per iteration")
-    loop.add_argument("--algorithm", choices=("rebel", "ppo"), default="rebel",
+    loop.add_argument("--algorithm", choices=tuple(TRAINERS), default="rebel",
                       help="default: rebel")
-    loop.add_argument("--feedback", choices=("reward-model", "human"), default="reward-model",
-                      help="REBEL pairs from the reward model's scores or from rankings made "
-                           "in the app (default: reward-model)")
+    loop.add_argument("--iterations", type=positive_int, default=1,
+                      help="iterations to chain (default: 1)")
+    loop.add_argument("--feedback", default="reward-model",
+                      metavar="reward-model|human|simulated:MODULE:FUNCTION",
+                      help="the reward model's scores, rankings made in the app, or rankings by "
+                           "simulated annotators who score each candidate with "
+                           "FUNCTION(prompts, responses) -> floats plus noise (default: "
+                           "reward-model)")
+    loop.add_argument("--sim-annotators", type=positive_int, default=3,
+                      help="simulated feedback: annotators (default: 3)")
+    loop.add_argument("--sim-overlap", type=positive_int, default=2,
+                      help="simulated feedback: annotators per item (default: 2)")
+    loop.add_argument("--sim-noise", type=float, default=1.0,
+                      help="simulated feedback: Gumbel noise temperature; P(a above b) = "
+                           "sigmoid((s_a - s_b) / noise) (default: 1.0; 0 = exact)")
     loop.add_argument("--min-ranked", type=positive_int, default=None,
                       help="human feedback: prompts that must be ranked before training "
                            "(default: all of the iteration's training prompts)")
@@ -160,6 +178,7 @@ def register(commands) -> None:
                       help="PPO prompts per rollout (default: 16)")
     loop.add_argument("--minibatch", type=positive_int, default=4,
                       help="PPO responses per gradient step (default: 4)")
+    loop.add_argument("--ppo-epochs", type=positive_int, default=4, help="PPO (default: 4)")
     loop.add_argument("--kl-coef", type=float, default=0.05, help="PPO (default: 0.05)")
     loop.add_argument("--seed", type=int, default=0, help="default: 0")
     loop.set_defaults(handler=_loop)
@@ -317,7 +336,7 @@ def _train_ppo(args: argparse.Namespace) -> int:
 
 
 def _loop(args: argparse.Namespace) -> int:
-    from policy.loop import LoopConfig, run_iteration
+    from policy.loop import LoopConfig, run_loop
 
     config = LoopConfig(
         db=db_path(args), scorer=args.scorer, output=args.output, algorithm=args.algorithm,
@@ -328,8 +347,9 @@ def _loop(args: argparse.Namespace) -> int:
         epochs=args.epochs, per_device_batch_size=args.batch_size, ppo_steps=args.ppo_steps,
         rollout_batch_size=args.rollout_batch, minibatch_size=args.minibatch,
         kl_coef=args.kl_coef, seed=args.seed, tensor_parallel_size=args.tensor_parallel_size,
-        data_parallel_size=args.data_parallel_size,
+        data_parallel_size=args.data_parallel_size, ppo_epochs=args.ppo_epochs,
+        iterations=args.iterations, sim_annotators=args.sim_annotators,
+        sim_overlap=args.sim_overlap, sim_noise=args.sim_noise,
     )
-    report = run_iteration(config)
-    print(report.line())
+    run_loop(config)
     return 0

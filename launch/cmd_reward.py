@@ -195,6 +195,11 @@ def _score(args: argparse.Namespace) -> int:
         print(f"nothing to score: every candidate already has a score from {spec.name} "
               "(--rescore scores them again)")
         return 0
+    from data.queue_order import refresh_uncertainty
+
+    db = store.open_store(db_path(args))
+    refresh_uncertainty(db)  # the uncertain queue order reads the new scores
+    db.close()
     print(f"scored {summary.candidates} candidates with {spec.name} in {summary.seconds:.1f} s "
           f"on {summary.processes} process{'es' if summary.processes > 1 else ''} "
           f"({summary.per_second:.1f}/s; {summary.truncated} cut to their last "

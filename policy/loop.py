@@ -1,20 +1,31 @@
-"""`rankloop loop`: one policy iteration end to end, recorded in the store.
+"""`rankloop loop`: policy iterations end to end, recorded in the store, chained and resumable.
 
+Each iteration:
     1. generate k candidates per prompt with the current policy (the newest recorded
        iteration's model, else ``--model``) into a generation run; its prompts become items in
        the app's labeling queue;
-    2. feedback: score the candidates with the reward model (stored in ``model_scores``), or
-       wait for annotators to rank them in the app (``--feedback human``);
+    2. feedback: score the candidates with the reward model (stored in ``model_scores``), wait
+       for annotators to rank them in the app (``--feedback human``), or have simulated
+       annotators rank the queue through the app's own submission path
+       (``--feedback simulated:MODULE:FUNCTION``, see ``data/simulate.py``);
     3. hold out a share of the prompts for the report;
-    4. train from the current policy on the other prompts: REBEL on best/worst pairs of the
-       scores or rankings, or PPO against the reward model (fresh rollouts on those prompts);
+    4. train from the current policy on the other prompts (``TRAINERS``): REBEL on best/worst
+       pairs of the scores or rankings, or PPO on fresh rollouts rewarded by the reward model
+       (or, with simulated feedback and no reward model, by the simulated annotators' scoring
+       function itself); then diagnose whether the policy moved (``policy/diagnostics.py``);
     5. report on the held-out prompts: the previous policy's first candidate (from step 1)
-       and one new sample from the new policy (the step 1 engine, given the new weights),
-       both scored by the same reward model: mean
-       reward, win rate of new over old (ties count half), KL(new ‖ old) estimated on the new
-       policy's samples, mean length;
+       and one new sample from the new policy, both judged by the reward model (or the
+       simulated scoring function): mean reward, win rate of new over old (ties count half),
+       KL(new ‖ old) estimated on the new policy's samples, mean length; warn when the
+       iteration changed almost nothing, naming the setting to change;
     6. record the iteration (``policy_iterations``), so the next generation, here or in the
        app, samples from the new policy (``current_policy``).
+
+``--iterations N`` chains N iterations. Each iteration writes ``iter-N/loop_state.json`` after
+each step; a rerun of the same command after a crash continues the unfinished iterations at
+the step they reached (generation resumes its run, training its checkpoint). After every
+iteration ``loop_report.md``, ``loop_report.json`` and ``loop_report.svg`` (held-out metrics
+across iterations) are rewritten in the output folder.
 
 Sampling uses top_p = 1, so the responses are samples of the temperature-scaled policy whose
 log-probs REBEL regresses on.
@@ -23,31 +34,44 @@ log-probs REBEL regresses on.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from data import store
 from data.policy_pairs import PairSet, require_pairs, split_held_out
+from data.simulate import SIMULATED_PREFIX
 
 ALGORITHMS = ("rebel", "ppo")
-FEEDBACK = ("reward-model", "human")
+FEEDBACK = ("reward-model", "human", "simulated:MODULE:FUNCTION")
+STEPS = ("generate", "feedback", "train", "report")
 
 
 @dataclass
 class LoopConfig:
     db: str
-    """The app's database: candidates, scores and iterations are written there."""
+    """The app's database: candidates, scores, rankings and iterations are written there."""
     output: str
-    """Folder with one ``iter-N`` sub-folder per iteration."""
+    """Folder with one ``iter-N`` sub-folder per iteration and the loop's report files."""
     scorer: str | None = None
     """Reward model, ``bt:DIR`` or ``armorm:DIR``: the feedback (``reward-model``), PPO's
-    reward, and the report's judge. Optional only with human feedback and REBEL."""
+    reward, and the report's judge. Optional with human or simulated feedback and REBEL, and
+    with simulated feedback and PPO (the scoring function is then the reward)."""
     algorithm: str = "rebel"
-    """``rebel`` (pairs from scores or rankings) or ``ppo`` (rollouts scored by ``scorer``)."""
+    """A key of ``TRAINERS``: ``rebel`` (pairs from scores or rankings) or ``ppo``."""
     feedback: str = "reward-model"
-    """What REBEL's pairs come from: ``reward-model`` scores or ``human`` rankings."""
+    """``reward-model`` scores, ``human`` rankings made in the app, or
+    ``simulated:MODULE:FUNCTION`` rankings by simulated annotators."""
+    iterations: int = 1
+    """Iterations to chain in one invocation (a rerun finishes an interrupted set)."""
+    sim_annotators: int = 3
+    """Simulated feedback: annotators."""
+    sim_overlap: int = 2
+    """Simulated feedback: annotators per item."""
+    sim_noise: float = 1.0
+    """Simulated feedback: Gumbel noise temperature on the scores (0 = exact)."""
     min_ranked: int | None = None
     """Human feedback: prompts of this iteration's run that must be ranked before training;
     None = as many as the run has training prompts (all but the held-out share)."""
@@ -86,21 +110,34 @@ class LoopConfig:
     """PPO: prompts per rollout."""
     minibatch_size: int = 4
     """PPO: responses per gradient step."""
+    ppo_epochs: int = 4
+    """PPO: passes over each rollout."""
     kl_coef: float = 0.05
     """PPO: β of the per-token KL penalty."""
     seed: int = 0
 
+    @property
+    def simulated(self) -> str | None:
+        """The simulated annotators' ``MODULE:FUNCTION``, or None."""
+        if self.feedback.startswith(SIMULATED_PREFIX):
+            return self.feedback[len(SIMULATED_PREFIX):]
+        return None
+
     def __post_init__(self) -> None:
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}")
-        if self.feedback not in FEEDBACK:
-            raise ValueError(f"feedback must be one of {', '.join(FEEDBACK)}")
-        if self.scorer is None and (self.feedback == "reward-model" or self.algorithm == "ppo"):
+        if self.algorithm not in TRAINERS:
+            raise ValueError(f"algorithm must be one of {', '.join(TRAINERS)}")
+        if self.feedback not in FEEDBACK[:2] and self.simulated is None:
+            raise ValueError("feedback must be reward-model, human or simulated:MODULE:FUNCTION")
+        if self.simulated is not None and ":" not in self.simulated:
+            raise ValueError("simulated feedback must look like simulated:MODULE:FUNCTION")
+        if self.scorer is None and self.feedback == "reward-model":
             raise ValueError("a reward model (--scorer) is needed unless REBEL trains on human "
-                             "rankings (--feedback human)")
+                             "rankings (--feedback human) or simulated annotators rank")
         if self.algorithm == "ppo" and self.feedback == "human":
             raise ValueError("PPO learns from a reward model's scores of fresh rollouts; use "
                              "--algorithm rebel with --feedback human")
+        if self.iterations < 1:
+            raise ValueError("iterations must be at least 1")
         if (self.min_ranked is not None and self.min_ranked < 1) or self.wait_minutes < 0 \
                 or self.poll_seconds <= 0:
             raise ValueError("min ranked must be at least 1, wait minutes at least 0 and poll "
@@ -127,12 +164,23 @@ class IterationReport:
     length_old: float | None
     length_new: float | None
     seconds: float
+    judge: str | None = None
+    """What scored the report's samples: the reward model or the simulated scoring function."""
+    diagnosis: str | None = None
+    """The training recipe's own measure of how far the policy moved."""
+    diagnostics: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    """Set when the iteration changed almost nothing; each names the setting to change."""
+    rankings: int | None = None
+    """Simulated feedback: rankings the simulated annotators stored this iteration."""
 
     def line(self) -> str:
-        trained_on = (f"{self.train_pairs} pairs from {self.feedback} feedback"
-                      if self.algorithm == "rebel" else f"PPO on {self.train_pairs} prompts")
+        trained_on = (f"PPO on {self.train_pairs} prompts" if self.algorithm == "ppo"
+                      else f"{self.train_pairs} pairs from {self.feedback} feedback")
         head = (f"iteration {self.iteration}: policy saved to {self.model} "
                 f"(from {self.base_model}; run {self.run_id}, {trained_on})")
+        if self.diagnosis:
+            head += f"; {self.diagnosis}"
         if self.kl is None:
             return head + "; no held-out prompts to report on"
         reward = ("" if self.reward_new is None else
@@ -162,7 +210,160 @@ def record_iteration(db, report: IterationReport, *, scorer: str | None) -> None
              report.run_id, scorer, json.dumps(asdict(report)), time.time()])
 
 
-# --- the iteration ------------------------------------------------------------------------------
+def recorded_reports(db) -> list[dict]:
+    """Every recorded iteration's report, oldest first."""
+    return [json.loads(row[0]) for row in db.execute(
+        "SELECT report FROM policy_iterations ORDER BY iteration") if row[0]]
+
+
+# --- resuming: which steps of an iteration are done -----------------------------------------------
+
+class IterationState:
+    """``iter-N/loop_state.json``: the iteration's starting policy, run and finished steps,
+    written after each step so a rerun continues where a crash stopped it."""
+
+    def __init__(self, folder: Path, iteration: int, base_model: str, settings: dict):
+        self.path = folder / "loop_state.json"
+        self.data = {"iteration": iteration, "base_model": base_model, "settings": settings,
+                     "done": [], "run_id": None, "train": None}
+        self.resumed = False
+        """True when an earlier attempt at this iteration left its state: its training
+        checkpoints may be resumed."""
+        if self.path.is_file():
+            saved = json.loads(self.path.read_text())
+            if saved.get("base_model") == base_model and saved.get("settings") == settings:
+                self.data, self.resumed = saved, True
+            # Different settings: a new iteration in an old folder starts over.
+
+    def done(self, step: str) -> bool:
+        return step in self.data["done"]
+
+    def mark(self, step: str, **values) -> None:
+        self.data.update(values)
+        if step not in self.data["done"]:
+            self.data["done"].append(step)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2) + "\n")
+        tmp.replace(self.path)  # atomic: a crash leaves the old state or the new one
+
+
+def _state_settings(config: LoopConfig) -> dict:
+    """What must match for an unfinished iteration to be continued."""
+    keep = ("algorithm", "feedback", "scorer", "prompts", "limit", "k", "max_new_tokens",
+            "temperature", "eval_fraction", "seed")
+    return {k: getattr(config, k) for k in keep}
+
+
+# --- the loop -----------------------------------------------------------------------------------
+
+def _plan_path(config: LoopConfig) -> Path:
+    return Path(config.output) / "loop_plan.json"
+
+
+def plan_iterations(config: LoopConfig, db) -> range:
+    """The iterations this invocation runs: the unfinished rest of an interrupted set with the
+    same count, else ``config.iterations`` new ones after the last recorded one."""
+    path = _plan_path(config)
+    first_new = next_iteration(db)
+    if path.is_file():
+        plan = json.loads(path.read_text())
+        if plan.get("iterations") == config.iterations and first_new <= plan["last"]:
+            return range(first_new, plan["last"] + 1)
+    last = first_new + config.iterations - 1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"iterations": config.iterations, "first": first_new,
+                                "last": last}) + "\n")
+    return range(first_new, last + 1)
+
+
+def run_loop(config: LoopConfig, *, progress: bool = False,
+             say: Callable[[str], None] = print) -> list[IterationReport]:
+    """Runs (or continues) ``config.iterations`` iterations; prints each report line and
+    warning, and rewrites the report table and plot after each iteration."""
+    from reward.score import parse_scorer
+
+    if config.scorer:
+        parse_scorer(config.scorer)  # fails before any sampling
+    if config.simulated:
+        from data.simulate import load_score_fn
+
+        load_score_fn(config.simulated)
+    db = store.open_store(config.db)
+    planned = plan_iterations(config, db)
+    db.close()
+    reports = []
+    for _ in planned:
+        report = run_iteration(config, progress=progress, say=say)
+        say(report.line())
+        for warning in report.warnings:
+            say(f"rankloop: warning: {warning}")
+        db = store.open_store(config.db)
+        write_loop_report(Path(config.output), recorded_reports(db))
+        db.close()
+        reports.append(report)
+    return reports
+
+
+def run_iteration(config: LoopConfig, *, progress: bool = False,
+                  say: Callable[[str], None] = print) -> IterationReport:
+    """Runs the next iteration (or continues an unfinished one) and records it."""
+    from reward.score import parse_scorer
+
+    started = time.perf_counter()
+    spec = parse_scorer(config.scorer) if config.scorer else None  # fails before any sampling
+    db = store.open_store(config.db)
+    iteration = next_iteration(db)
+    base_model = current_policy(db) or config.model
+    output = Path(config.output) / f"iter-{iteration}"
+    state = IterationState(output, iteration, base_model, _state_settings(config))
+    if state.data["done"]:
+        say(f"rankloop: continuing iteration {iteration} after {state.data['done'][-1]}")
+    sampler = _LazySampler(config, base_model, config.seed + iteration)
+    try:
+        report = _iteration(config, db, iteration, base_model, output, spec, sampler, state,
+                            progress=progress, say=say)
+    finally:
+        sampler.close()
+    report.seconds = time.perf_counter() - started
+
+    # 6. Record the iteration: the next generation samples from the new policy.
+    (output / "iteration_report.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
+    record_iteration(db, report, scorer=spec.name if spec else None)
+    db.close()
+    return report
+
+
+class _LazySampler:
+    """One engine for the whole iteration, started on first use: it generates the candidates,
+    waits through training, then takes the new policy's weights for the report (a vLLM start
+    costs more than a weight sync). A resumed iteration that needs no sampling starts none."""
+
+    def __init__(self, config: LoopConfig, model: str, seed: int):
+        self.config, self.model, self.seed = config, model, seed
+        self._sampler = None
+
+    def get(self):
+        if self._sampler is None:
+            import torch
+
+            from training.models import resolve_model
+            from policy.sampling import SamplingConfig, make_sampler, pick_backend
+
+            backend = pick_backend(self.config.backend)
+            options = {"gpu_memory_utilization": 0.3} if backend == "vllm" and \
+                torch.cuda.is_available() else {}
+            self._sampler = make_sampler(
+                backend, resolve_model(self.model), SamplingConfig(seed=self.seed),
+                tensor_parallel_size=self.config.tensor_parallel_size,
+                data_parallel_size=self.config.data_parallel_size, **options)
+        return self._sampler
+
+    def close(self) -> None:
+        if self._sampler is not None:
+            self._sampler.close()
+            self._sampler = None
+
 
 def prompt_key(messages: list[dict]) -> str:
     return json.dumps(messages, sort_keys=True, ensure_ascii=False)
@@ -201,19 +402,6 @@ def wait_for_rankings(db, run_id: int, needed: int, config: LoopConfig, *,
         sleep(config.poll_seconds)
 
 
-def _start_sampler(backend: str, model: str, seed: int, **parallel):
-    """One engine for the whole iteration: it generates the candidates, waits through
-    training, then takes the new policy's weights for the report (a vLLM start costs more than
-    a weight sync). On a GPU its KV cache leaves room for training."""
-    import torch
-
-    from policy.sampling import SamplingConfig, make_sampler
-
-    options = {"gpu_memory_utilization": 0.3} if backend == "vllm" and \
-        torch.cuda.is_available() else {}
-    return make_sampler(backend, model, SamplingConfig(seed=seed), **parallel, **options)
-
-
 def _sample_new_policy(sampler, new_model: str, texts: list[str], config: LoopConfig):
     from transformers import AutoModelForCausalLM
 
@@ -227,8 +415,8 @@ def _sample_new_policy(sampler, new_model: str, texts: list[str], config: LoopCo
     return [s[0] for s in sampler.generate(texts, sampling)]
 
 
-def _kl_new_old(new_model: str, old_model: str, prompt_texts: list[str], responses: list[str],
-                temperature: float, batch_size: int = 8) -> float:
+def kl_new_old(new_model: str, old_model: str, prompt_texts: list[str], responses: list[str],
+               temperature: float, batch_size: int = 8) -> float:
     """Mean over responses of log π_new(y|x) − log π_old(y|x), y sampled from π_new."""
     import torch
 
@@ -253,136 +441,321 @@ def _kl_new_old(new_model: str, old_model: str, prompt_texts: list[str], respons
     return float((totals[0] - totals[1]).mean())
 
 
-def run_iteration(config: LoopConfig, *, progress: bool = False,
-                  say: Callable[[str], None] = print) -> IterationReport:
-    from training.models import resolve_model
-    from policy.sampling import pick_backend
-    from reward.score import parse_scorer
+_kl_new_old = kl_new_old  # the name earlier callers used
 
-    started = time.perf_counter()
-    spec = parse_scorer(config.scorer) if config.scorer else None  # fails before any sampling
-    backend = pick_backend(config.backend)
-    db = store.open_store(config.db)
-    iteration = next_iteration(db)
-    base_model = current_policy(db) or config.model
-    output = Path(config.output) / f"iter-{iteration}"
 
-    sampler = _start_sampler(backend, resolve_model(base_model), config.seed + iteration,
-                             tensor_parallel_size=config.tensor_parallel_size,
-                             data_parallel_size=config.data_parallel_size)
-    try:
-        report = _iteration(config, db, iteration, base_model, output, spec, sampler,
-                            progress=progress, say=say)
-    finally:
-        sampler.close()
-    report.seconds = time.perf_counter() - started
+# --- training: one entry per algorithm ------------------------------------------------------------
 
-    # 6. Record the iteration: the next generation samples from the new policy.
-    (output / "iteration_report.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
-    record_iteration(db, report, scorer=spec.name if spec else None)
-    db.close()
-    return report
+@dataclass
+class TrainContext:
+    """What a trainer needs from the iteration."""
 
+    config: LoopConfig
+    db: object
+    run_id: int
+    base_model: str
+    output: Path
+    scorer_name: str | None
+    """Stored scores to build REBEL's pairs from (None: the rankings)."""
+    reward_fn: Callable | None
+    """PPO's reward for fresh rollouts: (prompts, responses) → floats."""
+    train_prompts: list[list[dict]]
+    held_keys: set[str]
+    progress: bool
+    resume: bool
+    """Continue from a checkpoint an interrupted attempt left in ``output``."""
+
+
+@dataclass
+class TrainResult:
+    trained_on: int
+    diagnosis: object
+    """A ``policy.diagnostics.Diagnosis``."""
+
+
+def _train_rebel(ctx: TrainContext) -> TrainResult:
+    from data.policy_pairs import pairs_from_db
+    from policy.diagnostics import rebel_diagnosis
+    from policy.rebel import RebelConfig, train_rebel
+    from training.metrics import read_metrics
+
+    config = ctx.config
+    pairs = pairs_from_db(ctx.db, scorer=ctx.scorer_name, run_id=ctx.run_id)
+    require_pairs(pairs)
+    train_pairs, held_pairs = _held_out(pairs, ctx.held_keys)
+    require_pairs(train_pairs)
+    summary = train_rebel(RebelConfig(
+        output=str(ctx.output), model=ctx.base_model, eta=config.eta,
+        temperature=config.temperature, learning_rate=config.learning_rate,
+        epochs=config.epochs, per_device_batch_size=config.per_device_batch_size,
+        eval_fraction=0.0, seed=config.seed, log_every=1, resume=ctx.resume),
+        pairs=train_pairs, eval_pairs=held_pairs if held_pairs.pairs else None,
+        progress=ctx.progress)
+    gaps = [p.reward_gap for p in train_pairs.pairs]
+    diagnosis = rebel_diagnosis(
+        read_metrics(ctx.output / "metrics.jsonl"), eta=config.eta,
+        mean_reward_gap=sum(gaps) / len(gaps), learning_rate=config.learning_rate,
+        epochs=config.epochs)
+    return TrainResult(summary.train_pairs, diagnosis)
+
+
+def _train_ppo(ctx: TrainContext) -> TrainResult:
+    from policy.diagnostics import ppo_diagnosis
+    from policy.ppo import PPOConfig, train_ppo
+    from training.metrics import read_metrics
+
+    config = ctx.config
+    if not ctx.train_prompts:
+        raise ValueError("no prompts left to train on after holding out the report's")
+    batch = min(config.rollout_batch_size, len(ctx.train_prompts))
+    minibatch = min(config.minibatch_size, batch)
+    batch -= batch % minibatch
+    train_ppo(PPOConfig(
+        output=str(ctx.output), model=ctx.base_model, total_steps=config.ppo_steps,
+        rollout_batch_size=batch, minibatch_size=minibatch, ppo_epochs=config.ppo_epochs,
+        max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+        kl_coef=config.kl_coef, learning_rate=config.learning_rate, seed=config.seed,
+        resume=ctx.resume),
+        reward_fn=ctx.reward_fn, prompts=ctx.train_prompts, progress=ctx.progress)
+    diagnosis = ppo_diagnosis(read_metrics(ctx.output / "metrics.jsonl"),
+                              learning_rate=config.learning_rate, steps=config.ppo_steps)
+    return TrainResult(len(ctx.train_prompts), diagnosis)
+
+
+# Adding an algorithm: one entry here (and its name in the CLI's --algorithm choices).
+TRAINERS: dict[str, Callable[[TrainContext], TrainResult]] = {
+    "rebel": _train_rebel,
+    "ppo": _train_ppo,
+}
+
+
+# --- one iteration --------------------------------------------------------------------------------
 
 def _iteration(config: LoopConfig, db, iteration: int, base_model: str, output: Path, spec,
-               sampler, *, progress: bool, say) -> IterationReport:
+               sampler: _LazySampler, state: IterationState, *, progress: bool,
+               say) -> IterationReport:
     from data.chat import format_chat
-    from data.policy_pairs import pairs_from_db
+    from policy.diagnostics import held_out_diagnosis
     from policy.generate import GenerateConfig, run_generation
     from training.models import load_tokenizer, resolve_model
-    from policy.sampling import SamplingConfig
+    from policy.sampling import SamplingConfig, pick_backend
     from reward.score import load_scorer
 
-    # 1. Generate k candidates per prompt with the current policy.
-    generated = run_generation(GenerateConfig(
-        db=config.db, prompts=config.prompts, limit=config.limit, model=base_model,
-        backend=sampler.name, sampling=SamplingConfig(
-            k=config.k, temperature=config.temperature, top_p=1.0,
-            max_new_tokens=config.max_new_tokens, seed=config.seed + iteration)),
-        sampler=sampler, progress=progress)
-    run_candidates = store.candidates_for_run(db, generated.run_id)
+    # 1. Generate k candidates per prompt with the current policy (a rerun of an interrupted
+    #    generation samples only the prompts still missing).
+    if not state.done("generate"):
+        generated = run_generation(GenerateConfig(
+            db=config.db, prompts=config.prompts, limit=config.limit, model=base_model,
+            backend=pick_backend(config.backend), sampling=SamplingConfig(
+                k=config.k, temperature=config.temperature, top_p=1.0,
+                max_new_tokens=config.max_new_tokens, seed=config.seed + iteration)),
+            sampler=sampler.get(), progress=progress)
+        state.mark("generate", run_id=generated.run_id)
+    run_id = state.data["run_id"]
+    run_candidates = store.candidates_for_run(db, run_id)
     prompt_of = {row["prompt_id"]: store.prompt_messages(db, row["prompt_id"])
                  for row in run_candidates}
 
-    # 2. Held-out prompts, the same split for both algorithms and both kinds of feedback.
+    # 2. Held-out prompts, the same split for every algorithm and kind of feedback.
     keys = {pid: prompt_key(m) for pid, m in prompt_of.items()}
     ordered = sorted(keys)
     _, held_idx = split_held_out([keys[p] for p in ordered], config.eval_fraction, config.seed)
     held_ids = [ordered[i] for i in held_idx]
     held_keys = {keys[p] for p in held_ids}
 
-    # 3. Feedback: the reward model's scores (also the report's judge), or human rankings.
+    # 3. Feedback: the reward model's scores (also the report's judge), human rankings, or
+    #    simulated annotators ranking the queue through the app's submission path.
     scorer = load_scorer(spec) if spec else None
-    if scorer is not None:
-        todo = store.candidates_to_score(db, spec.name, run_id=generated.run_id)
-        if todo:
-            scores = scorer.score([c.messages + [{"role": "assistant", "content": c.text}]
-                                   for c in todo])
-            store.put_model_scores(db, [store.ModelScore(c.candidate_id, spec.name, s)
-                                        for c, s in zip(todo, scores)])
-    if config.feedback == "human":
-        wait_for_rankings(db, generated.run_id,
-                          config.min_ranked or max(1, len(keys) - len(held_ids)), config, say=say)
+    score_fn = None
+    if config.simulated:
+        from data.simulate import load_score_fn
 
-    # 4. Train from the current policy.
-    if config.algorithm == "rebel":
-        from policy.rebel import RebelConfig, train_rebel
+        score_fn = load_score_fn(config.simulated)
+    if not state.done("feedback"):
+        rankings = None
+        if scorer is not None:
+            _score_run(db, scorer, spec.name, run_id)
+        if config.feedback == "human":
+            wait_for_rankings(db, run_id, config.min_ranked or max(1, len(keys) - len(held_ids)),
+                              config, say=say)
+        elif score_fn is not None:
+            from data.simulate import SimulationConfig, simulate_queue
 
-        pairs = pairs_from_db(db, scorer=None if config.feedback == "human" else spec.name,
-                              run_id=generated.run_id)
-        require_pairs(pairs)
-        train_pairs, held_pairs = _held_out(pairs, held_keys)
-        require_pairs(train_pairs)
-        summary = train_rebel(RebelConfig(
-            output=str(output), model=base_model, eta=config.eta,
-            temperature=config.temperature, learning_rate=config.learning_rate,
-            epochs=config.epochs, per_device_batch_size=config.per_device_batch_size,
-            eval_fraction=0.0, seed=config.seed, resume=False),
-            pairs=train_pairs, eval_pairs=held_pairs if held_pairs.pairs else None,
-            progress=progress)
-        trained_on = summary.train_pairs
-    else:
-        from policy.ppo import PPOConfig, train_ppo
+            simulated = simulate_queue(db, score_fn, SimulationConfig(
+                annotators=config.sim_annotators, overlap=config.sim_overlap,
+                noise=config.sim_noise, seed=config.seed + iteration))
+            say(f"rankloop: {simulated.line()}")
+            rankings = simulated.submitted
+        state.mark("feedback", rankings=rankings)
 
-        train_prompts = [m for pid, m in prompt_of.items() if keys[pid] not in held_keys]
-        if not train_prompts:
-            raise ValueError("no prompts left to train on after holding out the report's")
-        batch = min(config.rollout_batch_size, len(train_prompts))
-        train_ppo(PPOConfig(
-            output=str(output), model=base_model, total_steps=config.ppo_steps,
-            rollout_batch_size=batch, minibatch_size=min(config.minibatch_size, batch),
-            max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-            kl_coef=config.kl_coef, learning_rate=config.learning_rate, seed=config.seed,
-            resume=False),
-            reward_fn=lambda prompts, texts: scorer.score(
-                [list(p) + [{"role": "assistant", "content": t}] for p, t in zip(prompts, texts)]),
-            prompts=train_prompts, progress=progress)
-        trained_on = len(train_prompts)
+    # 4. Train from the current policy, then ask the recipe's diagnostics whether it moved.
+    if not state.done("train"):
+        from_scores = config.feedback == "reward-model"
+        if scorer is not None:
+            reward_fn = lambda prompts, texts: scorer.score(  # noqa: E731
+                [list(p) + [{"role": "assistant", "content": t}] for p, t in zip(prompts, texts)])
+        else:
+            reward_fn = score_fn
+        result = TRAINERS[config.algorithm](TrainContext(
+            config=config, db=db, run_id=run_id, base_model=base_model, output=output,
+            scorer_name=spec.name if from_scores else None, reward_fn=reward_fn,
+            train_prompts=[m for pid, m in prompt_of.items() if keys[pid] not in held_keys],
+            held_keys=held_keys, progress=progress, resume=state.resumed))
+        state.mark("train", train={"trained_on": result.trained_on,
+                                   "diagnosis": asdict(result.diagnosis)})
+        # The saved policy is what later steps need; optimizer state is several times its size.
+        shutil.rmtree(output / "checkpoints", ignore_errors=True)
+    trained = state.data["train"]
 
     # 5. Report on held-out prompts: the previous policy's first candidate of step 1 against
-    #    one sample of the new policy, judged by the same reward model.
+    #    one sample of the new policy, judged by the same reward model or scoring function.
     new_model = str(output.resolve())
-    report = IterationReport(iteration, config.algorithm, config.feedback, base_model,
-                             new_model, generated.run_id, trained_on, len(held_ids), None,
-                             None, None, None, None, None, 0.0)
+    diagnosis = trained["diagnosis"]
+    report = IterationReport(
+        iteration, config.algorithm, config.feedback, base_model, new_model, run_id,
+        trained["trained_on"], len(held_ids), None, None, None, None, None, None, 0.0,
+        judge=spec.name if spec else (f"{SIMULATED_PREFIX}{config.simulated}"
+                                      if config.simulated else None),
+        diagnosis=diagnosis["summary"], diagnostics=diagnosis["values"],
+        rankings=state.data.get("rankings"))
+    if diagnosis["warning"]:
+        report.warnings.append(diagnosis["warning"])
     if held_ids:
         old = {row["prompt_id"]: row for row in run_candidates if row["idx"] == 0}
         held_prompts = [prompt_of[p] for p in held_ids]
         tokenizer = load_tokenizer(resolve_model(base_model))
         texts = [format_chat(tokenizer, m) for m in held_prompts]
-        new = _sample_new_policy(sampler, new_model, texts, config)
+        new = _sample_new_policy(sampler.get(), new_model, texts, config)
         n = len(held_ids)
+        old_texts = [old[p]["text"] for p in held_ids]
+        new_texts = [s.text for s in new]
+        old_scores = new_scores = None
         if scorer is not None:
             stored = store.model_scores(db, spec.name, [old[p]["id"] for p in held_ids])
             old_scores = [stored[old[p]["id"]].score for p in held_ids]
-            new_scores = scorer.score([m + [{"role": "assistant", "content": s.text}]
-                                       for m, s in zip(held_prompts, new)])
+            new_scores = scorer.score([m + [{"role": "assistant", "content": t}]
+                                       for m, t in zip(held_prompts, new_texts)])
+        elif score_fn is not None:
+            old_scores = score_fn(held_prompts, old_texts)
+            new_scores = score_fn(held_prompts, new_texts)
+        if old_scores is not None:
             report.reward_old = sum(old_scores) / n
             report.reward_new = sum(new_scores) / n
             report.win_rate = sum(1.0 if b > a else 0.5 if b == a else 0.0
                                   for a, b in zip(old_scores, new_scores)) / n
-        report.kl = _kl_new_old(new_model, resolve_model(base_model), texts,
-                                [s.text for s in new], config.temperature)
+        report.kl = kl_new_old(new_model, resolve_model(base_model), texts, new_texts,
+                               config.temperature)
         report.length_old = sum(old[p]["token_count"] for p in held_ids) / n
         report.length_new = sum(s.token_count for s in new) / n
+        held = held_out_diagnosis(report.kl, learning_rate=config.learning_rate)
+        if held is not None and held.warning:
+            report.warnings.append(held.warning)
+    state.mark("report")
     return report
+
+
+def _score_run(db, scorer, scorer_name: str, run_id: int) -> None:
+    from data.queue_order import refresh_uncertainty
+
+    todo = store.candidates_to_score(db, scorer_name, run_id=run_id)
+    if todo:
+        scores = scorer.score([c.messages + [{"role": "assistant", "content": c.text}]
+                               for c in todo])
+        store.put_model_scores(db, [store.ModelScore(c.candidate_id, scorer_name, s)
+                                    for c, s in zip(todo, scores)])
+    # The new items join the queue; the uncertain order needs their scores' uncertainty.
+    from data.labeling import sync_items
+
+    sync_items(db)
+    refresh_uncertainty(db)
+
+
+# --- the report across iterations -----------------------------------------------------------------
+
+_COLUMNS = (("iteration", "iter"), ("algorithm", "algorithm"), ("train_pairs", "trained on"),
+            ("reward_old", "reward old"), ("reward_new", "reward new"), ("win_rate", "win rate"),
+            ("kl", "KL"), ("length_old", "length old"), ("length_new", "length new"),
+            ("seconds", "seconds"))
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)
+
+
+def report_markdown(reports: list[dict]) -> str:
+    """A markdown table of the held-out metrics, one row per iteration, then each iteration's
+    diagnosis and warnings."""
+    lines = ["| " + " | ".join(title for _, title in _COLUMNS) + " |",
+             "|" + "---|" * len(_COLUMNS)]
+    for r in reports:
+        lines.append("| " + " | ".join(_cell(r.get(key)) for key, _ in _COLUMNS) + " |")
+    notes = []
+    for r in reports:
+        if r.get("diagnosis"):
+            notes.append(f"- iteration {r['iteration']}: {r['diagnosis']}")
+        for warning in r.get("warnings") or []:
+            notes.append(f"- iteration {r['iteration']}: **warning**: {warning}")
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+
+
+def report_svg(reports: list[dict], *, width: int = 640, panel_height: int = 150) -> str:
+    """Held-out reward (old and new), win rate, KL and new length across iterations, one panel
+    each, as a self-contained SVG (no plotting library needed)."""
+    from html import escape
+
+    panels = [("held-out reward", ("reward_old", "reward_new")), ("win rate", ("win_rate",)),
+              ("KL(new ‖ old)", ("kl",)), ("length (tokens)", ("length_old", "length_new"))]
+    colors = {"reward_old": "#999999", "length_old": "#999999"}
+    left, right, top = 60, 20, 24
+    height = len(panels) * (panel_height + top) + 30
+    xs = [r["iteration"] for r in reports]
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'font-family="sans-serif" font-size="11">',
+             f'<rect width="{width}" height="{height}" fill="white"/>']
+    for index, (title, keys) in enumerate(panels):
+        y0 = index * (panel_height + top) + top
+        values = [r.get(k) for r in reports for k in keys if r.get(k) is not None]
+        parts.append(f'<text x="{left}" y="{y0 - 6}" font-weight="bold">{escape(title)}</text>')
+        parts.append(f'<rect x="{left}" y="{y0}" width="{width - left - right}" '
+                     f'height="{panel_height}" fill="none" stroke="#cccccc"/>')
+        if not values or not xs:
+            continue
+        lo, hi = min(values), max(values)
+        if hi == lo:
+            lo, hi = lo - 0.5, hi + 0.5
+        x_lo, x_hi = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+
+        def point(x, v):
+            px = left + (x - x_lo) / (x_hi - x_lo) * (width - left - right)
+            return px, y0 + panel_height - (v - lo) / (hi - lo) * panel_height
+
+        parts.append(f'<text x="{left - 4}" y="{y0 + 10}" text-anchor="end">{hi:.3g}</text>')
+        parts.append(f'<text x="{left - 4}" y="{y0 + panel_height}" text-anchor="end">'
+                     f'{lo:.3g}</text>')
+        for key in keys:
+            pts = [point(r["iteration"], r[key]) for r in reports if r.get(key) is not None]
+            color = colors.get(key, "#1f77b4")
+            path = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
+            parts.append(f'<polyline points="{path}" fill="none" stroke="{color}" '
+                         f'stroke-width="2"/>')
+            parts.extend(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"/>'
+                         for x, y in pts)
+    y_axis = height - 8
+    for x in sorted(set(xs)):
+        px = left + (x - min(xs)) / ((max(xs) - min(xs)) or 1) * (width - left - right)
+        parts.append(f'<text x="{px:.1f}" y="{y_axis}" text-anchor="middle">iteration {x}'
+                     f'</text>')
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def write_loop_report(output: Path, reports: list[dict]) -> None:
+    """``loop_report.md``, ``loop_report.json`` and ``loop_report.svg`` in ``output``."""
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "loop_report.md").write_text(report_markdown(reports))
+    (output / "loop_report.json").write_text(json.dumps(reports, indent=2) + "\n")
+    (output / "loop_report.svg").write_text(report_svg(reports))

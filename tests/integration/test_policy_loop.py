@@ -162,3 +162,94 @@ def test_human_feedback_waits_for_rankings_made_in_the_app_store(tiny_model_dir,
     assert row["scorer"] is None and report["feedback"] == "human"
     assert report["reward_new"] is None and isinstance(report["kl"], float)
     assert 1 <= report["train_pairs"] <= 4
+
+
+def test_simulated_iterations_chain_and_resume_after_a_kill(tiny_model_dir, tmp_path, capsys):
+    """`--iterations 2` with simulated annotators, killed during the second iteration's
+    feedback; the same command again finishes iteration 2 from the step it reached (no new
+    candidates sampled) and stops there. A zero learning rate moves nothing: both the
+    recipe's and the held-out diagnostics say so and name the setting."""
+    import os
+    import subprocess
+    import sys
+
+    from launch.cli import main
+    from tests.integration.test_policy_rebel import ROOT
+
+    db_file, out = tmp_path / "loop.db", tmp_path / "policy"
+    args = ["loop", "--db", str(db_file), "--iterations", "2", "--feedback",
+            "simulated:tests.integration.sim_kill:length_or_die", "--sim-annotators", "2",
+            "--sim-overlap", "2", "--output", str(out), "--model", tiny_model_dir,
+            "--limit", "6", "--k", "3", "--backend", "transformers", "--max-new-tokens", "5",
+            "--eval-fraction", "0.34", "--lr", "0", "--batch-size", "4"]
+    killed = subprocess.run(
+        [sys.executable, "-m", "launch.cli", *args], cwd=ROOT, capture_output=True, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "RANKLOOP_TEST_KILL_DB": str(db_file)},
+        timeout=600)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert "iteration 1: policy saved to" in killed.stdout
+    assert "simulated annotators stored 12 rankings of 6 items" in killed.stdout
+    db = store.open_store(db_file)
+    assert [r["iteration"] for r in db.query("SELECT iteration FROM policy_iterations")] == [1]
+    state = json.loads((out / "iter-2" / "loop_state.json").read_text())
+    assert state["done"] == ["generate"]
+    candidates_before = db["candidates"].count
+
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "continuing iteration 2 after generate" in text
+    assert "iteration 2: policy saved to" in text and "iteration 3" not in text
+    assert db["candidates"].count == candidates_before  # generation was not redone
+    rows = list(db.query("SELECT * FROM policy_iterations ORDER BY iteration"))
+    assert [r["iteration"] for r in rows] == [1, 2]
+    assert rows[1]["base_model"] == str((out / "iter-1").resolve())
+    report = json.loads(rows[1]["report"])
+    assert report["feedback"] == "simulated:tests.integration.sim_kill:length_or_die"
+    assert report["judge"] == report["feedback"] and isinstance(report["reward_new"], float)
+    assert report["diagnostics"]["reached_gap"] == 0.0
+    # Iteration 2's rankings went through the queue: 4 training + 2 held-out items, 2 each.
+    assert db.execute("SELECT COUNT(*) FROM rankings r JOIN items i ON i.id = r.item_id "
+                      "WHERE i.run_id = ?", [rows[1]["run_id"]]).fetchone()[0] == 12
+    # Nothing moved: the warnings name the learning rate.
+    assert "rankloop: warning: the policy changed almost nothing: REBEL reached a log-ratio " \
+           "gap of 0.000" in text and "raise --lr (now 0)" in text
+    assert any("held-out KL" in w for w in report["warnings"])
+    # The report across iterations: markdown table, JSON and a plot.
+    table = (out / "loop_report.md").read_text().splitlines()
+    assert table[0].startswith("| iter | algorithm |") and len([l for l in table
+                                                                  if l.startswith("| 1 |") or
+                                                                  l.startswith("| 2 |")]) == 2
+    assert [r["iteration"] for r in json.loads((out / "loop_report.json").read_text())] == [1, 2]
+    assert (out / "loop_report.svg").read_text().startswith("<svg")
+
+    # The set of 2 is complete: the same command now runs 2 new iterations, 3 and 4.
+    from policy.loop import LoopConfig, plan_iterations
+
+    config = LoopConfig(db=str(db_file), output=str(out), feedback=args[args.index("--feedback") + 1],
+                        iterations=2)
+    assert list(plan_iterations(config, db)) == [3, 4]
+
+
+def test_ppo_with_simulated_feedback_is_rewarded_by_the_scoring_function(tiny_model_dir,
+                                                                          tmp_path, capsys):
+    from launch.cli import main
+    from training.metrics import read_metrics
+
+    db_file = tmp_path / "loop.db"
+    assert main(["loop", "--db", str(db_file), "--algorithm", "ppo", "--feedback",
+                 "simulated:tests.integration.sim_kill:length_or_die", "--output",
+                 str(tmp_path / "policy"), "--model", tiny_model_dir, "--limit", "6", "--k", "2",
+                 "--backend", "transformers", "--max-new-tokens", "5", "--eval-fraction", "0.34",
+                 "--lr", "1e-3", "--ppo-steps", "2", "--rollout-batch", "4", "--minibatch", "2",
+                 "--ppo-epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "simulated annotators stored 12 rankings of 6 items" in out
+    assert "PPO on 4 prompts" in out and "PPO moved the reward by" in out
+    [row] = store.open_store(db_file).query("SELECT * FROM policy_iterations")
+    report = json.loads(row["report"])
+    assert row["scorer"] is None and report["judge"].startswith("simulated:")
+    assert isinstance(report["reward_new"], float) and "kl" in report["diagnostics"]
+    # PPO's logged rewards are the scoring function's: minus the response's length in chars.
+    rewards = [m["objective/reward"] for m in read_metrics(tmp_path / "policy" / "iter-1" /
+                                                           "metrics.jsonl")]
+    assert len(rewards) == 2 and all(r <= 0 for r in rewards)

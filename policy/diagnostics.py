@@ -1,0 +1,121 @@
+"""Did the policy move? Pure functions over what the recipes already log (``metrics.jsonl``
+rows) and the loop's held-out report, each returning a ``Diagnosis`` whose warning names the
+setting to change when an iteration changed almost nothing.
+
+- REBEL regresses the log-ratio gap between chosen and rejected onto η × their reward gap, so
+  the gap it *reached* against that *target* says how far the update went: a few percent
+  means the learning rate or the number of steps is too small for the data.
+- PPO (and DPO) have no target to reach; their KL to the starting policy, the reward gain over
+  the run and (DPO) the implicit reward margin say whether anything changed.
+- On held-out prompts, KL(new ‖ old) near 0 means the new policy samples what the old one did,
+  whatever the training metrics say.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+# Below these, an iteration "changed almost nothing".
+MIN_GAP_SHARE = 0.1
+"""REBEL: reached log-ratio gap below this share of its target."""
+MIN_KL = 0.01
+"""KL per response (nats) to the starting policy, in training or on held-out prompts."""
+MIN_REWARD_GAIN = 0.01
+"""PPO: reward gain (last quarter of steps minus first quarter), relative to the spread of
+the first quarter's rewards plus this floor."""
+
+
+@dataclass
+class Diagnosis:
+    algorithm: str
+    moved: bool
+    summary: str
+    """One line: what was measured."""
+    values: dict[str, float] = field(default_factory=dict)
+    warning: str | None = None
+    """Set when the policy barely moved: what to change, by its command-line name."""
+
+
+def _quarter_mean(values: Sequence[float], last: bool) -> float:
+    n = max(1, len(values) // 4)
+    part = values[-n:] if last else values[:n]
+    return sum(part) / len(part)
+
+
+def _series(metrics: Sequence[dict], key: str) -> list[float]:
+    return [float(row[key]) for row in metrics if row.get(key) is not None]
+
+
+def rebel_diagnosis(metrics: Sequence[dict], *, eta: float, mean_reward_gap: float,
+                    learning_rate: float, epochs: int) -> Diagnosis:
+    """``metrics``: REBEL's logged training rows (``train/logratio_chosen``,
+    ``train/logratio_rejected``, ``train/kl``); reached gap = their difference over the last
+    quarter of the logged steps; target = η × the mean reward gap of the training pairs."""
+    chosen = _series(metrics, "train/logratio_chosen")
+    rejected = _series(metrics, "train/logratio_rejected")
+    if not chosen or len(chosen) != len(rejected):
+        raise ValueError("REBEL metrics need train/logratio_chosen and train/logratio_rejected")
+    gaps = [c - r for c, r in zip(chosen, rejected)]
+    reached = _quarter_mean(gaps, last=True)
+    target = eta * mean_reward_gap
+    share = reached / target if target else 0.0
+    kl = _series(metrics, "train/kl")
+    values = {"reached_gap": reached, "target_gap": target, "gap_share": share,
+              "train_kl": kl[-1] if kl else 0.0}
+    summary = (f"REBEL reached a log-ratio gap of {reached:.3f} against its target "
+               f"η·Δr = {target:.3f} ({100 * share:.0f}%)")
+    moved = share >= MIN_GAP_SHARE
+    warning = None if moved else (
+        f"the policy changed almost nothing: {summary}; raise --lr (now {learning_rate:g}) "
+        f"or --epochs (now {epochs}), or --eta to ask for a larger gap")
+    return Diagnosis("rebel", moved, summary, values, warning)
+
+
+def ppo_diagnosis(metrics: Sequence[dict], *, learning_rate: float, steps: int) -> Diagnosis:
+    """``metrics``: PPO's logged rows (``objective/reward``, ``objective/kl``): KL to the start
+    at the last step, reward gain from the first to the last quarter of the steps."""
+    rewards = _series(metrics, "objective/reward")
+    kls = _series(metrics, "objective/kl")
+    if not rewards or not kls:
+        raise ValueError("PPO metrics need objective/reward and objective/kl")
+    gain = _quarter_mean(rewards, last=True) - _quarter_mean(rewards, last=False)
+    kl = kls[-1]
+    values = {"reward_gain": gain, "kl": kl, "reward_first": rewards[0],
+              "reward_last": rewards[-1]}
+    summary = f"PPO moved the reward by {gain:+.4f} at KL {kl:.4f} to the start"
+    moved = kl >= MIN_KL or abs(gain) >= MIN_REWARD_GAIN
+    warning = None if moved else (
+        f"the policy changed almost nothing: {summary}; raise --lr (now {learning_rate:g}) "
+        f"or --ppo-steps (now {steps}), or lower --kl-coef")
+    return Diagnosis("ppo", moved, summary, values, warning)
+
+
+def dpo_diagnosis(margins: Sequence[float], kls: Sequence[float], *,
+                  learning_rate: float) -> Diagnosis:
+    """DPO: the implicit reward margin β·(log-ratio chosen − log-ratio rejected) per logged
+    step, and KL to the reference; moved when the margin grew or the KL is not negligible."""
+    if not margins:
+        raise ValueError("DPO diagnosis needs the logged margins")
+    gain = _quarter_mean(margins, last=True) - _quarter_mean(margins, last=False)
+    kl = kls[-1] if kls else 0.0
+    values = {"margin_first": margins[0], "margin_last": margins[-1], "margin_gain": gain,
+              "kl": kl}
+    summary = f"DPO's reward margin went {margins[0]:.4f} → {margins[-1]:.4f} at KL {kl:.4f}"
+    moved = kl >= MIN_KL or gain >= MIN_REWARD_GAIN
+    warning = None if moved else (
+        f"the policy changed almost nothing: {summary}; raise --lr (now {learning_rate:g}) "
+        f"or --epochs")
+    return Diagnosis("dpo", moved, summary, values, warning)
+
+
+def held_out_diagnosis(kl: float | None, *, learning_rate: float) -> Diagnosis | None:
+    """KL(new ‖ old) per response on held-out prompts (the loop's report); None without one."""
+    if kl is None:
+        return None
+    moved = kl >= MIN_KL
+    summary = f"held-out KL(new ‖ old) {kl:.4f} per response"
+    warning = None if moved else (
+        f"the new policy samples almost what the old one did ({summary}); raise --lr "
+        f"(now {learning_rate:g}) or the number of updates")
+    return Diagnosis("held-out", moved, summary, {"kl": kl}, warning)
