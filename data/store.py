@@ -265,6 +265,47 @@ def _m5_policy_iterations(db: sqlite_utils.Database) -> None:
     db["policy_iterations"].create_index(["iteration"], unique=True)
 
 
+def _m6_queue_set_aside(db: sqlite_utils.Database) -> None:
+    # An item the app cannot show (more candidates than the page holds, text that fails to
+    # render) is set aside once, so it never comes back to strand another annotator.
+    db.execute("ALTER TABLE items ADD COLUMN set_aside_at REAL")
+    db.execute("ALTER TABLE items ADD COLUMN set_aside_reason TEXT")
+
+
+def _m7_accounts(db: sqlite_utils.Database) -> None:
+    # name_key is the NFKC case-folded name: "Ann" and "ａｎｎ" are one account. Older files
+    # may hold two names that now collide; the later one keeps a suffixed key so the unique
+    # index can be built, and stays able to log in under its exact name.
+    from data.labeling import name_key
+
+    db.execute("ALTER TABLE users ADD COLUMN name_key TEXT")
+    db.execute("ALTER TABLE users ADD COLUMN disabled_at REAL")
+    seen = set()
+    for user_id, name in db.execute("SELECT id, name FROM users ORDER BY id").fetchall():
+        key = name_key(name)
+        if key in seen:
+            key = f"{key}#{user_id}"
+        seen.add(key)
+        db.execute("UPDATE users SET name_key = ? WHERE id = ?", [key, user_id])
+    db["users"].create_index(["name_key"], unique=True)
+    # Login sessions: only a hash of the cookie's token is stored, so the file alone cannot
+    # be used to sign in.
+    db["sessions"].create(
+        {
+            "token_hash": str,  # sha256 hex of the session token
+            "user_id": int,
+            "created_at": float,
+            "expires_at": float,
+            "revoked_at": float,
+            "client": str,  # address that logged in, for the admin's eyes
+        },
+        pk="token_hash",
+        foreign_keys=[("user_id", "users", "id")],
+        not_null={"user_id", "created_at", "expires_at"},
+    )
+    db["sessions"].create_index(["user_id"])
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -279,6 +320,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "labeling queue: items, assignments, jobs; demonstration authors",
               _m4_labeling_queue),
     Migration(5, "policy iterations", _m5_policy_iterations),
+    Migration(6, "items set aside when they cannot be shown", _m6_queue_set_aside),
+    Migration(7, "accounts: normalised names, disabling, login sessions", _m7_accounts),
 )
 SCHEMA_VERSION = max(m.version for m in MIGRATIONS)
 

@@ -6,6 +6,7 @@ these directly against a real SQLite file. Every piece of state lives in SQLite.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -16,8 +17,13 @@ from data.labeling import LabelingError, QueuePolicy
 from data.rankings import RankingError, validate_submission
 from data import agreement
 from labeler.jobs import LOST, STOPPED, JobRunner
-from labeler.render import conversation_markdown, escape_markdown_html
+from labeler.render import candidate_html, conversation_html, message_html
 from labeler.auth import verify_password
+
+log = logging.getLogger("rankloop.app")
+
+MAX_RATIONALE_CHARS = 20_000
+MAX_DEMONSTRATION_CHARS = 100_000
 
 GENERATE_KIND = "generate"
 AUTOSTART = "rankloop"  # started_by of the job the app starts by itself on an empty store
@@ -30,6 +36,10 @@ FIRST_RUN_ARGS = ["generate", "--backend", "transformers", "--batch-size", "1", 
 
 class PermissionDenied(Exception):
     """An annotator asked for an admin-only action."""
+
+
+class BadRequest(Exception):
+    """A value sent to the API has the wrong type or size; the message says which."""
 
 
 @dataclass
@@ -98,34 +108,90 @@ class LabelerService:
 @dataclass(frozen=True)
 class TaskView:
     assignment_id: int | None
-    prompt_md: str
-    candidates_md: list[str]
+    prompt_html: str
+    candidates_html: list[str]
     progress_md: str
     waiting: bool
     """True when there is nothing to rank yet; the page polls until something arrives."""
+
+
+# An item that cannot be shown is set aside and the next one tried; this bounds the tries of
+# one page load (the rest are set aside on the next loads).
+_MAX_SET_ASIDE_PER_LOAD = 20
 
 
 def current_task(svc: LabelerService, username: str) -> TaskView:
     user = svc.user(username)
     db = svc.db()
     labeling.sync_items(db)
-    assignment = labeling.next_assignment(db, user.id, svc.policy)
+    for _ in range(_MAX_SET_ASIDE_PER_LOAD):
+        assignment = labeling.next_assignment(db, user.id, svc.policy)
+        if assignment is None:
+            break
+        try:
+            view = _task_view(assignment)
+        except Exception as exc:  # noqa: BLE001 - any failure to show must not strand anyone
+            log.warning("item %s set aside: %s", assignment.item_id, exc)
+            labeling.set_aside(db, assignment.id, str(exc) or type(exc).__name__)
+            continue
+        done, left = labeling.progress(db, user.id, svc.policy)
+        return TaskView(view[0], view[1], view[2], _progress_md(done, left), waiting=False)
     done, left = labeling.progress(db, user.id, svc.policy)
-    progress = f"**{done}** done by you · **{left}** left in the queue"
-    if assignment is None:
-        generating = svc.ensure_candidates()
-        message = ("Generating candidates for the first prompts — this page updates by itself."
-                   if generating else
-                   "Nothing left to rank right now. New items appear here as they are generated.")
-        return TaskView(None, message, [], progress, waiting=True)
-    return TaskView(
-        assignment_id=assignment.id,
-        prompt_md=conversation_markdown(assignment.messages),
-        candidates_md=[escape_markdown_html(t) if t.strip() else "*(empty response)*"
-                       for t in assignment.texts],
-        progress_md=progress,
-        waiting=False,
-    )
+    generating = svc.ensure_candidates()
+    message = ("Generating candidates for the first prompts — this page updates by itself."
+               if generating else
+               "Nothing left to rank right now. New items appear here as they are generated.")
+    return TaskView(None, message_html(message), [], _progress_md(done, left), waiting=True)
+
+
+def _progress_md(done: int, left: int) -> str:
+    return f"**{done}** done by you · **{left}** left in the queue"
+
+
+def _task_view(assignment: labeling.Assignment) -> tuple[int, str, list[str]]:
+    k = len(assignment.candidate_ids)
+    if not 1 <= k <= labeling.MAX_CANDIDATES:
+        raise ValueError(f"the item has {k} candidates; the page shows at most "
+                         f"{labeling.MAX_CANDIDATES}")
+    return (assignment.id, conversation_html(assignment.messages),
+            [candidate_html(t) for t in assignment.texts])
+
+
+def _as_int(name: str, value) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise BadRequest(f"{name} must be a whole number")
+    return int(value)
+
+
+def _as_bool(name: str, value) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise BadRequest(f"{name} must be true or false")
+    return value
+
+
+def _as_text(name: str, value, limit: int) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be text")
+    if len(value) > limit:
+        raise BadRequest(f"{name} is longer than {limit:,} characters")
+    return value
+
+
+def _as_rank(value) -> str | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise BadRequest("each rank must be a number from the choices shown")
+    text = str(value)
+    if not text.isdecimal() or len(text) > 2:
+        raise BadRequest("each rank must be a number from the choices shown")
+    return text
 
 
 def submit_ranking(
@@ -135,22 +201,33 @@ def submit_ranking(
 ) -> tuple[str, TaskView]:
     """Validates and stores one submission; returns a message and the next task.
 
-    An invalid submission stores nothing and returns the same task with the reason.
+    An invalid submission stores nothing and returns the same task with the reason. Values
+    of the wrong type (they come from the network) raise BadRequest.
     """
     user = svc.user(username)
     db = svc.db()
+    assignment_id = _as_int("the assignment id", assignment_id)
+    if not isinstance(ranks, (list, tuple)):
+        raise BadRequest("ranks must be a list")
+    ranks = [_as_rank(r) for r in ranks]
+    all_bad = _as_bool("all_bad", all_bad)
+    rationale = _as_text("the rationale", rationale, MAX_RATIONALE_CHARS)
+    demonstration = _as_text("the answer", demonstration, MAX_DEMONSTRATION_CHARS)
     if not assignment_id:
         return "There is no task on screen to submit.", current_task(svc, username)
-    assignment = labeling.get_assignment(db, int(assignment_id))
+    assignment = labeling.get_assignment(db, assignment_id)
     if assignment is None:
         return "This task no longer exists; here is your next one.", current_task(svc, username)
     k = len(assignment.candidate_ids)
-    chosen = [None if r in (None, "") else r for r in list(ranks)[:k]]
+    chosen = list(ranks)[:k]
     try:
         submission = validate_submission(
             assignment.candidate_ids, chosen, all_bad=all_bad, skipped=skipped,
             rationale=rationale, demonstration=demonstration)
-        stored = labeling.submit_assignment(db, assignment.id, user.id, submission)
+        stored = labeling.submit_assignment(db, assignment.id, user.id, submission,
+                                            overlap=svc.policy.overlap)
+    except labeling.AssignmentExpired as exc:
+        return f"Not saved: {exc}. Here is your next task.", current_task(svc, username)
     except (RankingError, LabelingError) as exc:
         return f"Not saved: {exc}.", current_task(svc, username)
     if skipped:
@@ -212,6 +289,10 @@ def start_generation(svc: LabelerService, username: str, *, prompts: str = "bund
                      k: int = 4, limit: int | None = None, backend: str = "auto",
                      model: str = "default", max_new_tokens: int = 256) -> str:
     user = svc.require_admin(username)
+    k = _as_int("k", k)
+    if k is None or not 1 <= k <= labeling.MAX_CANDIDATES:
+        return (f"Not started: k is the number of candidates per prompt, 1 to "
+                f"{labeling.MAX_CANDIDATES} (the page shows at most that many).")
     if model in (None, "", "default"):
         # The loop records each new policy: the app's next candidates come from the newest.
         model = store.current_policy(svc.db()) or "default"

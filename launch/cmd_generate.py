@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 
 from data import store
+from data.labeling import MAX_CANDIDATES
 from launch.common import add_db, db_path, positive_int
+
+
+def candidate_count(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_CANDIDATES:
+        raise argparse.ArgumentTypeError(
+            f"at most {MAX_CANDIDATES}: the labeling page shows that many candidates, got {value}")
+    return value
 
 
 def register(commands) -> None:
@@ -30,7 +39,9 @@ def register(commands) -> None:
                           "folder, or a Hub id")
     gen.add_argument("--backend", default="auto",
                      help="vllm, transformers, or auto (vLLM when installed; default)")
-    gen.add_argument("--k", type=int, default=4, help="candidates per prompt (default: 4)")
+    gen.add_argument("--k", type=candidate_count, default=4,
+                     help=f"candidates per prompt, 1 to {MAX_CANDIDATES} (the labeling page's "
+                          "slots; default: 4)")
     gen.add_argument("--temperature", type=float, default=0.8, help="default: 0.8")
     gen.add_argument("--top-p", type=float, default=0.9, help="default: 0.9")
     gen.add_argument("--max-new-tokens", type=positive_int, default=256, help="default: 256")

@@ -22,13 +22,13 @@ def test_login_checks_the_stored_hash(svc):
 
 def test_a_session_ranks_items_until_the_queue_is_empty(svc):
     view = handlers.current_task(svc, "ann")
-    assert view.assignment_id and len(view.candidates_md) == 3
+    assert view.assignment_id and len(view.candidates_html) == 3
     assert "**0** done by you · **3** left in the queue" == view.progress_md
     for _ in range(3):
         message, view = handlers.submit_ranking(svc, "ann", view.assignment_id, ["1", "2", "3"])
         assert message == "Saved (3 comparisons)."
     assert view.waiting and view.assignment_id is None
-    assert "Nothing left to rank" in view.prompt_md
+    assert "Nothing left to rank" in view.prompt_html
     assert "**3** done by you · **0** left" in view.progress_md
 
 
@@ -42,7 +42,7 @@ def test_invalid_submission_keeps_the_task_and_stores_nothing(svc):
 
 def test_candidate_html_is_shown_as_text(svc):
     view = handlers.current_task(svc, "ann")
-    html = [md for md in view.candidates_md if "script" in md]
+    html = [md for md in view.candidates_html if "script" in md]
     assert html and "<script>" not in html[0] and "&lt;script&gt;" in html[0]
 
 
@@ -76,7 +76,7 @@ def test_empty_store_starts_one_background_generation(tmp_path):
     svc = LabelerService(make_labeling_db(tmp_path / "r.db", n_prompts=0),
                          first_run_args=["status"])  # a quick stand-in command
     view = handlers.current_task(svc, "ann")
-    assert view.waiting and "Generating candidates" in view.prompt_md
+    assert view.waiting and "Generating candidates" in view.prompt_html
     [job] = svc.jobs.list()
     assert job.kind == "generate" and job.argv[:1] == ["status"]
     import time
@@ -87,7 +87,7 @@ def test_empty_store_starts_one_background_generation(tmp_path):
     assert svc.jobs.get(job.id).status == "succeeded"
     assert "schema v" in svc.jobs.log_tail(svc.jobs.get(job.id))
     # Still no candidates, but the first job has run: no second one starts by itself.
-    assert "Nothing left to rank" in handlers.current_task(svc, "ann").prompt_md
+    assert "Nothing left to rank" in handlers.current_task(svc, "ann").prompt_html
     assert len(svc.jobs.list()) == 1
 
 
@@ -117,3 +117,54 @@ def test_generation_jobs_use_the_newest_policy_iteration(svc, tmp_path):
     assert first.argv[first.argv.index("--model") + 1] == "default"
     assert second.argv[second.argv.index("--model") + 1] == str(tmp_path / "policy-1")
     svc.jobs.stop_all()
+
+
+def test_an_item_that_cannot_be_shown_is_set_aside_not_stranding_anyone(svc):
+    from data import labeling, store
+
+    db = svc.db()
+    run_id = store.get_or_create_run(db, store.RunSettings("m", "transformers", 9, 0.8, 0.9,
+                                                           8, 0))
+    [prompt_id] = store.upsert_prompts(db, [([{"role": "user", "content": "nine"}], "t", "9")])
+    store.add_candidates(db, prompt_id, run_id, [store.CandidateIn(f"c{i}", 1, "stop")
+                                                 for i in range(9)])
+    labeling.sync_items(db)
+    bob = svc.user("bob")
+    # Hand bob the 9-candidate item first, as an older app would have.
+    nine = db.execute("SELECT id FROM items WHERE run_id = ?", [run_id]).fetchone()[0]
+    db.execute("INSERT INTO assignments (item_id, user_id, candidate_ids, shown_at, expires_at)"
+               " SELECT ?, ?, json_group_array(id), 0, 1e12 FROM candidates WHERE run_id = ?",
+               [nine, bob.id, run_id])
+    view = handlers.current_task(svc, "bob")
+    assert view.assignment_id and len(view.candidates_html) == 3  # the next regular item
+    assert [r["id"] for r in labeling.set_aside_items(db)] == [nine]
+    assert "9 candidates" in labeling.set_aside_items(db)[0]["set_aside_reason"]
+    assert handlers.current_task(svc, "bob").assignment_id == view.assignment_id
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("all_bad", 7, "all_bad must be true or false"),
+    ("all_bad", "yes", "all_bad must be true or false"),
+    ("rationale", ["x"], "the rationale must be text"),
+    ("demonstration", "x" * 100_001, "longer than"),
+    ("ranks", ["1", {"a": 1}, "2"], "each rank must be a number"),
+    ("assignment_id", "1; DROP TABLE", "whole number"),
+])
+def test_api_values_of_the_wrong_type_are_refused(svc, field, value, message):
+    view = handlers.current_task(svc, "ann")
+    kwargs = {"all_bad": False, "rationale": "", "demonstration": ""}
+    args = [view.assignment_id, ["1", "2", "3"]]
+    if field == "ranks":
+        args[1] = value
+    elif field == "assignment_id":
+        args[0] = value
+    else:
+        kwargs[field] = value
+    with pytest.raises(handlers.BadRequest, match=message):
+        handlers.submit_ranking(svc, "ann", *args, **kwargs)
+    assert svc.db()["rankings"].count == 0
+
+
+def test_generation_k_above_the_page_is_refused(svc):
+    assert handlers.start_generation(svc, "root", k=9).startswith("Not started")
+    assert svc.db()["jobs"].count == 0
