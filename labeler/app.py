@@ -13,7 +13,8 @@ from datetime import datetime
 import gradio as gr
 
 from data.labeling import MAX_CANDIDATES
-from labeler import handlers
+from labeler import handlers, server
+from labeler.server import DEFAULT_SESSION_HOURS
 from labeler.handlers import BadRequest, LabelerService, PermissionDenied, TaskView
 from labeler.render import candidate_title
 
@@ -326,13 +327,14 @@ def build_app(svc: LabelerService) -> gr.Blocks:
 
 
 def serve(svc: LabelerService, *, host: str = "127.0.0.1", port: int = 7860,
-          block: bool = True) -> gr.Blocks:
+          block: bool = True, session_hours: float = DEFAULT_SESSION_HOURS,
+          ssl_certfile: str | None = None, ssl_keyfile: str | None = None,
+          limiter=None):
+    """Serves the app (see labeler/server.py for sessions, login limits and headers)."""
     demo = build_app(svc)
     demo.queue(default_concurrency_limit=16)
-    demo.launch(
-        server_name=host, server_port=port, auth=svc.check_login,
+    return server.run(
+        svc, demo, host=host, port=port, block=block, session_ttl_s=session_hours * 3600,
+        head=KEYBOARD_JS, css=CSS,
         auth_message="RankLoop: log in with the account an admin created for you.",
-        prevent_thread_lock=not block, quiet=True, head=KEYBOARD_JS, css=CSS,
-        footer_links=[], show_error=False,
-    )
-    return demo
+        ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, limiter=limiter)

@@ -18,7 +18,7 @@ from data.rankings import RankingError, validate_submission
 from data import agreement
 from labeler.jobs import LOST, STOPPED, JobRunner
 from labeler.render import candidate_html, conversation_html, message_html
-from labeler.auth import verify_password
+from labeler.auth import verify_password_or_dummy
 
 log = logging.getLogger("rankloop.app")
 
@@ -65,7 +65,7 @@ class LabelerService:
 
     def user(self, name: str | None) -> labeling.User:
         user = labeling.get_user(self.db(), name or "")
-        if user is None:
+        if user is None or user.disabled:
             raise PermissionDenied("please log in")
         return user
 
@@ -76,8 +76,12 @@ class LabelerService:
         return user
 
     def check_login(self, name: str, password: str) -> bool:
+        """One scrypt check whether or not the account exists (no user-name oracle)."""
+        if not isinstance(name, str) or not isinstance(password, str):
+            return False
         user = labeling.get_user(self.db(), name)
-        return user is not None and verify_password(password, user.password_hash)
+        ok = verify_password_or_dummy(password, user.password_hash if user else None)
+        return ok and user is not None and not user.disabled
 
     def ensure_candidates(self) -> bool:
         """Starts generating for the bundled prompts on an empty store, or resumes that first
