@@ -388,10 +388,32 @@ def check_writable(path: str | os.PathLike) -> None:
         raise StoreError(f"cannot create database {target}: directory {parent} is not writable")
 
 
+def _owner_only(path: str) -> None:
+    """Creates the database file readable and writable by its owner only (it holds password
+    hashes and every vote), and narrows an existing one of ours; SQLite gives the -wal and
+    -shm files the database file's permissions."""
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        return
+    except FileExistsError:
+        pass
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        try:
+            st = os.stat(name)
+            if st.st_uid == os.getuid() and st.st_mode & 0o077:
+                os.chmod(name, 0o600)
+        except OSError:
+            pass
+
+
 def connect(path: str | os.PathLike | None = None) -> sqlite_utils.Database:
     """A connection with RankLoop's settings, without touching the schema (see open_store)."""
     path = str(path or default_db_path())
     check_writable(path)
+    _owner_only(path)
     try:
         # check_same_thread off: a server may hand one thread's connection to another, never
         # two at once.

@@ -241,7 +241,8 @@ def create_admin_tab(svc: LabelerService):
     start = gr.Button("Start generation job", variant="primary")
     gr.Markdown("#### Train a reward model on the rankings")
     with gr.Row():
-        reward_output = gr.Textbox(label="Output folder", placeholder="models/reward-1")
+        reward_output = gr.Textbox(label="Output folder (inside the workspace next to the "
+                                         "database)", placeholder="models/reward-1")
         reward_model = gr.Textbox(value="default", label="Base model")
         reward_epochs = gr.Number(value=1, precision=0, minimum=1, label="Epochs")
         reward_lora = gr.Number(value=0, precision=0, minimum=0, label="LoRA rank (0 = full)")

@@ -16,7 +16,7 @@ from data import labeling, store
 from data.labeling import LabelingError, QueuePolicy
 from data.rankings import RankingError, validate_submission
 from data import agreement
-from labeler.jobs import LOST, STOPPED, JobRunner
+from labeler.jobs import LOST, STOPPED, JobError, JobRunner, confine_output
 from labeler.render import candidate_html, conversation_html, message_html
 from labeler.auth import verify_password_or_dummy
 
@@ -91,6 +91,12 @@ class LabelerService:
         db = self.db()
         if not self.autogenerate:
             return False
+        try:
+            return self._autostart(db)
+        except JobError:  # other jobs fill every slot: try again on a later poll
+            return False
+
+    def _autostart(self, db) -> bool:
         first_job = db.execute("SELECT status FROM jobs WHERE kind = ? AND started_by = ? "
                                "ORDER BY id DESC LIMIT 1", [GENERATE_KIND, AUTOSTART]).fetchone()
         if first_job and first_job[0] in (STOPPED, LOST):
@@ -305,7 +311,14 @@ def start_generation(svc: LabelerService, username: str, *, prompts: str = "bund
             "--max-new-tokens", str(int(max_new_tokens)), "--no-progress"]
     if limit:
         args += ["--limit", str(int(limit))]
-    job = svc.jobs.start(GENERATE_KIND, args, started_by=user.name)
+    return _start(svc, GENERATE_KIND, args, user)
+
+
+def _start(svc: LabelerService, kind: str, args: list[str], user: labeling.User) -> str:
+    try:
+        job = svc.jobs.start(kind, args, started_by=user.name)
+    except JobError as exc:
+        return f"Not started: {exc}."
     return f"Started job {job.id}: rankloop {' '.join(job.argv)}"
 
 
@@ -314,25 +327,28 @@ def start_reward_training(svc: LabelerService, username: str, *, output: str,
                           lora_r: int = 0) -> str:
     """`rankloop train reward` on the app's ranked pairs, as a background job."""
     user = svc.require_admin(username)
-    if not (output or "").strip():
+    if not isinstance(output, str) or not output.strip():
         return "Not started: give an output folder for the reward model."
-    args = ["train", "reward", "--output", output.strip(), "--model", model or "default",
-            "--epochs", str(max(1, int(epochs or 1))), "--no-progress"]
-    if agreed_only:
+    try:
+        folder = confine_output(svc.db_path, output)
+    except JobError as exc:
+        return f"Not started: {exc}."
+    epochs, lora_r = _as_int("epochs", epochs), _as_int("the LoRA rank", lora_r)
+    args = ["train", "reward", "--output", str(folder), "--model", model or "default",
+            "--epochs", str(max(1, epochs or 1)), "--no-progress"]
+    if _as_bool("agreed only", agreed_only):
         args.append("--agreed-only")
     if lora_r:
-        args += ["--lora-r", str(int(lora_r))]
-    job = svc.jobs.start("train-reward", args, started_by=user.name)
-    return f"Started job {job.id}: rankloop {' '.join(job.argv)}"
+        args += ["--lora-r", str(lora_r)]
+    return _start(svc, "train-reward", args, user)
 
 
 def start_scoring(svc: LabelerService, username: str, *, scorer: str) -> str:
     """`rankloop score` of every candidate with a reward model, as a background job."""
     user = svc.require_admin(username)
-    if ":" not in (scorer or ""):
+    if not isinstance(scorer, str) or ":" not in scorer:
         return "Not started: the scorer is bt:FOLDER or armorm:FOLDER."
-    job = svc.jobs.start("score", ["score", "--scorer", scorer.strip()], started_by=user.name)
-    return f"Started job {job.id}: rankloop {' '.join(job.argv)}"
+    return _start(svc, "score", ["score", "--scorer", scorer.strip()], user)
 
 
 def jobs_table(svc: LabelerService, username: str) -> list[list]:

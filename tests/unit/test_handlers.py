@@ -94,12 +94,13 @@ def test_empty_store_starts_one_background_generation(tmp_path):
 def test_admins_start_training_and_scoring_jobs_with_the_right_commands(svc, tmp_path):
     assert "Not started" in handlers.start_reward_training(svc, "root", output=" ")
     assert "Not started" in handlers.start_scoring(svc, "root", scorer="folder-without-kind")
-    message = handlers.start_reward_training(svc, "root", output=str(tmp_path / "rm"),
+    message = handlers.start_reward_training(svc, "root", output="rm",
                                              epochs=2, agreed_only=True, lora_r=8)
     assert message.startswith("Started job 1: rankloop train reward --output")
     handlers.start_scoring(svc, "root", scorer=f"bt:{tmp_path / 'rm'}")
     jobs = {j.kind: j.argv for j in svc.jobs.list()}
-    assert jobs["train-reward"] == ["train", "reward", "--output", str(tmp_path / "rm"),
+    workspace = tmp_path / "r.db.workspace"
+    assert jobs["train-reward"] == ["train", "reward", "--output", str(workspace / "rm"),
                                     "--model", "default", "--epochs", "2", "--no-progress",
                                     "--agreed-only", "--lora-r", "8", "--db", svc.db_path]
     assert jobs["score"] == ["score", "--scorer", f"bt:{tmp_path / 'rm'}", "--db", svc.db_path]
@@ -168,3 +169,43 @@ def test_api_values_of_the_wrong_type_are_refused(svc, field, value, message):
 def test_generation_k_above_the_page_is_refused(svc):
     assert handlers.start_generation(svc, "root", k=9).startswith("Not started")
     assert svc.db()["jobs"].count == 0
+
+
+@pytest.mark.parametrize("output", ["../escape", "/etc/rankloop", "a/../../b", ".", "x\x00y"])
+def test_job_outputs_stay_inside_the_workspace(svc, output):
+    message = handlers.start_reward_training(svc, "root", output=output)
+    assert message.startswith("Not started") and ("workspace" in message or "'..'" in message)
+    assert svc.db()["jobs"].count == 0
+
+
+def test_job_outputs_cannot_leave_the_workspace_through_a_link(svc, tmp_path):
+    from labeler.jobs import workspace_dir
+
+    workspace = workspace_dir(svc.db_path)
+    workspace.mkdir()
+    (workspace / "out").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    assert "Not started" in handlers.start_reward_training(svc, "root", output="out/rm")
+
+
+def test_running_jobs_are_capped(svc):
+    import json
+    import subprocess
+    import time
+
+    # Two jobs whose processes are alive (plain sleeps stand in for model jobs).
+    sleepers = [subprocess.Popen(["sleep", "30"]) for _ in range(2)]
+    try:
+        db = svc.db()
+        for p in sleepers:
+            db.execute("INSERT INTO jobs (kind, argv, status, pid, started_by, started_at) "
+                       "VALUES ('generate', ?, 'running', ?, 'root', ?)",
+                       [json.dumps(["generate"]), p.pid, time.time()])
+        message = handlers.start_scoring(svc, "root", scorer="bt:x")
+        assert message.startswith("Not started") and "2 jobs are running" in message
+        assert db["jobs"].count == 2
+    finally:
+        for p in sleepers:
+            p.kill()
+            p.wait()
+    # Once they have ended, a job starts again.
+    assert handlers.start_scoring(svc, "root", scorer="bt:x").startswith("Started job 3")
