@@ -270,6 +270,8 @@ class DatasetStatus:
             f"**{c.get('items', 0)}** items · **{c.get('rankings', 0)}** rankings · "
             f"**{c.get('comparisons', 0)}** pairwise comparisons\n\n"
             f"Krippendorff's alpha (ordinal, over items ranked by ≥ 2 annotators): **{alpha}**"
+            + (f"\n\n**{c['set_aside']}** items set aside because the page cannot show them "
+               "(their reason is in the items table)" if c.get("set_aside") else "")
         )
 
 
@@ -279,6 +281,7 @@ def dataset_status(svc: LabelerService, username: str) -> DatasetStatus:
     labeling.sync_items(db)
     counts = store.counts(db)
     counts["items"] = db["items"].count
+    counts["set_aside"] = len(labeling.set_aside_items(db))
     rows = labeling.rankings_for_agreement(db)
     regular = [r for r in rows if not r["is_gold"]]
     gold = agreement.gold_accuracy([r for r in rows if r["is_gold"]])

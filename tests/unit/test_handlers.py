@@ -141,6 +141,7 @@ def test_an_item_that_cannot_be_shown_is_set_aside_not_stranding_anyone(svc):
     assert [r["id"] for r in labeling.set_aside_items(db)] == [nine]
     assert "9 candidates" in labeling.set_aside_items(db)[0]["set_aside_reason"]
     assert handlers.current_task(svc, "bob").assignment_id == view.assignment_id
+    assert "**1** items set aside" in handlers.dataset_status(svc, "root").summary_md()
 
 
 @pytest.mark.parametrize("field, value, message", [
