@@ -8,9 +8,11 @@ what runs under ``BEGIN IMMEDIATE``, so concurrent annotators never over-assign 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,6 +23,9 @@ from data.rankings import Submission, ranking_to_pairs
 
 ROLES = ("annotator", "admin")
 HUMAN_BACKEND = "human"
+MAX_CANDIDATES = 8
+"""Candidates one item may have: the labeling page has this many slots, and generation
+refuses a larger k up front."""
 
 
 class LabelingError(Exception):
@@ -29,47 +34,160 @@ class LabelingError(Exception):
 
 # --- users ------------------------------------------------------------------------------------
 
+MAX_NAME_LENGTH = 64
+
+
 @dataclass(frozen=True)
 class User:
     id: int
     name: str
     role: str
     password_hash: str
+    disabled: bool = False
 
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
 
 
-def add_user(db: sqlite_utils.Database, name: str, role: str, password_hash: str) -> User:
-    name = name.strip()
-    if not name or len(name) > 64 or any(c.isspace() for c in name):
-        raise LabelingError("a user name is 1-64 characters without spaces")
+def name_key(name: str) -> str:
+    """What makes two user names the same account: NFKC, then case folded ("Ann", "ANN"
+    and the full-width "Ａｎｎ" are one name)."""
+    return unicodedata.normalize("NFKC", name).casefold()
+
+
+def normalize_name(name: str) -> str:
+    """The name as stored: NFKC, without surrounding spaces. Refuses names that could pass
+    for another one: spaces, control characters and invisible format characters
+    (zero-width joiners, bidirectional overrides)."""
+    if not isinstance(name, str):
+        raise LabelingError("a user name is text")
+    name = unicodedata.normalize("NFKC", name.strip())
+    if not name or len(name) > MAX_NAME_LENGTH:
+        raise LabelingError(f"a user name is 1-{MAX_NAME_LENGTH} characters")
+    for c in name:
+        category = unicodedata.category(c)
+        if c.isspace() or category in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"):
+            raise LabelingError(f"a user name is written without spaces, control or "
+                                f"invisible characters (found U+{ord(c):04X})")
+    return name
+
+
+def _check_role(role: str) -> None:
     if role not in ROLES:
         raise LabelingError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+
+
+def add_user(db: sqlite_utils.Database, name: str, role: str, password_hash: str) -> User:
+    name = normalize_name(name)
+    _check_role(role)
     with store.transaction(db):
-        if db.execute("SELECT 1 FROM users WHERE name = ?", [name]).fetchone():
-            raise LabelingError(f"user {name!r} already exists")
+        if db.execute("SELECT 1 FROM users WHERE name_key = ?", [name_key(name)]).fetchone():
+            raise LabelingError(f"user {name!r} already exists (names ignore case and width)")
         cursor = db.execute(
-            "INSERT INTO users (name, role, password_hash, created_at) VALUES (?, ?, ?, ?)",
-            [name, role, password_hash, time.time()],
+            "INSERT INTO users (name, name_key, role, password_hash, created_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [name, name_key(name), role, password_hash, time.time()],
         )
     return User(cursor.lastrowid, name, role, password_hash)
 
 
+_USER_COLUMNS = "id, name, role, password_hash, disabled_at IS NOT NULL"
+
+
 def get_user(db: sqlite_utils.Database, name: str) -> User | None:
-    row = db.execute("SELECT id, name, role, password_hash FROM users WHERE name = ?",
-                     [name]).fetchone()
-    return User(*row) if row else None
+    """The account for ``name`` in any case or width, disabled or not."""
+    if not isinstance(name, str) or not name.strip():
+        return None
+    key = name_key(name.strip())
+    row = db.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE name_key = ? OR name = ? "
+                     "ORDER BY name_key = ? DESC LIMIT 1", [key, name.strip(), key]).fetchone()
+    return User(*row[:4], bool(row[4])) if row else None
 
 
 def list_users(db: sqlite_utils.Database) -> list[User]:
-    return [User(*r) for r in db.execute(
-        "SELECT id, name, role, password_hash FROM users ORDER BY id")]
+    return [User(*r[:4], bool(r[4])) for r in db.execute(
+        f"SELECT {_USER_COLUMNS} FROM users ORDER BY id")]
 
 
 def user_count(db: sqlite_utils.Database) -> int:
     return db.execute("SELECT COUNT(*) FROM users").fetchone()[0]
+
+
+def _existing_user(db: sqlite_utils.Database, name: str) -> User:
+    user = get_user(db, name)
+    if user is None:
+        raise LabelingError(f"no user {name!r}")
+    return user
+
+
+def set_disabled(db: sqlite_utils.Database, name: str, disabled: bool) -> User:
+    """Disables (or enables) an account; disabling ends its sessions in the same write."""
+    with store.transaction(db):
+        user = _existing_user(db, name)
+        db.execute("UPDATE users SET disabled_at = ? WHERE id = ?",
+                   [time.time() if disabled else None, user.id])
+        if disabled:
+            revoke_sessions(db, user.id)
+    return _existing_user(db, user.name)
+
+
+def set_role(db: sqlite_utils.Database, name: str, role: str) -> User:
+    _check_role(role)
+    with store.transaction(db):
+        user = _existing_user(db, name)
+        db.execute("UPDATE users SET role = ? WHERE id = ?", [role, user.id])
+    return _existing_user(db, user.name)
+
+
+def set_password_hash(db: sqlite_utils.Database, name: str, password_hash: str) -> User:
+    """A new password; every session opened with the old one ends."""
+    with store.transaction(db):
+        user = _existing_user(db, name)
+        db.execute("UPDATE users SET password_hash = ? WHERE id = ?", [password_hash, user.id])
+        revoke_sessions(db, user.id)
+    return _existing_user(db, user.name)
+
+
+# --- login sessions -----------------------------------------------------------------------------
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_session(db: sqlite_utils.Database, user_id: int, token: str, ttl_s: float,
+                   client: str | None = None, *, now: float | None = None) -> None:
+    now = time.time() if now is None else now
+    with store.transaction(db):
+        db.execute("INSERT INTO sessions (token_hash, user_id, created_at, expires_at, client) "
+                   "VALUES (?, ?, ?, ?, ?)", [_token_hash(token), user_id, now, now + ttl_s,
+                                              client])
+
+
+def session_user(db: sqlite_utils.Database, token: str | None, *,
+                 now: float | None = None) -> User | None:
+    """The user of a live session: not expired, not revoked, account not disabled."""
+    if not isinstance(token, str) or not token:
+        return None
+    now = time.time() if now is None else now
+    row = db.execute(
+        f"SELECT {', '.join('u.' + c for c in _USER_COLUMNS.split(', '))} FROM sessions s "
+        "JOIN users u ON u.id = s.user_id WHERE s.token_hash = ? AND s.revoked_at IS NULL "
+        "AND s.expires_at > ? AND u.disabled_at IS NULL", [_token_hash(token), now]).fetchone()
+    return User(*row[:4], bool(row[4])) if row else None
+
+
+def revoke_session(db: sqlite_utils.Database, token: str) -> None:
+    with store.transaction(db):
+        db.execute("UPDATE sessions SET revoked_at = ? WHERE token_hash = ? AND revoked_at IS "
+                   "NULL", [time.time(), _token_hash(token)])
+
+
+def revoke_sessions(db: sqlite_utils.Database, user_id: int) -> int:
+    """Ends every session of one user; returns how many were live."""
+    with store.transaction(db):
+        return db.execute("UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at "
+                          "IS NULL", [time.time(), user_id]).rowcount
 
 
 # --- items ------------------------------------------------------------------------------------
@@ -172,7 +290,7 @@ _OPEN_FOR_USER = """
 # (skips excluded) plus live assignments held by others.
 # Parameters: is_gold, user_id, user_id, now, overlap.
 _AVAILABLE_WHERE = """
-    i.is_gold = ?
+    i.is_gold = ? AND i.set_aside_at IS NULL
     AND NOT EXISTS (SELECT 1 FROM assignments mine WHERE mine.item_id = i.id
                     AND mine.user_id = ? AND mine.submitted_at IS NOT NULL)
     AND (SELECT COUNT(*) FROM assignments a WHERE a.item_id = i.id AND a.user_id != ?
@@ -226,6 +344,28 @@ def next_assignment(
         return _load_assignment(db, assignment_id)
 
 
+def set_aside(db: sqlite_utils.Database, assignment_id: int, reason: str, *,
+              now: float | None = None) -> None:
+    """Takes an assignment's item out of the queue for everyone (it cannot be shown) and
+    releases the assignment, in one transaction; the item stays stored for an admin."""
+    now = time.time() if now is None else now
+    with store.transaction(db):
+        row = db.execute("SELECT item_id FROM assignments WHERE id = ?",
+                         [assignment_id]).fetchone()
+        if row is None:
+            return
+        db.execute("UPDATE items SET set_aside_at = ?, set_aside_reason = ? WHERE id = ? AND "
+                   "set_aside_at IS NULL", [now, reason[:500], row[0]])
+        db.execute("UPDATE assignments SET expires_at = ? WHERE id = ? AND submitted_at IS NULL",
+                   [now, assignment_id])
+
+
+def set_aside_items(db: sqlite_utils.Database) -> list[dict]:
+    """Items taken out of the queue, with why, for the admin."""
+    return list(db.query("SELECT id, prompt_id, run_id, set_aside_at, set_aside_reason "
+                         "FROM items WHERE set_aside_at IS NOT NULL ORDER BY id"))
+
+
 def get_assignment(db: sqlite_utils.Database, assignment_id: int) -> Assignment | None:
     if not db.execute("SELECT 1 FROM assignments WHERE id = ?", [assignment_id]).fetchone():
         return None
@@ -258,22 +398,32 @@ class Stored:
     """False when this assignment had already been submitted (a double click): nothing new."""
 
 
+class AssignmentExpired(LabelingError):
+    """A late submission that would give its item more rankings than the overlap allows."""
+
+
 def submit_assignment(
     db: sqlite_utils.Database, assignment_id: int, user_id: int, submission: Submission,
-    *, now: float | None = None,
+    *, overlap: int | None = None, now: float | None = None,
 ) -> Stored:
-    """Appends the vote and its pairs in one transaction. Idempotent per assignment."""
+    """Appends the vote and its pairs in one transaction. Idempotent per assignment.
+
+    An expired assignment is still accepted while its item has room under ``overlap``
+    (rankings by others plus their live assignments); otherwise it raises AssignmentExpired
+    and stores nothing. Skips never count against the overlap, so a late skip is kept.
+    ``overlap=None`` accepts late submissions unconditionally (imports, tests).
+    """
     now = time.time() if now is None else now
     key = f"assignment:{assignment_id}"
     with store.transaction(db):
         row = db.execute(
-            "SELECT a.user_id, a.item_id, a.candidate_ids, a.shown_at, i.prompt_id "
-            "FROM assignments a JOIN items i ON i.id = a.item_id WHERE a.id = ?",
-            [assignment_id],
+            "SELECT a.user_id, a.item_id, a.candidate_ids, a.shown_at, i.prompt_id, "
+            "a.expires_at, i.is_gold FROM assignments a JOIN items i ON i.id = a.item_id "
+            "WHERE a.id = ?", [assignment_id],
         ).fetchone()
         if row is None or row[0] != user_id:
             raise LabelingError("this task is not assigned to you; reload the page")
-        _, item_id, ids_json, shown_at, prompt_id = row
+        _, item_id, ids_json, shown_at, prompt_id, expires_at, is_gold = row
         done = db.execute("SELECT id FROM rankings WHERE submission_key = ?", [key]).fetchone()
         if done:
             pairs = db.execute("SELECT COUNT(*) FROM comparisons WHERE ranking_id = ?",
@@ -281,6 +431,17 @@ def submit_assignment(
             return Stored(done[0], pairs, created=False)
         if list(submission.candidate_ids) != json.loads(ids_json):
             raise LabelingError("the candidates changed since this task was shown; reload")
+        if (overlap is not None and expires_at <= now and not submission.skipped
+                and not is_gold):
+            taken = db.execute(
+                "SELECT COUNT(*) FROM assignments a WHERE a.item_id = ? AND a.user_id != ? "
+                "AND ((a.submitted_at IS NOT NULL AND a.skipped = 0) "
+                "OR (a.submitted_at IS NULL AND a.expires_at > ?))",
+                [item_id, user_id, now]).fetchone()[0]
+            if taken >= overlap:
+                raise AssignmentExpired(
+                    "this task expired and went to another annotator, who has the rankings "
+                    "it needs")
 
         demonstration_id = None
         if submission.demonstration:

@@ -265,6 +265,47 @@ def _m5_policy_iterations(db: sqlite_utils.Database) -> None:
     db["policy_iterations"].create_index(["iteration"], unique=True)
 
 
+def _m6_queue_set_aside(db: sqlite_utils.Database) -> None:
+    # An item the app cannot show (more candidates than the page holds, text that fails to
+    # render) is set aside once, so it never comes back to strand another annotator.
+    db.execute("ALTER TABLE items ADD COLUMN set_aside_at REAL")
+    db.execute("ALTER TABLE items ADD COLUMN set_aside_reason TEXT")
+
+
+def _m7_accounts(db: sqlite_utils.Database) -> None:
+    # name_key is the NFKC case-folded name: "Ann" and "ａｎｎ" are one account. Older files
+    # may hold two names that now collide; the later one keeps a suffixed key so the unique
+    # index can be built, and stays able to log in under its exact name.
+    from data.labeling import name_key
+
+    db.execute("ALTER TABLE users ADD COLUMN name_key TEXT")
+    db.execute("ALTER TABLE users ADD COLUMN disabled_at REAL")
+    seen = set()
+    for user_id, name in db.execute("SELECT id, name FROM users ORDER BY id").fetchall():
+        key = name_key(name)
+        if key in seen:
+            key = f"{key}#{user_id}"
+        seen.add(key)
+        db.execute("UPDATE users SET name_key = ? WHERE id = ?", [key, user_id])
+    db["users"].create_index(["name_key"], unique=True)
+    # Login sessions: only a hash of the cookie's token is stored, so the file alone cannot
+    # be used to sign in.
+    db["sessions"].create(
+        {
+            "token_hash": str,  # sha256 hex of the session token
+            "user_id": int,
+            "created_at": float,
+            "expires_at": float,
+            "revoked_at": float,
+            "client": str,  # address that logged in, for the admin's eyes
+        },
+        pk="token_hash",
+        foreign_keys=[("user_id", "users", "id")],
+        not_null={"user_id", "created_at", "expires_at"},
+    )
+    db["sessions"].create_index(["user_id"])
+
+
 def _m20_queue_order(db: sqlite_utils.Database) -> None:
     # Per-project settings chosen by an admin (the queue order, as JSON under "queue_order").
     db["project_settings"].create(
@@ -302,6 +343,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "labeling queue: items, assignments, jobs; demonstration authors",
               _m4_labeling_queue),
     Migration(5, "policy iterations", _m5_policy_iterations),
+    Migration(6, "items set aside when they cannot be shown", _m6_queue_set_aside),
+    Migration(7, "accounts: normalised names, disabling, login sessions", _m7_accounts),
     Migration(20, "project settings; item uncertainty for the queue order", _m20_queue_order),
 )
 SCHEMA_VERSION = max(m.version for m in MIGRATIONS)
@@ -369,10 +412,32 @@ def check_writable(path: str | os.PathLike) -> None:
         raise StoreError(f"cannot create database {target}: directory {parent} is not writable")
 
 
+def _owner_only(path: str) -> None:
+    """Creates the database file readable and writable by its owner only (it holds password
+    hashes and every vote), and narrows an existing one of ours; SQLite gives the -wal and
+    -shm files the database file's permissions."""
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        return
+    except FileExistsError:
+        pass
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        try:
+            st = os.stat(name)
+            if st.st_uid == os.getuid() and st.st_mode & 0o077:
+                os.chmod(name, 0o600)
+        except OSError:
+            pass
+
+
 def connect(path: str | os.PathLike | None = None) -> sqlite_utils.Database:
     """A connection with RankLoop's settings, without touching the schema (see open_store)."""
     path = str(path or default_db_path())
     check_writable(path)
+    _owner_only(path)
     try:
         # check_same_thread off: a server may hand one thread's connection to another, never
         # two at once.

@@ -7,15 +7,19 @@ SQLite; nothing lives in ``gr.State``, so a refresh or reconnect resumes where t
 from __future__ import annotations
 
 import functools
+import logging
 from datetime import datetime
 
 import gradio as gr
 
-from labeler import handlers
-from labeler.handlers import LabelerService, PermissionDenied, TaskView
+from data.labeling import MAX_CANDIDATES
+from labeler import handlers, server
+from labeler.server import DEFAULT_SESSION_HOURS
+from labeler.handlers import BadRequest, LabelerService, PermissionDenied, TaskView
 from labeler.render import candidate_title
 
-MAX_K = 8  # candidate slots on the page; items with more candidates are refused at load
+MAX_K = MAX_CANDIDATES  # candidate slots on the page; generation refuses a larger k
+log = logging.getLogger("rankloop.app")
 
 SHORTCUTS_MD = (
     "**Keys:** `1`–`9` give the highlighted candidate that rank and move to the next · "
@@ -66,6 +70,13 @@ KEYBOARD_JS = """
 CSS = """
 .rl-candidate { border: 2px solid transparent; border-radius: 8px; }
 .rl-current { border-color: var(--color-accent); }
+.rl-md { overflow-wrap: anywhere; word-break: break-word; max-width: 100%; }
+.rl-md pre { white-space: pre-wrap; overflow-wrap: anywhere; }
+.rl-md table { display: block; overflow-x: auto; }
+.rl-md blockquote { border-left: 3px solid var(--border-color-primary); margin: 0.5em 0;
+                    padding-left: 0.8em; }
+.rl-long:has(> details[open]) > .rl-preview { display: none; }
+.rl-md summary { cursor: pointer; color: var(--color-accent); margin: 0.3em 0; }
 """
 
 
@@ -74,13 +85,24 @@ def _username(request: gr.Request) -> str:
 
 
 def _guard(fn):
-    """Turns permission and login problems into a visible Gradio error."""
+    """Turns refusals into a visible Gradio error and logs one line for each; any other
+    exception is logged once with its traceback and reaches the client as a plain sentence."""
     @functools.wraps(fn)  # keeps the signature, so Gradio still passes gr.Request
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except PermissionDenied as exc:
-            raise gr.Error(str(exc)) from None
+        except (PermissionDenied, BadRequest) as exc:
+            request = kwargs.get("request") or next(
+                (a for a in args if isinstance(a, gr.Request)), None)
+            log.warning("refused %s for %r: %s", fn.__name__,
+                        _username(request) if request else "", exc)
+            raise gr.Error(str(exc), print_exception=False) from None
+        except gr.Error:
+            raise
+        except Exception:
+            log.exception("%s failed", fn.__name__)
+            raise gr.Error("Something went wrong on the server; it has been logged.",
+                           print_exception=False) from None
     return wrapper
 
 
@@ -94,7 +116,8 @@ class RankTab:
             self.progress = gr.Markdown(elem_id="rl-progress")
             gr.Markdown("[Log out](/logout)", elem_id="rl-logout")
         gr.Markdown("#### Prompt")
-        self.prompt = gr.Markdown(elem_id="rl-prompt")
+        # Rendered and sanitized on the server (labeler/render.py); gr.HTML shows it as is.
+        self.prompt = gr.HTML(elem_id="rl-prompt", js_on_load=None)
         self.assignment_id = gr.Number(visible=False, precision=0)
         self.slots, self.texts, self.ranks = [], [], []
         with gr.Row(equal_height=False):
@@ -102,7 +125,7 @@ class RankTab:
                 with gr.Column(visible=False, min_width=260,
                                elem_classes=["rl-candidate"], elem_id=f"rl-cand-{i}") as slot:
                     gr.Markdown(candidate_title(i))
-                    self.texts.append(gr.Markdown(elem_id=f"rl-text-{i}"))
+                    self.texts.append(gr.HTML(elem_id=f"rl-text-{i}", js_on_load=None))
                     self.ranks.append(gr.Radio(label="Rank (1 = best)", choices=[],
                                                elem_id=f"rl-rank-{i}"))
                 self.slots.append(slot)
@@ -127,14 +150,12 @@ class RankTab:
 
     @staticmethod
     def show(view: TaskView) -> list:
-        k = len(view.candidates_md)
-        if k > MAX_K:
-            raise gr.Error(f"items with more than {MAX_K} candidates cannot be shown")
+        k = len(view.candidates_html)  # at most MAX_K: handlers set larger items aside
         choices = [str(r) for r in range(1, k + 1)]
         return [
-            view.assignment_id, view.progress_md, view.prompt_md,
+            view.assignment_id, view.progress_md, view.prompt_html,
             *[gr.Column(visible=i < k) for i in range(MAX_K)],
-            *[view.candidates_md[i] if i < k else "" for i in range(MAX_K)],
+            *[view.candidates_html[i] if i < k else "" for i in range(MAX_K)],
             *[gr.Radio(choices=choices if i < k else [], value=None) for i in range(MAX_K)],
             False, "", "", gr.Timer(active=view.waiting),
         ]
@@ -160,7 +181,7 @@ def create_rank_tab(svc: LabelerService) -> RankTab:
             svc, _username(request), values[tab.assignment_id],
             [values[r] for r in tab.ranks], all_bad=values[tab.all_bad],
             rationale=values[tab.rationale], demonstration=values[tab.demonstration])
-        return [message, *_keep_inputs_if_refused(message, view)]
+        return [message, *_keep_inputs_if_refused(message, view, values[tab.assignment_id])]
 
     @_guard
     def skip(assignment_id, request: gr.Request):
@@ -168,9 +189,9 @@ def create_rank_tab(svc: LabelerService) -> RankTab:
                                                 skipped=True)
         return [message, *RankTab.show(view)]
 
-    def _keep_inputs_if_refused(message: str, view: TaskView) -> list:
+    def _keep_inputs_if_refused(message: str, view: TaskView, submitted_id) -> list:
         shown = RankTab.show(view)
-        if message.startswith("Not saved"):
+        if message.startswith("Not saved") and view.assignment_id == submitted_id:
             # Keep what the annotator entered so they can fix it instead of starting over.
             start = 3 + 2 * MAX_K
             shown[start:start + MAX_K] = [gr.skip()] * MAX_K
@@ -178,10 +199,13 @@ def create_rank_tab(svc: LabelerService) -> RankTab:
         return shown
 
     inputs = {tab.assignment_id, tab.all_bad, tab.rationale, tab.demonstration, *tab.ranks}
+    # preprocess=False: the handlers type-check the raw values themselves, so a wrong type is
+    # one clear refusal instead of a component's exception.
     tab.submit.click(submit, inputs, [tab.message, *tab.task_outputs], api_name="submit",
-                     trigger_mode="once", concurrency_limit=None)
+                     trigger_mode="once", concurrency_limit=None, preprocess=False)
     tab.skip.click(skip, [tab.assignment_id], [tab.message, *tab.task_outputs],
-                   api_name="skip", trigger_mode="once", concurrency_limit=None)
+                   api_name="skip", trigger_mode="once", concurrency_limit=None,
+                   preprocess=False)
     tab.poll.tick(poll_task, [tab.assignment_id], tab.task_outputs, api_visibility="private")
     tab.load_task = load_task
     return tab
@@ -221,7 +245,8 @@ def create_admin_tab(svc: LabelerService):
     start = gr.Button("Start generation job", variant="primary")
     gr.Markdown("#### Train a reward model on the rankings")
     with gr.Row():
-        reward_output = gr.Textbox(label="Output folder", placeholder="models/reward-1")
+        reward_output = gr.Textbox(label="Output folder (inside the workspace next to the "
+                                         "database)", placeholder="models/reward-1")
         reward_model = gr.Textbox(value="default", label="Base model")
         reward_epochs = gr.Number(value=1, precision=0, minimum=1, label="Epochs")
         reward_lora = gr.Number(value=0, precision=0, minimum=0, label="LoRA rank (0 = full)")
@@ -311,13 +336,14 @@ def build_app(svc: LabelerService) -> gr.Blocks:
 
 
 def serve(svc: LabelerService, *, host: str = "127.0.0.1", port: int = 7860,
-          block: bool = True) -> gr.Blocks:
+          block: bool = True, session_hours: float = DEFAULT_SESSION_HOURS,
+          ssl_certfile: str | None = None, ssl_keyfile: str | None = None,
+          limiter=None):
+    """Serves the app (see labeler/server.py for sessions, login limits and headers)."""
     demo = build_app(svc)
     demo.queue(default_concurrency_limit=16)
-    demo.launch(
-        server_name=host, server_port=port, auth=svc.check_login,
+    return server.run(
+        svc, demo, host=host, port=port, block=block, session_ttl_s=session_hours * 3600,
+        head=KEYBOARD_JS, css=CSS,
         auth_message="RankLoop: log in with the account an admin created for you.",
-        prevent_thread_lock=not block, quiet=True, head=KEYBOARD_JS, css=CSS,
-        footer_links=[], show_error=True,
-    )
-    return demo
+        ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, limiter=limiter)

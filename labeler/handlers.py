@@ -6,6 +6,7 @@ these directly against a real SQLite file. Every piece of state lives in SQLite.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -15,9 +16,14 @@ from data import labeling, store
 from data.labeling import LabelingError, QueuePolicy
 from data.rankings import RankingError, validate_submission
 from data import agreement
-from labeler.jobs import LOST, STOPPED, JobRunner
-from labeler.render import conversation_markdown, escape_markdown_html
-from labeler.auth import verify_password
+from labeler.jobs import LOST, STOPPED, JobError, JobRunner, confine_output
+from labeler.render import candidate_html, conversation_html, message_html
+from labeler.auth import verify_password_or_dummy
+
+log = logging.getLogger("rankloop.app")
+
+MAX_RATIONALE_CHARS = 20_000
+MAX_DEMONSTRATION_CHARS = 100_000
 
 GENERATE_KIND = "generate"
 AUTOSTART = "rankloop"  # started_by of the job the app starts by itself on an empty store
@@ -30,6 +36,10 @@ FIRST_RUN_ARGS = ["generate", "--backend", "transformers", "--batch-size", "1", 
 
 class PermissionDenied(Exception):
     """An annotator asked for an admin-only action."""
+
+
+class BadRequest(Exception):
+    """A value sent to the API has the wrong type or size; the message says which."""
 
 
 @dataclass
@@ -55,7 +65,7 @@ class LabelerService:
 
     def user(self, name: str | None) -> labeling.User:
         user = labeling.get_user(self.db(), name or "")
-        if user is None:
+        if user is None or user.disabled:
             raise PermissionDenied("please log in")
         return user
 
@@ -66,8 +76,12 @@ class LabelerService:
         return user
 
     def check_login(self, name: str, password: str) -> bool:
+        """One scrypt check whether or not the account exists (no user-name oracle)."""
+        if not isinstance(name, str) or not isinstance(password, str):
+            return False
         user = labeling.get_user(self.db(), name)
-        return user is not None and verify_password(password, user.password_hash)
+        ok = verify_password_or_dummy(password, user.password_hash if user else None)
+        return ok and user is not None and not user.disabled
 
     def ensure_candidates(self) -> bool:
         """Starts generating for the bundled prompts on an empty store, or resumes that first
@@ -77,6 +91,12 @@ class LabelerService:
         db = self.db()
         if not self.autogenerate:
             return False
+        try:
+            return self._autostart(db)
+        except JobError:  # other jobs fill every slot: try again on a later poll
+            return False
+
+    def _autostart(self, db) -> bool:
         first_job = db.execute("SELECT status FROM jobs WHERE kind = ? AND started_by = ? "
                                "ORDER BY id DESC LIMIT 1", [GENERATE_KIND, AUTOSTART]).fetchone()
         if first_job and first_job[0] in (STOPPED, LOST):
@@ -98,34 +118,90 @@ class LabelerService:
 @dataclass(frozen=True)
 class TaskView:
     assignment_id: int | None
-    prompt_md: str
-    candidates_md: list[str]
+    prompt_html: str
+    candidates_html: list[str]
     progress_md: str
     waiting: bool
     """True when there is nothing to rank yet; the page polls until something arrives."""
+
+
+# An item that cannot be shown is set aside and the next one tried; this bounds the tries of
+# one page load (the rest are set aside on the next loads).
+_MAX_SET_ASIDE_PER_LOAD = 20
 
 
 def current_task(svc: LabelerService, username: str) -> TaskView:
     user = svc.user(username)
     db = svc.db()
     labeling.sync_items(db)
-    assignment = labeling.next_assignment(db, user.id, svc.policy)
+    for _ in range(_MAX_SET_ASIDE_PER_LOAD):
+        assignment = labeling.next_assignment(db, user.id, svc.policy)
+        if assignment is None:
+            break
+        try:
+            view = _task_view(assignment)
+        except Exception as exc:  # noqa: BLE001 - any failure to show must not strand anyone
+            log.warning("item %s set aside: %s", assignment.item_id, exc)
+            labeling.set_aside(db, assignment.id, str(exc) or type(exc).__name__)
+            continue
+        done, left = labeling.progress(db, user.id, svc.policy)
+        return TaskView(view[0], view[1], view[2], _progress_md(done, left), waiting=False)
     done, left = labeling.progress(db, user.id, svc.policy)
-    progress = f"**{done}** done by you · **{left}** left in the queue"
-    if assignment is None:
-        generating = svc.ensure_candidates()
-        message = ("Generating candidates for the first prompts — this page updates by itself."
-                   if generating else
-                   "Nothing left to rank right now. New items appear here as they are generated.")
-        return TaskView(None, message, [], progress, waiting=True)
-    return TaskView(
-        assignment_id=assignment.id,
-        prompt_md=conversation_markdown(assignment.messages),
-        candidates_md=[escape_markdown_html(t) if t.strip() else "*(empty response)*"
-                       for t in assignment.texts],
-        progress_md=progress,
-        waiting=False,
-    )
+    generating = svc.ensure_candidates()
+    message = ("Generating candidates for the first prompts — this page updates by itself."
+               if generating else
+               "Nothing left to rank right now. New items appear here as they are generated.")
+    return TaskView(None, message_html(message), [], _progress_md(done, left), waiting=True)
+
+
+def _progress_md(done: int, left: int) -> str:
+    return f"**{done}** done by you · **{left}** left in the queue"
+
+
+def _task_view(assignment: labeling.Assignment) -> tuple[int, str, list[str]]:
+    k = len(assignment.candidate_ids)
+    if not 1 <= k <= labeling.MAX_CANDIDATES:
+        raise ValueError(f"the item has {k} candidates; the page shows at most "
+                         f"{labeling.MAX_CANDIDATES}")
+    return (assignment.id, conversation_html(assignment.messages),
+            [candidate_html(t) for t in assignment.texts])
+
+
+def _as_int(name: str, value) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise BadRequest(f"{name} must be a whole number")
+    return int(value)
+
+
+def _as_bool(name: str, value) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise BadRequest(f"{name} must be true or false")
+    return value
+
+
+def _as_text(name: str, value, limit: int) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be text")
+    if len(value) > limit:
+        raise BadRequest(f"{name} is longer than {limit:,} characters")
+    return value
+
+
+def _as_rank(value) -> str | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise BadRequest("each rank must be a number from the choices shown")
+    text = str(value)
+    if not text.isdecimal() or len(text) > 2:
+        raise BadRequest("each rank must be a number from the choices shown")
+    return text
 
 
 def submit_ranking(
@@ -135,22 +211,33 @@ def submit_ranking(
 ) -> tuple[str, TaskView]:
     """Validates and stores one submission; returns a message and the next task.
 
-    An invalid submission stores nothing and returns the same task with the reason.
+    An invalid submission stores nothing and returns the same task with the reason. Values
+    of the wrong type (they come from the network) raise BadRequest.
     """
     user = svc.user(username)
     db = svc.db()
+    assignment_id = _as_int("the assignment id", assignment_id)
+    if not isinstance(ranks, (list, tuple)):
+        raise BadRequest("ranks must be a list")
+    ranks = [_as_rank(r) for r in ranks]
+    all_bad = _as_bool("all_bad", all_bad)
+    rationale = _as_text("the rationale", rationale, MAX_RATIONALE_CHARS)
+    demonstration = _as_text("the answer", demonstration, MAX_DEMONSTRATION_CHARS)
     if not assignment_id:
         return "There is no task on screen to submit.", current_task(svc, username)
-    assignment = labeling.get_assignment(db, int(assignment_id))
+    assignment = labeling.get_assignment(db, assignment_id)
     if assignment is None:
         return "This task no longer exists; here is your next one.", current_task(svc, username)
     k = len(assignment.candidate_ids)
-    chosen = [None if r in (None, "") else r for r in list(ranks)[:k]]
+    chosen = list(ranks)[:k]
     try:
         submission = validate_submission(
             assignment.candidate_ids, chosen, all_bad=all_bad, skipped=skipped,
             rationale=rationale, demonstration=demonstration)
-        stored = labeling.submit_assignment(db, assignment.id, user.id, submission)
+        stored = labeling.submit_assignment(db, assignment.id, user.id, submission,
+                                            overlap=svc.policy.overlap)
+    except labeling.AssignmentExpired as exc:
+        return f"Not saved: {exc}. Here is your next task.", current_task(svc, username)
     except (RankingError, LabelingError) as exc:
         return f"Not saved: {exc}.", current_task(svc, username)
     if skipped:
@@ -183,6 +270,8 @@ class DatasetStatus:
             f"**{c.get('items', 0)}** items · **{c.get('rankings', 0)}** rankings · "
             f"**{c.get('comparisons', 0)}** pairwise comparisons\n\n"
             f"Krippendorff's alpha (ordinal, over items ranked by ≥ 2 annotators): **{alpha}**"
+            + (f"\n\n**{c['set_aside']}** items set aside because the page cannot show them "
+               "(their reason is in the items table)" if c.get("set_aside") else "")
         )
 
 
@@ -192,6 +281,7 @@ def dataset_status(svc: LabelerService, username: str) -> DatasetStatus:
     labeling.sync_items(db)
     counts = store.counts(db)
     counts["items"] = db["items"].count
+    counts["set_aside"] = len(labeling.set_aside_items(db))
     rows = labeling.rankings_for_agreement(db)
     regular = [r for r in rows if not r["is_gold"]]
     gold = agreement.gold_accuracy([r for r in rows if r["is_gold"]])
@@ -213,6 +303,10 @@ def start_generation(svc: LabelerService, username: str, *, prompts: str = "bund
                      model: str = "default", max_new_tokens: int = 256,
                      tensor_parallel_size: int = 1, data_parallel_size: int = 1) -> str:
     user = svc.require_admin(username)
+    k = _as_int("k", k)
+    if k is None or not 1 <= k <= labeling.MAX_CANDIDATES:
+        return (f"Not started: k is the number of candidates per prompt, 1 to "
+                f"{labeling.MAX_CANDIDATES} (the page shows at most that many).")
     if model in (None, "", "default"):
         # The loop records each new policy: the app's next candidates come from the newest.
         model = store.current_policy(svc.db()) or "default"
@@ -225,7 +319,14 @@ def start_generation(svc: LabelerService, username: str, *, prompts: str = "bund
                        ("--data-parallel-size", data_parallel_size)):
         if size and int(size) > 1:
             args += [flag, str(int(size))]
-    job = svc.jobs.start(GENERATE_KIND, args, started_by=user.name)
+    return _start(svc, GENERATE_KIND, args, user)
+
+
+def _start(svc: LabelerService, kind: str, args: list[str], user: labeling.User) -> str:
+    try:
+        job = svc.jobs.start(kind, args, started_by=user.name)
+    except JobError as exc:
+        return f"Not started: {exc}."
     return f"Started job {job.id}: rankloop {' '.join(job.argv)}"
 
 
@@ -234,25 +335,28 @@ def start_reward_training(svc: LabelerService, username: str, *, output: str,
                           lora_r: int = 0) -> str:
     """`rankloop train reward` on the app's ranked pairs, as a background job."""
     user = svc.require_admin(username)
-    if not (output or "").strip():
+    if not isinstance(output, str) or not output.strip():
         return "Not started: give an output folder for the reward model."
-    args = ["train", "reward", "--output", output.strip(), "--model", model or "default",
-            "--epochs", str(max(1, int(epochs or 1))), "--no-progress"]
-    if agreed_only:
+    try:
+        folder = confine_output(svc.db_path, output)
+    except JobError as exc:
+        return f"Not started: {exc}."
+    epochs, lora_r = _as_int("epochs", epochs), _as_int("the LoRA rank", lora_r)
+    args = ["train", "reward", "--output", str(folder), "--model", model or "default",
+            "--epochs", str(max(1, epochs or 1)), "--no-progress"]
+    if _as_bool("agreed only", agreed_only):
         args.append("--agreed-only")
     if lora_r:
-        args += ["--lora-r", str(int(lora_r))]
-    job = svc.jobs.start("train-reward", args, started_by=user.name)
-    return f"Started job {job.id}: rankloop {' '.join(job.argv)}"
+        args += ["--lora-r", str(lora_r)]
+    return _start(svc, "train-reward", args, user)
 
 
 def start_scoring(svc: LabelerService, username: str, *, scorer: str) -> str:
     """`rankloop score` of every candidate with a reward model, as a background job."""
     user = svc.require_admin(username)
-    if ":" not in (scorer or ""):
+    if not isinstance(scorer, str) or ":" not in scorer:
         return "Not started: the scorer is bt:FOLDER or armorm:FOLDER."
-    job = svc.jobs.start("score", ["score", "--scorer", scorer.strip()], started_by=user.name)
-    return f"Started job {job.id}: rankloop {' '.join(job.argv)}"
+    return _start(svc, "score", ["score", "--scorer", scorer.strip()], user)
 
 
 def jobs_table(svc: LabelerService, username: str) -> list[list]:

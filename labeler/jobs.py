@@ -19,6 +19,13 @@ from pathlib import Path
 from data import store
 
 RUNNING, SUCCEEDED, FAILED, STOPPED, LOST = "running", "succeeded", "failed", "stopped", "lost"
+MAX_RUNNING = 2
+"""Jobs of one app running at once: each may load a model, and the machine also serves the
+annotators."""
+
+
+class JobError(Exception):
+    """A job that cannot be started, with a message meant for the admin."""
 
 
 @dataclass(frozen=True)
@@ -40,26 +47,58 @@ def jobs_dir(db_path: str) -> Path:
     return path.parent / f"{path.name}.jobs"
 
 
+def workspace_dir(db_path: str) -> Path:
+    """The one folder that jobs started from the app may write into, next to the database."""
+    path = Path(db_path).resolve()
+    return path.parent / f"{path.name}.workspace"
+
+
+def confine_output(db_path: str, output: str) -> Path:
+    """``output`` as an absolute path inside the workspace; refuses ``..``, absolute paths
+    elsewhere and links that lead out of it."""
+    if not isinstance(output, str) or not output.strip() or "\x00" in output:
+        raise JobError("give an output folder inside the workspace")
+    workspace = workspace_dir(db_path)
+    raw = Path(output.strip())
+    if ".." in raw.parts:
+        raise JobError("an output folder cannot contain '..'")
+    target = raw if raw.is_absolute() else workspace / raw
+    resolved = target.resolve()
+    if resolved == workspace or workspace not in resolved.parents:
+        raise JobError(f"output folders go inside the workspace {workspace}")
+    return resolved
+
+
 class JobRunner:
     """Starts CLI jobs for one database and watches them until they end."""
 
-    def __init__(self, db_path: str):
+    def __init__(self, db_path: str, max_running: int = MAX_RUNNING):
         self.db_path = db_path
+        self.max_running = max_running
 
     def start(self, kind: str, args: list[str], started_by: str) -> Job:
-        """Runs ``rankloop <args> --db <db>`` in the background."""
+        """Runs ``rankloop <args> --db <db>`` in the background; refuses (JobError) while
+        ``max_running`` jobs run."""
         argv = [*args, "--db", self.db_path]
         db = store.connect(self.db_path)
         try:
-            with store.transaction(db):
+            with store.transaction(db):  # count and insert together: two clicks start one
+                running = [r for r in db.query("SELECT * FROM jobs WHERE status = ?",
+                                               [RUNNING])
+                           if self._from_row(r).status == RUNNING]
+                if len(running) >= self.max_running:
+                    raise JobError(f"{len(running)} jobs are running, the most at once; "
+                                   "start this one when one has finished")
                 job_id = db.execute(
                     "INSERT INTO jobs (kind, argv, status, started_by, started_at) "
                     "VALUES (?, ?, ?, ?, ?)",
                     [kind, json.dumps(argv), RUNNING, started_by, time.time()],
                 ).lastrowid
             log_path = jobs_dir(self.db_path) / f"job-{job_id}-{kind}.log"
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(log_path, "wb") as log:
+            # Logs may quote prompts and paths: readable by the owner only.
+            log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+                           "wb") as log:
                 process = subprocess.Popen(
                     [sys.executable, "-m", "launch.cli", *argv], stdout=log,
                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

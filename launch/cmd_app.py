@@ -6,12 +6,20 @@ import argparse
 import atexit
 import getpass
 import json
+import os
 import signal
 import sys
 
 from data import labeling, store
 from launch.cmd_simulate import add_queue_order_args, apply_queue_order
 from launch.common import UserError, add_db, db_path, positive_int
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
 
 
 def register(commands) -> None:
@@ -34,6 +42,11 @@ def register(commands) -> None:
     app.add_argument("--no-autogenerate", action="store_true",
                      help="do not start generating candidates when the database has none")
     add_queue_order_args(app)
+    app.add_argument("--session-hours", type=positive_float, default=12.0,
+                     help="a login lasts this long (default: 12)")
+    app.add_argument("--ssl-certfile", default=None,
+                     help="serve HTTPS with this certificate (PEM); needs --ssl-keyfile")
+    app.add_argument("--ssl-keyfile", default=None, help="the certificate's private key (PEM)")
     app.set_defaults(handler=_app)
 
     users = commands.add_parser("users", help="create and list annotators and admins",
@@ -49,6 +62,26 @@ def register(commands) -> None:
     listing = users_sub.add_parser("list", help="list users", description="List users.")
     add_db(listing)
     listing.set_defaults(handler=_users_list)
+    for what, help_text in (("disable", "disable a user and end their sessions at once"),
+                            ("enable", "let a disabled user log in again")):
+        sub = users_sub.add_parser(what, help=help_text, description=help_text.capitalize()
+                                   + ".")
+        add_db(sub)
+        sub.add_argument("name")
+        sub.set_defaults(handler=_users_disable if what == "disable" else _users_enable)
+    reset = users_sub.add_parser(
+        "reset-password", help="set a new password and end the user's sessions",
+        description="Set a new password (read like `users add` does) and end every session "
+                    "opened with the old one.")
+    add_db(reset)
+    reset.add_argument("name")
+    reset.set_defaults(handler=_users_reset_password)
+    role = users_sub.add_parser("set-role", help="make a user an annotator or an admin",
+                                description="Change a user's role.")
+    add_db(role)
+    role.add_argument("name")
+    role.add_argument("role", choices=labeling.ROLES)
+    role.set_defaults(handler=_users_set_role)
 
     gold = commands.add_parser("gold", help="add gold items with known rankings",
                                description="Manage gold items used to check annotators.")
@@ -67,6 +100,11 @@ def _app(args: argparse.Namespace) -> int:
     from labeler.auth import generate_password, hash_password
     from labeler.handlers import LabelerService
 
+    if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
+        raise UserError("--ssl-certfile and --ssl-keyfile go together")
+    for path in (args.ssl_certfile, args.ssl_keyfile):
+        if path and not os.path.isfile(path):
+            raise UserError(f"cannot read {path}")
     policy = labeling.QueuePolicy(overlap=args.overlap, timeout_s=args.timeout_minutes * 60,
                                   gold_rate=args.gold_rate)
     svc = LabelerService(db_path(args), policy=policy, autogenerate=not args.no_autogenerate)
@@ -81,11 +119,14 @@ def _app(args: argparse.Namespace) -> int:
     if svc.ensure_candidates():
         print("Generating candidates in the background; items appear in the app as they "
               "arrive.", flush=True)
-    print(f"RankLoop app on http://{args.host}:{args.port}  (database {svc.db_path})", flush=True)
+    scheme = "https" if args.ssl_certfile else "http"
+    print(f"RankLoop app on {scheme}://{args.host}:{args.port}  (database {svc.db_path})",
+          flush=True)
     # Background jobs end with the app (generation resumes where it stopped on the next start).
     atexit.register(svc.jobs.stop_all)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    serve(svc, host=args.host, port=args.port)
+    serve(svc, host=args.host, port=args.port, session_hours=args.session_hours,
+          ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
     return 0
 
 
@@ -105,7 +146,7 @@ def _users_add(args: argparse.Namespace) -> int:
     db = store.open_store(db_path(args))
     try:
         user = labeling.add_user(db, args.name, args.role, hash_password(password))
-    except labeling.LabelingError as exc:
+    except (labeling.LabelingError, ValueError) as exc:
         raise UserError(str(exc)) from None
     print(f"created {user.role} {user.name!r}")
     return 0
@@ -114,7 +155,47 @@ def _users_add(args: argparse.Namespace) -> int:
 def _users_list(args: argparse.Namespace) -> int:
     db = store.open_store(db_path(args))
     for user in labeling.list_users(db):
-        print(f"{user.name}\t{user.role}")
+        print(f"{user.name}\t{user.role}" + ("\tdisabled" if user.disabled else ""))
+    return 0
+
+
+def _change_user(args: argparse.Namespace, change) -> labeling.User:
+    db = store.open_store(db_path(args))
+    try:
+        return change(db)
+    except labeling.LabelingError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _users_disable(args: argparse.Namespace) -> int:
+    user = _change_user(args, lambda db: labeling.set_disabled(db, args.name, True))
+    print(f"disabled {user.name!r}; their sessions have ended")
+    return 0
+
+
+def _users_enable(args: argparse.Namespace) -> int:
+    user = _change_user(args, lambda db: labeling.set_disabled(db, args.name, False))
+    print(f"enabled {user.name!r}")
+    return 0
+
+
+def _users_reset_password(args: argparse.Namespace) -> int:
+    from labeler.auth import hash_password
+
+    password = _read_password()
+    try:
+        password_hash = hash_password(password)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    user = _change_user(args, lambda db: labeling.set_password_hash(db, args.name,
+                                                                    password_hash))
+    print(f"new password for {user.name!r}; their sessions have ended")
+    return 0
+
+
+def _users_set_role(args: argparse.Namespace) -> int:
+    user = _change_user(args, lambda db: labeling.set_role(db, args.name, args.role))
+    print(f"{user.name!r} is now {user.role}")
     return 0
 
 

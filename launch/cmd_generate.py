@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from data import store
-from launch.common import add_db, db_path, positive_int
+from data.labeling import MAX_CANDIDATES
+from launch.common import UserError, add_db, db_path, positive_int
 
 
 def register(commands) -> None:
@@ -30,7 +31,9 @@ def register(commands) -> None:
                           "folder, or a Hub id")
     gen.add_argument("--backend", default="auto",
                      help="vllm, transformers, or auto (vLLM when installed; default)")
-    gen.add_argument("--k", type=int, default=4, help="candidates per prompt (default: 4)")
+    gen.add_argument("--k", type=int, default=4,
+                     help=f"candidates per prompt, 1 to {MAX_CANDIDATES} (the labeling page's "
+                          "slots; default: 4)")
     gen.add_argument("--temperature", type=float, default=0.8, help="default: 0.8")
     gen.add_argument("--top-p", type=float, default=0.9, help="default: 0.9")
     gen.add_argument("--max-new-tokens", type=positive_int, default=256, help="default: 256")
@@ -73,6 +76,9 @@ def _generate(args: argparse.Namespace) -> int:
     from policy.sampling import SamplingConfig, pick_backend
 
     pick_backend(args.backend)  # an unknown backend fails before any model is touched
+    if args.k > MAX_CANDIDATES:  # such items could never be ranked in the app
+        raise UserError(f"k must be at most {MAX_CANDIDATES} (the labeling page shows that "
+                        f"many candidates), got {args.k}")
     config = GenerateConfig(
         db=db_path(args),
         prompts=args.prompts,

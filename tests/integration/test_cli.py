@@ -37,6 +37,7 @@ def _write(path: Path, content) -> str:
     (lambda d, m: ["--prompts", _write(d / "long.jsonl", json.dumps({"prompt": "x " * 2000})),
                    "--model", m, "--max-prompt-tokens", "1024"], "exceed --max-prompt-tokens 1024"),
     (lambda d, m: ["--k", "0", "--model", m], "k must be at least 1"),
+    (lambda d, m: ["--k", "9", "--model", m], "k must be at most 8"),
     (lambda d, m: ["--backend", "tgi"], "unknown backend 'tgi'"),
     (lambda d, m: ["--model", str(d / "no-such-model")], "does not exist"),
 ])

@@ -164,3 +164,68 @@ def test_users_are_unique_and_roles_checked(db):
     with pytest.raises(LabelingError, match="without spaces"):
         labeling.add_user(db, "bob smith", "annotator", "h")
     assert labeling.get_user(db, "ann").is_admin
+
+
+def test_a_late_submission_is_kept_only_while_the_overlap_has_room(db):
+    _generated_items(db, n_prompts=2)
+    ann, bob = _users(db, "ann", "bob")
+    policy = QueuePolicy(overlap=1, timeout_s=10)
+    late = labeling.next_assignment(db, ann, policy, now=0)
+    # Expired with nobody else on the item: still accepted (the annotator's work is kept).
+    stored = labeling.submit_assignment(db, late.id, ann, _rank_in_order(late), overlap=1,
+                                        now=50)
+    assert stored.created
+    # Expired and handed to bob, who ranks it: ann's late vote would be a second ranking.
+    mine = labeling.next_assignment(db, ann, policy, now=60)
+    taken = labeling.next_assignment(db, bob, policy, now=80)
+    assert taken.item_id == mine.item_id
+    labeling.submit_assignment(db, taken.id, bob, _rank_in_order(taken), overlap=1, now=81)
+    with pytest.raises(labeling.AssignmentExpired, match="expired"):
+        labeling.submit_assignment(db, mine.id, ann, _rank_in_order(mine), overlap=1, now=82)
+    # Nothing of ann's was stored for that item.
+    assert db.execute("SELECT COUNT(*) FROM rankings WHERE item_id = ?",
+                      [mine.item_id]).fetchone()[0] == 1
+    # A late skip is always kept: skips never count against the overlap.
+    skip = validate_submission(mine.candidate_ids, None, skipped=True)
+    assert labeling.submit_assignment(db, mine.id, ann, skip, overlap=1, now=83).created
+
+
+def test_an_item_set_aside_leaves_the_queue_for_everyone(db):
+    _generated_items(db, n_prompts=2)
+    ann, bob = _users(db, "ann", "bob")
+    policy = QueuePolicy(overlap=2)
+    a = labeling.next_assignment(db, ann, policy, now=0)
+    labeling.set_aside(db, a.id, "cannot be shown", now=1)
+    again = labeling.next_assignment(db, ann, policy, now=2)
+    assert again.item_id != a.item_id
+    assert labeling.next_assignment(db, bob, policy, now=2).item_id == again.item_id
+    assert [r["id"] for r in labeling.set_aside_items(db)] == [a.item_id]
+    assert labeling.progress(db, bob, policy, now=2)[1] == 1
+
+
+def test_names_are_normalised_and_look_alikes_refused(db):
+    labeling.add_user(db, "Ann", "annotator", "h")
+    for twin in ("ann", "ANN", "Ａｎｎ"):  # case and full-width forms are the same name
+        with pytest.raises(LabelingError, match="already exists"):
+            labeling.add_user(db, twin, "annotator", "h")
+    for hidden in ("an\u200bn", "\u202eadmin", "ann\u0007", "a\u2028b"):
+        with pytest.raises(LabelingError, match="invisible"):
+            labeling.add_user(db, hidden, "annotator", "h")
+    assert labeling.get_user(db, "ａｎｎ").name == "Ann"
+
+
+def test_disabling_a_user_ends_their_sessions(db):
+    [ann] = _users(db, "ann")
+    labeling.create_session(db, ann, "tok-1", ttl_s=100, now=0)
+    assert labeling.session_user(db, "tok-1", now=50).name == "ann"
+    assert labeling.session_user(db, "tok-1", now=101) is None  # expired
+    labeling.create_session(db, ann, "tok-2", ttl_s=1e9)
+    labeling.set_disabled(db, "ann", True)
+    assert labeling.session_user(db, "tok-2") is None
+    labeling.set_disabled(db, "ann", False)
+    assert labeling.session_user(db, "tok-2") is None  # revoked, not merely hidden
+    labeling.create_session(db, ann, "tok-3", ttl_s=1e9)
+    labeling.set_password_hash(db, "ann", "new-hash")
+    assert labeling.session_user(db, "tok-3") is None
+    assert db.execute("SELECT COUNT(*) FROM sessions WHERE token_hash LIKE 'tok%'"
+                      ).fetchone()[0] == 0  # only hashes are stored
