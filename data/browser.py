@@ -105,8 +105,10 @@ class ItemPage:
 
 def _where(f: ItemFilter, users: dict[str, int], now: float) -> tuple[str, str, list]:
     """(join, where, params) for a filter."""
-    live = ("EXISTS (SELECT 1 FROM assignments a WHERE a.item_id = i.id "
-            "AND a.submitted_at IS NULL AND a.expires_at > ?)")
+    # Held items, listed once per query (a correlated lookup per item would be planned
+    # on the submitted_at index and scan every open assignment for each item).
+    live = ("i.id IN (SELECT a.item_id FROM assignments a WHERE a.submitted_at IS NULL "
+            "AND a.expires_at > ?)")
     clauses, params = [], []
     # Statuses that need a label drive the query from item_stats' indexes.
     join = ("JOIN" if f.status in ("done", "overlap_reached", "disagreement") else
@@ -115,8 +117,7 @@ def _where(f: ItemFilter, users: dict[str, int], now: float) -> tuple[str, str, 
         clauses.append(f"COALESCE(st.labels, 0) = 0 AND NOT {live}")
         params.append(now)
     elif f.status == "in_progress":
-        clauses.append(f"i.id IN (SELECT a.item_id FROM assignments a WHERE a.submitted_at IS "
-                       "NULL AND a.expires_at > ?)")
+        clauses.append(live)
         params.append(now)
     elif f.status == "done":
         clauses.append("st.labels >= 1")
