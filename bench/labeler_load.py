@@ -129,6 +129,23 @@ def _schedule(i: int, annotators: int, interval: float) -> float:
     return i * interval / annotators
 
 
+_LOGINS = threading.Semaphore(4)  # logins are not measured: keep them from timing out
+
+
+def _login(client_class, url: str, i: int, attempts: int = 3):
+    """A logged-in client for annotator i and its first task, retrying a login that times
+    out (each login checks a deliberately slow password hash)."""
+    for attempt in range(attempts):
+        try:
+            with _LOGINS:
+                client = client_class(url, auth=(f"a{i}", "bench-password"), verbose=False)
+                return client, client.predict(api_name="/load_task")
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1.0)
+
+
 def _run_http_open(url: str, annotators: int, interval: float, rounds: int) -> dict:
     from gradio_client import Client
 
@@ -141,8 +158,7 @@ def _run_http_open(url: str, annotators: int, interval: float, rounds: int) -> d
 
     def annotator(i: int) -> None:
         try:
-            client = Client(url, auth=(f"a{i}", "bench-password"), verbose=False)
-            task = client.predict(api_name="/load_task")
+            client, task = _login(Client, url, i)
         except Exception as exc:
             with lock:
                 errors.append(repr(exc))
