@@ -87,25 +87,30 @@ def suggestion_for_assignment(db: sqlite_utils.Database, assignment_id: int
 
     The first call with suggestions on pins the suggestion on the assignment (later calls, a
     reload, and the submission see the same one, even if the setting or the scores change
-    meanwhile). None when suggestions are off and none was pinned, or no scorer has scored
-    every candidate.
+    meanwhile). None when suggestions are off and none was pinned, when the task was submitted
+    without one, or when no scorer has scored every candidate.
     """
-    with store.transaction(db):
-        row = db.execute("SELECT candidate_ids, suggestion FROM assignments WHERE id = ?",
-                         [assignment_id]).fetchone()
-        if row is None:
+    row = db.execute("SELECT candidate_ids, suggestion, submitted_at FROM assignments "
+                     "WHERE id = ?", [assignment_id]).fetchone()
+    if row is None:
+        return None
+    ids_json, pinned, submitted_at = row
+    if not pinned:
+        if submitted_at is not None:  # its vote is stored: nothing is pre-filled from now on
             return None
-        ids_json, pinned = row
-        if pinned:
-            value = json.loads(pinned)
-            return Suggestion(value["scorer"], tuple(value["ranks"]), tuple(value["scores"]))
+        # Reads first: the write lock is taken only to pin a new suggestion.
         project = settings.project_settings(db)
         if not project.suggestions:
             return None
         suggestion = suggest_ranks(db, json.loads(ids_json), scorer=project.suggestion_scorer)
         if suggestion is None:
             return None
-        db.execute("UPDATE assignments SET suggestion = ? WHERE id = ?", [json.dumps({
-            "scorer": suggestion.scorer, "ranks": list(suggestion.ranks),
-            "scores": list(suggestion.scores)}), assignment_id])
-        return suggestion
+        with store.transaction(db):
+            # Two tabs opening the task at once: the first pin wins, both show it.
+            db.execute("UPDATE assignments SET suggestion = ? WHERE id = ? AND suggestion IS NULL",
+                       [json.dumps({"scorer": suggestion.scorer, "ranks": list(suggestion.ranks),
+                                    "scores": list(suggestion.scores)}), assignment_id])
+            pinned = db.execute("SELECT suggestion FROM assignments WHERE id = ?",
+                                [assignment_id]).fetchone()[0]
+    value = json.loads(pinned)
+    return Suggestion(value["scorer"], tuple(value["ranks"]), tuple(value["scores"]))
