@@ -1,13 +1,24 @@
-"""Labeling app under load: N concurrent simulated annotators doing fetch-next + submit.
+"""Labeling app under load: simulated annotators doing submit + fetch-next, closed and open loop.
 
-    python3 bench/labeler_load.py [--annotators 10 50 100] [--rounds 4]
+    python3 bench/labeler_load.py [--mode both] [--annotators 10 50 100] [--rounds 4]
+                                  [--open-annotators 100] [--interval 10] [--duration 60]
 
-Each annotator logs in (gradio_client, the same HTTP API the page uses), then repeats: submit a
-ranking for the task on screen and receive the next one. The app runs as a real `rankloop app`
-process on localhost. Printed per N: client-observed latency p50/p95/p99 for the first fetch
-and for submit-and-fetch-next, submissions/s, and acknowledged submissions lost or duplicated
-in SQLite afterwards (must be 0). The peer, measured in the same run, is the same work done by
-N threads calling the data layer directly (no HTTP, no Gradio): the floor the app adds to.
+Each annotator logs in (gradio_client, the same HTTP API the page uses), then submits a ranking
+for the task on screen and receives the next one. The app runs as a real `rankloop app`
+process on localhost.
+
+- Closed loop (``--annotators``, ``--rounds``): every annotator submits again as soon as the
+  previous answer arrives, so the submissions/s is the most the app sustains.
+- Open loop (``--open-annotators``, ``--interval``, ``--duration``): each annotator submits on
+  its own schedule, once every ``--interval`` seconds (start times spread evenly), as people
+  do; 100 annotators every 10 s is 10 submissions/s. Latency is reported as the service time
+  (request sent to answer received) and from the scheduled time (a request that could only be
+  sent late, because the previous one was still waiting, counts its wait).
+
+Printed per run: client-observed latency p50/p95/p99, submissions/s, and acknowledged
+submissions lost or duplicated in SQLite afterwards (must be 0). The peer, measured in the same
+run, is the same work done by as many threads calling the data layer directly (no HTTP, no
+Gradio): the floor the app adds to.
 """
 
 from __future__ import annotations
@@ -113,6 +124,132 @@ def _run_http(url: str, annotators: int, rounds: int) -> dict:
             "wall": wall}
 
 
+def _schedule(i: int, annotators: int, interval: float) -> float:
+    """Annotator i's first submission, offset so that the submissions are evenly spread."""
+    return i * interval / annotators
+
+
+_LOGINS = threading.Semaphore(4)  # logins are not measured: keep them from timing out
+
+
+def _login(client_class, url: str, i: int, attempts: int = 3):
+    """A logged-in client for annotator i and its first task, retrying a login that times
+    out (each login checks a deliberately slow password hash)."""
+    for attempt in range(attempts):
+        try:
+            with _LOGINS:
+                client = client_class(url, auth=(f"a{i}", "bench-password"), verbose=False)
+                return client, client.predict(api_name="/load_task")
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1.0)
+
+
+def _run_http_open(url: str, annotators: int, interval: float, rounds: int) -> dict:
+    from gradio_client import Client
+
+    service, scheduled, acknowledged, errors = [], [], [], []
+    lock = threading.Lock()
+    start_at: list[float] = []
+    # Everyone logged in with a task on screen; the clock starts as they are released.
+    ready = threading.Barrier(annotators + 1,
+                              action=lambda: start_at.append(time.perf_counter() + 0.5))
+
+    def annotator(i: int) -> None:
+        try:
+            client, task = _login(Client, url, i)
+        except Exception as exc:
+            with lock:
+                errors.append(repr(exc))
+            ready.abort()
+            return
+        try:
+            ready.wait()
+        except threading.BrokenBarrierError:
+            return
+        try:
+            for n in range(rounds):
+                due = start_at[0] + _schedule(i, annotators, interval) + n * interval
+                time.sleep(max(0.0, due - time.perf_counter()))
+                sent = time.perf_counter()
+                result = client.predict(task[0], *RANKS, None, None, None, None, False, "", "",
+                                        api_name="/submit")
+                done = time.perf_counter()
+                with lock:
+                    service.append(done - sent)
+                    scheduled.append(done - due)
+                    if result[0].startswith("Saved"):
+                        acknowledged.append(task[0])
+                task = result[1:]
+        except Exception as exc:
+            with lock:
+                errors.append(repr(exc))
+
+    threads = [threading.Thread(target=annotator, args=(i,)) for i in range(annotators)]
+    for t in threads:
+        t.start()
+    try:
+        ready.wait()
+    except threading.BrokenBarrierError:
+        pass
+    began = start_at[0] if start_at else time.perf_counter()
+    for t in threads:
+        t.join()
+    return {"service": service, "scheduled": scheduled, "acknowledged": acknowledged,
+            "errors": errors, "wall": time.perf_counter() - began}
+
+
+def _run_direct_open(db_path: str, annotators: int, interval: float, rounds: int) -> dict:
+    from data import labeling, store
+    from data.rankings import validate_submission
+
+    service, scheduled, acknowledged, errors = [], [], [], []
+    lock = threading.Lock()
+    policy = labeling.QueuePolicy()
+    start_at: list[float] = []
+    # Everyone logged in with a task on screen; the clock starts as they are released.
+    ready = threading.Barrier(annotators + 1,
+                              action=lambda: start_at.append(time.perf_counter() + 0.5))
+
+    def annotator(i: int) -> None:
+        try:
+            db = store.connect(db_path)
+            user = labeling.get_user(db, f"a{i}")
+            task = labeling.next_assignment(db, user.id, policy)
+            ready.wait()
+            for n in range(rounds):
+                due = start_at[0] + _schedule(i, annotators, interval) + n * interval
+                time.sleep(max(0.0, due - time.perf_counter()))
+                sent = time.perf_counter()
+                sub = validate_submission(task.candidate_ids, [int(r) for r in RANKS])
+                stored = labeling.submit_assignment(db, task.id, user.id, sub)
+                task = labeling.next_assignment(db, user.id, policy)
+                done = time.perf_counter()
+                with lock:
+                    service.append(done - sent)
+                    scheduled.append(done - due)
+                    if stored.created:
+                        acknowledged.append(stored.ranking_id)
+        except Exception as exc:
+            with lock:
+                errors.append(repr(exc))
+            ready.abort()
+
+    threads = [threading.Thread(target=annotator, args=(i,)) for i in range(annotators)]
+    for t in threads:
+        t.start()
+    try:
+        ready.wait()
+    except threading.BrokenBarrierError:
+        pass
+    began = start_at[0] if start_at else time.perf_counter()
+    for t in threads:
+        t.join()
+    return {"service": service, "scheduled": scheduled, "acknowledged": acknowledged,
+            "errors": errors, "wall": time.perf_counter() - began}
+
+
 def _run_direct(db_path: str, annotators: int, rounds: int) -> dict:
     from data import labeling, store
     from data.rankings import validate_submission
@@ -149,26 +286,28 @@ def _run_direct(db_path: str, annotators: int, rounds: int) -> dict:
             "wall": time.perf_counter() - start}
 
 
-def _check_store(db_path: str, acknowledged: list[int]) -> tuple[int, int]:
-    """(acknowledged submissions missing from SQLite, rankings stored more than once)."""
+def _check_store(db_path: str, acknowledged: list[int], *, by: str = "assignment"
+                 ) -> tuple[int, int]:
+    """(acknowledged submissions missing from SQLite, assignments voted on more than once).
+
+    ``acknowledged`` holds assignment ids (``by="assignment"``, what the page knows) or
+    ranking ids (``by="ranking"``, what the data layer returns)."""
     from data import store
 
     db = store.connect(db_path)
-    keys = [r[0] for r in db.execute("SELECT submission_key FROM rankings")]
-    stored = set(keys)
-    lost = sum(f"assignment:{a}" not in stored for a in acknowledged)
-    duplicated = len(keys) - len(stored)
+    if by == "assignment":
+        stored = {r[0] for r in db.execute("SELECT assignment_id FROM rankings")}
+    else:
+        stored = {r[0] for r in db.execute("SELECT id FROM rankings")}
+    lost = sum(a not in stored for a in acknowledged)
+    # One vote per assignment: a second row for an assignment is a duplicated vote.
+    duplicated = db.execute("SELECT COUNT(*) - COUNT(DISTINCT assignment_id) FROM rankings"
+                            ).fetchone()[0]
     db.close()
     return lost, duplicated
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--annotators", type=int, nargs="+", default=[10, 50, 100])
-    parser.add_argument("--rounds", type=int, default=4, help="submissions per annotator")
-    parser.add_argument("--port", type=int, default=7931)
-    args = parser.parse_args()
-
+def _closed_loop(args) -> None:
     rows = []
     for n in args.annotators:
         with tempfile.TemporaryDirectory() as tmp:
@@ -184,11 +323,13 @@ def main() -> None:
                 app.wait()
             direct = _run_direct(direct_db, n, args.rounds)
             lost, duplicated = _check_store(http_db, http["acknowledged"])
-            rows.append((n, http, direct, lost, duplicated))
-            print(f"N={n}: {len(http['acknowledged'])} submissions over HTTP, "
-                  f"{len(http['errors'])} client errors {http['errors'][:1]}", flush=True)
+            direct_lost, direct_dup = _check_store(direct_db, direct["acknowledged"], by="ranking")
+            rows.append((n, http, direct, lost + direct_lost, duplicated + direct_dup))
+            print(f"closed loop N={n}: {len(http['acknowledged'])} submissions over HTTP, "
+                  f"{len(http['errors'])} client errors {http['errors'][:1]}; direct: "
+                  f"{len(direct['errors'])} errors {direct['errors'][:1]}", flush=True)
 
-    print()
+    print("\nclosed loop (each annotator submits again as soon as the answer arrives)")
     print(f"{'N':>4} {'fetch p50':>10} {'p95':>7} {'p99':>7} {'submit p50':>11} {'p95':>7} "
           f"{'p99':>7} {'subs/s':>8} {'direct subs/s':>14} {'direct/app':>11} {'lost':>5} "
           f"{'dup':>4}")
@@ -200,10 +341,70 @@ def main() -> None:
         print(f"{n:>4} {ms[0]:>8.0f}ms {ms[1]:>5.0f}ms {ms[2]:>5.0f}ms {ms[3]:>9.0f}ms "
               f"{ms[4]:>5.0f}ms {ms[5]:>5.0f}ms {rate:>8.1f} {direct_rate:>14.1f} "
               f"{direct_rate / rate:>10.1f}x {lost:>5} {duplicated:>4}")
-    print("\nlatency: as seen by the client, submit includes receiving the next task;"
-          " direct: the same submissions through data/labeling.py from N threads, no server")
+    print("latency: as seen by the client, submit includes receiving the next task;"
+          " direct: the same submissions through data/labeling.py from N threads, no server;"
+          " lost/dup: app and direct together")
     print(f"median direct submit+next latency at N={rows[-1][0]}: "
           f"{1000 * statistics.median(rows[-1][2]['submit']):.1f} ms")
+
+
+def _open_loop(args) -> None:
+    n, interval = args.open_annotators, args.interval
+    rounds = max(1, int(round(args.duration / interval)))
+    with tempfile.TemporaryDirectory() as tmp:
+        items = n * (rounds + 2)
+        http_db, direct_db = f"{tmp}/http.db", f"{tmp}/direct.db"
+        _make_db(http_db, n, items)
+        _make_db(direct_db, n, items)
+        app = _start_app(http_db, args.port)
+        try:
+            http = _run_http_open(f"http://127.0.0.1:{args.port}/", n, interval, rounds)
+        finally:
+            app.terminate()
+            app.wait()
+        direct = _run_direct_open(direct_db, n, interval, rounds)
+        lost, duplicated = _check_store(http_db, http["acknowledged"])
+        direct_lost, direct_dup = _check_store(direct_db, direct["acknowledged"], by="ranking")
+    offered = n / interval
+    print(f"\nopen loop: {n} annotators, one submission each every {interval:g} s "
+          f"(offered {offered:.1f}/s) for {rounds} rounds")
+    print(f"{'':8} {'service p50':>12} {'p95':>7} {'p99':>7} {'from schedule p95':>18} "
+          f"{'p99':>7} {'max':>7} {'subs/s':>7} {'acked':>6} {'errors':>7} {'lost':>5} {'dup':>4}")
+    for name, result, lost_n, dup_n in (("app", http, lost, duplicated),
+                                        ("direct", direct, direct_lost, direct_dup)):
+        ms = [1000 * _percentile(result["service"], q) for q in (50, 95, 99)]
+        late = [1000 * _percentile(result["scheduled"], q) for q in (95, 99, 100)]
+        rate = len(result["acknowledged"]) / result["wall"] if result["wall"] else float("nan")
+        print(f"{name:8} {ms[0]:>10.0f}ms {ms[1]:>5.0f}ms {ms[2]:>5.0f}ms {late[0]:>16.0f}ms "
+              f"{late[1]:>5.0f}ms {late[2]:>5.0f}ms {rate:>7.1f} {len(result['acknowledged']):>6} "
+              f"{len(result['errors']):>7} {lost_n:>5} {dup_n:>4}")
+        if result["errors"]:
+            print(f"  first error ({name}): {result['errors'][0]}")
+    app_p95 = _percentile(http["scheduled"], 95)
+    direct_p95 = _percentile(direct["scheduled"], 95)
+    print(f"submit-and-next p95 from schedule: app {1000 * app_p95:.0f} ms, data layer alone "
+          f"{1000 * direct_p95:.1f} ms (app/direct {app_p95 / direct_p95:.0f}x)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=("closed", "open", "both"), default="both")
+    parser.add_argument("--annotators", type=int, nargs="+", default=[10, 50, 100],
+                        help="closed loop: concurrent annotators, one run per value")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="closed loop: submissions per annotator")
+    parser.add_argument("--open-annotators", type=int, default=100,
+                        help="open loop: annotators, each on its own schedule")
+    parser.add_argument("--interval", type=float, default=10.0,
+                        help="open loop: seconds between one annotator's submissions")
+    parser.add_argument("--duration", type=float, default=60.0,
+                        help="open loop: seconds of submitting")
+    parser.add_argument("--port", type=int, default=7931)
+    args = parser.parse_args()
+    if args.mode in ("closed", "both"):
+        _closed_loop(args)
+    if args.mode in ("open", "both"):
+        _open_loop(args)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Agreement between annotators, and with gold rankings. Pure Python (no numpy needed).
 
 Input rows are ranked submissions: ``{"item_id", "annotator", "candidate_ids", "ranks"}``
-(ranks aligned with candidate_ids, 1 = best, equal = tie).
+(ranks aligned with candidate_ids, 1 = best, equal = tie). Only the latest version of a vote is
+a judgment: a row whose ``superseded_by`` is set (a revision replaced it) is ignored, so a
+caller may pass the whole vote log.
 """
 
 from __future__ import annotations
@@ -19,13 +21,18 @@ def _rank_map(row: dict) -> dict[int, int]:
     return dict(zip(row["candidate_ids"], row["ranks"]))
 
 
+def current(rows: Iterable[dict]) -> list[dict]:
+    """The rows that are the latest version of their vote."""
+    return [row for row in rows if row.get("superseded_by") is None]
+
+
 def pairwise_agreement(rows: Iterable[dict]) -> dict[tuple[str, str], tuple[int, int]]:
     """For each annotator pair with shared items: (candidate pairs ordered alike, pairs compared).
 
     Two annotators agree on candidates (a, b) when both prefer a, both prefer b, or both tie.
     """
     by_item: dict[int, dict[str, dict[int, int]]] = defaultdict(dict)
-    for row in rows:
+    for row in current(rows):
         by_item[row["item_id"]][row["annotator"]] = _rank_map(row)
     totals: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     for annotations in by_item.values():
@@ -45,7 +52,7 @@ def krippendorff_alpha_ordinal(rows: Iterable[dict]) -> float | None:
     None when it is undefined (fewer than two pairable values, or no variation at all).
     """
     units: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for row in rows:
+    for row in current(rows):
         for candidate, rank in zip(row["candidate_ids"], row["ranks"]):
             units[(row["item_id"], candidate)].append(int(rank))
     pairable = [values for values in units.values() if len(values) >= 2]
@@ -85,7 +92,7 @@ def gold_accuracy(rows: Iterable[dict]) -> dict[str, tuple[int, int]]:
     the candidate ids in idx order.
     """
     totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for row in rows:
+    for row in current(rows):
         if not row.get("gold_ranks"):
             continue
         gold = dict(zip(row["gold_order"], row["gold_ranks"]))

@@ -36,6 +36,16 @@ of gold items are annotator checks, not labels: they are only in the raw configu
 ids and texts in the order shown, ranks, tie/all-bad/skip flags, rationale, demonstration,
 times. ``rankings_from_rows`` reads it back into the records the export was made from.
 
+Revisions: an annotator may revise a submission; the revision is a new row whose
+``supersedes`` names the row it replaces (``data.revisions``). The ``rankings`` configuration
+keeps the whole history, each replaced row with ``superseded_by`` set; preference pairs, the
+agreement figures and the card's counts come from the latest versions only.
+
+Model suggestions: ``suggestion_accepted`` is true when the annotator submitted the ranking
+pre-filled from a reward model's scores unchanged, false when they changed it, null when no
+suggestion was shown (``data.suggestions``); both configurations carry it, and ``rankings``
+also the ``suggested_ranks`` and their ``suggestion_scorer``.
+
 Annotators appear as stable pseudonyms (``annotator-<user id>``) unless ``keep_annotator_names``.
 """
 
@@ -136,6 +146,24 @@ class RankingRecord:
     demonstration: str | None
     shown_at: float | None
     submitted_at: float
+    supersedes: int | None = None
+    """The ranking this one revises, if it is a revision."""
+    superseded_by: int | None = None
+    """The revision that replaced this ranking; None for the latest version of a vote."""
+    suggested_ranks: list[int] | None = None
+    """The model suggestion it was pre-filled with, aligned with candidate_ids."""
+    suggestion_scorer: str | None = None
+    suggestion_accepted: bool | None = None
+    """True: the suggestion submitted unchanged; False: changed; None: no suggestion shown."""
+
+    @property
+    def is_latest(self) -> bool:
+        return self.superseded_by is None
+
+
+def latest(records: Iterable[RankingRecord]) -> list[RankingRecord]:
+    """The latest version of each vote (what pairs, agreement and training read)."""
+    return [r for r in records if r.superseded_by is None]
 
 
 def pseudonym(user_id: int) -> str:
@@ -144,21 +172,24 @@ def pseudonym(user_id: int) -> str:
 
 
 def read_rankings(db, *, keep_annotator_names: bool = False) -> list[RankingRecord]:
-    """Every submission in ``rankings`` (skips included), oldest first."""
+    """Every submission in ``rankings`` (skips and superseded versions included), oldest
+    first; ``latest`` keeps the current version of each vote."""
     texts = dict(db.execute(
         "SELECT id, text FROM candidates WHERE id IN (SELECT value FROM rankings, "
         "json_each(rankings.candidate_ids)) OR id IN (SELECT demonstration_id FROM rankings)"))
     rows = db.execute(
         "SELECT r.id, r.user_id, u.name, r.prompt_id, p.messages, r.item_id, i.run_id, "
         "i.is_gold, i.gold_ranks, r.candidate_ids, r.ranks, r.has_tie, r.all_bad, r.skipped, "
-        "r.rationale, r.demonstration_id, r.shown_at, r.submitted_at "
+        "r.rationale, r.demonstration_id, r.shown_at, r.submitted_at, r.supersedes, s.id, "
+        "r.suggested_ranks, r.suggestion_scorer, r.suggestion_accepted "
         "FROM rankings r JOIN users u ON u.id = r.user_id JOIN prompts p ON p.id = r.prompt_id "
-        "LEFT JOIN items i ON i.id = r.item_id ORDER BY r.id").fetchall()
+        "LEFT JOIN items i ON i.id = r.item_id LEFT JOIN rankings s ON s.supersedes = r.id "
+        "ORDER BY r.id").fetchall()
     gold_order: dict[int, list[int]] = {}
     records = []
     for (ranking_id, user_id, name, prompt_id, messages, item_id, run_id, is_gold, gold_json,
          ids_json, ranks_json, has_tie, all_bad, skipped, rationale, demo_id, shown_at,
-         submitted_at) in rows:
+         submitted_at, supersedes, superseded_by, suggested_json, scorer, accepted) in rows:
         candidate_ids = json.loads(ids_json)
         if run_id is None and candidate_ids:  # a vote stored before items existed
             run_id = db.execute("SELECT run_id FROM candidates WHERE id = ?",
@@ -180,7 +211,11 @@ def read_rankings(db, *, keep_annotator_names: bool = False) -> list[RankingReco
             has_tie=bool(has_tie), all_bad=bool(all_bad), skipped=bool(skipped),
             rationale=rationale, demonstration_id=demo_id,
             demonstration=None if demo_id is None else texts[demo_id],
-            shown_at=shown_at, submitted_at=submitted_at,
+            shown_at=shown_at, submitted_at=submitted_at, supersedes=supersedes,
+            superseded_by=superseded_by,
+            suggested_ranks=None if suggested_json is None else json.loads(suggested_json),
+            suggestion_scorer=scorer, suggestion_accepted=None if accepted is None else
+            bool(accepted),
         ))
     return records
 
@@ -261,7 +296,7 @@ class PairSelection:
 
 def select_pairs(records: Sequence[RankingRecord], config: ExportConfig) -> PairSelection:
     """The preference rows of ``records`` under ``config``; see the module docstring."""
-    labels = [r for r in records if not r.skipped and not r.is_gold]
+    labels = [r for r in latest(records) if not r.skipped and not r.is_gold]
     # Agreement looks at every judgment of a pair of responses, whatever the pairs mode.
     judgments: dict[tuple[int, int], list[tuple[str, int | None]]] = defaultdict(list)
     for record in labels:
@@ -323,6 +358,7 @@ def preference_features(format: str):
         "tie": Value("bool"), "source_run": Value("int64"),
         "chosen_is_demonstration": Value("bool"), "ranking_id": Value("int64"),
         "prompt_id": Value("int64"), "chosen_id": Value("int64"), "rejected_id": Value("int64"),
+        "suggestion_accepted": Value("bool"),
     })
 
 
@@ -338,6 +374,9 @@ def ranking_features():
         "skipped": Value("bool"), "rationale": Value("string"),
         "demonstration_id": Value("int64"), "demonstration": Value("string"),
         "shown_at": Value("float64"), "submitted_at": Value("float64"),
+        "supersedes": Value("int64"), "superseded_by": Value("int64"),
+        "suggested_ranks": List(Value("int64")), "suggestion_scorer": Value("string"),
+        "suggestion_accepted": Value("bool"),
     })
 
 
@@ -364,6 +403,7 @@ def preference_row(row: PairRow, format: str, tokenizer=None) -> dict:
         "chosen_is_demonstration": pair.chosen == record.demonstration_id,
         "ranking_id": record.ranking_id, "prompt_id": record.prompt_id,
         "chosen_id": pair.chosen, "rejected_id": pair.rejected,
+        "suggestion_accepted": record.suggestion_accepted,
     }
 
 
@@ -374,7 +414,8 @@ def ranking_row(record: RankingRecord) -> dict:
 def rankings_from_rows(rows: Iterable[dict]) -> list[RankingRecord]:
     """The raw configuration's rows back as records (any split order), oldest first."""
     names = RankingRecord.__dataclass_fields__
-    return sorted((RankingRecord(**{k: row[k] for k in names}) for row in rows),
+    # Exports made before revisions and suggestions existed lack those columns: defaults.
+    return sorted((RankingRecord(**{k: row[k] for k in names if k in row}) for row in rows),
                   key=lambda r: r.ranking_id)
 
 
@@ -455,7 +496,11 @@ def build_export(db, config: ExportConfig, *, tokenizer=None, db_label: str = ""
 # ---------------------------------------------------------------------------------------------
 
 def card_stats(db, records: Sequence[RankingRecord], preference_rows: Sequence[dict]) -> dict:
+    """Counts over the latest version of each vote, plus how many versions were replaced."""
     from data.agreement import krippendorff_alpha_ordinal, pairwise_agreement
+
+    revised = len(records) - len(latest(records))
+    records = latest(records)
 
     ranked = [r for r in records if r.ranks is not None and not r.skipped and not r.is_gold]
     agreement_rows = [{"item_id": r.item_id, "annotator": r.annotator,
@@ -487,6 +532,9 @@ def card_stats(db, records: Sequence[RankingRecord], preference_rows: Sequence[d
         "compared_pairs": compared,
         "krippendorff_alpha": krippendorff_alpha_ordinal(agreement_rows),
         "tie_pairs": sum(row["tie"] for row in preference_rows),
+        "revised": revised,
+        "suggested": sum(r.suggestion_accepted is not None for r in records),
+        "suggestions_accepted": sum(bool(r.suggestion_accepted) for r in records),
         "runs": settings,
     }
 
@@ -541,7 +589,10 @@ Human rankings of sampled model responses, collected with RankLoop's labeling ap
 - {stats['prompts']} prompts, {stats['rankings']} submissions by {stats['annotators']} annotators:
   {stats['skipped']} skipped, {stats['all_bad']} marked "all candidates are bad",
   {stats['with_ties']} with ties, {stats['demonstrations']} with a written demonstration,
-  {stats['gold']} on gold (check) items.
+  {stats['gold']} on gold (check) items. {stats['revised']} earlier versions were replaced by
+  the annotator's revision (kept in `rankings`, left out of everything else).
+- {stats['suggested']} submissions started from a reward model's suggested ranking;
+  {stats['suggestions_accepted']} of them kept it unchanged (`suggestion_accepted`).
 - Test split: {config.test_fraction:g} of the prompts (seed {config.seed}); all rows of a
   prompt are in one split.
 - Left out of the preference pairs: {dropped}.
@@ -576,7 +627,10 @@ else 'left out'}; minimum agreement {_number(config.min_agreement, 2)}.
 `rankings` holds every submission as made: `candidate_ids` and `candidates` in the order
 shown, `ranks` (1 = best, equal = tie; null for skips and unranked "all bad"), `has_tie`,
 `all_bad`, `skipped`, `rationale`, `demonstration`, `is_gold`/`gold_ranks`, `shown_at`,
-`submitted_at` (Unix seconds).
+`submitted_at` (Unix seconds). A revised submission is a new row with `supersedes` set; the
+row it replaced has `superseded_by` and is not used for pairs. `suggested_ranks`,
+`suggestion_scorer` and `suggestion_accepted` (also in `default`) tell a ranking pre-filled
+from a reward model and kept unchanged from an independent judgment.
 
 ```python
 from datasets import load_dataset
@@ -724,21 +778,23 @@ def push_to_hub(export: Export, repo_id: str, *, private: bool = False,
 def sft_conversations(db, source: str) -> list[list[dict]]:
     """Prompt + response conversations from the vote log.
 
-    ``demonstrations``: every answer an annotator wrote in the app. ``chosen``: the responses
-    at the best rank of each label (the demonstration when there is one; none from an "all
-    bad" vote without one, or from skips and gold items), each (prompt, response) once.
+    ``demonstrations``: every answer an annotator wrote in the app (an answer replaced by a
+    revision is left out). ``chosen``: the responses at the best rank of each label (the
+    demonstration when there is one; none from an "all bad" vote without one, or from skips
+    and gold items), each (prompt, response) once. Only the latest version of a vote counts.
     """
     if source not in SFT_SOURCES:
         raise ExportError(f"SFT source must be one of {', '.join(SFT_SOURCES)}, not {source!r}")
     if source == "demonstrations":
         rows = db.execute(
             "SELECT p.messages, c.text FROM candidates c JOIN prompts p ON p.id = c.prompt_id "
-            "WHERE c.author_id IS NOT NULL ORDER BY c.id").fetchall()
+            "WHERE c.author_id IS NOT NULL AND c.id IN (SELECT demonstration_id FROM "
+            "latest_rankings) ORDER BY c.id").fetchall()
         return [json.loads(m) + [{"role": "assistant", "content": t}] for m, t in rows
                 if t.strip()]
     seen: set[tuple[int, int]] = set()
     out = []
-    for record in read_rankings(db):
+    for record in latest(read_rankings(db)):
         if record.skipped or record.is_gold:
             continue
         texts = dict(zip(record.candidate_ids, record.candidates))

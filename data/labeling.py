@@ -20,6 +20,7 @@ import sqlite_utils
 
 from data import queue_order, store
 from data.rankings import Submission, ranking_to_pairs
+from data.suggestions import accepted_flag
 
 ROLES = ("annotator", "admin")
 HUMAN_BACKEND = "human"
@@ -447,15 +448,22 @@ def submit_assignment(
         if submission.demonstration:
             demonstration_id = _add_demonstration(db, prompt_id, user_id,
                                                   submission.demonstration, now)
+        # The model suggestion pinned when the task was shown, if any (data.suggestions).
+        pinned = db.execute("SELECT suggestion FROM assignments WHERE id = ?",
+                            [assignment_id]).fetchone()[0]
+        suggested = json.loads(pinned) if pinned else None
         ranking_id = db.execute(
             "INSERT INTO rankings (submission_key, user_id, prompt_id, item_id, assignment_id, "
             "candidate_ids, ranks, has_tie, all_bad, skipped, rationale, demonstration_id, "
-            "shown_at, submitted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "shown_at, submitted_at, suggested_ranks, suggestion_scorer, suggestion_accepted) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [key, user_id, prompt_id, item_id, assignment_id,
              json.dumps(list(submission.candidate_ids)),
              None if submission.ranks is None else json.dumps(list(submission.ranks)),
              int(submission.has_tie), int(submission.all_bad), int(submission.skipped),
-             submission.rationale or None, demonstration_id, shown_at, now],
+             submission.rationale or None, demonstration_id, shown_at, now,
+             suggested and json.dumps(suggested["ranks"]), suggested and suggested["scorer"],
+             accepted_flag(suggested and suggested["ranks"], submission)],
         ).lastrowid
         pairs = [] if submission.skipped else ranking_to_pairs(
             submission.candidate_ids, submission.ranks, demonstration_id)
@@ -466,6 +474,7 @@ def submit_assignment(
         )
         db.execute("UPDATE assignments SET submitted_at = ?, skipped = ? WHERE id = ?",
                    [now, int(submission.skipped), assignment_id])
+        db.execute("DELETE FROM drafts WHERE assignment_id = ?", [assignment_id])
     return Stored(ranking_id, len(pairs), created=True)
 
 
@@ -498,10 +507,10 @@ def progress(db: sqlite_utils.Database, user_id: int, policy: QueuePolicy,
 
 
 def rankings_for_agreement(db: sqlite_utils.Database) -> list[dict]:
-    """Non-skipped ranked submissions: item, annotator, candidate ids and ranks."""
+    """Non-skipped ranked submissions (latest versions): item, annotator, candidate ids, ranks."""
     rows = db.query(
         "SELECT r.item_id, u.name AS annotator, r.candidate_ids, r.ranks, i.is_gold, "
-        "i.gold_ranks, r.submitted_at FROM rankings r JOIN users u ON u.id = r.user_id "
+        "i.gold_ranks, r.submitted_at FROM latest_rankings r JOIN users u ON u.id = r.user_id "
         "JOIN items i ON i.id = r.item_id WHERE r.skipped = 0 AND r.ranks IS NOT NULL "
         "ORDER BY r.id")
     out = []
@@ -516,12 +525,16 @@ def rankings_for_agreement(db: sqlite_utils.Database) -> list[dict]:
 
 
 def per_annotator_counts(db: sqlite_utils.Database) -> list[dict]:
+    """Per user, over the latest version of each vote."""
     return list(db.query(
         "SELECT u.name AS annotator, u.role, "
         "SUM(r.skipped = 0) AS ranked, SUM(r.skipped) AS skipped, "
         "SUM(r.all_bad) AS all_bad, SUM(r.demonstration_id IS NOT NULL) AS demonstrations "
-        "FROM users u LEFT JOIN rankings r ON r.user_id = u.id GROUP BY u.id ORDER BY u.id"))
+        "FROM users u LEFT JOIN latest_rankings r ON r.user_id = u.id GROUP BY u.id "
+        "ORDER BY u.id"))
 
 
 def submission_times(db: sqlite_utils.Database) -> list[float]:
-    return [r[0] for r in db.execute("SELECT submitted_at FROM rankings ORDER BY submitted_at")]
+    """When each vote was first submitted (a revision does not add a vote)."""
+    return [r[0] for r in db.execute(
+        "SELECT submitted_at FROM rankings WHERE supersedes IS NULL ORDER BY submitted_at")]

@@ -329,6 +329,132 @@ def _m20_queue_order(db: sqlite_utils.Database) -> None:
     )
 
 
+# A ranking is the latest version of its vote when no revision supersedes it. Every reader of
+# the vote log (exports, agreement, training pairs, admin counts) goes through these views.
+LATEST_RANKINGS = "latest_rankings"
+LATEST_COMPARISONS = "latest_comparisons"
+
+
+def _m50_revisions_and_suggestions(db: sqlite_utils.Database) -> None:
+    # A revision is a new rankings row pointing at the one it replaces; the old row stays.
+    _add_reference_column(db, "rankings", "supersedes", "rankings")
+    # One revision per row keeps each vote's history a single chain.
+    db.execute("CREATE UNIQUE INDEX idx_rankings_supersedes ON rankings (supersedes) "
+               "WHERE supersedes IS NOT NULL")
+    # The model suggestion the annotator started from (JSON ranks aligned with candidate_ids),
+    # and whether the stored ranks kept its order (1), changed it (0), or none was shown (NULL).
+    db.execute("ALTER TABLE rankings ADD COLUMN suggested_ranks TEXT")
+    db.execute("ALTER TABLE rankings ADD COLUMN suggestion_scorer TEXT")
+    db.execute("ALTER TABLE rankings ADD COLUMN suggestion_accepted INTEGER")
+    # The suggestion pinned when an assignment was first shown: JSON {scorer, ranks, scores}.
+    db.execute("ALTER TABLE assignments ADD COLUMN suggestion TEXT")
+    db.execute(f"CREATE VIEW {LATEST_RANKINGS} AS SELECT r.* FROM rankings r "
+               "WHERE NOT EXISTS (SELECT 1 FROM rankings s WHERE s.supersedes = r.id)")
+    db.execute(f"CREATE VIEW {LATEST_COMPARISONS} AS SELECT c.* FROM comparisons c "
+               "WHERE NOT EXISTS (SELECT 1 FROM rankings s WHERE s.supersedes = c.ranking_id)")
+
+
+def _m51_drafts(db: sqlite_utils.Database) -> None:
+    # Work in progress on one assignment, kept until it is submitted; mutable, unlike votes.
+    db["drafts"].create(
+        {
+            "assignment_id": int,
+            "user_id": int,
+            "ranks": str,  # JSON list aligned with the assignment's candidate_ids; null = unranked
+            "all_bad": int,
+            "rationale": str,
+            "demonstration": str,
+            "updated_at": float,
+        },
+        pk="assignment_id",
+        foreign_keys=[("assignment_id", "assignments", "id"), ("user_id", "users", "id")],
+        not_null={"user_id", "ranks", "updated_at"},
+        defaults={"all_bad": 0},
+    )
+
+
+def _m52_settings(db: sqlite_utils.Database) -> None:
+    # Project settings share the project_settings table (migration 20) with the queue order.
+    db["user_settings"].create(
+        {"user_id": int, "key": str, "value": str, "updated_at": float},
+        pk=("user_id", "key"), foreign_keys=[("user_id", "users", "id")],
+        not_null={"value", "updated_at"},
+    )
+
+
+def _m53_item_tags(db: sqlite_utils.Database) -> None:
+    db["item_tags"].create(
+        {"item_id": int, "tag": str, "created_at": float},
+        pk=("item_id", "tag"), foreign_keys=[("item_id", "items", "id")],
+        not_null={"created_at"},
+    )
+    db["item_tags"].create_index(["tag", "item_id"])
+
+
+# Recomputes one item's row of item_stats from its latest votes. ``{item}`` is an SQL
+# expression for the item id. Agreement counts, over the item's candidate pairs, the pairs of
+# judgments that order a pair alike (same winner, or both a tie) out of all pairs of judgments:
+# the same measure as data.agreement.pairwise_agreement, summed over annotator pairs.
+_ITEM_STATS_UPSERT = """
+INSERT INTO item_stats (item_id, labels, skips, judged_pairs, agreeing_pairs, last_submitted_at)
+SELECT {item},
+  (SELECT COUNT(*) FROM rankings r WHERE r.item_id = {item} AND r.skipped = 0
+     AND NOT EXISTS (SELECT 1 FROM rankings s WHERE s.supersedes = r.id)),
+  (SELECT COUNT(*) FROM rankings r WHERE r.item_id = {item} AND r.skipped = 1
+     AND NOT EXISTS (SELECT 1 FROM rankings s WHERE s.supersedes = r.id)),
+  (SELECT COALESCE(SUM(n * (n - 1) / 2), 0) FROM (
+     SELECT COUNT(*) AS n FROM comparisons c JOIN rankings r ON r.id = c.ranking_id
+     WHERE r.item_id = {item} AND NOT EXISTS (SELECT 1 FROM rankings s WHERE s.supersedes = r.id)
+     GROUP BY MIN(c.chosen_id, c.rejected_id), MAX(c.chosen_id, c.rejected_id))),
+  (SELECT COALESCE(SUM(n * (n - 1) / 2), 0) FROM (
+     SELECT COUNT(*) AS n FROM comparisons c JOIN rankings r ON r.id = c.ranking_id
+     WHERE r.item_id = {item} AND NOT EXISTS (SELECT 1 FROM rankings s WHERE s.supersedes = r.id)
+     GROUP BY MIN(c.chosen_id, c.rejected_id), MAX(c.chosen_id, c.rejected_id),
+              CASE WHEN c.tie THEN -1 ELSE c.chosen_id END)),
+  (SELECT MAX(r.submitted_at) FROM rankings r WHERE r.item_id = {item})
+WHERE true
+ON CONFLICT (item_id) DO UPDATE SET labels = excluded.labels, skips = excluded.skips,
+  judged_pairs = excluded.judged_pairs, agreeing_pairs = excluded.agreeing_pairs,
+  last_submitted_at = excluded.last_submitted_at;
+"""
+
+
+def _m54_item_stats(db: sqlite_utils.Database) -> None:
+    # Per-item counts over the latest votes, kept current by triggers on the append-only vote
+    # log, so the admin's item browser filters 100k items by index instead of re-deriving
+    # every item's agreement on each page.
+    db.execute("""
+        CREATE TABLE item_stats (
+            item_id INTEGER PRIMARY KEY REFERENCES items(id),
+            labels INTEGER NOT NULL DEFAULT 0,         -- latest submissions that are not skips
+            skips INTEGER NOT NULL DEFAULT 0,          -- latest submissions that are skips
+            judged_pairs INTEGER NOT NULL DEFAULT 0,   -- pairs of judgments of a candidate pair
+            agreeing_pairs INTEGER NOT NULL DEFAULT 0, -- those that order it alike
+            last_submitted_at REAL,
+            disagreement REAL GENERATED ALWAYS AS (
+                CASE WHEN judged_pairs > 0
+                THEN 1.0 - CAST(agreeing_pairs AS REAL) / judged_pairs END) VIRTUAL
+        )""")
+    db.execute("CREATE INDEX idx_item_stats_labels ON item_stats (labels)")
+    db.execute("CREATE INDEX idx_item_stats_disagreement ON item_stats (disagreement)")
+    db.execute("CREATE INDEX idx_item_stats_recent ON item_stats (last_submitted_at)")
+    # A new ranking (its comparisons follow) and each new comparison refresh the item's row;
+    # the ranking trigger alone covers revisions into a skip, which add no comparisons.
+    db.execute("CREATE TRIGGER item_stats_on_ranking AFTER INSERT ON rankings "
+               "WHEN NEW.item_id IS NOT NULL BEGIN "
+               + _ITEM_STATS_UPSERT.format(item="NEW.item_id") + " END")
+    item_of_comparison = "(SELECT item_id FROM rankings WHERE id = NEW.ranking_id)"
+    db.execute("CREATE TRIGGER item_stats_on_comparison AFTER INSERT ON comparisons "
+               f"WHEN {item_of_comparison} IS NOT NULL BEGIN "
+               + _ITEM_STATS_UPSERT.format(item=item_of_comparison) + " END")
+    db.execute(_ITEM_STATS_UPSERT.format(item="i.id").replace(
+        "WHERE true", "FROM items i WHERE EXISTS (SELECT 1 FROM rankings r WHERE r.item_id = i.id)"))
+    # The browser's other filters: by run, by annotator, items held right now.
+    db["items"].create_index(["run_id"])
+    db["rankings"].create_index(["user_id", "item_id"])
+    db["assignments"].create_index(["submitted_at", "expires_at"])
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -346,6 +472,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "items set aside when they cannot be shown", _m6_queue_set_aside),
     Migration(7, "accounts: normalised names, disabling, login sessions", _m7_accounts),
     Migration(20, "project settings; item uncertainty for the queue order", _m20_queue_order),
+    Migration(50, "vote revisions and model suggestions; latest-votes views",
+              _m50_revisions_and_suggestions),
+    Migration(51, "drafts", _m51_drafts),
+    Migration(52, "per-user settings", _m52_settings),
+    Migration(53, "item tags", _m53_item_tags),
+    Migration(54, "item stats kept by triggers; item browser indexes", _m54_item_stats),
 )
 SCHEMA_VERSION = max(m.version for m in MIGRATIONS)
 
