@@ -147,7 +147,7 @@ def test_item_detail_lists_every_version_with_rationale_and_answer(world):
 
 def test_item_stats_are_backfilled_when_an_old_store_is_migrated(tmp_path):
     path = tmp_path / "old.db"
-    old = store.open_store(path, migrate_to=5)
+    old = store.open_store(path, migrate_to=20)  # before the item stats
     run_id = store.get_or_create_run(old, store.RunSettings("m", "vllm", 2, 0.8, 0.9, 8, 0))
     [prompt_id] = store.upsert_prompts(old, [([{"role": "user", "content": "q"}], "t", None)])
     a, b = store.add_candidates(old, prompt_id, run_id, [store.CandidateIn("x", 1, "stop"),

@@ -108,6 +108,7 @@ def test_admins_start_training_and_scoring_jobs_with_the_right_commands(svc, tmp
 
 
 def test_generation_jobs_pass_the_parallel_sizes(svc):
+    svc.jobs.max_running = 3  # three jobs side by side, above the app's usual cap
     handlers.start_generation(svc, "root", limit=1, data_parallel_size=8)
     handlers.start_generation(svc, "root", limit=1, tensor_parallel_size=2, data_parallel_size=4)
     handlers.start_generation(svc, "root", limit=1)
