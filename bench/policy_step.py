@@ -298,8 +298,9 @@ def dpo_part(args, tokenizer, make) -> None:
     differences = (
         "differences that remain: TRL tokenizes the text pairs itself and computes log-probs "
         "through its fused LM-head path; RankLoop's batches are grouped by length over the "
-        "whole epoch, TRL's come in dataset order; both pad chosen and rejected together to "
-        "the longest sequence of the batch")
+        "whole epoch, TRL's are drawn in shuffled order, so a timed step need not hold the same "
+        "pairs on both sides (compare tok/s); both pad chosen and rejected together to the "
+        "longest sequence of the batch")
     print(textwrap.fill(differences, width=100, initial_indent="  ", subsequent_indent="  "))
 
 
