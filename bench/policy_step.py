@@ -170,7 +170,11 @@ def dpo_worker_rankloop(spec: dict) -> dict:
                        lr_schedule="constant", warmup_ratio=0.0, max_prompt_tokens=100_000,
                        max_response_tokens=100_000, log_every=1, save_every=100_000, seed=0)
     train_dpo(config, progress=False)
-    return {"step": dpo_step_times(ends, spec["steps"])}
+    from training.metrics import read_metrics
+
+    tokens = [m["train/tokens"] for m in read_metrics(Path(spec["output"]) / "metrics.jsonl")
+              if "train/tokens" in m]
+    return {"step": dpo_step_times(ends, spec["steps"]), "tokens": tokens[1:]}
 
 
 def dpo_worker_trl(spec: dict) -> dict:
@@ -194,7 +198,10 @@ def dpo_worker_trl(spec: dict) -> dict:
                          train_dataset=load_dataset("json", data_files=spec["pairs"],
                                                     split="train"))
     trainer.train()
-    return {"step": dpo_step_times(ends, spec["steps"]), "version": trl.__version__}
+    seen = [h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h]
+    tokens = [b - a for a, b in zip([0, *seen], seen)]  # TRL logs a running total
+    return {"step": dpo_step_times(ends, spec["steps"]), "tokens": tokens[1:],
+            "version": trl.__version__}
 
 
 def text_pairs(path: Path, n: int, seed: int, prompt_range, response_range) -> None:
@@ -265,7 +272,8 @@ def dpo_part(args, tokenizer, make) -> None:
           f"{args.response_tokens[0]}-{args.response_tokens[1]} words, sigmoid loss, reference "
           f"log-probs precomputed, {args.dpo_rounds} round(s) of {args.dpo_steps} timed steps "
           f"after 1 warm-up per side, {torch.get_num_threads()} threads, {os.cpu_count()} cores")
-    print(f"{'approach':<44} {'s/step':>7} {'best':>6} {'pairs/s':>8} {'load':>5}")
+    print(f"{'approach':<44} {'s/step':>7} {'best':>6} {'pairs/s':>8} {'tokens':>7} "
+          f"{'tok/s':>7} {'load':>5}")
     version = next((r["version"] for r in runs["trl"] if "version" in r), "")
     names = {"rankloop": "RankLoop DPO (policy.dpo)", "trl": f"TRL DPOTrainer {version}"}
     results = {}
@@ -274,20 +282,25 @@ def dpo_part(args, tokenizer, make) -> None:
             print(f"{names[side]:<44} not measured: {errors[side]}")
             continue
         steps = [x for run in runs[side] for x in run["step"]]
+        tokens = [x for run in runs[side] for x in run["tokens"]]
         results[side] = median(steps)
+        nan = float("nan")
         print(f"{names[side]:<44} {median(steps):>7.3f} {min(steps):>6.3f} "
-              f"{args.dpo_batch / median(steps):>8.2f} "
+              f"{args.dpo_batch / median(steps):>8.2f} {mean(tokens) if tokens else nan:>7.0f} "
+              f"{sum(tokens) / sum(steps) if tokens else nan:>7.0f} "
               f"{mean(run['load'] for run in runs[side]):>5.1f}")
-    print("  seconds per optimizer step, medians over the timed steps; best = fastest step; load "
-          "= 1-minute\n  load average around the runs (above the core count, other work "
-          "shared the CPU)")
+    print("  seconds per optimizer step, medians over the timed steps; best = fastest step; "
+          "tokens = real\n  (non-padding) tokens per timed step, chosen and rejected; tok/s = "
+          "their sum over the timed\n  seconds; load = 1-minute load average around the runs "
+          "(above the core count, other work\n  shared the CPU)")
     if len(results) == 2:
         print(f"ratio TRL / RankLoop seconds per step: {results['trl'] / results['rankloop']:.2f}x")
     differences = (
         "differences that remain: TRL tokenizes the text pairs itself and computes log-probs "
         "through its fused LM-head path; RankLoop's batches are grouped by length over the "
-        "whole epoch, TRL's come in dataset order; both pad chosen and rejected together to "
-        "the longest sequence of the batch")
+        "whole epoch, TRL's are drawn in shuffled order, so a timed step need not hold the same "
+        "pairs on both sides (compare tok/s); both pad chosen and rejected together to the "
+        "longest sequence of the batch")
     print(textwrap.fill(differences, width=100, initial_indent="  ", subsequent_indent="  "))
 
 

@@ -90,8 +90,11 @@ class MetricsLog:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
 
     def close(self) -> None:
+        # The trackers only: accelerate's end_training would also tear down the process group,
+        # which the caller of a recipe may still use.
         if self._accelerator is not None:
-            self._accelerator.end_training()
+            for tracker in self._accelerator.trackers:
+                tracker.finish()
 
 
 def read_metrics(path: str | Path) -> list[dict]:
