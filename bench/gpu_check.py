@@ -12,7 +12,7 @@ speed of a step does not depend on what the weights learned):
   `rankloop generate` runs it, and with one global RNG, as the trainers' samplers run it;
 - reward-model training: the Bradley-Terry step (``reward.data.collate``,
   ``sequence_rewards``, ``bradley_terry_loss``, AdamW) in bf16 autocast on fp32 weights;
-- REBEL step: ``policy.rebel.collate``, ``sequence_logprobs``, ``rebel_loss``, AdamW;
+- REBEL step: ``policy.pairs.collate``, ``sequence_logprobs``, ``rebel_loss``, AdamW;
 - scoring: ``RewardScorer.score`` on the reward model, as `rankloop score` runs it.
 
 Tokens are real (non-padding) tokens. MFU is 6 · parameters · tokens/s over the GPU's dense
@@ -219,7 +219,7 @@ def measure_rebel(size, device, rows, work, peak) -> None:
 
     from policy.logprobs import sequence_logprobs
     from policy.losses import rebel_loss
-    from policy.rebel import EncodedPolicyPair, collate
+    from policy.pairs import EncodedPolicyPair, collate
 
     model = build("policy", size, device, torch.float32).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-7)

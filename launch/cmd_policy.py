@@ -170,6 +170,9 @@ def register(commands) -> None:
     loop.add_argument("--learning-rate", "--lr", type=float, default=3e-7,
                       help="default: 3e-7")
     loop.add_argument("--eta", type=float, default=1.0, help="REBEL eta (default: 1.0)")
+    loop.add_argument("--beta", type=float, default=0.1, help="DPO beta (default: 0.1)")
+    loop.add_argument("--dpo-loss", choices=("sigmoid", "ipo"), default="sigmoid",
+                      help="DPO loss (default: sigmoid)")
     loop.add_argument("--epochs", type=positive_int, default=1, help="REBEL (default: 1)")
     loop.add_argument("--batch-size", type=positive_int, default=4,
                       help="REBEL pairs per micro-batch (default: 4)")
@@ -343,7 +346,8 @@ def _loop(args: argparse.Namespace) -> int:
         feedback=args.feedback, min_ranked=args.min_ranked, wait_minutes=args.wait_minutes,
         model=args.model, prompts=args.prompts, limit=args.limit, k=args.k,
         backend=args.backend, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-        eval_fraction=args.eval_fraction, eta=args.eta, learning_rate=args.learning_rate,
+        eval_fraction=args.eval_fraction, eta=args.eta, beta=args.beta, dpo_loss=args.dpo_loss,
+        learning_rate=args.learning_rate,
         epochs=args.epochs, per_device_batch_size=args.batch_size, ppo_steps=args.ppo_steps,
         rollout_batch_size=args.rollout_batch, minibatch_size=args.minibatch,
         kl_coef=args.kl_coef, seed=args.seed, tensor_parallel_size=args.tensor_parallel_size,

@@ -60,7 +60,8 @@ class LoopConfig:
     reward, and the report's judge. Optional with human or simulated feedback and REBEL, and
     with simulated feedback and PPO (the scoring function is then the reward)."""
     algorithm: str = "rebel"
-    """A key of ``TRAINERS``: ``rebel`` (pairs from scores or rankings) or ``ppo``."""
+    """A key of ``TRAINERS``: ``rebel`` or ``dpo`` (pairs from scores or rankings), or
+    ``ppo``."""
     feedback: str = "reward-model"
     """``reward-model`` scores, ``human`` rankings made in the app, or
     ``simulated:MODULE:FUNCTION`` rankings by simulated annotators."""
@@ -99,11 +100,15 @@ class LoopConfig:
     """Share of prompts held out of training, for the report."""
     eta: float = 1.0
     """REBEL's η."""
+    beta: float = 0.1
+    """DPO's β."""
+    dpo_loss: str = "sigmoid"
+    """DPO's loss: ``sigmoid`` (DPO) or ``ipo``."""
     learning_rate: float = 3e-7
     epochs: int = 1
-    """REBEL: passes over the pairs."""
+    """REBEL and DPO: passes over the pairs."""
     per_device_batch_size: int = 4
-    """REBEL: pairs per micro-batch."""
+    """REBEL and DPO: pairs per micro-batch."""
     ppo_steps: int = 20
     """PPO: rollout-and-update steps."""
     rollout_batch_size: int = 16
@@ -176,7 +181,8 @@ class IterationReport:
 
     def line(self) -> str:
         trained_on = (f"PPO on {self.train_pairs} prompts" if self.algorithm == "ppo"
-                      else f"{self.train_pairs} pairs from {self.feedback} feedback")
+                      else f"{self.algorithm.upper()} on {self.train_pairs} pairs from "
+                      f"{self.feedback} feedback")
         head = (f"iteration {self.iteration}: policy saved to {self.model} "
                 f"(from {self.base_model}; run {self.run_id}, {trained_on})")
         if self.diagnosis:
@@ -499,6 +505,32 @@ def _train_rebel(ctx: TrainContext) -> TrainResult:
     return TrainResult(summary.train_pairs, diagnosis)
 
 
+def _train_dpo(ctx: TrainContext) -> TrainResult:
+    from data.policy_pairs import pairs_from_db
+    from policy.diagnostics import dpo_diagnosis
+    from policy.dpo import DPOConfig, train_dpo
+    from training.metrics import read_metrics
+
+    config = ctx.config
+    pairs = pairs_from_db(ctx.db, scorer=ctx.scorer_name, run_id=ctx.run_id)
+    require_pairs(pairs)
+    train_pairs, held_pairs = _held_out(pairs, ctx.held_keys)
+    require_pairs(train_pairs)
+    summary = train_dpo(DPOConfig(
+        output=str(ctx.output), model=ctx.base_model, beta=config.beta,
+        loss_type=config.dpo_loss, learning_rate=config.learning_rate, epochs=config.epochs,
+        per_device_batch_size=config.per_device_batch_size, eval_fraction=0.0,
+        seed=config.seed, log_every=1, resume=ctx.resume),
+        pairs=train_pairs, eval_pairs=held_pairs if held_pairs.pairs else None,
+        progress=ctx.progress)
+    logged = [m for m in read_metrics(ctx.output / "metrics.jsonl")
+              if "train/reward_margin" in m]
+    diagnosis = dpo_diagnosis([m["train/reward_margin"] for m in logged],
+                              [m["train/kl"] for m in logged if "train/kl" in m],
+                              learning_rate=config.learning_rate)
+    return TrainResult(summary.train_pairs, diagnosis)
+
+
 def _train_ppo(ctx: TrainContext) -> TrainResult:
     from policy.diagnostics import ppo_diagnosis
     from policy.ppo import PPOConfig, train_ppo
@@ -525,6 +557,7 @@ def _train_ppo(ctx: TrainContext) -> TrainResult:
 # Adding an algorithm: one entry here (and its name in the CLI's --algorithm choices).
 TRAINERS: dict[str, Callable[[TrainContext], TrainResult]] = {
     "rebel": _train_rebel,
+    "dpo": _train_dpo,
     "ppo": _train_ppo,
 }
 

@@ -253,3 +253,24 @@ def test_ppo_with_simulated_feedback_is_rewarded_by_the_scoring_function(tiny_mo
     rewards = [m["objective/reward"] for m in read_metrics(tmp_path / "policy" / "iter-1" /
                                                            "metrics.jsonl")]
     assert len(rewards) == 2 and all(r <= 0 for r in rewards)
+
+
+def test_a_dpo_iteration_trains_on_simulated_rankings_and_says_whether_it_moved(
+        tiny_model_dir, tmp_path, capsys):
+    from launch.cli import main
+    from training.metrics import read_metrics
+
+    db_file = tmp_path / "loop.db"
+    assert main(["loop", "--db", str(db_file), "--algorithm", "dpo", "--feedback",
+                 "simulated:tests.integration.sim_kill:length_or_die", "--output",
+                 str(tmp_path / "policy"), "--model", tiny_model_dir, "--limit", "6", "--k", "3",
+                 "--backend", "transformers", "--max-new-tokens", "5", "--eval-fraction", "0.34",
+                 "--lr", "1e-3", "--beta", "0.5", "--batch-size", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "DPO's reward margin went" in out
+    [row] = store.open_store(db_file).query("SELECT * FROM policy_iterations")
+    report = json.loads(row["report"])
+    assert row["algorithm"] == "dpo" and report["judge"].startswith("simulated:")
+    assert "margin_last" in report["diagnostics"]
+    logged = read_metrics(tmp_path / "policy" / "iter-1" / "metrics.jsonl")
+    assert any("train/reward_margin" in m for m in logged)
