@@ -54,7 +54,7 @@ CONTENT_SECURITY_POLICY = "; ".join([
     "object-src 'none'",
     "frame-src 'none'",
     "worker-src 'self' blob:",
-    "base-uri 'none'",
+    "base-uri 'self'",  # Gradio's page sets <base href> to its own origin
     "form-action 'self'",
     "frame-ancestors 'none'",
 ])
