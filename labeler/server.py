@@ -54,7 +54,7 @@ CONTENT_SECURITY_POLICY = "; ".join([
     "object-src 'none'",
     "frame-src 'none'",
     "worker-src 'self' blob:",
-    "base-uri 'none'",
+    "base-uri 'self'",  # Gradio's page sets <base href> to its own origin
     "form-action 'self'",
     "frame-ancestors 'none'",
 ])
@@ -91,6 +91,11 @@ class SecurityMiddleware:
             await _send_json(send, 403, {"detail": "uploads are closed: this app takes no "
                                                    "files"})
             return
+        if scope["method"] == "GET" and path in ("", "/"):
+            # The login page is Gradio's own and gets no `head`: add the lockout message there.
+            await self.app(_without_compression(scope), receive,
+                           _inject_into_html(send, LOGIN_MESSAGE_JS.encode()))
+            return
         if path.rstrip("/") == "/logout":
             for token in _session_cookies(scope):
                 await anyio.to_thread.run_sync(self.sessions.revoke, token)
@@ -104,6 +109,38 @@ class SecurityMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def _without_compression(scope):
+    headers = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"accept-encoding"]
+    return {**scope, "headers": headers}
+
+
+def _inject_into_html(send, snippet: bytes):
+    """A ``send`` that adds ``snippet`` before ``</head>`` of an HTML page (buffering it:
+    the page is a few kilobytes) and adds the security headers."""
+    start, chunks = {}, []
+
+    async def wrapped(message):
+        if message["type"] == "http.response.start":
+            start.update(message)
+            return
+        if message["type"] != "http.response.body":
+            await send(message)
+            return
+        chunks.append(message.get("body", b""))
+        if message.get("more_body"):
+            return
+        body = b"".join(chunks)
+        headers = [(k, v) for k, v in start.get("headers", [])
+                   if k.lower() not in _DROPPED and k.lower() != b"content-length"]
+        if any(k.lower() == b"content-type" and v.startswith(b"text/html") for k, v in headers):
+            body = body.replace(b"</head>", snippet + b"</head>", 1)
+        headers += [(b"content-length", str(len(body)).encode()), *SECURITY_HEADERS]
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return wrapped
 
 
 async def _send_json(send, status: int, body: dict) -> None:
@@ -256,7 +293,7 @@ def create_server_app(svc, blocks: gr.Blocks, *, session_ttl_s: float, head: str
     app.add_middleware(SecurityMiddleware, sessions=sessions)
     app = gr.mount_gradio_app(
         app, blocks, path="", auth=guard.check, auth_message=auth_message,
-        show_error=False, footer_links=[], head=head + LOGIN_MESSAGE_JS, css=css,
+        show_error=False, footer_links=[], head=head, css=css,
         max_file_size=0,
     )
     [gradio_app] = [r.app for r in app.routes if hasattr(getattr(r, "app", None), "tokens")]

@@ -127,3 +127,25 @@ def test_markdown_and_long_text_in_the_browser(hostile_app):
             assert checked == {"markdown_ok", "huge_token"}
         finally:
             browser.close()
+
+
+def test_the_login_page_says_why_a_login_is_locked(hostile_app):
+    from playwright.sync_api import sync_playwright
+
+    origin, _ = hostile_app
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(origin + "/")
+            statuses = []
+            for i in range(4):  # the fourth wrong password meets the lockout
+                page.locator("input").nth(0).fill("root")
+                page.locator("input").nth(1).fill(f"wrong-{i}")
+                with page.expect_response(lambda r: r.url.rstrip("/").endswith("/login")) as r:
+                    page.get_by_role("button", name="Login").click()
+                statuses.append(r.value.status)
+            assert statuses == [400, 400, 400, 429]
+            page.wait_for_function("document.body.innerText.includes('Too many failed logins')")
+        finally:
+            browser.close()

@@ -121,6 +121,7 @@ def test_headers_frame_and_cors(served):
     assert "frame-ancestors 'none'" in csp and "object-src 'none'" in csp
     assert page.headers["x-frame-options"] == "DENY"
     assert page.headers["x-content-type-options"] == "nosniff"
+    assert "rl-login-refused" in page.text  # the login page can show a lockout's reason
     client, _ = _login(origin, "ann", PASSWORD)
     for other in ("http://localhost:9999", "http://127.0.0.1:1", "http://evil.example", "null"):
         answer = client.get("/config", headers={"Origin": other})
