@@ -253,19 +253,15 @@ def main() -> None:
 
 def _candidate_sets(db) -> list[tuple[list[dict], list[str], int]]:
     """(prompt messages, candidate texts, run id) of every generated candidate set."""
+    from data import store
+
     out: dict[tuple[int, int], list[str]] = {}
     for prompt_id, run_id, text in db.execute(
             "SELECT c.prompt_id, c.run_id, c.text FROM candidates c "
             "JOIN generation_runs r ON r.id = c.run_id "
             "WHERE r.backend NOT IN ('human', 'gold') ORDER BY c.prompt_id, c.run_id, c.idx"):
         out.setdefault((prompt_id, run_id), []).append(text)
-    return [(store_messages(db, p), texts, r) for (p, r), texts in out.items()]
-
-
-def store_messages(db, prompt_id: int) -> list[dict]:
-    from data import store
-
-    return store.prompt_messages(db, prompt_id)
+    return [(store.prompt_messages(db, p), texts, r) for (p, r), texts in out.items()]
 
 
 if __name__ == "__main__":

@@ -149,7 +149,8 @@ def main() -> None:
     import torch
 
     from data.prompts import load_prompts
-    from policy.loop import run_loop
+    from data import store
+    from policy.loop import recorded_reports, run_loop
     from training.models import resolve_model
 
     torch.manual_seed(args.seed)
@@ -172,14 +173,19 @@ def main() -> None:
         folder.mkdir(parents=True, exist_ok=True)
         config = loop_config(algorithm, folder, train_file, base, args)
         loop_started = time.perf_counter()
-        reports = run_loop(config, say=lambda line: print(line, flush=True))
+        run_loop(config, say=lambda line: print(line, flush=True))
         loop_seconds = time.perf_counter() - loop_started
+        # Every recorded iteration: a rerun after a crash evaluates the earlier ones too.
+        db = store.open_store(config.db)
+        reports = recorded_reports(db)
+        db.close()
         for report in reports:
-            result = evaluate(report.model, base, held, args)
-            rows.append((algorithm, report.iteration, result, report.seconds))
-            print(f"{algorithm} iteration {report.iteration}: {result['success']:.3f} success, "
-                  f"KL {result['kl']:.3f}", flush=True)
-        print(f"{algorithm}: {len(reports)} iterations in {loop_seconds:.0f} s", flush=True)
+            result = evaluate(report["model"], base, held, args)
+            rows.append((algorithm, report["iteration"], result, report["seconds"]))
+            print(f"{algorithm} iteration {report['iteration']}: {result['success']:.3f} "
+                  f"success, KL {result['kl']:.3f}", flush=True)
+        print(f"{algorithm}: {len(reports)} iterations, this run's loop {loop_seconds:.0f} s",
+              flush=True)
     total = time.perf_counter() - started
 
     base_success = rows[0][2]["success"]
