@@ -110,8 +110,11 @@ def loop_config(algorithm: str, work: Path, train_file: Path, base: str, args):
                           ppo_steps=args.ppo_steps, rollout_batch_size=args.ppo_rollout,
                           minibatch_size=args.ppo_minibatch, ppo_epochs=args.ppo_epochs,
                           kl_coef=args.kl_coef)
+    if algorithm == "dpo":
+        return LoopConfig(**common, k=args.k, learning_rate=args.dpo_lr, beta=args.dpo_beta,
+                          epochs=args.rebel_epochs, per_device_batch_size=4)
     # Another algorithm: add its LoopConfig settings here, beside its entry in policy.loop's
-    # TRAINERS (e.g. "dpo" with its learning rate and β).
+    # TRAINERS.
     raise SystemExit(f"no benchmark settings for algorithm {algorithm!r}")
 
 
@@ -128,6 +131,8 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=1.0, help="annotators' Gumbel noise")
     parser.add_argument("--k", type=int, default=4, help="REBEL: candidates per prompt")
     parser.add_argument("--rebel-lr", type=float, default=2e-5)
+    parser.add_argument("--dpo-lr", type=float, default=5e-6)
+    parser.add_argument("--dpo-beta", type=float, default=0.1)
     parser.add_argument("--rebel-epochs", type=int, default=2)
     parser.add_argument("--eta", type=float, default=4.0)
     parser.add_argument("--ppo-k", type=int, default=2, help="PPO: candidates per prompt for "
