@@ -388,16 +388,17 @@ class VLLMSampler:
             {"prompt_token_ids": tokenizer(p, add_special_tokens=False)["input_ids"]}
             for p in prompts
         ]
-        if not self.per_sample_seeds:
+        if not self.per_sample_seeds and (config.temperature > 0 or config.k == 1):
             outputs = self.llm.generate(requests, params(n=config.k), use_tqdm=False)
             return [[sample(c) for c in sorted(out.outputs, key=lambda c: c.index)]
                     for out in outputs]
-        # One request per sample, each with its own seed; prefix caching shares the prompt.
+        # One request per sample, each with its own seed (vLLM also refuses n > 1 for greedy
+        # decoding); prefix caching shares the prompt.
+        seeds = ({"seed": sample_seed(config.seed, p, j)} if self.per_sample_seeds else {}
+                 for p in prompts for j in range(config.k))
         outputs = self.llm.generate(
             [r for r in requests for _ in range(config.k)],
-            [params(n=1, seed=sample_seed(config.seed, p, j))
-             for p in prompts for j in range(config.k)],
-            use_tqdm=False)
+            [params(n=1, **seed) for seed in seeds], use_tqdm=False)
         return [[sample(out.outputs[0]) for out in outputs[i * config.k:(i + 1) * config.k]]
                 for i in range(len(prompts))]
 

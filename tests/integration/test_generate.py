@@ -233,26 +233,3 @@ def test_parallel_sizes_that_cannot_run_are_refused_before_writing(tmp_path, tin
     assert "shard must be i/n" in capsys.readouterr().err
     assert not db.exists()
 
-
-@pytest.mark.slow
-def test_two_vllm_cpu_engines_store_the_greedy_rows_of_one(tmp_path, prompt_file, vllm_sampler,
-                                                           default_model_dir):
-    # vLLM-CPU cannot seed single requests, so sampled rows differ between engine counts there;
-    # greedy rows must not. Each engine reserves a small KV cache so both fit beside others.
-    from policy.sampling import DataParallelSampler
-
-    sampling = SamplingConfig(k=2, temperature=0, max_new_tokens=12)
-    one = GenerateConfig(db=str(tmp_path / "one.db"), prompts=prompt_file, backend="vllm",
-                         sampling=sampling)
-    run_generation(one, sampler=vllm_sampler, progress=False)
-    engines = DataParallelSampler("vllm", default_model_dir, size=2,
-                                  gpu_memory_utilization=0.03, max_model_len=1024)
-    try:
-        assert engines.per_sample_seeds is False  # CPU: the engine seed, not per request
-        two = GenerateConfig(db=str(tmp_path / "two.db"), prompts=prompt_file, backend="vllm",
-                             sampling=sampling, batch_size=2)
-        summary = run_generation(two, sampler=engines, progress=False)
-    finally:
-        engines.close()
-    assert summary.candidates == 6
-    assert _rows_by_content(one.db) == _rows_by_content(two.db)
