@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 # Tests never reach the Hub: a lookup fails fast instead of waiting on the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# datasets names its cache of a local folder after the folder, not its content: a test run
+# could read an earlier run's export back. Each run gets a cache of its own.
+os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="rankloop-tests-datasets-")
 
 import pytest
 
