@@ -2,6 +2,7 @@
 iterations, the second sampling from the first one's policy, each with a report."""
 
 import json
+import re
 
 import pytest
 
@@ -211,8 +212,8 @@ def test_simulated_iterations_chain_and_resume_after_a_kill(tiny_model_dir, tmp_
     assert db.execute("SELECT COUNT(*) FROM rankings r JOIN items i ON i.id = r.item_id "
                       "WHERE i.run_id = ?", [rows[1]["run_id"]]).fetchone()[0] == 12
     # Nothing moved: the warnings name the learning rate.
-    assert "rankloop: warning: the policy changed almost nothing: REBEL reached a log-ratio " \
-           "gap of 0.000" in text and "raise --lr (now 0)" in text
+    assert re.search(r"rankloop: warning: the policy changed almost nothing: REBEL reached a "
+                     r"log-ratio gap of -?0\.000", text) and "raise --lr (now 0)" in text
     assert any("held-out KL" in w for w in report["warnings"])
     # The report across iterations: markdown table, JSON and a plot.
     table = (out / "loop_report.md").read_text().splitlines()
