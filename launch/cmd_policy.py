@@ -272,15 +272,14 @@ def _existing_db(args: argparse.Namespace) -> str:
     return path
 
 
-def _train_rebel(args: argparse.Namespace) -> int:
-    from policy.rebel import RebelConfig, train_rebel
-
-    db = None if args.data else _existing_db(args)
-    config = RebelConfig(
-        output=args.output, model=args.model, data=args.data, db=db, scorer=args.scorer,
+def _pair_training_settings(args: argparse.Namespace) -> dict:
+    """The options REBEL and DPO share: pairs, batching, schedule, LoRA, logging, resume."""
+    return dict(
+        output=args.output, model=args.model, data=args.data,
+        db=None if args.data else _existing_db(args), scorer=args.scorer,
         run_id=args.run, pair_mode=args.pairs, split=args.split, limit=args.limit,
         max_prompt_tokens=args.max_prompt_tokens, max_response_tokens=args.max_response_tokens,
-        eval_fraction=args.eval_fraction, eta=args.eta, temperature=args.temperature,
+        eval_fraction=args.eval_fraction,
         per_device_batch_size=args.batch_size, gradient_accumulation_steps=args.grad_accum,
         epochs=args.epochs, max_steps=args.max_steps, learning_rate=args.learning_rate,
         warmup_ratio=args.warmup_ratio, lr_schedule=args.lr_schedule, lora_r=args.lora_r,
@@ -289,6 +288,13 @@ def _train_rebel(args: argparse.Namespace) -> int:
         save_every=args.save_every, resume=not args.no_resume, **optimizer_settings(args),
         **tracking_settings(args),
     )
+
+
+def _train_rebel(args: argparse.Namespace) -> int:
+    from policy.rebel import RebelConfig, train_rebel
+
+    config = RebelConfig(**_pair_training_settings(args), eta=args.eta,
+                         temperature=args.temperature)
     summary = train_rebel(config, progress=not args.no_progress)
     if summary.main_process:
         print(summary.line())
@@ -298,20 +304,7 @@ def _train_rebel(args: argparse.Namespace) -> int:
 def _train_dpo(args: argparse.Namespace) -> int:
     from policy.dpo import DPOConfig, train_dpo
 
-    db = None if args.data else _existing_db(args)
-    config = DPOConfig(
-        output=args.output, model=args.model, data=args.data, db=db, scorer=args.scorer,
-        run_id=args.run, pair_mode=args.pairs, split=args.split, limit=args.limit,
-        max_prompt_tokens=args.max_prompt_tokens, max_response_tokens=args.max_response_tokens,
-        eval_fraction=args.eval_fraction, loss_type=args.loss, beta=args.beta,
-        per_device_batch_size=args.batch_size, gradient_accumulation_steps=args.grad_accum,
-        epochs=args.epochs, max_steps=args.max_steps, learning_rate=args.learning_rate,
-        warmup_ratio=args.warmup_ratio, lr_schedule=args.lr_schedule, lora_r=args.lora_r,
-        lora_alpha=args.lora_alpha, gradient_checkpointing=args.gradient_checkpointing,
-        bf16=args.bf16, seed=args.seed, log_every=args.log_every, eval_every=args.eval_every,
-        save_every=args.save_every, resume=not args.no_resume, **optimizer_settings(args),
-        **tracking_settings(args),
-    )
+    config = DPOConfig(**_pair_training_settings(args), loss_type=args.loss, beta=args.beta)
     summary = train_dpo(config, progress=not args.no_progress)
     if summary.main_process:
         print(summary.line())
