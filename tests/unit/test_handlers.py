@@ -3,7 +3,7 @@
 import pytest
 
 from data.labeling import QueuePolicy
-from labeler import handlers
+from labeler import admin, handlers
 from labeler.handlers import LabelerService, PermissionDenied
 from tests.labeling_fixtures import PASSWORD, make_labeling_db
 
@@ -47,12 +47,12 @@ def test_candidate_html_is_shown_as_text(svc):
 
 
 def test_admin_functions_refuse_annotators(svc):
-    for call in (lambda u: handlers.dataset_status(svc, u),
-                 lambda u: handlers.jobs_table(svc, u),
-                 lambda u: handlers.job_log(svc, u),
-                 lambda u: handlers.start_generation(svc, u),
-                 lambda u: handlers.start_reward_training(svc, u, output="out"),
-                 lambda u: handlers.start_scoring(svc, u, scorer="bt:out")):
+    for call in (lambda u: admin.dataset_status(svc, u),
+                 lambda u: admin.jobs_table(svc, u),
+                 lambda u: admin.job_log(svc, u),
+                 lambda u: admin.start_generation(svc, u),
+                 lambda u: admin.start_reward_training(svc, u, output="out"),
+                 lambda u: admin.start_scoring(svc, u, scorer="bt:out")):
         with pytest.raises(PermissionDenied, match="admins only"):
             call("ann")
     assert svc.db()["jobs"].count == 0
@@ -62,7 +62,7 @@ def test_admin_status_reports_counts_agreement_and_gold(svc):
     for user, ranks in (("ann", ["1", "2", "3"]), ("bob", ["1", "2", "3"])):
         view = handlers.current_task(svc, user)
         handlers.submit_ranking(svc, user, view.assignment_id, ranks)
-    status = handlers.dataset_status(svc, "root")
+    status = admin.dataset_status(svc, "root")
     assert status.counts["rankings"] == 2 and status.counts["comparisons"] == 6
     assert [row[:3] for row in status.annotators] == [["ann", "annotator", 1],
                                                       ["bob", "annotator", 1],
@@ -92,12 +92,12 @@ def test_empty_store_starts_one_background_generation(tmp_path):
 
 
 def test_admins_start_training_and_scoring_jobs_with_the_right_commands(svc, tmp_path):
-    assert "Not started" in handlers.start_reward_training(svc, "root", output=" ")
-    assert "Not started" in handlers.start_scoring(svc, "root", scorer="folder-without-kind")
-    message = handlers.start_reward_training(svc, "root", output="rm",
+    assert "Not started" in admin.start_reward_training(svc, "root", output=" ")
+    assert "Not started" in admin.start_scoring(svc, "root", scorer="folder-without-kind")
+    message = admin.start_reward_training(svc, "root", output="rm",
                                              epochs=2, agreed_only=True, lora_r=8)
     assert message.startswith("Started job 1: rankloop train reward --output")
-    handlers.start_scoring(svc, "root", scorer=f"bt:{tmp_path / 'rm'}")
+    admin.start_scoring(svc, "root", scorer=f"bt:{tmp_path / 'rm'}")
     jobs = {j.kind: j.argv for j in svc.jobs.list()}
     workspace = tmp_path / "r.db.workspace"
     assert jobs["train-reward"] == ["train", "reward", "--output", str(workspace / "rm"),
@@ -109,9 +109,9 @@ def test_admins_start_training_and_scoring_jobs_with_the_right_commands(svc, tmp
 
 def test_generation_jobs_pass_the_parallel_sizes(svc):
     svc.jobs.max_running = 3  # three jobs side by side, above the app's usual cap
-    handlers.start_generation(svc, "root", limit=1, data_parallel_size=8)
-    handlers.start_generation(svc, "root", limit=1, tensor_parallel_size=2, data_parallel_size=4)
-    handlers.start_generation(svc, "root", limit=1)
+    admin.start_generation(svc, "root", limit=1, data_parallel_size=8)
+    admin.start_generation(svc, "root", limit=1, tensor_parallel_size=2, data_parallel_size=4)
+    admin.start_generation(svc, "root", limit=1)
     plain, both, data = (j.argv for j in svc.jobs.list())
     assert data[data.index("--data-parallel-size") + 1] == "8"
     assert "--tensor-parallel-size" not in data
@@ -122,12 +122,12 @@ def test_generation_jobs_pass_the_parallel_sizes(svc):
 
 
 def test_generation_jobs_use_the_newest_policy_iteration(svc, tmp_path):
-    handlers.start_generation(svc, "root", limit=1)
+    admin.start_generation(svc, "root", limit=1)
     db = svc.db()
     db.execute("INSERT INTO policy_iterations (iteration, algorithm, base_model, model, scorer, "
                "report, created_at) VALUES (1, 'rebel', 'default', ?, 'bt:x', '{}', 0)",
                [str(tmp_path / "policy-1")])
-    handlers.start_generation(svc, "root", limit=1)
+    admin.start_generation(svc, "root", limit=1)
     second, first = svc.jobs.list()
     assert first.argv[first.argv.index("--model") + 1] == "default"
     assert second.argv[second.argv.index("--model") + 1] == str(tmp_path / "policy-1")
@@ -155,7 +155,7 @@ def test_an_item_that_cannot_be_shown_is_set_aside_not_stranding_anyone(svc):
     assert [r["id"] for r in labeling.set_aside_items(db)] == [nine]
     assert "9 candidates" in labeling.set_aside_items(db)[0]["set_aside_reason"]
     assert handlers.current_task(svc, "bob").assignment_id == view.assignment_id
-    assert "**1** items set aside" in handlers.dataset_status(svc, "root").summary_md()
+    assert "**1** items set aside" in admin.dataset_status(svc, "root").summary_md()
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -182,13 +182,13 @@ def test_api_values_of_the_wrong_type_are_refused(svc, field, value, message):
 
 
 def test_generation_k_above_the_page_is_refused(svc):
-    assert handlers.start_generation(svc, "root", k=9).startswith("Not started")
+    assert admin.start_generation(svc, "root", k=9).startswith("Not started")
     assert svc.db()["jobs"].count == 0
 
 
 @pytest.mark.parametrize("output", ["../escape", "/etc/rankloop", "a/../../b", ".", "x\x00y"])
 def test_job_outputs_stay_inside_the_workspace(svc, output):
-    message = handlers.start_reward_training(svc, "root", output=output)
+    message = admin.start_reward_training(svc, "root", output=output)
     assert message.startswith("Not started") and ("workspace" in message or "'..'" in message)
     assert svc.db()["jobs"].count == 0
 
@@ -199,7 +199,7 @@ def test_job_outputs_cannot_leave_the_workspace_through_a_link(svc, tmp_path):
     workspace = workspace_dir(svc.db_path)
     workspace.mkdir()
     (workspace / "out").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
-    assert "Not started" in handlers.start_reward_training(svc, "root", output="out/rm")
+    assert "Not started" in admin.start_reward_training(svc, "root", output="out/rm")
 
 
 def test_running_jobs_are_capped(svc):
@@ -215,7 +215,7 @@ def test_running_jobs_are_capped(svc):
             db.execute("INSERT INTO jobs (kind, argv, status, pid, started_by, started_at) "
                        "VALUES ('generate', ?, 'running', ?, 'root', ?)",
                        [json.dumps(["generate"]), p.pid, time.time()])
-        message = handlers.start_scoring(svc, "root", scorer="bt:x")
+        message = admin.start_scoring(svc, "root", scorer="bt:x")
         assert message.startswith("Not started") and "2 jobs are running" in message
         assert db["jobs"].count == 2
     finally:
@@ -223,4 +223,4 @@ def test_running_jobs_are_capped(svc):
             p.kill()
             p.wait()
     # Once they have ended, a job starts again.
-    assert handlers.start_scoring(svc, "root", scorer="bt:x").startswith("Started job 3")
+    assert admin.start_scoring(svc, "root", scorer="bt:x").startswith("Started job 3")
