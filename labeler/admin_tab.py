@@ -13,6 +13,9 @@ from labeler.ui import guard, username
 
 MAX_K = MAX_CANDIDATES
 
+ADMIN_CSS = ""
+"""Style rules for the Admin tab's own elements; the app adds them to the page's CSS."""
+
 def create_admin_tab(svc: LabelerService):
     summary = gr.Markdown()
     refresh = gr.Button("Refresh")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import gradio as gr
 
 from labeler import server
-from labeler.admin_tab import create_admin_tab
+from labeler.admin_tab import ADMIN_CSS, create_admin_tab
 from labeler.handlers import LabelerService
 from labeler.rank_tab import CSS, KEYBOARD_JS, create_rank_tab
 from labeler.server import DEFAULT_SESSION_HOURS
@@ -48,6 +48,6 @@ def serve(svc: LabelerService, *, host: str = "127.0.0.1", port: int = 7860,
     demo.queue(default_concurrency_limit=16)
     return server.run(
         svc, demo, host=host, port=port, block=block, session_ttl_s=session_hours * 3600,
-        head=KEYBOARD_JS, css=CSS,
+        head=KEYBOARD_JS, css=CSS + ADMIN_CSS,
         auth_message="RankLoop: log in with the account an admin created for you.",
         ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, limiter=limiter)
