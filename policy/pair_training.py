@@ -16,7 +16,6 @@ steps), and the data position follows from the step number.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from data.policy_pairs import MODES, PairSet, require_pairs
 from policy.pairs import collate, prepare_pairs, read_pairs, reference_logprobs
 from training.metrics import check_report_to
 from training.optim import SCHEDULES, check_optimizer_settings
-from training.plan import StepPlan, spread
+from training.plan import StepPlan
 
 
 @dataclass
@@ -172,25 +171,19 @@ class PairSummary:
 
 def evaluate(model, accelerator, pairs, ref_logps, *, batch_size: int, pad_token_id: int,
              objective: PairObjective) -> dict[str, float]:
-    """The objective's held-out metrics under the current policy (longest pairs first; the
-    batches spread over the processes and summed back)."""
+    """The objective's held-out metrics under the current policy."""
+    from training.steps import held_out_stats
+
     if not pairs:
         return {}
-    order = sorted(range(len(pairs)), key=lambda i: pairs[i].length, reverse=True)
-    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    stats = torch.zeros(objective.num_stats)
-    model.eval()
-    with torch.no_grad():
-        for index, real in spread(len(chunks), accelerator.num_processes,
-                                  accelerator.process_index):
-            chunk = chunks[index]
-            batch = collate([pairs[i] for i in chunk], ref_logps[chunk], pad_token_id)
-            batch = batch.to(accelerator.device)
-            loss, logp_chosen, logp_rejected = objective.loss(model, batch)
-            if real:  # a padding chunk keeps the ranks in step but counts for nothing
-                stats += objective.stats(loss, logp_chosen, logp_rejected, batch)
-    model.train()
-    stats = accelerator.reduce(stats.to(accelerator.device), reduction="sum").cpu()
+
+    def stats_of(indices: list[int]) -> torch.Tensor:
+        batch = collate([pairs[i] for i in indices], ref_logps[indices], pad_token_id)
+        batch = batch.to(accelerator.device)
+        return objective.stats(*objective.loss(model, batch), batch)
+
+    stats = held_out_stats(model, accelerator, [p.length for p in pairs], batch_size=batch_size,
+                           num_stats=objective.num_stats, stats_of=stats_of)
     return objective.metrics(stats, "eval")
 
 
@@ -208,10 +201,9 @@ def train_on_pairs(config: PairTrainingConfig, objective: PairObjective, *,
     """Trains the policy on the pairs; ``pairs`` (and held-out ``eval_pairs``) let a caller
     such as the loop pass pairs directly instead of reading ``config.data``/``config.db``."""
     from accelerate.utils import set_seed
-    from tqdm import tqdm
 
     from training.accel import configure_deepspeed, make_accelerator
-    from training.checkpoints import resume_checkpoint, save_checkpoint
+    from training.checkpoints import resume_checkpoint
     from training.metrics import MetricsLog
     from training.models import (
         LoraSettings,
@@ -221,8 +213,8 @@ def train_on_pairs(config: PairTrainingConfig, objective: PairObjective, *,
         resolve_model,
         save_trained_model,
     )
-    from training.optim import adamw, clip_gradients, lr_scheduler
-    from training.plan import global_batches, micro_batches
+    from training.optim import adamw, lr_scheduler
+    from training.steps import run_steps
 
     # 1. Pairs, tokenized and filtered; the plan, checked before any model loads.
     if not progress:
@@ -238,14 +230,12 @@ def train_on_pairs(config: PairTrainingConfig, objective: PairObjective, *,
     train, held_out, dropped = prepare_pairs(config, tokenizer, pairs, eval_pairs)
     accelerator = make_accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
                                    bf16=config.bf16, report_to=config.report_to, output=output)
-    rank, world = accelerator.process_index, accelerator.num_processes
+    world = accelerator.num_processes
     say = accelerator.print
     set_seed(config.seed)
     plan = StepPlan(len(train), world, config.per_device_batch_size,
                     config.gradient_accumulation_steps, config.epochs, config.max_steps)
     plan.check()
-    lengths = [p.length for p in train]
-    eval_every = config.eval_every or plan.steps_per_epoch
     say(f"rankloop: {len(train)} training pairs, {len(held_out)} held out; {plan.describe()}")
 
     # 2. π_θ = the starting policy, dropout off (π_θ and it must be the same function at
@@ -286,72 +276,21 @@ def train_on_pairs(config: PairTrainingConfig, objective: PairObjective, *,
                      keep_up_to_step=resumed_from, accelerator=accelerator,
                      settings=asdict(config))
 
-    # 5. Train: each step is one global batch cut into world × accumulation micro-batches.
-    model.train()
-    epoch_batches: tuple[int, list[list[int]]] | None = None
-    window = torch.zeros(objective.num_stats)
-    train_seconds, trained_tokens = 0.0, 0.0
-    eval_metrics: dict[str, float] = {}
-    bar = tqdm(total=plan.total_steps, initial=start_step, desc=objective.name,
-               disable=not (progress and accelerator.is_main_process))
-    for step in range(start_step, plan.total_steps):
-        started = time.perf_counter()
-        epoch, position = plan.epoch_and_position(step)
-        if epoch_batches is None or epoch_batches[0] != epoch:
-            epoch_batches = (epoch, global_batches(lengths, plan.global_batch_size, config.seed,
-                                                   epoch, plan.micro_batches_per_step))
-        global_batch = epoch_batches[1][position]
-        chunks = micro_batches(global_batch, lengths, plan.micro_batches_per_step)
-        # Backends average gradients over processes and accumulation steps; this factor turns
-        # that average into the mean over every pair of the step.
-        loss_scale = plan.micro_batches_per_step / len(global_batch)
+    # 5. Train (training.steps: one global batch a step; log, evaluate, checkpoint).
+    def forward(indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = collate([train[i] for i in indices], train_ref[indices], pad_id)
+        batch = batch.to(accelerator.device)
+        per_pair, logp_chosen, logp_rejected = objective.loss(model, batch)
+        return per_pair, objective.stats(per_pair, logp_chosen, logp_rejected, batch)
 
-        # 5a. One forward for chosen and rejected together; backward each micro-batch.
-        step_stats = torch.zeros(objective.num_stats)
-        for accumulation_step in range(config.gradient_accumulation_steps):
-            mine = chunks[accumulation_step * world + rank]
-            batch = collate([train[i] for i in mine], train_ref[mine], pad_id)
-            batch = batch.to(accelerator.device)
-            with accelerator.accumulate(model):
-                per_pair, logp_chosen, logp_rejected = objective.loss(model, batch)
-                accelerator.backward(per_pair.sum() * loss_scale)
-            step_stats += objective.stats(per_pair, logp_chosen, logp_rejected, batch)
-
-        # 5b. Clip, update, advance the schedule.
-        grad_norm = clip_gradients(accelerator, model.parameters(), config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
-
-        step_stats = accelerator.reduce(step_stats.to(accelerator.device), reduction="sum").cpu()
-        window += step_stats
-        trained_tokens += float(step_stats[-1])
-        train_seconds += time.perf_counter() - started
-        done = step + 1
-        bar.update(1)
-
-        # 5c. Log, evaluate, checkpoint.
-        if done % config.log_every == 0 or done == plan.total_steps:
-            metrics = objective.metrics(window, "train")
-            metrics.update({"train/epoch": done / plan.steps_per_epoch,
-                            "train/learning_rate": scheduler.get_last_lr()[0],
-                            "train/tokens_per_second": trained_tokens / max(train_seconds, 1e-9)})
-            if grad_norm is not None:
-                metrics["train/grad_norm"] = float(grad_norm)
-            log.log(done, metrics)
-            bar.set_postfix(loss=f"{metrics['train/loss']:.4f}")
-            window.zero_()
-        if held_out and (done % eval_every == 0 or done == plan.total_steps):
-            eval_metrics = held_out_metrics()
-            log.log(done, eval_metrics)
-        if done % config.save_every == 0 or done == plan.total_steps:
-            save_checkpoint(accelerator, output, done,
-                            {"plan": fingerprint, "epoch": epoch,
-                             "position_in_epoch": position + 1},
-                            keep=config.keep_checkpoints)
-    bar.close()
-    if held_out and not eval_metrics:  # resumed after the last step
-        eval_metrics = held_out_metrics()
+    done = run_steps(
+        accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
+        plan=plan, config=config, lengths=[p.length for p in train], start_step=start_step,
+        forward=forward, num_stats=objective.num_stats, metrics=objective.metrics,
+        evaluate=held_out_metrics if held_out else None, log=log, output=output,
+        fingerprint=fingerprint, desc=objective.name, progress=progress,
+        tokens_stat=objective.num_stats - 1)
+    eval_metrics = done.eval_metrics
 
     # 6. Save a plain Hugging Face folder (gathered from ZeRO-3 shards, LoRA merged in), left
     #    padded for batched generation.
@@ -367,8 +306,7 @@ def train_on_pairs(config: PairTrainingConfig, objective: PairObjective, *,
     return PairSummary(
         output=str(output), steps=plan.total_steps, train_pairs=len(train),
         eval_pairs=len(held_out), dropped=dropped, eval_metrics=eval_metrics,
-        train_seconds=train_seconds,
-        tokens_per_second=trained_tokens / train_seconds if train_seconds else 0.0,
+        train_seconds=done.train_seconds, tokens_per_second=done.tokens_per_second,
         eval_description=objective.describe_eval(eval_metrics) if eval_metrics else "",
         resumed_from_step=resumed_from, main_process=accelerator.is_main_process)
 

@@ -17,7 +17,6 @@ follows from the step number, because each epoch's batches are a function of (se
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from data.preferences import PreferenceLoad, PreferenceSourceError
 from reward.data import EncodedPair, PreferenceBatch, collate, encode_pairs, sequence_rewards
 from training.metrics import check_report_to
 from training.optim import SCHEDULES, check_optimizer_settings
-from training.plan import StepPlan, global_batches, micro_batches, split_held_out, spread
+from training.plan import StepPlan, split_held_out
 
 TIES = ("exclude", "include")
 
@@ -227,34 +226,32 @@ def stats_to_metrics(stats, prefix: str) -> dict[str, float]:
     return metrics
 
 
+def batch_loss(model, batch: PreferenceBatch, config: RewardTrainConfig):
+    """(per-pair loss ``[B]``, rewards of chosen and rejected ``[B]`` each): one forward for
+    chosen and rejected together."""
+    from reward.losses import preference_loss
+
+    r_chosen, r_rejected = batch.split(
+        sequence_rewards(model, batch.input_ids, batch.attention_mask))
+    loss = preference_loss(r_chosen, r_rejected, is_tie=batch.is_tie, margin=batch.margin,
+                           centering_coefficient=config.center_rewards_coefficient)
+    return loss, r_chosen, r_rejected
+
+
 def evaluate(model, accelerator, pairs: list[EncodedPair], *, batch_size: int, pad_token_id: int,
              config: RewardTrainConfig) -> dict[str, float]:
-    """Held-out loss, accuracy (chosen scored higher, ties left out) and mean margin. Batches are
-    spread over processes; a process with no batch left runs a copy of the first and discards
-    it, since ZeRO-3 needs every rank in every forward pass."""
-    import torch
-
-    from reward.losses import preference_loss
+    """Held-out loss, accuracy (chosen scored higher, ties left out) and mean margin."""
+    from training.steps import held_out_stats
 
     if not pairs:
         return {}
-    ordered = sorted(pairs, key=lambda p: p.length, reverse=True)
-    chunks = [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
-    stats = torch.zeros(_STATS)
-    model.eval()
-    with torch.no_grad():
-        for index, real in spread(len(chunks), accelerator.num_processes,
-                                  accelerator.process_index):
-            batch = collate(chunks[index], pad_token_id).to(accelerator.device)
-            r_chosen, r_rejected = batch.split(
-                sequence_rewards(model, batch.input_ids, batch.attention_mask))
-            if real:
-                loss = preference_loss(r_chosen, r_rejected, is_tie=batch.is_tie,
-                                       margin=batch.margin,
-                                       centering_coefficient=config.center_rewards_coefficient)
-                stats += batch_stats(loss, r_chosen, r_rejected, batch)
-    model.train()
-    stats = accelerator.reduce(stats.to(accelerator.device), reduction="sum").cpu()
+
+    def stats_of(indices: list[int]):
+        batch = collate([pairs[i] for i in indices], pad_token_id).to(accelerator.device)
+        return batch_stats(*batch_loss(model, batch, config), batch)
+
+    stats = held_out_stats(model, accelerator, [p.length for p in pairs], batch_size=batch_size,
+                           num_stats=_STATS, stats_of=stats_of)
     return stats_to_metrics(stats, "eval")
 
 
@@ -268,6 +265,7 @@ def plan_fingerprint(config: RewardTrainConfig, plan: StepPlan) -> dict:
             "global_batch_size": plan.global_batch_size, "total_steps": plan.total_steps,
             "seed": config.seed, "lora_r": config.lora_r}
 
+
 def train_reward_model(
     config: RewardTrainConfig,
     *,
@@ -279,17 +277,15 @@ def train_reward_model(
 
     ``pairs``/``eval_pairs`` replace reading ``config.data``/``config.db``/``config.eval_data``.
     """
-    import torch
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
 
-    from reward.losses import preference_loss
     from reward.modeling import load_reward_model, load_reward_tokenizer, write_model_card
     from training.accel import configure_deepspeed, make_accelerator
-    from training.checkpoints import resume_checkpoint, save_checkpoint
+    from training.checkpoints import resume_checkpoint
     from training.metrics import MetricsLog
     from training.models import LoraSettings, resolve_model, save_trained_model
-    from training.optim import adamw, clip_gradients, lr_scheduler
+    from training.optim import adamw, lr_scheduler
+    from training.steps import run_steps
 
     output = Path(config.output)
     # 1. Data: read (bad input fails here, before anything heavy starts), drop ties and
@@ -304,19 +300,14 @@ def train_reward_model(
     train, held_out, dropped = prepare_pairs(config, tokenizer, load, eval_pairs)
     accelerator = make_accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
                                    bf16=config.bf16, report_to=config.report_to, output=output)
-    rank, world = accelerator.process_index, accelerator.num_processes
+    world = accelerator.num_processes
     say = accelerator.print
     set_seed(config.seed)
     plan = StepPlan(len(train), world, config.per_device_batch_size,
                     config.gradient_accumulation_steps, config.epochs, config.max_steps)
     plan.check()
-    lengths = [p.length for p in train]
     eval_batch_size = config.eval_batch_size or config.per_device_batch_size
-    eval_every = config.eval_every or plan.steps_per_epoch
-    say(f"rankloop: {len(train)} training pairs, {len(held_out)} held out; "
-        f"{plan.total_steps} steps of {plan.global_batch_size} pairs "
-        f"({world} processes × {config.per_device_batch_size} pairs × "
-        f"{config.gradient_accumulation_steps} accumulation)")
+    say(f"rankloop: {len(train)} training pairs, {len(held_out)} held out; {plan.describe()}")
 
     # 2. Model, optimizer, schedule.
     lora = LoraSettings.from_rank(config.lora_r, config.lora_alpha, config.lora_dropout)
@@ -343,78 +334,25 @@ def train_reward_model(
                      keep_up_to_step=resumed_from, accelerator=accelerator,
                      settings=asdict(config))
 
-    # 4. Train: each step is one global batch, cut into world × accumulation micro-batches.
-    model.train()
+    # 4. Train (training.steps: one global batch a step; log, evaluate, checkpoint).
     pad_id = tokenizer.pad_token_id
-    epoch_batches: tuple[int, list[list[int]]] | None = None
-    window = torch.zeros(_STATS)
-    train_seconds, trained_pairs = 0.0, 0
-    eval_metrics: dict[str, float] = {}
-    bar = tqdm(total=plan.total_steps, initial=start_step, desc="reward model",
-               disable=not (progress and accelerator.is_main_process))
-    for step in range(start_step, plan.total_steps):
-        started = time.perf_counter()
-        epoch, position = divmod(step, plan.steps_per_epoch)
-        if epoch_batches is None or epoch_batches[0] != epoch:
-            epoch_batches = (epoch, global_batches(lengths, plan.global_batch_size, config.seed,
-                                                   epoch, plan.micro_batches_per_step))
-        global_batch = epoch_batches[1][position]
-        chunks = micro_batches(global_batch, lengths, plan.micro_batches_per_step)
-        # Backends average gradients over processes and accumulation steps; this factor turns
-        # that average into the mean over every pair of the step.
-        loss_scale = plan.micro_batches_per_step / len(global_batch)
 
-        # 4a. Forward chosen and rejected together, backward each micro-batch.
-        step_stats = torch.zeros(_STATS)
-        for accumulation_step in range(config.gradient_accumulation_steps):
-            mine = chunks[accumulation_step * world + rank]
-            batch = collate([train[i] for i in mine], pad_id).to(accelerator.device)
-            with accelerator.accumulate(model):
-                rewards = sequence_rewards(model, batch.input_ids, batch.attention_mask)
-                r_chosen, r_rejected = batch.split(rewards)
-                per_pair = preference_loss(
-                    r_chosen, r_rejected, is_tie=batch.is_tie, margin=batch.margin,
-                    centering_coefficient=config.center_rewards_coefficient)
-                accelerator.backward(per_pair.sum() * loss_scale)
-            step_stats += batch_stats(per_pair, r_chosen, r_rejected, batch)
+    def forward(indices: list[int]):
+        batch = collate([train[i] for i in indices], pad_id).to(accelerator.device)
+        per_pair, r_chosen, r_rejected = batch_loss(model, batch, config)
+        return per_pair, batch_stats(per_pair, r_chosen, r_rejected, batch)
 
-        # 4b. Clip, update, advance the schedule.
-        grad_norm = clip_gradients(accelerator, model.parameters(), config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
+    def held_out_metrics() -> dict[str, float]:
+        return evaluate(model, accelerator, held_out, batch_size=eval_batch_size,
+                        pad_token_id=pad_id, config=config)
 
-        step_stats = accelerator.reduce(step_stats.to(accelerator.device), reduction="sum").cpu()
-        window += step_stats
-        trained_pairs += len(global_batch)
-        train_seconds += time.perf_counter() - started
-        done = step + 1
-        bar.update(1)
-
-        # 4c. Log, evaluate, checkpoint.
-        if done % config.log_every == 0 or done == plan.total_steps:
-            metrics = stats_to_metrics(window, "train")
-            metrics.update({
-                "train/epoch": done / plan.steps_per_epoch,
-                "train/learning_rate": scheduler.get_last_lr()[0],
-                "train/pairs_per_second": trained_pairs / max(train_seconds, 1e-9),
-            })
-            if grad_norm is not None:
-                metrics["train/grad_norm"] = float(grad_norm)
-            log.log(done, metrics)
-            bar.set_postfix(loss=f"{metrics['train/loss']:.4f}")
-            window.zero_()
-        if held_out and (done % eval_every == 0 or done == plan.total_steps):
-            eval_metrics = evaluate(model, accelerator, held_out, batch_size=eval_batch_size,
-                                    pad_token_id=pad_id, config=config)
-            log.log(done, eval_metrics)
-        if done % config.save_every == 0 or done == plan.total_steps:
-            trainer_state = {"plan": fingerprint, "epoch": epoch, "position_in_epoch": position + 1}
-            save_checkpoint(accelerator, output, done, trainer_state, keep=config.keep_checkpoints)
-    bar.close()
-    if held_out and not eval_metrics:  # resumed after the last step: nothing was evaluated
-        eval_metrics = evaluate(model, accelerator, held_out, batch_size=eval_batch_size,
-                                pad_token_id=pad_id, config=config)
+    done = run_steps(
+        accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
+        plan=plan, config=config, lengths=[p.length for p in train], start_step=start_step,
+        forward=forward, num_stats=_STATS, metrics=stats_to_metrics,
+        evaluate=held_out_metrics if held_out else None, log=log, output=output,
+        fingerprint=fingerprint, desc="reward model", progress=progress)
+    eval_metrics = done.eval_metrics
 
     # 5. Save a plain Hugging Face folder (LoRA merged in), the tokenizer and a card.
     if save_trained_model(accelerator, model, tokenizer, output, lora=lora):
@@ -429,7 +367,6 @@ def train_reward_model(
     return TrainSummary(
         output=str(output), steps=plan.total_steps, train_pairs=len(train),
         eval_pairs=len(held_out), dropped=dropped, eval_metrics=eval_metrics,
-        train_seconds=train_seconds,
-        pairs_per_second=trained_pairs / train_seconds if train_seconds else 0.0,
+        train_seconds=done.train_seconds, pairs_per_second=done.examples_per_second,
         resumed_from_step=resumed_from, main_process=accelerator.is_main_process,
     )
