@@ -24,24 +24,21 @@ import torch
 
 from data.policy_pairs import MODES, PairSet, require_pairs
 from policy.pairs import collate, prepare_pairs, read_pairs, reference_logprobs
-from training.metrics import check_report_to
-from training.optim import SCHEDULES, check_optimizer_settings
 from training.plan import StepPlan
+from training.settings import ResumableTrainingSettings, require_at_least_one
 
 
 @dataclass
-class PairTrainingConfig:
-    output: str
-    """Folder for the trained policy (a Hugging Face folder), ``metrics.jsonl`` and
-    ``checkpoints/``."""
+class PairTrainingConfig(ResumableTrainingSettings):
+    """Settings of the pair recipes (``training.settings`` has the shared ones)."""
+
     model: str = "default"
     """The starting weights, and the fixed policy the log-ratios are taken against (REBEL's
-    π_t, DPO's π_ref): ``default`` (SmolLM2-135M-Instruct), a folder or a Hub id."""
+    π_t, DPO's π_ref): ``default`` (SmolLM2-135M-Instruct), a folder or a Hub id. With LoRA
+    the log-ratios are still taken against the starting model."""
     data: str | None = None
     """TRL-format preference file (optional ``score_chosen``/``score_rejected``) or the app's
     database file; None reads the database ``db``."""
-    db: str | None = None
-    """The app's database, read when ``data`` is None."""
     scorer: str | None = None
     """Database only: use this reward model's stored scores (``bt:DIR``/``armorm:DIR`` as
     written by ``rankloop score``); None uses the human rankings."""
@@ -49,73 +46,18 @@ class PairTrainingConfig:
     """Database only: only candidates of this generation run."""
     pair_mode: str = "best_worst"
     """``best_worst``: one pair per prompt (highest vs lowest reward); ``all``: every pair."""
-    split: str = "train"
-    """Dataset split for ``data``."""
     limit: int | None = None
     """Read at most this many pairs (files only)."""
     max_prompt_tokens: int = 1024
     """Pairs whose chat-formatted prompt is longer are dropped (and counted)."""
     max_response_tokens: int = 2048
     """Pairs with a response longer than this (EOS included) are dropped (and counted)."""
-    eval_fraction: float = 0.1
-    """Share of prompts held out for the held-out metrics (all pairs of a prompt together)."""
-    per_device_batch_size: int = 4
-    """Pairs per micro-batch on each process; one forward runs 2× this many sequences."""
-    gradient_accumulation_steps: int = 1
-    """Micro-batches per optimizer step on each process."""
-    epochs: int = 1
-    """Passes over the training pairs (ignored when ``max_steps`` is set)."""
-    max_steps: int | None = None
-    """Optimizer steps to run; overrides ``epochs``."""
-    learning_rate: float = 1e-6
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    """AdamW (β1, β2)."""
-    adam_eps: float = 1e-8
-    """AdamW ε."""
-    warmup_ratio: float = 0.1
-    """Share of steps with a linear learning-rate warm-up from 0."""
-    lr_schedule: str = "cosine"
-    """After warm-up: ``cosine`` or ``linear`` decay to 0, or ``constant``."""
-    max_grad_norm: float | None = 1.0
-    """Gradients are clipped to this global norm; 0 or None: no clipping."""
-    lora_r: int = 0
-    """LoRA rank; 0 trains every weight. With LoRA the log-ratios are still taken against the
-    starting model."""
-    lora_alpha: float | None = None
-    """LoRA scale numerator; None means 2 × lora_r."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass: less memory, about a third more time."""
-    bf16: bool | None = None
-    """bf16 mixed precision; None follows the accelerate config, else on when a GPU exists."""
-    report_to: tuple[str, ...] = ()
-    """Trackers that receive the metrics too: ``tensorboard`` and/or ``wandb``
-    (``metrics.jsonl`` is always written)."""
-    seed: int = 0
-    log_every: int = 10
-    eval_every: int | None = None
-    """Evaluate every this many steps; None evaluates at the end of each epoch."""
-    save_every: int = 200
-    """Write a resumable checkpoint every this many steps (and at the end)."""
-    keep_checkpoints: int = 1
-    resume: bool = True
-    """Continue from the newest checkpoint in ``output/checkpoints`` when there is one."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.pair_mode not in MODES:
             raise ValueError(f"pair mode must be one of {', '.join(MODES)}")
-        if self.lr_schedule not in SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {', '.join(SCHEDULES)}")
-        if not 0 <= self.eval_fraction < 1:
-            raise ValueError(f"eval fraction must be in [0, 1), got {self.eval_fraction}")
-        for name in ("per_device_batch_size", "gradient_accumulation_steps", "epochs",
-                     "max_prompt_tokens", "max_response_tokens", "log_every", "save_every",
-                     "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', ' ')} must be at least 1")
-        check_optimizer_settings(self)
-        self.report_to = check_report_to(self.report_to)
+        require_at_least_one(self, "max_prompt_tokens", "max_response_tokens")
 
 
 @dataclass(frozen=True)

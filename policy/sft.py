@@ -30,8 +30,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from training.metrics import check_report_to
-from training.optim import SCHEDULES, check_optimizer_settings
+from training.settings import TrainingSettings, require_at_least_one
 
 IGNORE = -100
 DB_SOURCES = ("demonstrations", "chosen")
@@ -43,22 +42,18 @@ class SFTDataError(ValueError):
 
 
 @dataclass
-class SFTConfig:
+class SFTConfig(TrainingSettings):
+    """Settings of the SFT recipe (``training.settings`` has the shared ones)."""
+
     output: str
     """Folder for the fine-tuned model (a Hugging Face folder), ``metrics.jsonl`` and the
     settings used (``rankloop_sft.json``)."""
-    model: str = "default"
-    """Starting weights: ``default`` (SmolLM2-135M-Instruct), a folder or a Hub id."""
     data: str | None = None
     """``.jsonl``/``.json``/``.parquet``/``.csv`` file, ``save_to_disk`` folder or Hub id (with
     ``--raw-text`` also a ``.txt`` file); None reads ``db_source`` from ``db``."""
-    db: str | None = None
-    """The app's database, read when ``data`` is None."""
     db_source: str = "demonstrations"
     """From the database: ``demonstrations`` written in the app, or the ``chosen`` responses
     (the best-ranked response of each vote)."""
-    split: str = "train"
-    """Dataset split for ``data``."""
     raw_text: bool = False
     """Train on plain text packed into blocks instead of chat conversations."""
     text_column: str = "text"
@@ -67,56 +62,16 @@ class SFTConfig:
     """Raw-text mode: tokens per packed block."""
     max_length: int = 1024
     """Chat mode: conversations longer than this many tokens are dropped (and counted)."""
-    eval_fraction: float = 0.1
-    """Share of conversations (prompts) or documents held out to measure the loss."""
-    per_device_batch_size: int = 4
-    """Sequences per micro-batch on each process."""
-    gradient_accumulation_steps: int = 1
-    """Micro-batches per optimizer step on each process."""
-    epochs: int = 1
-    """Passes over the training data (ignored when ``max_steps`` is set)."""
-    max_steps: int | None = None
-    """Optimizer steps to run; overrides ``epochs``."""
     learning_rate: float = 2e-5
-    weight_decay: float = 0.0
-    """AdamW weight decay (the REBEL reference: 1e-6)."""
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    """AdamW (β1, β2) (the REBEL reference: (0.9, 0.95))."""
-    adam_eps: float = 1e-8
-    """AdamW ε (the REBEL reference: 1e-8)."""
     warmup_ratio: float = 0.03
-    """Share of steps with a linear learning-rate warm-up from 0."""
-    lr_schedule: str = "cosine"
-    """After warm-up: ``cosine`` or ``linear`` decay to 0, or ``constant``."""
-    max_grad_norm: float | None = 1.0
-    """Gradients are clipped to this global norm; 0 or None: no clipping (the REBEL reference
-    does not clip)."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass: less memory, about a third more time."""
-    bf16: bool | None = None
-    """bf16 mixed precision; None follows the accelerate config, else on when a GPU exists."""
-    report_to: tuple[str, ...] = ()
-    """Trackers that receive the metrics too: ``tensorboard`` and/or ``wandb``
-    (``metrics.jsonl`` is always written)."""
-    seed: int = 0
-    log_every: int = 10
-    """Log training metrics every this many steps."""
     eval_every: int | None = None
     """Evaluate every this many steps; None evaluates before training and at each epoch end."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.db_source not in DB_SOURCES:
             raise ValueError(f"--from must be one of {', '.join(DB_SOURCES)}")
-        if self.lr_schedule not in SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {', '.join(SCHEDULES)}")
-        if not 0 <= self.eval_fraction < 1:
-            raise ValueError(f"eval fraction must be in [0, 1), got {self.eval_fraction}")
-        for name in ("per_device_batch_size", "gradient_accumulation_steps", "epochs",
-                     "max_length", "block_size", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', ' ')} must be at least 1")
-        check_optimizer_settings(self)
-        self.report_to = check_report_to(self.report_to)
+        require_at_least_one(self, "max_length", "block_size")
 
 
 @dataclass(frozen=True)

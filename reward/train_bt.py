@@ -22,15 +22,16 @@ from pathlib import Path
 
 from data.preferences import PreferenceLoad, PreferenceSourceError
 from reward.data import EncodedPair, PreferenceBatch, collate, encode_pairs, sequence_rewards
-from training.metrics import check_report_to
-from training.optim import SCHEDULES, check_optimizer_settings
 from training.plan import StepPlan, split_held_out
+from training.settings import ResumableTrainingSettings, require_at_least_one
 
 TIES = ("exclude", "include")
 
 
 @dataclass
-class RewardTrainConfig:
+class RewardTrainConfig(ResumableTrainingSettings):
+    """Settings of the reward-model recipe (``training.settings`` has the shared ones)."""
+
     output: str
     """Folder for the trained model (a Hugging Face folder), its card, ``metrics.jsonl`` and
     ``checkpoints/``."""
@@ -40,12 +41,9 @@ class RewardTrainConfig:
     data: str | None = None
     """TRL-format preference file, ``save_to_disk`` folder or Hub id; None reads the app's
     ranked pairs from ``db``."""
-    db: str | None = None
-    """The app's database, read when ``data`` is None."""
-    split: str = "train"
-    """Dataset split for ``data`` and ``eval_data``."""
     eval_data: str | None = None
-    """Separate held-out pairs; None holds out ``eval_fraction`` of the prompts instead."""
+    """Separate held-out pairs (same split as ``data``); None holds out ``eval_fraction`` of
+    the prompts instead."""
     agreed_only: bool = False
     """Database pairs only: keep only pairs that ≥ 2 annotators judged, all the same way."""
     limit: int | None = None
@@ -54,74 +52,21 @@ class RewardTrainConfig:
     """``exclude`` drops tied pairs; ``include`` trains them with the 50/50 tie loss."""
     max_length: int = 1024
     """Pairs with a side longer than this many tokens are dropped (and counted)."""
-    eval_fraction: float = 0.1
-    """Share of prompts held out for evaluation (all pairs of a prompt stay together)."""
     per_device_batch_size: int = 8
-    """Pairs per micro-batch on each process; one forward pass runs 2× this many sequences."""
     eval_batch_size: int | None = None
     """Pairs per evaluation forward pass; None uses ``per_device_batch_size``."""
-    gradient_accumulation_steps: int = 1
-    """Micro-batches per optimizer step on each process."""
-    epochs: int = 1
-    """Passes over the training pairs (ignored when ``max_steps`` is set)."""
-    max_steps: int | None = None
-    """Optimizer steps to run; overrides ``epochs``."""
     learning_rate: float = 1e-5
-    weight_decay: float = 0.0
-    """AdamW weight decay (the REBEL reference: 1e-6)."""
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    """AdamW (β1, β2) (the REBEL reference: (0.9, 0.95))."""
-    adam_eps: float = 1e-8
-    """AdamW ε (the REBEL reference: 1e-8)."""
     warmup_ratio: float = 0.03
-    """Share of steps with a linear learning-rate warm-up from 0."""
-    lr_schedule: str = "cosine"
-    """After warm-up: ``cosine`` or ``linear`` decay to 0, or ``constant``."""
-    max_grad_norm: float | None = 1.0
-    """Gradients are clipped to this global norm; 0 or None: no clipping (the REBEL reference
-    does not clip)."""
     center_rewards_coefficient: float = 0.0
     """Weight of mean((r_chosen + r_rejected)²), which keeps rewards centred on 0 (0 = off;
     0.01 is the usual value)."""
-    lora_r: int = 0
-    """LoRA rank; 0 trains every weight."""
-    lora_alpha: float | None = None
-    """LoRA scale numerator; None means 2 × lora_r."""
     lora_dropout: float = 0.0
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass: less memory, about a third more time."""
-    bf16: bool | None = None
-    """bf16 mixed precision; None follows the accelerate config, else on when a GPU exists."""
-    report_to: tuple[str, ...] = ()
-    """Trackers that receive the metrics too: ``tensorboard`` and/or ``wandb``
-    (``metrics.jsonl`` is always written)."""
-    seed: int = 0
-    log_every: int = 10
-    """Log training metrics every this many steps."""
-    eval_every: int | None = None
-    """Evaluate every this many steps; None evaluates at the end of each epoch."""
-    save_every: int = 200
-    """Write a resumable checkpoint every this many steps (and at the end)."""
-    keep_checkpoints: int = 1
-    """How many of the newest complete checkpoints to keep."""
-    resume: bool = True
-    """Continue from the newest checkpoint in ``output/checkpoints`` when there is one."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.ties not in TIES:
             raise ValueError(f"ties must be one of {', '.join(TIES)}, not {self.ties!r}")
-        if self.lr_schedule not in SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {', '.join(SCHEDULES)}")
-        if not 0 <= self.eval_fraction < 1:
-            raise ValueError(f"eval fraction must be in [0, 1), got {self.eval_fraction}")
-        for name in ("per_device_batch_size", "gradient_accumulation_steps", "epochs",
-                     "max_length", "log_every", "save_every", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', ' ')} must be at least 1")
-        if self.lora_r < 0:
-            raise ValueError("lora r must be 0 (full fine-tuning) or more")
-        check_optimizer_settings(self)
-        self.report_to = check_report_to(self.report_to)
+        require_at_least_one(self, "max_length")
 
 
 @dataclass
