@@ -382,14 +382,13 @@ def create_user(svc: LabelerService, username: str, *, name: str, password: str,
     return f"Created {user.role} {user.name!r}; they can log in now."
 
 
-def _last_admin_refusal(svc: LabelerService, acting: str, target: labeling.User) -> str | None:
+def _last_admin_refusal(svc: LabelerService, target: labeling.User) -> str | None:
     """Why taking ``target``'s admin rights (disabling or demoting) would leave nobody able to
     run the console, or None."""
     admins = [u for u in labeling.list_users(svc.db()) if u.is_admin and not u.disabled]
     if target.is_admin and not target.disabled and [u.id for u in admins] == [target.id]:
-        who = "you are" if labeling.name_key(acting) == labeling.name_key(target.name) else \
-            f"{target.name!r} is"
-        return f"{who} the last active admin; make another user an admin first"
+        # Only an admin acts here, so the last active admin is always the one acting.
+        return "you are the last active admin; make another user an admin first"
     return None
 
 
@@ -407,7 +406,7 @@ def set_user_disabled(svc: LabelerService, username: str, *, name: str, disabled
     try:
         target = _target(svc, name)
         if disabled:
-            refusal = _last_admin_refusal(svc, username, target)
+            refusal = _last_admin_refusal(svc, target)
             if refusal:
                 return f"Not {verb}: {refusal}."
         user = labeling.set_disabled(svc.db(), target.name, bool(disabled))
@@ -439,7 +438,7 @@ def set_user_role(svc: LabelerService, username: str, *, name: str, role: str) -
     try:
         target = _target(svc, name)
         if role != "admin":
-            refusal = _last_admin_refusal(svc, username, target)
+            refusal = _last_admin_refusal(svc, target)
             if refusal:
                 return f"Role not changed: {refusal}."
         user = labeling.set_role(svc.db(), target.name, role)
