@@ -298,6 +298,12 @@ def export_dataset(svc: LabelerService, username: str, *, to: str, format: str =
                 "Hugging Face Hub.")
     to = to.strip()
     seed = _as_int("the seed", seed) or 0
+    if isinstance(min_agreement, str):  # the console's text field: empty keeps every pair
+        try:
+            min_agreement = float(min_agreement) if min_agreement.strip() else None
+        except ValueError:
+            return f"Not exported: the minimum agreement is a number from 0 to 1, not " \
+                   f"{min_agreement!r}."
     min_agreement = _as_float("the minimum agreement", min_agreement)
     test_fraction = _as_float("the test fraction", test_fraction)
     try:

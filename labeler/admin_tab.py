@@ -393,8 +393,9 @@ def _export_section(svc: LabelerService) -> None:
         pairs = gr.Dropdown(list(PAIR_MODES), value="all", label="Pairs")
         ties = gr.Dropdown(list(TIES), value="exclude", label="Ties")
     with gr.Row():
-        min_agreement = gr.Number(value=None, minimum=0, maximum=1, step=0.05,
-                                  label="Minimum agreement (empty = keep all)")
+        min_agreement = gr.Textbox(value="", label="Minimum agreement, 0-1 (empty: keep all "
+                                   "pairs; else only pairs judged by 2+ annotators)",
+                                   elem_id="rl-admin-export-min-agreement")
         test_fraction = gr.Number(value=0.1, minimum=0, maximum=0.99, step=0.05,
                                   label="Test fraction")
         seed = gr.Number(value=0, precision=0, label="Seed")

@@ -261,6 +261,18 @@ def test_export_refusals(svc, to, reason):
     assert message.startswith("Not exported") and reason in message, message
 
 
+def test_export_minimum_agreement_from_the_text_field(svc):
+    _rank(svc, "ann", ["1", "2", "3"])
+    assert admin.export_dataset(svc, "root", to="exports/all",
+                                min_agreement="").startswith("Exported")
+    # Pairs judged by one annotator only have no agreement to meet.
+    strict = admin.export_dataset(svc, "root", to="exports/strict", min_agreement="0.5")
+    assert strict.startswith("Not exported") and "no preference pairs" in strict
+    assert admin.export_dataset(svc, "root", to="exports/bad", min_agreement="most").startswith(
+        "Not exported: the minimum agreement is a number")
+    assert "[0, 1]" in admin.export_dataset(svc, "root", to="exports/bad", min_agreement="2")
+
+
 def test_export_to_the_hub_without_a_token_is_refused(svc, tmp_path, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
