@@ -7,6 +7,7 @@ real SQLite file, and each function first checks that the user is an admin.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,10 +51,33 @@ class DatasetStatus:
         )
 
 
+# Agreement and the annotator table read every vote (seconds at 100k items), and the console
+# polls them: they are recomputed only when what they are made of has changed.
+_STATUS_VERSION = (
+    "SELECT (SELECT MAX(id) FROM rankings), (SELECT MAX(id) FROM items), "
+    "(SELECT COUNT(*) FROM items WHERE set_aside_at IS NOT NULL), "
+    "(SELECT group_concat(id || ':' || role, ',') FROM users), "
+    "(SELECT MAX(id) FROM candidates), (SELECT COUNT(*) FROM prompts)")
+_status_cache: dict[str, tuple[tuple, DatasetStatus]] = {}
+_status_lock = threading.Lock()
+
+
 def dataset_status(svc: LabelerService, username: str) -> DatasetStatus:
     svc.require_admin(username)
     db = svc.db()
     labeling.sync_items(db)
+    version = tuple(db.execute(_STATUS_VERSION).fetchone())
+    with _status_lock:
+        cached = _status_cache.get(svc.db_path)
+    if cached and cached[0] == version:
+        return cached[1]
+    status = _compute_status(db)
+    with _status_lock:
+        _status_cache[svc.db_path] = (version, status)
+    return status
+
+
+def _compute_status(db) -> DatasetStatus:
     counts = store.counts(db)
     counts["items"] = db["items"].count
     counts["set_aside"] = len(labeling.set_aside_items(db))

@@ -447,3 +447,13 @@ def test_every_console_action_refuses_annotators(svc):
                 call(user)
     assert not svc.user("ann").is_admin and svc.db()["users"].count == 3
     assert not Path(workspace_dir(svc.db_path)).exists()
+
+
+def test_the_polled_status_is_recomputed_only_when_its_inputs_change(svc):
+    first = admin.dataset_status(svc, "root")
+    assert admin.dataset_status(svc, "root") is first  # nothing changed: the same result
+    _rank(svc, "ann", ["1", "2", "3"])
+    second = admin.dataset_status(svc, "root")
+    assert second.counts["rankings"] == 1 and first.counts["rankings"] == 0
+    admin.set_user_role(svc, "root", name="bob", role="admin")
+    assert ["bob", "admin"] == admin.dataset_status(svc, "root").annotators[1][:2]
