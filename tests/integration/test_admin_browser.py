@@ -249,7 +249,7 @@ def test_the_data_browser_filters_pages_and_opens_an_item(browser, app):
 
 
 def test_an_admin_creates_a_user_who_then_logs_in(browser, app):
-    page, _ = _admin(browser, app["url"])
+    page, dialogs = _admin(browser, app["url"])
     _subtab(page, "Users")
     _fill(page, "rl-admin-new-name", "ann")
     _fill(page, "rl-admin-new-password", "long-enough-1")
@@ -264,6 +264,18 @@ def test_an_admin_creates_a_user_who_then_logs_in(browser, app):
     assert _wait_value(page, "rl-admin-create-message", "Created") == \
         "Created annotator 'carol'; they can log in now."
     page.wait_for_function("document.querySelector('#rl-admin-users').innerText.includes('carol')")
+    # A user name is untrusted text: shown as the characters typed, never as markup.
+    hostile = "<img/src=x/onerror=window.__rl_xss=1>"
+    assert _value(page, "rl-admin-new-password") == ""  # cleared once the user exists
+    _fill(page, "rl-admin-new-name", hostile)
+    _fill(page, "rl-admin-new-password", "hostile-pass-1")
+    page.locator("#rl-admin-create-user").click()
+    assert _wait_value(page, "rl-admin-create-message", "Created annotator '<img") == \
+        f"Created annotator {hostile!r}; they can log in now."
+    page.wait_for_function("(name) => document.querySelector('#rl-admin-users').innerText"
+                           ".includes(name)", arg=hostile)
+    assert page.locator("#rl-admin-users img").count() == 0
+    assert page.evaluate("window.__rl_xss") is None and dialogs == []
     # The last admin cannot lock themselves out.
     page.locator("#rl-admin-who input").fill("root")
     page.locator("#rl-admin-disable").click()
