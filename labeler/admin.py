@@ -486,6 +486,14 @@ def project_settings(svc: LabelerService, username: str):
     return settings.project_settings(svc.db())
 
 
+def preview_guidelines(svc: LabelerService, username: str, *, text: str) -> str:
+    """The guidelines as annotators will see them (rendered by labeler/render.py)."""
+    from labeler.render import render_untrusted_markdown
+
+    svc.require_admin(username)
+    return render_untrusted_markdown(text if isinstance(text, str) else "")
+
+
 def save_guidelines(svc: LabelerService, username: str, *, text: str) -> str:
     from data import settings
 

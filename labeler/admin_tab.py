@@ -62,19 +62,6 @@ def _agreement_frame(pairs):
 def create_admin_tab(svc: LabelerService):
     live = gr.Timer(LIVE_S, active=False)
     slow = gr.Timer(PLOTS_S, active=False)
-    with gr.Tabs():
-        with gr.Tab("Overview", id="admin-overview"):
-            overview = _overview_section()
-        with gr.Tab("Data", id="admin-data"):
-            data = _browser_section(svc)
-        with gr.Tab("Jobs", id="admin-jobs"):
-            jobs = _jobs_section(svc)
-        with gr.Tab("Export", id="admin-export"):
-            _export_section(svc)
-        with gr.Tab("Users", id="admin-users"):
-            users = _users_section(svc)
-        with gr.Tab("Project", id="admin-project"):
-            project = _project_section(svc)
 
     def counts(name):
         return admin.live_counts(svc, name)
@@ -90,36 +77,45 @@ def create_admin_tab(svc: LabelerService):
                 _agreement_frame(st.agreement_pairs), st.annotators, st.agreement_pairs)
 
     @guard
-    def tick_live(job_id, request: gr.Request):
-        name = username(request)
-        try:
-            return (counts(name), admin.jobs_table(svc, name), admin.job_log(svc, name, job_id),
-                    gr.skip())
-        except PermissionDenied:  # no longer an admin: stop polling quietly
-            return gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False)
-
-    @guard
-    def tick_slow(request: gr.Request):
-        try:
-            return (*plots(username(request)), gr.skip())
-        except PermissionDenied:
-            return (*[gr.skip()] * 5, gr.Timer(active=False))
-
-    live_outputs = [overview.counts, jobs.table, jobs.log, live]
-    slow_outputs = [overview.alpha, overview.labels_plot, overview.agreement_plot,
-                    overview.annotators, overview.pairs, slow]
-    live.tick(tick_live, [jobs.job_id], live_outputs, api_visibility="undocumented",
-              show_progress="hidden")
-    slow.tick(tick_slow, None, slow_outputs, api_visibility="undocumented",
-              show_progress="hidden")
-
-    @guard
     def refresh_all(request: gr.Request):
         name = username(request)
         return (counts(name), *plots(name))
 
-    overview.refresh.click(refresh_all, None, [overview.counts, *slow_outputs[:-1]],
-                           api_visibility="undocumented")
+    with gr.Tabs():
+        with gr.Tab("Overview", id="admin-overview"):
+            overview = _overview_section()
+            overview.refresh.click(refresh_all, None, [overview.counts, overview.alpha,
+                                                       overview.labels_plot,
+                                                       overview.agreement_plot,
+                                                       overview.annotators, overview.pairs],
+                                   api_visibility="undocumented")
+        with gr.Tab("Data", id="admin-data"):
+            data = _browser_section(svc)
+        with gr.Tab("Jobs", id="admin-jobs"):
+            jobs = _jobs_section(svc)
+        with gr.Tab("Export", id="admin-export"):
+            _export_section(svc)
+        with gr.Tab("Users", id="admin-users"):
+            users = _users_section(svc)
+        with gr.Tab("Project", id="admin-project"):
+            project = _project_section(svc)
+
+    @guard
+    def tick_live(job_id, request: gr.Request):
+        name = username(request)
+        return counts(name), admin.jobs_table(svc, name), admin.job_log(svc, name, job_id)
+
+    @guard
+    def tick_slow(request: gr.Request):
+        return plots(username(request))
+
+    live_outputs = [overview.counts, jobs.table, jobs.log]
+    slow_outputs = [overview.alpha, overview.labels_plot, overview.agreement_plot,
+                    overview.annotators, overview.pairs]
+    live.tick(tick_live, [jobs.job_id], live_outputs, api_visibility="undocumented",
+              show_progress="hidden")
+    slow.tick(tick_slow, None, slow_outputs, api_visibility="undocumented",
+              show_progress="hidden")
 
     @guard
     def status(request: gr.Request):
@@ -129,9 +125,17 @@ def create_admin_tab(svc: LabelerService):
                 admin.job_log(svc, name, 0), *data.load(name), *users.load(name),
                 *project.load(name), gr.Timer(active=True), gr.Timer(active=True))
 
-    outputs = [overview.counts, *slow_outputs[:-1], jobs.table, jobs.log, *data.load_outputs,
+    outputs = [overview.counts, *slow_outputs, jobs.table, jobs.log, *data.load_outputs,
                *users.load_outputs, *project.load_outputs, live, slow]
     return status, outputs
+
+
+class _RowSelection(gr.SelectData):
+    """A table row selection; a call without event data (straight to the API) selects nothing
+    and is refused like any other non-admin call, instead of failing inside Gradio."""
+
+    def __init__(self, target, data):
+        super().__init__(target, data or {"index": None, "value": None})
 
 
 # --- overview -----------------------------------------------------------------------------------
@@ -258,7 +262,7 @@ def _browser_section(svc: LabelerService) -> _Browser:
         return show_item(username(request), wanted)
 
     @guard
-    def open_selected(evt: gr.SelectData, request: gr.Request):
+    def open_selected(evt: _RowSelection, request: gr.Request):
         row = evt.row_value or []
         return show_item(username(request), row[0] if row else None)
 
@@ -298,7 +302,7 @@ def _jobs_section(svc: LabelerService) -> _Jobs:
         limit = gr.Number(value=0, precision=0, minimum=0, label="Limit (0 = all prompts)")
         max_new_tokens = gr.Number(value=256, precision=0, minimum=1, label="Max new tokens")
         temperature = gr.Number(value=0.8, minimum=0, step=0.1, label="Temperature")
-        top_p = gr.Number(value=0.9, minimum=0, maximum=1, step=0.05, label="Top p")
+        top_p = gr.Number(value=0.9, step=0.05, label="Top p")
         seed = gr.Number(value=0, precision=0, label="Seed")
         data_parallel = gr.Number(value=1, precision=0, minimum=1,
                                   label="Data parallel (engines, e.g. one per GPU)")
@@ -396,8 +400,7 @@ def _export_section(svc: LabelerService) -> None:
         min_agreement = gr.Textbox(value="", label="Minimum agreement, 0-1 (empty: keep all "
                                    "pairs; else only pairs judged by 2+ annotators)",
                                    elem_id="rl-admin-export-min-agreement")
-        test_fraction = gr.Number(value=0.1, minimum=0, maximum=0.99, step=0.05,
-                                  label="Test fraction")
+        test_fraction = gr.Number(value=0.1, step=0.05, label="Test fraction")
         seed = gr.Number(value=0, precision=0, label="Seed")
         keep_names = gr.Checkbox(label="Keep annotator names (else pseudonyms)")
         overwrite = gr.Checkbox(label="Replace a non-empty folder")
@@ -535,8 +538,12 @@ def _project_section(svc: LabelerService) -> _Project:
         apply_order = gr.Button("Apply order", scale=0, elem_id="rl-admin-apply-order")
         order_message = _message("rl-admin-queue-message")
 
-    guidelines.change(render_untrusted_markdown, guidelines, preview,
-                      api_visibility="undocumented", show_progress="hidden")
+    @guard
+    def show_preview(text, request: gr.Request):
+        return admin.preview_guidelines(svc, username(request), text=text)
+
+    guidelines.change(show_preview, guidelines, preview, api_visibility="undocumented",
+                      show_progress="hidden")
 
     @guard
     def save_text(text, request: gr.Request):
