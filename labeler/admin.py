@@ -6,12 +6,25 @@ real SQLite file, and each function first checks that the user is an admin.
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
-from data import agreement, labeling, store
-from labeler.handlers import GENERATE_KIND, LabelerService, _as_bool, _as_int
-from labeler.jobs import JobError, JobRunner, confine_output
+from data import agreement, browser, labeling, store
+from labeler.handlers import GENERATE_KIND, BadRequest, LabelerService, _as_bool, _as_int
+from labeler.jobs import JobError, JobRunner, confine_output, workspace_dir
+
+BACKENDS = ("auto", "vllm", "transformers")
+
+
+def _as_float(name: str, value) -> float | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise BadRequest(f"{name} must be a number")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -38,10 +51,33 @@ class DatasetStatus:
         )
 
 
+# Agreement and the annotator table read every vote (seconds at 100k items), and the console
+# polls them: they are recomputed only when what they are made of has changed.
+_STATUS_VERSION = (
+    "SELECT (SELECT MAX(id) FROM rankings), (SELECT MAX(id) FROM items), "
+    "(SELECT COUNT(*) FROM items WHERE set_aside_at IS NOT NULL), "
+    "(SELECT group_concat(id || ':' || role, ',') FROM users), "
+    "(SELECT MAX(id) FROM candidates), (SELECT COUNT(*) FROM prompts)")
+_status_cache: dict[str, tuple[tuple, DatasetStatus]] = {}
+_status_lock = threading.Lock()
+
+
 def dataset_status(svc: LabelerService, username: str) -> DatasetStatus:
     svc.require_admin(username)
     db = svc.db()
     labeling.sync_items(db)
+    version = tuple(db.execute(_STATUS_VERSION).fetchone())
+    with _status_lock:
+        cached = _status_cache.get(svc.db_path)
+    if cached and cached[0] == version:
+        return cached[1]
+    status = _compute_status(db)
+    with _status_lock:
+        _status_cache[svc.db_path] = (version, status)
+    return status
+
+
+def _compute_status(db) -> DatasetStatus:
     counts = store.counts(db)
     counts["items"] = db["items"].count
     counts["set_aside"] = len(labeling.set_aside_items(db))
@@ -58,24 +94,129 @@ def dataset_status(svc: LabelerService, username: str) -> DatasetStatus:
              for (a, b), (agree, total) in sorted(agreement.pairwise_agreement(regular).items())]
     times = labeling.submission_times(db)
     return DatasetStatus(counts, annotators, agreement.krippendorff_alpha_ordinal(regular), pairs,
-                         [(t, i + 1) for i, t in enumerate(times)])
+                         thin_cumulative(times))
+
+
+MAX_PLOT_POINTS = 500
+
+
+def thin_cumulative(times: list[float], max_points: int = MAX_PLOT_POINTS
+                    ) -> list[tuple[float, int]]:
+    """(time, submissions so far) for sorted ``times``, at most ``max_points`` of them (always
+    the first and the last): a plot of 100k submissions needs no 100k points."""
+    n = len(times)
+    if n <= max_points:
+        return [(t, i + 1) for i, t in enumerate(times)]
+    step = (n - 1) / (max_points - 1)
+    picks = sorted({round(j * step) for j in range(max_points)})
+    return [(times[i], i + 1) for i in picks]
+
+
+def live_counts(svc: LabelerService, username: str) -> str:
+    """The console's headline counts, cheap enough to poll every few seconds at 100k items."""
+    svc.require_admin(username)
+    db = svc.db()
+    labeling.sync_items(db)
+    votes = browser.vote_counts(db)
+    c = store.counts(db)
+    return (f"**{c.get('prompts', 0)}** prompts · **{c.get('candidates', 0)}** candidates · "
+            f"**{votes['items']}** items (**{votes['labeled_items']}** labeled) · "
+            f"**{votes['labels']}** rankings · **{votes['skips']}** skips · "
+            f"**{votes['comparisons']}** pairwise comparisons")
+
+
+def check_model(svc: LabelerService, model: str | None) -> str:
+    """``model`` as the job should be given it: ``default``, an absolute model folder, or a
+    Hub id that is cached here (or, with the Hub reachable, exists there). Raises JobError
+    with the reason otherwise, so a job for a mistyped model never starts."""
+    from training.models import ModelNotFoundError, is_default, resolve_model
+
+    if not isinstance(model, str) or is_default(model.strip()):
+        return "default"
+    model = model.strip()
+    local = _local_model_path(svc, model)
+    if local is not None:
+        try:
+            return resolve_model(str(local))
+        except ModelNotFoundError as exc:
+            raise JobError(str(exc)) from None
+    if _looks_like_path(model):
+        raise JobError(f"model folder {model} does not exist")
+    try:
+        resolve_model(model)
+    except ModelNotFoundError as exc:
+        raise JobError(str(exc)) from None
+    if not _known_hub_model(model):
+        raise JobError(f"model {model!r} is neither a folder here nor a model cached from (or "
+                       "found on) the Hugging Face Hub")
+    return model
+
+
+def _local_model_path(svc: LabelerService, model: str) -> Path | None:
+    """The existing folder ``model`` names: as given (from the app's folder), else inside the
+    workspace where the app's jobs save models."""
+    raw = Path(model).expanduser()
+    candidates = [raw] if raw.is_absolute() else [raw, workspace_dir(svc.db_path) / raw]
+    return next((c for c in candidates if c.exists()), None)
+
+
+def _looks_like_path(model: str) -> bool:
+    return (model.startswith(("/", "./", "../", "~")) or model.count("/") > 1
+            or "\\" in model or model.endswith("/"))
+
+
+def _known_hub_model(repo_id: str) -> bool:
+    """Cached here, or (only when the Hub may be reached) present on the Hub."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return True
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        HfApi().model_info(repo_id, timeout=5)
+    except RepositoryNotFoundError:
+        return False
+    except Exception:  # noqa: BLE001 - unreachable Hub: the job could not download it either
+        return False
+    return True
 
 
 def start_generation(svc: LabelerService, username: str, *, prompts: str = "bundled",
                      k: int = 4, limit: int | None = None, backend: str = "auto",
                      model: str = "default", max_new_tokens: int = 256,
-                     tensor_parallel_size: int = 1, data_parallel_size: int = 1) -> str:
+                     tensor_parallel_size: int = 1, data_parallel_size: int = 1,
+                     temperature: float = 0.8, top_p: float = 0.9, seed: int = 0) -> str:
     user = svc.require_admin(username)
     k = _as_int("k", k)
     if k is None or not 1 <= k <= labeling.MAX_CANDIDATES:
         return (f"Not started: k is the number of candidates per prompt, 1 to "
                 f"{labeling.MAX_CANDIDATES} (the page shows at most that many).")
+    max_new_tokens = _as_int("max new tokens", max_new_tokens)
+    if max_new_tokens is None or max_new_tokens < 1:
+        return "Not started: max new tokens must be at least 1."
+    seed = _as_int("the seed", seed) or 0
+    temperature, top_p = _as_float("temperature", temperature), _as_float("top p", top_p)
+    if temperature is None or temperature < 0:
+        return "Not started: the temperature must be 0 (greedy) or more."
+    if top_p is None or not 0 < top_p <= 1:
+        return "Not started: top p must be above 0 and at most 1."
+    if backend not in BACKENDS:
+        return f"Not started: the backend is one of {', '.join(BACKENDS)}."
     if model in (None, "", "default"):
         # The loop records each new policy: the app's next candidates come from the newest.
         model = store.current_policy(svc.db()) or "default"
+    try:
+        model = check_model(svc, model)
+    except JobError as exc:
+        return f"Not started: {exc}."
     args = ["generate", "--prompts", prompts or "bundled", "--k", str(int(k)),
             "--backend", backend, "--model", model,
-            "--max-new-tokens", str(int(max_new_tokens)), "--no-progress"]
+            "--max-new-tokens", str(max_new_tokens), "--temperature", f"{temperature:g}",
+            "--top-p", f"{top_p:g}", "--seed", str(seed), "--no-progress"]
     if limit:
         args += ["--limit", str(int(limit))]
     for flag, size in (("--tensor-parallel-size", tensor_parallel_size),
@@ -105,7 +246,11 @@ def start_reward_training(svc: LabelerService, username: str, *, output: str,
     except JobError as exc:
         return f"Not started: {exc}."
     epochs, lora_r = _as_int("epochs", epochs), _as_int("the LoRA rank", lora_r)
-    args = ["train", "reward", "--output", str(folder), "--model", model or "default",
+    try:
+        model = check_model(svc, model)
+    except JobError as exc:
+        return f"Not started: {exc}."
+    args = ["train", "reward", "--output", str(folder), "--model", model,
             "--epochs", str(max(1, epochs or 1)), "--no-progress"]
     if _as_bool("agreed only", agreed_only):
         args.append("--agreed-only")
@@ -130,11 +275,459 @@ def jobs_table(svc: LabelerService, username: str) -> list[list]:
             for j in svc.jobs.list()]
 
 
+def stop_job(svc: LabelerService, username: str, job_id: int | None = None) -> str:
+    """Stops a running job (0 or None: the latest running one)."""
+    svc.require_admin(username)
+    job_id = _as_int("the job id", job_id)
+    if not job_id:
+        running = svc.jobs.running()
+        if not running:
+            return "Nothing to stop: no job is running."
+        job_id = running[0].id
+    try:
+        job = svc.jobs.stop(job_id)
+    except JobError as exc:
+        return f"Not stopped: {exc}."
+    return f"Stopped job {job.id} ({job.kind}); its status is {job.status}."
+
+
 def job_log(svc: LabelerService, username: str, job_id: int | None = None) -> str:
     svc.require_admin(username)
+    job_id = _as_int("the job id", job_id)
     jobs = svc.jobs.list(limit=1) if not job_id else [svc.jobs.get(int(job_id))]
     jobs = [j for j in jobs if j is not None]
     if not jobs:
         return "No jobs yet."
     job = jobs[0]
     return f"job {job.id} ({job.kind}, {job.status})\n" + JobRunner.log_tail(job)
+
+
+# --- export -----------------------------------------------------------------------------------
+
+HUB_PREFIX = "hub:"
+
+
+def export_dataset(svc: LabelerService, username: str, *, to: str, format: str = "conversational",
+                   pairs: str = "all", ties: str = "exclude", min_agreement: float | None = None,
+                   keep_annotator_names: bool = False, test_fraction: float = 0.1,
+                   seed: int = 0, overwrite: bool = False, private: bool = False) -> str:
+    """What `rankloop export` does, from the console. A folder (inside the workspace next to
+    the database) is written here and now; ``hub:OWNER/NAME`` and the standard format (which
+    loads a tokenizer) run `rankloop export` as a background job."""
+    from data import export
+
+    user = svc.require_admin(username)
+    if not isinstance(to, str) or not to.strip():
+        return ("Not exported: give a folder inside the workspace, or hub:OWNER/NAME for the "
+                "Hugging Face Hub.")
+    to = to.strip()
+    seed = _as_int("the seed", seed) or 0
+    if isinstance(min_agreement, str):  # the console's text field: empty keeps every pair
+        try:
+            min_agreement = float(min_agreement) if min_agreement.strip() else None
+        except ValueError:
+            return f"Not exported: the minimum agreement is a number from 0 to 1, not " \
+                   f"{min_agreement!r}."
+    min_agreement = _as_float("the minimum agreement", min_agreement)
+    test_fraction = _as_float("the test fraction", test_fraction)
+    try:
+        config = export.ExportConfig(
+            format=format, pairs=pairs, ties=ties, min_agreement=min_agreement,
+            keep_annotator_names=_as_bool("keep annotator names", keep_annotator_names),
+            test_fraction=0.1 if test_fraction is None else test_fraction, seed=seed)
+        if to.startswith(HUB_PREFIX):
+            repo_id = export.check_repo_id(to[len(HUB_PREFIX):].strip())
+            export.hub_token()  # refused here, not in a job log, when there is none
+            target = None
+        else:
+            target = confine_output(svc.db_path, to)
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            export.check_target(target, _as_bool("overwrite", overwrite))
+    except (export.ExportError, JobError) as exc:
+        return f"Not exported: {exc}."
+    if target is None or config.format == "standard":
+        args = ["export", "--to", f"{HUB_PREFIX}{repo_id}" if target is None else str(target),
+                "--format", config.format, "--pairs", config.pairs, "--ties", config.ties,
+                "--test-fraction", f"{config.test_fraction:g}", "--seed", str(config.seed)]
+        if config.min_agreement is not None:
+            args += ["--min-agreement", f"{config.min_agreement:g}"]
+        if config.keep_annotator_names:
+            args.append("--keep-annotator-names")
+        if target is None and _as_bool("private", private):
+            args.append("--private")
+        if target is not None and overwrite:
+            args.append("--overwrite")
+        return _start(svc, "export", args, user).replace("Not started", "Not exported")
+    try:
+        built = export.build_export(svc.db(), config, db_label=f"database {svc.db_path}")
+        written = export.write_local(built, target, overwrite=bool(overwrite))
+    except export.ExportError as exc:
+        return f"Not exported: {exc}."
+    return f"Exported to {written}: {built.line()}"
+
+
+# --- users ------------------------------------------------------------------------------------
+
+def users_table(svc: LabelerService, username: str) -> list[list]:
+    svc.require_admin(username)
+    return [[u.name, u.role, "disabled" if u.disabled else "active"]
+            for u in labeling.list_users(svc.db())]
+
+
+def password_problem(password, name: str = "") -> str | None:
+    """Why ``password`` may not be used, or None."""
+    from labeler.auth import MIN_PASSWORD_LENGTH
+
+    if not isinstance(password, str) or not password.strip():
+        return "give a password"
+    if len(password) < MIN_PASSWORD_LENGTH:
+        return f"a password needs at least {MIN_PASSWORD_LENGTH} characters"
+    if len(set(password)) < 4:
+        return "the password repeats too few characters; choose a less guessable one"
+    if name and labeling.name_key(password) == labeling.name_key(name):
+        return "the password cannot be the user name"
+    if len(password) > 1024:
+        return "a password is at most 1024 characters"
+    return None
+
+
+def create_user(svc: LabelerService, username: str, *, name: str, password: str,
+                role: str = "annotator") -> str:
+    from labeler.auth import hash_password
+
+    svc.require_admin(username)
+    if role not in labeling.ROLES:
+        return f"Not created: the role is one of {', '.join(labeling.ROLES)}."
+    try:
+        clean = labeling.normalize_name(name)
+    except labeling.LabelingError as exc:
+        return f"Not created: {exc}."
+    problem = password_problem(password, clean)
+    if problem:
+        return f"Not created: {problem}."
+    try:
+        user = labeling.add_user(svc.db(), clean, role, hash_password(password))
+    except labeling.LabelingError as exc:
+        return f"Not created: {exc}."
+    return f"Created {user.role} {user.name!r}; they can log in now."
+
+
+def _last_admin_refusal(svc: LabelerService, target: labeling.User) -> str | None:
+    """Why taking ``target``'s admin rights (disabling or demoting) would leave nobody able to
+    run the console, or None."""
+    admins = [u for u in labeling.list_users(svc.db()) if u.is_admin and not u.disabled]
+    if target.is_admin and not target.disabled and [u.id for u in admins] == [target.id]:
+        # Only an admin acts here, so the last active admin is always the one acting.
+        return "you are the last active admin; make another user an admin first"
+    return None
+
+
+def _target(svc: LabelerService, name) -> labeling.User:
+    user = labeling.get_user(svc.db(), name) if isinstance(name, str) else None
+    if user is None:
+        raise labeling.LabelingError(f"no user {name!r}" if isinstance(name, str) and name.strip()
+                                     else "choose a user")
+    return user
+
+
+def set_user_disabled(svc: LabelerService, username: str, *, name: str, disabled: bool) -> str:
+    svc.require_admin(username)
+    verb = "disabled" if disabled else "enabled"
+    try:
+        target = _target(svc, name)
+        if disabled:
+            refusal = _last_admin_refusal(svc, target)
+            if refusal:
+                return f"Not {verb}: {refusal}."
+        user = labeling.set_disabled(svc.db(), target.name, bool(disabled))
+    except labeling.LabelingError as exc:
+        return f"Not {verb}: {exc}."
+    return (f"Disabled {user.name!r}; their sessions have ended." if disabled
+            else f"Enabled {user.name!r}; they can log in again.")
+
+
+def reset_password(svc: LabelerService, username: str, *, name: str, password: str) -> str:
+    from labeler.auth import hash_password
+
+    svc.require_admin(username)
+    try:
+        target = _target(svc, name)
+    except labeling.LabelingError as exc:
+        return f"Password not changed: {exc}."
+    problem = password_problem(password, target.name)
+    if problem:
+        return f"Password not changed: {problem}."
+    user = labeling.set_password_hash(svc.db(), target.name, hash_password(password))
+    return f"New password for {user.name!r}; their sessions have ended."
+
+
+def set_user_role(svc: LabelerService, username: str, *, name: str, role: str) -> str:
+    svc.require_admin(username)
+    if role not in labeling.ROLES:
+        return f"Role not changed: the role is one of {', '.join(labeling.ROLES)}."
+    try:
+        target = _target(svc, name)
+        if role != "admin":
+            refusal = _last_admin_refusal(svc, target)
+            if refusal:
+                return f"Role not changed: {refusal}."
+        user = labeling.set_role(svc.db(), target.name, role)
+    except labeling.LabelingError as exc:
+        return f"Role not changed: {exc}."
+    return f"{user.name!r} is now an {user.role}."
+
+
+# --- project settings and the queue order -------------------------------------------------------
+
+def project_settings(svc: LabelerService, username: str):
+    from data import settings
+
+    svc.require_admin(username)
+    return settings.project_settings(svc.db())
+
+
+def preview_guidelines(svc: LabelerService, username: str, *, text: str) -> str:
+    """The guidelines as annotators will see them (rendered by labeler/render.py)."""
+    from labeler.render import render_untrusted_markdown
+
+    svc.require_admin(username)
+    return render_untrusted_markdown(text if isinstance(text, str) else "")
+
+
+def save_guidelines(svc: LabelerService, username: str, *, text: str) -> str:
+    from data import settings
+
+    user = svc.require_admin(username)
+    try:
+        stored = settings.set_setting(svc.db(), "guidelines", text if text is not None else "",
+                                      by=user.name)
+    except settings.SettingsError as exc:
+        return f"Not saved: {exc}."
+    return (f"Guidelines saved ({len(stored):,} characters); annotators see them on their next "
+            "task." if stored else "Guidelines cleared.")
+
+
+def save_suggestions(svc: LabelerService, username: str, *, enabled: bool,
+                     scorer: str | None = None) -> str:
+    from data import settings
+
+    user = svc.require_admin(username)
+    enabled = _as_bool("suggestions", enabled)
+    db = svc.db()
+    try:
+        scorer = settings.set_setting(db, "suggestion_scorer", (scorer or "").strip() or None,
+                                      by=user.name)
+        settings.set_setting(db, "suggestions", enabled, by=user.name)
+    except settings.SettingsError as exc:
+        return f"Not saved: {exc}."
+    if not enabled:
+        return "Suggestions are off."
+    return ("Suggestions are on, from " + (f"the scorer {scorer}." if scorer else
+                                          "each item's most recent scorer."))
+
+
+def queue_order(svc: LabelerService, username: str) -> str:
+    from data.queue_order import get_queue_order
+
+    svc.require_admin(username)
+    order = get_queue_order(svc.db())
+    if order.order == "uncertain":
+        return f"uncertain (scorers: {', '.join(order.scorers)})"
+    return f"random (seed {order.seed})" if order.order == "random" else order.order
+
+
+def set_queue_order(svc: LabelerService, username: str, *, order: str, scorers: str = "",
+                    seed: int = 0) -> str:
+    from data import queue_order as qo
+
+    user = svc.require_admin(username)
+    names = tuple(s.strip() for s in (scorers or "").replace("\n", ",").split(",") if s.strip())
+    bad = [s for s in names if ":" not in s]
+    if order == "uncertain" and not names:
+        return ("Not changed: the uncertain order needs at least one reward model (bt:FOLDER), "
+                "whose stored scores of the candidates it reads.")
+    if bad:
+        return f"Not changed: a scorer is bt:FOLDER or armorm:FOLDER, not {bad[0]!r}."
+    try:
+        chosen = qo.QueueOrder(order, names if order == "uncertain" else (),
+                               _as_int("the seed", seed) or 0)
+    except ValueError as exc:
+        return f"Not changed: {exc}."
+    scored = qo.set_queue_order(svc.db(), chosen, set_by=user.name)
+    current = queue_order(svc, username)
+    if chosen.order == "uncertain":
+        return f"The queue order is now {current}; {scored} items have an uncertainty."
+    return f"The queue order is now {current}."
+
+
+# --- the data browser ---------------------------------------------------------------------------
+
+BROWSE_HEADERS = ["item", "status", "labels", "skips", "held", "disagreement", "annotators",
+                  "tags", "run", "gold", "prompt"]
+ANY = "any"
+
+
+@dataclass(frozen=True)
+class BrowseView:
+    rows: list[list]
+    """One row per item, columns ``BROWSE_HEADERS``; every text cell is plain text."""
+    page: int
+    """0-based, clamped to the last page."""
+    pages: int
+    total: int
+
+    def caption(self) -> str:
+        return f"Page {self.page + 1} of {self.pages} · {self.total:,} items match"
+
+
+def _or_none(value):
+    return None if value in (None, "", ANY) else value
+
+
+def _item_status(row: browser.ItemRow, overlap: int) -> str:
+    if row.disagreement:
+        return "disagreement"
+    if row.labels >= overlap:
+        return "overlap reached"
+    if row.labels:
+        return "done"
+    return "in progress" if row.holders else "unassigned"
+
+
+def browse(svc: LabelerService, username: str, *, status: str | None = None,
+           annotator: str | None = None, run_id=None, tag: str | None = None,
+           order: str = "id", page: int = 0, page_size: int = 50) -> BrowseView:
+    """One page of items for the console's table (the queries of ``data.browser``)."""
+    svc.require_admin(username)
+    status = _or_none(status)
+    if isinstance(status, str):
+        status = status.replace(" ", "_")
+    run_id = _or_none(run_id)
+    if isinstance(run_id, str):  # the run filter's dropdown sends its choice as text
+        if not run_id.strip().isdecimal():
+            raise BadRequest("the run is a run id")
+        run_id = int(run_id)
+    run_id = _as_int("the run", run_id)
+    page, page_size = _as_int("the page", page) or 0, _as_int("the page size", page_size) or 50
+    overlap = svc.policy.overlap
+    try:
+        item_filter = browser.ItemFilter(status=status, annotator=_or_none(annotator),
+                                         run_id=run_id, tag=_or_none(tag), overlap=overlap,
+                                         order=order or "id")
+        result = browser.browse_items(svc.db(), item_filter, page=max(0, page),
+                                      page_size=page_size)
+        if result.page >= result.pages and result.total:  # past the end: show the last page
+            result = browser.browse_items(svc.db(), item_filter, page=result.pages - 1,
+                                          page_size=page_size)
+    except labeling.LabelingError as exc:
+        raise BadRequest(str(exc)) from None
+    rows = [[r.item_id, _item_status(r, overlap), r.labels, r.skips, r.holders,
+             "" if r.disagreement is None else f"{r.disagreement:.2f}",
+             ", ".join(r.annotators), ", ".join(r.tags), r.run_id, "gold" if r.is_gold else "",
+             r.prompt_preview] for r in result.rows]
+    return BrowseView(rows, result.page, result.pages, result.total)
+
+
+def browse_choices(svc: LabelerService, username: str) -> dict[str, list]:
+    """Choices of the browser's filters: annotators, runs and tags in use."""
+    svc.require_admin(username)
+    db = svc.db()
+    return {
+        "annotators": [u.name for u in labeling.list_users(db)],
+        "runs": [(f"run {rid} · {model} · {n} items", str(rid))
+                 for rid, model, n in browser.run_counts(db)],
+        "tags": [tag for tag, _ in browser.tag_counts(db)],
+    }
+
+
+DISPUTED_STYLE = "background-color: #fde68a; color: #78350f; font-weight: 600"
+
+
+@dataclass(frozen=True)
+class ItemView:
+    summary: str
+    """Plain text."""
+    prompt_html: str
+    """Rendered by labeler/render.py."""
+    candidate_headers: list[str]
+    candidate_rows: list[list]
+    """Per candidate: letter, disputed, one rank per annotator, mean, spread, one
+    "score (rank)" per reward model, finish, text; plain text."""
+    candidate_styling: list[list[str]]
+    """Cell styles: the disputed candidates' rows are highlighted."""
+    ranking_headers: list[str]
+    ranking_rows: list[list]
+    disputed: list[str]
+    """Disputed candidate pairs, as letters ("A–C")."""
+
+
+def item_view(svc: LabelerService, username: str, item_id) -> ItemView | None:
+    from data.rankings import candidate_letter
+    from labeler.render import conversation_html
+
+    svc.require_admin(username)
+    item_id = _as_int("the item id", item_id)
+    detail = browser.item_detail(svc.db(), item_id) if item_id else None
+    if detail is None:
+        return None
+    letter = {c.id: candidate_letter(c.idx) for c in detail.candidates}
+    annotators = sorted({a for c in detail.candidates for a in c.human_ranks})
+    disputed_ids = {cid for pair in detail.disputed_pairs for cid in pair}
+    headers = (["candidate", "disputed"] + [f"rank by {a}" for a in annotators]
+               + ["mean rank", "spread"] + [f"{s} score (rank)" for s in detail.scorers]
+               + (["gold rank"] if detail.gold_ranks else []) + ["finish", "text"])
+    rows, styling = [], []
+    for c in detail.candidates:
+        row = [letter[c.id], "disputed" if c.id in disputed_ids else ""]
+        row += [c.human_ranks.get(a, "") for a in annotators]
+        row += ["" if c.mean_rank is None else f"{c.mean_rank:.2f}",
+                "" if c.rank_spread is None else c.rank_spread]
+        row += [f"{c.model_scores[s]:.3f} ({c.model_ranks[s]})" if s in c.model_scores else ""
+                for s in detail.scorers]
+        if detail.gold_ranks:
+            row.append(detail.gold_ranks.get(c.id, ""))
+        row += [c.finish_reason or "", c.text]
+        rows.append(row)
+        styling.append([DISPUTED_STYLE if c.id in disputed_ids else ""] * len(row))
+    ranking_rows = []
+    for r in detail.rankings:
+        if r.skipped:
+            kind, order = "skipped", ""
+        else:
+            kind = "all bad" if r.all_bad else "ranked"
+            order = _order_text(r.ranks, letter) if r.ranks else ""
+        ranking_rows.append([
+            r.ranking_id, r.annotator, kind, order, r.rationale or "", r.demonstration or "",
+            _utc(r.submitted_at), "latest" if r.is_latest else f"revised by {r.superseded_by}",
+            "" if r.suggestion_scorer is None else
+            f"{r.suggestion_scorer}: {'accepted' if r.suggestion_accepted else 'changed'}"])
+    disagreement = detail.disagreement
+    disputed = [f"{letter[a]}–{letter[b]}" for a, b in detail.disputed_pairs]
+    summary = (f"Item {detail.item_id} · prompt {detail.prompt_id} · run {detail.run_id}"
+               + (" · gold" if detail.is_gold else "")
+               + " · disagreement " + ("n/a (fewer than two rankings)" if disagreement is None
+                                       else f"{disagreement:.2f} ({detail.judged_pairs - detail.agreeing_pairs}"
+                                            f" of {detail.judged_pairs} judgment pairs differ)")
+               + (f" · disputed pairs: {', '.join(disputed)}" if disputed else "")
+               + (f" · held by: {', '.join(detail.holders)}" if detail.holders else "")
+               + (f" · tags: {', '.join(detail.tags)}" if detail.tags else ""))
+    return ItemView(summary, conversation_html(detail.messages), headers, rows, styling,
+                    RANKING_HEADERS, ranking_rows, disputed)
+
+
+RANKING_HEADERS = ["vote", "annotator", "kind", "order (best first)", "rationale",
+                   "written answer", "submitted (UTC)", "version", "suggestion"]
+
+
+def _order_text(ranks: dict[int, int], letter: dict[int, str]) -> str:
+    """"B > A = C": best first, ties joined by "="."""
+    by_rank: dict[int, list[str]] = {}
+    for cid, rank in ranks.items():
+        by_rank.setdefault(rank, []).append(letter.get(cid, str(cid)))
+    return " > ".join(" = ".join(sorted(v)) for _, v in sorted(by_rank.items()))
+
+
+def _utc(t: float | None) -> str:
+    from datetime import datetime, timezone
+
+    return "" if t is None else datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -145,6 +146,23 @@ class JobRunner:
             if _alive(job.pid):
                 _signal_group(job.pid, signal.SIGKILL)
 
+    def stop(self, job_id: int, grace_s: float = 10.0) -> Job:
+        """Stops one running job: SIGTERM to its process group, SIGKILL after ``grace_s``.
+        Its status becomes "stopped" (a job that ended meanwhile keeps its own status)."""
+        job = self.get(job_id)
+        if job is None:
+            raise JobError(f"there is no job {job_id}")
+        if job.status != RUNNING:
+            raise JobError(f"job {job_id} is not running (it is {job.status})")
+        self._finish(job.id, STOPPED, None)
+        _signal_group(job.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while _alive(job.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(job.pid):
+            _signal_group(job.pid, signal.SIGKILL)
+        return self.get(job_id)
+
     def get(self, job_id: int) -> Job | None:
         jobs = [j for j in self.list() if j.id == job_id]
         return jobs[0] if jobs else None
@@ -171,15 +189,43 @@ class JobRunner:
                    row["log_path"] or "")
 
     @staticmethod
-    def log_tail(job: Job, max_bytes: int = 6000) -> str:
+    def log_tail(job: Job, max_bytes: int = 6000, max_lines: int = 200) -> str:
+        """The end of a job's log as plain text (see ``clean_log``)."""
         if not job.log_path or not os.path.exists(job.log_path):
             return ""
         with open(job.log_path, "rb") as f:
             f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - max_bytes))
-            text = f.read().decode("utf-8", errors="replace")
-        # Progress bars redraw with \r: show only each line's latest state.
-        return "\n".join(line.rsplit("\r", 1)[-1] for line in text.splitlines())
+            start = max(0, f.tell() - max_bytes)
+            f.seek(start)
+            raw = f.read()
+        if start:  # the first line was cut: drop it rather than show half a line
+            raw = raw.split(b"\n", 1)[1] if b"\n" in raw else raw
+        lines = clean_log(raw.decode("utf-8", errors="replace")).split("\n")
+        return "\n".join(lines[-max_lines:])
+
+
+# OSC (ESC ] ... BEL or ESC \), CSI (ESC [ params final byte), then any other two-byte escape.
+_OSC = re.compile(r"\x1b\][^\x07\x1b\n]*(?:\x07|\x1b\\|(?=\n)|$)")
+_CSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x9b[0-?]*[ -/]*[@-~]")
+_ESC = re.compile(r"\x1b[@-Z\\-_]?")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def clean_log(text: str) -> str:
+    """A terminal log as the plain text a terminal would end up showing.
+
+    Progress bars redraw their line with carriage returns and colour it with escape codes:
+    each line keeps only its last state (the text after its last ``\\r``, a trailing ``\\r``
+    does not blank it), CSI sequences (colours, cursor moves, line erases) and OSC sequences
+    (window titles, hyperlinks) are removed, and so are other control characters but tabs.
+    ``\\r\\n`` line ends count as one line end."""
+    text = _OSC.sub("", text.replace("\r\n", "\n"))
+    text = _ESC.sub("", _CSI.sub("", text))
+    lines = []
+    for line in text.split("\n"):
+        states = [s for s in line.split("\r") if s]
+        lines.append(_CONTROL.sub("", states[-1] if states else ""))
+    return "\n".join(lines)
 
 
 def _signal_group(pid: int | None, sig: int) -> None:

@@ -127,6 +127,11 @@ def test_generation_jobs_use_the_newest_policy_iteration(svc, tmp_path):
     db.execute("INSERT INTO policy_iterations (iteration, algorithm, base_model, model, scorer, "
                "report, created_at) VALUES (1, 'rebel', 'default', ?, 'bt:x', '{}', 0)",
                [str(tmp_path / "policy-1")])
+    # A recorded policy whose folder is gone is refused, not started.
+    refused = admin.start_generation(svc, "root", limit=1)
+    assert refused.startswith("Not started") and "policy-1 does not exist" in refused
+    (tmp_path / "policy-1").mkdir()
+    (tmp_path / "policy-1" / "config.json").write_text("{}")
     admin.start_generation(svc, "root", limit=1)
     second, first = svc.jobs.list()
     assert first.argv[first.argv.index("--model") + 1] == "default"
