@@ -14,7 +14,7 @@ from data.export import FORMATS, PAIR_MODES, TIES
 from data.labeling import MAX_CANDIDATES, ROLES
 from data.queue_order import ORDERS as QUEUE_ORDERS
 from labeler import admin
-from labeler.handlers import LabelerService, PermissionDenied
+from labeler.handlers import LabelerService
 from labeler.render import render_untrusted_markdown
 from labeler.ui import guard, username
 
