@@ -383,7 +383,9 @@ def task_screen_html(*, assignment_id: int, prompt_html: str,
         bar.append(f'<div class="rl-bar-item{flag}" id="rl-rank-{i}" data-index="{i}" '
                    f'role="group" aria-label="Rank of {candidate_title(i)}">'
                    f'<span class="rl-bar-letter">{letter}</span>{_rank_buttons(i, k, rank)}</div>')
-    options = "".join(f'<option value="{i}">{candidate_letter(i)}</option>' for i in range(k))
+    def options(chosen: int) -> str:
+        return "".join(f'<option value="{i}"{" selected" if i == chosen else ""}>'
+                       f'{candidate_letter(i)}</option>' for i in range(k))
     suggestion_note = ""
     if suggestion is not None:
         suggestion_note = (f'<div class="rl-suggestion" id="rl-suggestion">The ranks are a '
@@ -420,7 +422,7 @@ def task_screen_html(*, assignment_id: int, prompt_html: str,
         f'<textarea id="rl-demonstration" rows="6">{html.escape(controls.demonstration)}'
         f'</textarea></details>'
         f'<div class="rl-compare"><label>Show the differences between '
-        f'<select id="rl-diff-a">{options}</select> and <select id="rl-diff-b">{options}'
+        f'<select id="rl-diff-a">{options(0)}</select> and <select id="rl-diff-b">{options(1)}'
         f'</select></label> <button type="button" data-rl-action="diff">Compare</button></div>'
         f'{_legend()}</section>'
         f'<div class="rl-bar" id="rl-bar"><div class="rl-bar-ranks">{"".join(bar)}</div>'

@@ -159,9 +159,9 @@
         });
       }
     }
-    openIfIdle();
   };
-  // An admin's Rank tab takes a task from the queue only once it is opened.
+  // An admin's Rank tab takes a task from the queue only once they open it: checked after each
+  // click or key of theirs, never when the page itself switches tabs.
   const openIfIdle = () => {
     if (st && st.mode === 'idle' && !st.opening && visible(root)) {
       st.opening = true;
@@ -231,12 +231,5 @@
     else return;
     event.preventDefault();
   });
-  if (typeof IntersectionObserver !== 'undefined') {
-    // The idle screen becoming visible (the Rank tab opened) takes the first task.
-    const io = new IntersectionObserver(() => openIfIdle());
-    new MutationObserver(() => {
-      const el = document.querySelector('#rl-screen .rl-task[data-mode=idle]');
-      if (el && !el.dataset.watched) { el.dataset.watched = '1'; io.observe(el); }
-    }).observe(document.documentElement, {childList: true, subtree: true});
-  }
+  document.addEventListener('keyup', () => setTimeout(openIfIdle, 50));
 })();
