@@ -10,6 +10,7 @@
   let cursor = 0;
   let draftTimer = null;
   let shownKey = null;
+  let shownN = null;
   const DRAFT_DELAY_MS = 600;
 
   const visible = (el) => !!el && el.isConnected && el.getClientRects().length > 0;
@@ -119,7 +120,7 @@
   };
   const closeOverlays = () => {
     qa('.rl-candidate.rl-expanded').forEach((c) => setExpanded(c, false));
-    document.querySelectorAll('#rl-diff .rl-diff-overlay').forEach((d) => d.remove());
+    document.querySelectorAll('#rl-diff .rl-diff-overlay').forEach((d) => d.classList.add('rl-closed'));
   };
   const showDiff = (a, b) => {
     if (!ranking() || a === b) return;
@@ -136,6 +137,9 @@
   const init = (el) => {
     root = el;
     const data = el.dataset;
+    shownN = data.n;
+    // The page may patch the old elements in place: text fields start from the server's text.
+    el.querySelectorAll('textarea').forEach((t) => { t.value = t.defaultValue; });
     st = {mode: data.mode, assignment: data.assignment ? +data.assignment : null,
           k: +(data.k || 0), revises: data.revises ? +data.revises : null,
           ranks: [], allBad: false, suggested: false, changed: false, busy: false};
@@ -170,9 +174,11 @@
   };
   const watch = () => {
     const el = document.querySelector('#rl-screen .rl-task');
-    if (el && el !== root) init(el);
+    if (el && (el !== root || el.dataset.n !== shownN)) init(el);
   };
-  new MutationObserver(watch).observe(document.documentElement, {childList: true, subtree: true});
+  // Each screen from the server has a new data-n, whether its elements are new or patched.
+  new MutationObserver(watch).observe(document.documentElement, {
+    childList: true, subtree: true, attributes: true, attributeFilter: ['data-n']});
   document.addEventListener('DOMContentLoaded', watch);
 
   // --- mouse -----------------------------------------------------------------------------
