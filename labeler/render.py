@@ -218,24 +218,39 @@ def word_diff(a: str, b: str) -> list[tuple[str, str]]:
     ta, tb = _TOKEN.findall(a or ""), _TOKEN.findall(b or "")
     if max(len(ta), len(tb)) > MAX_DIFF_TOKENS:
         ta, tb = (a or "").splitlines(keepends=True), (b or "").splitlines(keepends=True)
-    runs: list[tuple[str, str]] = []
-
-    def add(op: str, text: str) -> None:
-        if not text:
-            return
-        if runs and runs[-1][0] == op:
-            runs[-1] = (op, runs[-1][1] + text)
-        else:
-            runs.append((op, text))
-
-    matcher = difflib.SequenceMatcher(None, ta, tb, autojunk=False)
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+    ops = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, ta, tb,
+                                                       autojunk=False).get_opcodes():
         if tag == "equal":
-            add("same", "".join(ta[i1:i2]))
+            ops.append(("same", "".join(ta[i1:i2])))
         else:
-            add("del", "".join(ta[i1:i2]))
-            add("ins", "".join(tb[j1:j2]))
-    return runs
+            ops.append(("del", "".join(ta[i1:i2])))
+            ops.append(("ins", "".join(tb[j1:j2])))
+    # Neighbouring replacements with only spaces between them read as one ("three quarters"
+    # became "two thirds"), not as word-by-word alternation.
+    runs: list[tuple[str, str]] = []
+    deleted = inserted = ""
+    for n, (op, text) in enumerate(ops):
+        if op == "del":
+            deleted += text
+        elif op == "ins":
+            inserted += text
+        elif (text.isspace() and deleted and inserted and n + 1 < len(ops)
+              and ops[n + 1][0] != "same" and any(ops[n + 1][1:])):
+            deleted, inserted = deleted + text, inserted + text
+        else:
+            runs += [r for r in (("del", deleted), ("ins", inserted)) if r[1]]
+            deleted = inserted = ""
+            if text:
+                runs.append(("same", text))
+    runs += [r for r in (("del", deleted), ("ins", inserted)) if r[1]]
+    merged: list[tuple[str, str]] = []
+    for op, text in runs:
+        if merged and merged[-1][0] == op:
+            merged[-1] = (op, merged[-1][1] + text)
+        else:
+            merged.append((op, text))
+    return merged
 
 
 def word_diff_html(a: str, b: str, label_a: str, label_b: str) -> str:

@@ -113,6 +113,9 @@ def test_word_diff_runs_rebuild_both_texts():
     assert "".join(t for op, t in runs if op != "del") == b
     assert ("del", "cat") in runs and ("ins", "dog") in runs
     assert word_diff("same", "same") == [("same", "same")]
+    # A replacement of several words reads as one change.
+    assert word_diff("it is three quarters full", "it is two thirds full") == [
+        ("same", "it is "), ("del", "three quarters"), ("ins", "two thirds"), ("same", " full")]
     assert word_diff("", "new") == [("ins", "new")]
 
 
