@@ -424,7 +424,7 @@ def task_screen_html(*, assignment_id: int, prompt_html: str,
         f'{_topline(progress, layout)}{_notice_html(notice)}'
         f'<section class="rl-prompt-block"><h3 class="rl-section-title">Prompt</h3>'
         f'<div id="rl-prompt">{prompt_html}</div></section>{suggestion_note}'
-        f'<div class="rl-candidates" id="rl-candidates" style="--rl-k:{k}">{"".join(cards)}</div>'
+        f'<div class="rl-candidates" id="rl-candidates">{"".join(cards)}</div>'
         f'<section class="rl-extra">'
         f'<label class="rl-check"><input type="checkbox" id="rl-all-bad"{checked}> '
         f'All candidates are bad</label>'
