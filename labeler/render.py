@@ -397,7 +397,9 @@ def task_screen_html(*, assignment_id: int, prompt_html: str,
             f'<div class="rl-cand-body" id="rl-text-{i}">{cand.html}</div></article>')
         bar.append(f'<div class="rl-bar-item{flag}" id="rl-rank-{i}" data-index="{i}" '
                    f'role="group" aria-label="Rank of {candidate_title(i)}">'
-                   f'<span class="rl-bar-letter">{letter}</span>{_rank_buttons(i, k, rank)}</div>')
+                   f'<button type="button" class="rl-bar-letter" tabindex="-1" '
+                   f'data-rl-action="focus" data-index="{i}" title="Highlight {letter}">'
+                   f'{letter}</button>{_rank_buttons(i, k, rank)}</div>')
     def options(chosen: int) -> str:
         return "".join(f'<option value="{i}"{" selected" if i == chosen else ""}>'
                        f'{candidate_letter(i)}</option>' for i in range(k))
@@ -416,7 +418,8 @@ def task_screen_html(*, assignment_id: int, prompt_html: str,
     checked = " checked" if controls.all_bad else ""
     mode = "task" if revises is None else "revise"
     return (
-        f'<div class="rl-task rl-layout-{_attr(layout)}" data-mode="{mode}" '
+        f'<div class="rl-task rl-layout-{_attr(layout)}{" rl-many" if k > 4 else ""}" '
+        f'data-mode="{mode}" '
         f'data-n="{next(_SCREEN_NUMBERS)}" '
         f'data-assignment="{assignment_id}" data-k="{k}" '
         f'data-revises="{"" if revises is None else revises}" '

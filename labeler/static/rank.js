@@ -192,6 +192,7 @@
     const index = +(target.dataset.index || 0);
     if (target.tagName === 'BUTTON' && action !== 'diff') target.blur();
     if (action === 'rank' && ranking()) { cursor = index; setRank(index, +target.dataset.rank, true); }
+    else if (action === 'focus' && ranking()) { cursor = index; paint(); }
     else if (action === 'submit') submit();
     else if (action === 'skip') skip();
     else if (action === 'expand') expand(index);

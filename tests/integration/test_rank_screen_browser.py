@@ -242,3 +242,36 @@ def test_a_conversation_shows_bubbles_and_folds_the_earlier_turns(
     # The empty answer is marked as such.
     assert page.locator(".rl-badge-empty").count() == 1
     shot(page, "rank-chat-phone-open")
+
+
+@pytest.fixture
+def many_app(tmp_path):
+    from labeler.app import serve
+    from labeler.handlers import LabelerService
+
+    db_path = make_labeling_db(tmp_path / "many.db", n_prompts=2, k=8)
+    svc = LabelerService(db_path, policy=QueuePolicy(overlap=1), autogenerate=False)
+    port = free_port()
+    demo = serve(svc, port=port, block=False)
+    yield {"url": f"http://127.0.0.1:{port}/", "db": db_path}
+    demo.close()
+
+
+def test_eight_candidates_on_a_phone_keep_a_compact_bar(browser, many_app):  # noqa: F811
+    page, _ = _login(browser, many_app["url"], "ann", VIEWPORTS["phone"])
+    first = wait_task(page)
+    bar = page.locator("#rl-bar").bounding_box()
+    assert bar["height"] < 0.4 * VIEWPORTS["phone"][1]
+    for i in range(8):
+        assert in_view(page, f"#rl-rank-{i} .rl-bar-letter"), i
+    # Tap a letter to move there, then its rank; every candidate, then submit.
+    for i, rank in enumerate((8, 7, 6, 5, 4, 3, 2, 1)):
+        page.locator(f"#rl-rank-{i} .rl-bar-letter").click()
+        page.locator(f"#rl-rank-{i} [data-rank='{rank}']").click()
+    assert pressed(page) == {i: 8 - i for i in range(8)}
+    # The other candidates show only their chosen rank.
+    assert page.locator("#rl-rank-0 .rl-rank-btn:visible").count() == 1
+    shot(page, "rank-eight-phone")
+    page.locator("#rl-submit").click()
+    wait_task(page, first)
+    assert stored(many_app["db"], "SELECT ranks FROM rankings") == [("[8, 7, 6, 5, 4, 3, 2, 1]",)]
