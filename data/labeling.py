@@ -261,6 +261,8 @@ class Assignment:
     """Aligned with candidate_ids."""
     shown_at: float
     is_gold: bool
+    finish_reasons: tuple[str | None, ...] = ()
+    """Aligned with candidate_ids: "stop", or "length" for a text cut off by the token limit."""
 
 
 @dataclass(frozen=True)
@@ -380,14 +382,15 @@ def _load_assignment(db: sqlite_utils.Database, assignment_id: int) -> Assignmen
     ).fetchone()
     item_id, prompt_id, ids_json, shown_at, is_gold = a
     candidate_ids = json.loads(ids_json)
-    texts = dict(db.execute(
-        f"SELECT id, text FROM candidates WHERE id IN ({','.join('?' * len(candidate_ids))})",
-        candidate_ids,
-    ).fetchall())
+    rows = {r[0]: r[1:] for r in db.execute(
+        "SELECT id, text, finish_reason FROM candidates "
+        f"WHERE id IN ({','.join('?' * len(candidate_ids))})", candidate_ids,
+    ).fetchall()}
     return Assignment(
         id=assignment_id, item_id=item_id, prompt_id=prompt_id,
         messages=store.prompt_messages(db, prompt_id), candidate_ids=candidate_ids,
-        texts=[texts[c] for c in candidate_ids], shown_at=shown_at, is_gold=bool(is_gold),
+        texts=[rows[c][0] for c in candidate_ids], shown_at=shown_at, is_gold=bool(is_gold),
+        finish_reasons=tuple(rows[c][1] for c in candidate_ids),
     )
 
 

@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import gradio as gr
 
-from labeler import server
+from data import settings
+from labeler import handlers, server
 from labeler.admin_tab import ADMIN_CSS, create_admin_tab
 from labeler.handlers import LabelerService
-from labeler.rank_tab import CSS, KEYBOARD_JS, create_rank_tab
+from labeler.rank_tab import CSS, RANK_JS, create_rank_tab
+from labeler.render import header_html
 from labeler.server import DEFAULT_SESSION_HOURS
 from labeler.ui import guard, username
 
 
-
 def build_app(svc: LabelerService) -> gr.Blocks:
     with gr.Blocks(title="RankLoop") as demo:
-        gr.Markdown("## RankLoop — rank the candidate responses")
-        with gr.Tabs():
+        with gr.Row(equal_height=False):
+            gr.Markdown("## RankLoop — rank the candidate responses")
+            header = gr.HTML(elem_id="rl-header-box", js_on_load=None)
+        with gr.Tabs() as tabs:
             with gr.Tab("Rank", id="rank"):
                 rank = create_rank_tab(svc)
             with gr.Tab("Admin", id="admin", visible=False) as admin_tab:
@@ -29,13 +32,21 @@ def build_app(svc: LabelerService) -> gr.Blocks:
 
         @guard
         def on_load(request: gr.Request):
-            user = svc.user(username(request))
-            task = rank.load_task(request)
-            admin = admin_status(request) if user.is_admin else [gr.skip()] * len(admin_outputs)
-            return [gr.Tab(visible=user.is_admin), *task, *admin]
+            name = username(request)
+            user = svc.user(name)
+            top = header_html(user.name, settings.get_setting(svc.db(), "guidelines"))
+            if user.is_admin:
+                # An admin lands on the console; their Rank tab takes a task only once opened.
+                svc.ensure_candidates()
+                return [gr.Tab(visible=True), gr.Tabs(selected="admin"), top,
+                        *rank.show(handlers.idle_screen()), *admin_status(request)]
+            return [gr.Tab(visible=False), gr.skip(), top,
+                    *rank.show(handlers.load_screen(svc, name)),
+                    *[gr.skip()] * len(admin_outputs)]
 
-        demo.load(on_load, None, [admin_tab, *rank.task_outputs, *admin_outputs],
-                  api_name="load_task")
+        demo.load(on_load, None,
+                  [admin_tab, tabs, header, *rank.screen_outputs, *admin_outputs],
+                  api_visibility="private", show_progress="hidden")
     return demo
 
 
@@ -48,6 +59,6 @@ def serve(svc: LabelerService, *, host: str = "127.0.0.1", port: int = 7860,
     demo.queue(default_concurrency_limit=16)
     return server.run(
         svc, demo, host=host, port=port, block=block, session_ttl_s=session_hours * 3600,
-        head=KEYBOARD_JS, css=CSS + ADMIN_CSS,
+        head=RANK_JS, css=CSS + ADMIN_CSS,
         auth_message="RankLoop: log in with the account an admin created for you.",
         ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, limiter=limiter)

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from data import labeling, store
+from data import drafts, labeling, revisions, settings, store
 from data.labeling import LabelingError, QueuePolicy
-from data.rankings import RankingError, validate_submission
-from labeler.jobs import LOST, STOPPED, JobError, JobRunner
-from labeler.render import candidate_html, conversation_html, message_html
+from data.progress import generation_progress
+from data.rankings import RankingError, candidate_letter, validate_submission
+from data.suggestions import suggestion_for_assignment
+from labeler import render
 from labeler.auth import verify_password_or_dummy
+from labeler.jobs import LOST, STOPPED, JobError, JobRunner
+from labeler.render import (CandidateView, Controls, Notice, candidate_badges, candidate_html,
+                            conversation_html, letters_list, plural)
 
 log = logging.getLogger("rankloop.app")
 
@@ -115,20 +120,55 @@ class LabelerService:
 
 @dataclass(frozen=True)
 class TaskView:
+    """The annotator's current task, or what to say when there is none."""
+
     assignment_id: int | None
     prompt_html: str
-    candidates_html: list[str]
-    progress_md: str
+    candidates: list[CandidateView]
+    progress: str
     waiting: bool
     """True when there is nothing to rank yet; the page polls until something arrives."""
+    controls: Controls | None = None
+    """What the controls start from (a draft, a suggestion), aligned with the candidates."""
+    suggestion: str | None = None
+    """The scorer whose scores pre-filled the ranks, when they are a suggestion."""
+    layout: str = settings.LAYOUTS[0]
+    state_title: str = ""
+    state_detail: str = ""
+    """For a screen without a task: what is happening (generation progress, an empty queue)."""
+    revises: int | None = None
+    """The vote this screen changes (a reopened submission), else None."""
 
+    @property
+    def candidates_html(self) -> list[str]:
+        return [c.html for c in self.candidates]
+
+
+@dataclass(frozen=True)
+class Screen:
+    """What one annotator event sends back: the whole screen and a summary for API clients."""
+
+    html: str
+    status: dict
+    waiting: bool
+
+
+GENERATING = "Generating candidates for the first prompts — this page updates by itself."
+NOTHING_LEFT = "Nothing left to rank right now. New items appear here as they are generated."
+IDLE = "Open this tab to rank: the first task is taken from the queue then."
 
 # An item that cannot be shown is set aside and the next one tried; this bounds the tries of
 # one page load (the rest are set aside on the next loads).
 _MAX_SET_ASIDE_PER_LOAD = 20
 
 
+def _progress(db, user_id: int, policy: QueuePolicy) -> str:
+    done, left = labeling.progress(db, user_id, policy)
+    return f"{done} done by you · {left} left in the queue"
+
+
 def current_task(svc: LabelerService, username: str) -> TaskView:
+    """The annotator's open assignment, or a new one from the queue, or a waiting screen."""
     user = svc.user(username)
     db = svc.db()
     labeling.sync_items(db)
@@ -137,33 +177,84 @@ def current_task(svc: LabelerService, username: str) -> TaskView:
         if assignment is None:
             break
         try:
-            view = _task_view(assignment)
+            view = _task_view(db, user.id, assignment)
         except Exception as exc:  # noqa: BLE001 - any failure to show must not strand anyone
             log.warning("item %s set aside: %s", assignment.item_id, exc)
             labeling.set_aside(db, assignment.id, str(exc) or type(exc).__name__)
             continue
-        done, left = labeling.progress(db, user.id, svc.policy)
-        return TaskView(view[0], view[1], view[2], _progress_md(done, left), waiting=False)
-    done, left = labeling.progress(db, user.id, svc.policy)
-    generating = svc.ensure_candidates()
-    message = ("Generating candidates for the first prompts — this page updates by itself."
-               if generating else
-               "Nothing left to rank right now. New items appear here as they are generated.")
-    return TaskView(None, message_html(message), [], _progress_md(done, left), waiting=True)
+        return replace(view, progress=_progress(db, user.id, svc.policy))
+    progress = _progress(db, user.id, svc.policy)
+    if svc.ensure_candidates():
+        job = generation_progress(db)
+        detail = job.line() if job else ""
+        return TaskView(None, "", [], progress, waiting=True, state_title=GENERATING,
+                        state_detail=detail)
+    return TaskView(None, "", [], progress, waiting=True, state_title=NOTHING_LEFT)
 
 
-def _progress_md(done: int, left: int) -> str:
-    return f"**{done}** done by you · **{left}** left in the queue"
+def _candidate_views(texts, finish_reasons) -> list[CandidateView]:
+    reasons = list(finish_reasons) or [None] * len(texts)
+    return [CandidateView(candidate_html(t), candidate_badges(t, r))
+            for t, r in zip(texts, reasons)]
 
 
-def _task_view(assignment: labeling.Assignment) -> tuple[int, str, list[str]]:
+def _task_view(db, user_id: int, assignment: labeling.Assignment) -> TaskView:
     k = len(assignment.candidate_ids)
     if not 1 <= k <= labeling.MAX_CANDIDATES:
         raise ValueError(f"the item has {k} candidates; the page shows at most "
                          f"{labeling.MAX_CANDIDATES}")
-    return (assignment.id, conversation_html(assignment.messages),
-            [candidate_html(t) for t in assignment.texts])
+    suggestion = suggestion_for_assignment(db, assignment.id)
+    draft = drafts.load_draft(db, assignment.id, user_id)
+    if draft is not None and len(draft.ranks) == k:
+        controls = Controls(tuple(draft.ranks), draft.all_bad, draft.rationale,
+                            draft.demonstration)
+    elif suggestion is not None:
+        controls = Controls(tuple(suggestion.ranks))
+    else:
+        controls = Controls((None,) * k)
+    return TaskView(
+        assignment.id, conversation_html(assignment.messages),
+        _candidate_views(assignment.texts, assignment.finish_reasons), "", waiting=False,
+        controls=controls, suggestion=suggestion.scorer if suggestion else None,
+        layout=settings.get_user_setting(db, user_id, "layout"))
 
+
+def screen(view: TaskView, notice: Notice | None = None, *, unranked=(), outcome: str = "none"
+           ) -> Screen:
+    """Renders a TaskView (and the outcome of the event that led to it) as one Screen."""
+    if view.assignment_id is None:
+        html = render.message_screen_html(
+            mode="waiting" if view.waiting else "empty", title=view.state_title,
+            detail=view.state_detail, progress=view.progress, notice=notice)
+    else:
+        html = render.task_screen_html(
+            assignment_id=view.assignment_id, prompt_html=view.prompt_html,
+            candidates=view.candidates, controls=view.controls, layout=view.layout,
+            progress=view.progress, notice=notice, suggestion=view.suggestion,
+            unranked=unranked, revises=view.revises)
+    status = {
+        "assignment_id": view.assignment_id, "candidates": len(view.candidates),
+        "revises": view.revises, "waiting": view.waiting, "outcome": outcome,
+        "message": notice.text if notice else (view.state_title or ""),
+        "unranked": [candidate_letter(i) for i in unranked],
+        "ranking_id": notice.ranking_id if notice else None,
+    }
+    return Screen(html, status, view.waiting)
+
+
+def idle_screen() -> Screen:
+    """The Rank tab of an admin who has not opened it: nothing is taken from the queue."""
+    html = render.message_screen_html(mode="idle", title=IDLE)
+    return Screen(html, {"assignment_id": None, "candidates": 0, "revises": None,
+                         "waiting": False, "outcome": "none", "message": IDLE,
+                         "unranked": [], "ranking_id": None}, False)
+
+
+def load_screen(svc: LabelerService, username: str) -> Screen:
+    return screen(current_task(svc, username))
+
+
+# --- raw values from the network --------------------------------------------------------------
 
 def _as_int(name: str, value) -> int | None:
     if value is None or value == "":
@@ -202,46 +293,309 @@ def _as_rank(value) -> str | None:
     return text
 
 
+def _as_ranks(value) -> list[str | None]:
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)) or len(value) > labeling.MAX_CANDIDATES:
+        raise BadRequest(f"ranks must be a list of at most {labeling.MAX_CANDIDATES} ranks")
+    return [_as_rank(r) for r in value]
+
+
+SUBMIT_KEYS = {"assignment_id", "ranks", "all_bad", "rationale", "demonstration", "revises"}
+
+
+def _payload(value, allowed: set[str]) -> dict:
+    if not isinstance(value, dict):
+        raise BadRequest("the request must be a JSON object")
+    unknown = set(value) - allowed
+    if unknown:
+        raise BadRequest(f"unknown field {sorted(unknown)[0]!r}; expected "
+                         f"{', '.join(sorted(allowed))}")
+    return value
+
+
+@dataclass(frozen=True)
+class _Entry:
+    assignment_id: int | None
+    ranks: list[str | None]
+    all_bad: bool
+    rationale: str
+    demonstration: str
+    revises: int | None
+
+
+def _entry(payload) -> _Entry:
+    p = _payload(payload, SUBMIT_KEYS)
+    return _Entry(
+        _as_int("the assignment id", p.get("assignment_id")), _as_ranks(p.get("ranks")),
+        _as_bool("all_bad", p.get("all_bad")),
+        _as_text("the rationale", p.get("rationale"), MAX_RATIONALE_CHARS),
+        _as_text("the answer", p.get("demonstration"), MAX_DEMONSTRATION_CHARS),
+        _as_int("revises", p.get("revises")))
+
+
+# --- submit, skip, revise -----------------------------------------------------------------------
+
+def _saved_text(k: int, ranks_given: bool, demonstration: str) -> str:
+    text = (f"Saved — ranking of {plural(k, 'candidate')}." if ranks_given else
+            "Saved — all candidates marked as bad.")
+    return text + (" Your answer is stored too." if demonstration.strip() else "")
+
+
+def _missing_ranks(k: int, ranks: Sequence[str | None], all_bad: bool) -> list[int]:
+    given = list(ranks)[:k] + [None] * max(0, k - len(ranks))
+    if all_bad and all(r is None for r in given):
+        return []
+    return [i for i, r in enumerate(given) if r is None]
+
+
+def _refusal(k: int, ranks, all_bad: bool, exc: Exception) -> tuple[str, list[int]]:
+    missing = _missing_ranks(k, ranks, all_bad)
+    if missing and len(missing) < k:
+        verb = "has" if len(missing) == 1 else "have"
+        return (f"Not saved: give every candidate a rank — {letters_list(missing)} {verb} no "
+                f"rank yet.", missing)
+    if missing:
+        return ("Not saved: rank the candidates, or mark them all as bad, or skip.", missing)
+    return f"Not saved: {exc}.", []
+
+
+def _controls_from(entry: _Entry, k: int) -> Controls:
+    ranks = [int(r) if r is not None and 1 <= int(r) <= k else None for r in entry.ranks[:k]]
+    ranks += [None] * (k - len(ranks))
+    return Controls(tuple(ranks), entry.all_bad, entry.rationale, entry.demonstration)
+
+
+def submit(svc: LabelerService, username: str, payload) -> Screen:
+    """Validates and stores one submission (or a revision, with ``revises``); returns the next
+    screen. A refused submission stores nothing and returns the same task with what was
+    entered, the reason and the unranked candidates marked. Values of the wrong type raise
+    BadRequest."""
+    user = svc.user(username)
+    entry = _entry(payload)
+    if entry.revises is not None:
+        return _revise(svc, user, username, entry)
+    db = svc.db()
+    if not entry.assignment_id:
+        return screen(current_task(svc, username),
+                      Notice("error", "There is no task on screen to submit."), outcome="none")
+    assignment = labeling.get_assignment(db, entry.assignment_id)
+    if assignment is None:
+        return screen(current_task(svc, username),
+                      Notice("error", "This task no longer exists; here is your next one."),
+                      outcome="refused")
+    k = len(assignment.candidate_ids)
+    try:
+        submission = validate_submission(
+            assignment.candidate_ids, entry.ranks[:k], all_bad=entry.all_bad,
+            rationale=entry.rationale, demonstration=entry.demonstration)
+        stored = labeling.submit_assignment(db, assignment.id, user.id, submission,
+                                            overlap=svc.policy.overlap)
+    except labeling.AssignmentExpired as exc:
+        return screen(current_task(svc, username),
+                      Notice("error", f"Not saved: {exc}. Here is your next task."),
+                      outcome="refused")
+    except (RankingError, LabelingError) as exc:
+        text, missing = _refusal(k, entry.ranks, entry.all_bad, exc)
+        view = current_task(svc, username)
+        if view.assignment_id == assignment.id:  # keep what was entered, to fix it
+            view = replace(view, controls=_controls_from(entry, k))
+        else:
+            missing = []
+        return screen(view, Notice("error", text), unranked=missing, outcome="refused")
+    if stored.created:
+        notice = Notice("ok", _saved_text(k, submission.ranks is not None,
+                                          submission.demonstration), stored.ranking_id)
+        outcome = "saved"
+    else:
+        notice, outcome = Notice("info", "Already saved."), "already"
+    return screen(current_task(svc, username), notice, outcome=outcome)
+
+
+def skip(svc: LabelerService, username: str, payload) -> Screen:
+    """Skips the task ``payload["assignment_id"]`` (stored as a skip) and shows the next."""
+    user = svc.user(username)
+    p = _payload(payload, {"assignment_id"})
+    assignment_id = _as_int("the assignment id", p.get("assignment_id"))
+    db = svc.db()
+    assignment = labeling.get_assignment(db, assignment_id) if assignment_id else None
+    if assignment is None:
+        return screen(current_task(svc, username),
+                      Notice("error", "There is no task on screen to skip."), outcome="none")
+    try:
+        submission = validate_submission(assignment.candidate_ids, [], skipped=True)
+        labeling.submit_assignment(db, assignment.id, user.id, submission,
+                                   overlap=svc.policy.overlap)
+    except (RankingError, LabelingError) as exc:
+        return screen(current_task(svc, username), Notice("error", f"Not skipped: {exc}."),
+                      outcome="refused")
+    return screen(current_task(svc, username), Notice("info", "Skipped."), outcome="skipped")
+
+
+def _recent(db, user_id: int, ranking_id: int) -> revisions.RecentSubmission:
+    for row in revisions.recent_submissions(db, user_id):
+        if row.ranking_id == ranking_id:
+            return row
+    raise LabelingError(f"only your last {revisions.RECENT} submissions can be changed, "
+                        "each in its latest version")
+
+
+def _finish_reasons(db, candidate_ids: Sequence[int]) -> list[str | None]:
+    found = dict(db.execute(
+        f"SELECT id, finish_reason FROM candidates WHERE id IN "
+        f"({','.join('?' * len(candidate_ids))})", list(candidate_ids)).fetchall())
+    return [found.get(c) for c in candidate_ids]
+
+
+def _revision_view(svc, user, row: revisions.RecentSubmission, controls: Controls | None = None
+                   ) -> TaskView:
+    db = svc.db()
+    if controls is None:
+        draft = drafts.load_draft(db, row.assignment_id, user.id)
+        if draft is not None and len(draft.ranks) == len(row.candidate_ids):
+            controls = Controls(tuple(draft.ranks), draft.all_bad, draft.rationale,
+                                draft.demonstration)
+        else:
+            ranks = tuple(row.ranks) if row.ranks else (None,) * len(row.candidate_ids)
+            controls = Controls(ranks, row.all_bad, row.rationale, row.demonstration)
+    return TaskView(
+        row.assignment_id, conversation_html(row.messages),
+        _candidate_views(row.texts, _finish_reasons(db, row.candidate_ids)),
+        _progress(db, user.id, svc.policy), waiting=False, controls=controls,
+        layout=settings.get_user_setting(db, user.id, "layout"), revises=row.ranking_id)
+
+
+def _revise(svc, user, username: str, entry: _Entry) -> Screen:
+    db = svc.db()
+    try:
+        row = _recent(db, user.id, entry.revises)
+    except LabelingError as exc:
+        return screen(current_task(svc, username), Notice("error", f"Not saved: {exc}."),
+                      outcome="refused")
+    k = len(row.candidate_ids)
+    try:
+        submission = validate_submission(
+            row.candidate_ids, entry.ranks[:k], all_bad=entry.all_bad,
+            rationale=entry.rationale, demonstration=entry.demonstration)
+        stored = revisions.revise_submission(db, row.ranking_id, user.id, submission)
+    except (RankingError, LabelingError) as exc:
+        text, missing = _refusal(k, entry.ranks, entry.all_bad, exc)
+        view = _revision_view(svc, user, row, _controls_from(entry, k))
+        return screen(view, Notice("error", text), unranked=missing, outcome="refused")
+    notice = Notice("ok", "Changed — your new answer replaces the earlier one."
+                    if stored.created else "Already saved.", stored.ranking_id)
+    return screen(current_task(svc, username), notice,
+                  outcome="revised" if stored.created else "already")
+
+
+def reopen(svc: LabelerService, username: str, payload) -> Screen:
+    """``{"ranking_id": N}`` opens that recent submission to be changed; ``{}`` (or a null
+    id) lists the annotator's last submissions."""
+    user = svc.user(username)
+    p = _payload(payload, {"ranking_id"})
+    ranking_id = _as_int("the ranking id", p.get("ranking_id"))
+    db = svc.db()
+    if ranking_id is None:
+        rows = [render.RecentRow(
+            r.ranking_id, _prompt_line(r.messages), _summary(r),
+            time.strftime("%H:%M", time.localtime(r.submitted_at)))
+            for r in revisions.recent_submissions(db, user.id)]
+        html = render.recent_screen_html(rows, progress=_progress(db, user.id, svc.policy))
+        return Screen(html, {"assignment_id": None, "candidates": 0, "revises": None,
+                             "waiting": False, "outcome": "recent", "message": "",
+                             "unranked": [], "ranking_id": None,
+                             "recent": [r.ranking_id for r in rows]}, False)
+    try:
+        row = _recent(db, user.id, ranking_id)
+    except LabelingError as exc:
+        return screen(current_task(svc, username), Notice("error", f"Cannot reopen: {exc}."),
+                      outcome="refused")
+    when = time.strftime("%H:%M", time.localtime(row.submitted_at))
+    return screen(_revision_view(svc, user, row),
+                  Notice("info", f"Changing your submission of {when}: saving stores a new "
+                                 "version, and the earlier one is kept in the log."),
+                  outcome="reopened")
+
+
+def _prompt_line(messages: list[dict], limit: int = 160) -> str:
+    text = " ".join(str(messages[-1].get("content", "")).split()) if messages else ""
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _summary(row: revisions.RecentSubmission) -> str:
+    if row.skipped:
+        return "skipped"
+    if row.ranks:
+        order = sorted(range(len(row.ranks)), key=lambda i: row.ranks[i])
+        return "ranked " + " > ".join(candidate_letter(i) for i in order) + (
+            " (all bad)" if row.all_bad else "")
+    return "all candidates bad"
+
+
+# --- drafts, layout, differences ------------------------------------------------------------
+
+def save_draft(svc: LabelerService, username: str, payload) -> str:
+    """Keeps what the annotator entered so far on the server (called as they work)."""
+    user = svc.user(username)
+    entry = _entry(payload)
+    if not entry.assignment_id:
+        return "no task"
+    db = svc.db()
+    row = db.execute("SELECT user_id, submitted_at FROM assignments WHERE id = ?",
+                     [entry.assignment_id]).fetchone()
+    if row is None or row[0] != user.id:
+        raise BadRequest("this task is not assigned to you; reload the page")
+    if row[1] is not None and entry.revises is None:
+        return "already submitted"  # a save that arrived after its submit
+    ranks = [None if r is None else int(r) for r in entry.ranks]
+    try:
+        drafts.save_draft(db, entry.assignment_id, user.id, drafts.Draft(
+            tuple(ranks), entry.all_bad, entry.rationale, entry.demonstration))
+    except LabelingError as exc:
+        raise BadRequest(str(exc)) from None
+    return "saved"
+
+
+def set_layout(svc: LabelerService, username: str, payload) -> str:
+    user = svc.user(username)
+    p = _payload(payload, {"layout"})
+    try:
+        return settings.set_user_setting(svc.db(), user.id, "layout", p.get("layout"))
+    except settings.SettingsError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def differences(svc: LabelerService, username: str, payload) -> str:
+    """The word-level differences between two candidates of the annotator's task."""
+    user = svc.user(username)
+    p = _payload(payload, {"assignment_id", "a", "b"})
+    assignment_id = _as_int("the assignment id", p.get("assignment_id"))
+    a, b = _as_int("a", p.get("a")), _as_int("b", p.get("b"))
+    db = svc.db()
+    owner = db.execute("SELECT user_id FROM assignments WHERE id = ?",
+                       [assignment_id]).fetchone() if assignment_id else None
+    if owner is None or owner[0] != user.id:
+        raise BadRequest("this task is not assigned to you; reload the page")
+    assignment = labeling.get_assignment(db, assignment_id)
+    k = len(assignment.texts)
+    if a is None or b is None or not (0 <= a < k and 0 <= b < k):
+        raise BadRequest(f"a and b are candidate positions from 0 to {k - 1}")
+    return render.word_diff_html(assignment.texts[a], assignment.texts[b],
+                                 render.candidate_title(a), render.candidate_title(b))
+
+
 def submit_ranking(
     svc: LabelerService, username: str, assignment_id: int | None, ranks: Sequence[str | None],
     *, all_bad: bool = False, rationale: str = "", demonstration: str = "",
     skipped: bool = False,
 ) -> tuple[str, TaskView]:
-    """Validates and stores one submission; returns a message and the next task.
-
-    An invalid submission stores nothing and returns the same task with the reason. Values
-    of the wrong type (they come from the network) raise BadRequest.
-    """
-    user = svc.user(username)
-    db = svc.db()
-    assignment_id = _as_int("the assignment id", assignment_id)
-    if not isinstance(ranks, (list, tuple)):
-        raise BadRequest("ranks must be a list")
-    ranks = [_as_rank(r) for r in ranks]
-    all_bad = _as_bool("all_bad", all_bad)
-    rationale = _as_text("the rationale", rationale, MAX_RATIONALE_CHARS)
-    demonstration = _as_text("the answer", demonstration, MAX_DEMONSTRATION_CHARS)
-    if not assignment_id:
-        return "There is no task on screen to submit.", current_task(svc, username)
-    assignment = labeling.get_assignment(db, assignment_id)
-    if assignment is None:
-        return "This task no longer exists; here is your next one.", current_task(svc, username)
-    k = len(assignment.candidate_ids)
-    chosen = list(ranks)[:k]
-    try:
-        submission = validate_submission(
-            assignment.candidate_ids, chosen, all_bad=all_bad, skipped=skipped,
-            rationale=rationale, demonstration=demonstration)
-        stored = labeling.submit_assignment(db, assignment.id, user.id, submission,
-                                            overlap=svc.policy.overlap)
-    except labeling.AssignmentExpired as exc:
-        return f"Not saved: {exc}. Here is your next task.", current_task(svc, username)
-    except (RankingError, LabelingError) as exc:
-        return f"Not saved: {exc}.", current_task(svc, username)
+    """``submit``/``skip`` for callers with plain arguments: the message and the next task."""
     if skipped:
-        message = "Skipped."
-    elif stored.created:
-        message = f"Saved ({stored.pairs} comparisons)."
+        result = skip(svc, username, {"assignment_id": assignment_id})
     else:
-        message = "Already saved."
-    return message, current_task(svc, username)
+        if not isinstance(ranks, (list, tuple)):
+            raise BadRequest("ranks must be a list")
+        result = submit(svc, username, {
+            "assignment_id": assignment_id, "ranks": list(ranks), "all_bad": all_bad,
+            "rationale": rationale, "demonstration": demonstration})
+    return result.status["message"], current_task(svc, username)

@@ -10,7 +10,13 @@ as is: Gradio's own markdown pass would read the text a second time.
 
 from __future__ import annotations
 
+import difflib
 import html
+import itertools
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import nh3
 from latex2mathml.converter import convert as latex_to_mathml
@@ -95,19 +101,29 @@ def _render_math(tex: str, options: dict) -> str:
     return f'<code class="rl-math-source">{html.escape(tex)}</code>'
 
 
+def _render_heading(self, tokens, idx, options, env) -> str:
+    # Headings inside a text sit below the titles around it (a candidate's "# Answer" must not
+    # look bigger than "Candidate A"): env["heading_offset"] levels down, h6 at most.
+    token = tokens[idx]
+    level = min(6, int(token.tag[1]) + int(env.get("heading_offset", 0)))
+    return f"<h{level}>" if token.nesting == 1 else f"</h{level}>\n"
+
+
 def _markdown() -> MarkdownIt:
     md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
     md.enable(["table", "strikethrough"])
     md.use(dollarmath_plugin, allow_space=False, double_inline=True,
            renderer=_render_math)
     md.add_render_rule("image", _render_image)
+    md.add_render_rule("heading_open", _render_heading)
+    md.add_render_rule("heading_close", _render_heading)
     return md
 
 
 _MD = _markdown()
 
 
-def render_untrusted_markdown(text: str) -> str:
+def render_untrusted_markdown(text: str, *, heading_offset: int = 0) -> str:
     """Safe HTML for untrusted markdown ``text``, for a ``gr.HTML`` component.
 
     Contract: the result contains only ``ALLOWED_TAGS``; no element loads anything by itself
@@ -116,25 +132,45 @@ def render_untrusted_markdown(text: str) -> str:
     inline style other than table alignment. Markdown (headings, lists, tables, blockquotes,
     code, ``$``/``$$`` math) keeps its formatting. Text over ``COLLAPSE_CHARS`` shows a preview
     and the whole text behind a "Show all" control; the text itself is never altered.
+    ``heading_offset`` moves its headings that many levels down (h1 becomes h4 with 3).
     """
     text = text or ""
-    body = _CLEANER.clean(_MD.render(text))
+    env = {"heading_offset": heading_offset}
+    body = _CLEANER.clean(_MD.render(text, env))
     if len(text) <= COLLAPSE_CHARS:
         return f'<div class="rl-md">{body}</div>'
-    preview = _CLEANER.clean(_MD.render(text[:PREVIEW_CHARS] + " …"))
+    preview = _CLEANER.clean(_MD.render(text[:PREVIEW_CHARS] + " …", dict(env)))
     return (f'<div class="rl-md rl-long"><div class="rl-preview">{preview}</div>'
             f"<details><summary>Show all ({len(text):,} characters)</summary>{body}</details>"
             "</div>")
 
 
+# Texts inside the screen sit under its h3 titles ("Prompt", "Candidate A"): their own
+# headings start at h4.
+CONTENT_HEADING_OFFSET = 3
+_ROLE_CLASSES = {"system", "user", "assistant", "tool"}
+
+
+def _bubble(message: dict) -> str:
+    role = str(message.get("role", ""))
+    css = role if role in _ROLE_CLASSES else "other"
+    return (f'<div class="rl-turn rl-bubble rl-role-{css}"><div class="rl-role">'
+            f'{html.escape(role.capitalize())}</div>'
+            f'{render_untrusted_markdown(message["content"], heading_offset=CONTENT_HEADING_OFFSET)}'
+            "</div>")
+
+
 def conversation_html(messages: list[dict]) -> str:
-    """The prompt as the annotator reads it: earlier turns labelled, the final question last."""
+    """The prompt as the annotator reads it: a single question as text; a conversation as chat
+    bubbles, its earlier turns folded away behind one control and the final turn last."""
     if len(messages) == 1:
-        return render_untrusted_markdown(messages[0]["content"])
-    blocks = [f'<div class="rl-turn"><div class="rl-role"><strong>'
-              f'{html.escape(str(m["role"]).capitalize())}:</strong></div>'
-              f'{render_untrusted_markdown(m["content"])}</div>' for m in messages]
-    return "<hr>".join(blocks)
+        return render_untrusted_markdown(messages[0]["content"],
+                                         heading_offset=CONTENT_HEADING_OFFSET)
+    earlier, last = messages[:-1], messages[-1]
+    turns = "s" if len(earlier) != 1 else ""
+    return (f'<div class="rl-chat"><details class="rl-earlier"><summary>Earlier in the '
+            f'conversation ({len(earlier)} turn{turns})</summary>'
+            f'{"".join(_bubble(m) for m in earlier)}</details>{_bubble(last)}</div>')
 
 
 def message_html(text: str) -> str:
@@ -145,8 +181,331 @@ def message_html(text: str) -> str:
 def candidate_html(text: str) -> str:
     if not text.strip():
         return '<div class="rl-md"><p><em>(empty response)</em></p></div>'
-    return render_untrusted_markdown(text)
+    return render_untrusted_markdown(text, heading_offset=CONTENT_HEADING_OFFSET)
 
 
 def candidate_title(index: int) -> str:
-    return f"### Candidate {candidate_letter(index)}"
+    return f"Candidate {candidate_letter(index)}"
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 candidate``, ``2 candidates``."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
+def letters_list(indices: Sequence[int]) -> str:
+    """``B``, ``B and C``, ``A, B and D``."""
+    names = [candidate_letter(i) for i in indices]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+# --- word diff ----------------------------------------------------------------------------------
+
+MAX_DIFF_TOKENS = 30_000
+"""Above this many words a side, texts are compared line by line (word matching is quadratic
+at worst)."""
+_TOKEN = re.compile(r"\s+|\w+|[^\w\s]")
+
+
+def word_diff(a: str, b: str) -> list[tuple[str, str]]:
+    """The changes from ``a`` to ``b`` as (op, text) runs, op one of ``same``, ``del`` (only in
+    a), ``ins`` (only in b). Joining the ``same`` and ``del`` runs gives ``a`` back; ``same``
+    and ``ins`` give ``b``.
+
+    >>> word_diff("the cat sat", "the dog sat")
+    [('same', 'the '), ('del', 'cat'), ('ins', 'dog'), ('same', ' sat')]
+    """
+    ta, tb = _TOKEN.findall(a or ""), _TOKEN.findall(b or "")
+    if max(len(ta), len(tb)) > MAX_DIFF_TOKENS:
+        ta, tb = (a or "").splitlines(keepends=True), (b or "").splitlines(keepends=True)
+    ops = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, ta, tb,
+                                                       autojunk=False).get_opcodes():
+        if tag == "equal":
+            ops.append(("same", "".join(ta[i1:i2])))
+        else:
+            ops.append(("del", "".join(ta[i1:i2])))
+            ops.append(("ins", "".join(tb[j1:j2])))
+    # Neighbouring replacements with only spaces between them read as one ("three quarters"
+    # became "two thirds"), not as word-by-word alternation.
+    runs: list[tuple[str, str]] = []
+    deleted = inserted = ""
+    for n, (op, text) in enumerate(ops):
+        if op == "del":
+            deleted += text
+        elif op == "ins":
+            inserted += text
+        elif (text.isspace() and deleted and inserted and n + 1 < len(ops)
+              and ops[n + 1][0] != "same" and any(ops[n + 1][1:])):
+            deleted, inserted = deleted + text, inserted + text
+        else:
+            runs += [r for r in (("del", deleted), ("ins", inserted)) if r[1]]
+            deleted = inserted = ""
+            if text:
+                runs.append(("same", text))
+    runs += [r for r in (("del", deleted), ("ins", inserted)) if r[1]]
+    merged: list[tuple[str, str]] = []
+    for op, text in runs:
+        if merged and merged[-1][0] == op:
+            merged[-1] = (op, merged[-1][1] + text)
+        else:
+            merged.append((op, text))
+    return merged
+
+
+def word_diff_html(a: str, b: str, label_a: str, label_b: str) -> str:
+    """The diff of two candidates as escaped text: words only in ``a`` struck through, words
+    only in ``b`` underlined, with a one-line summary."""
+    runs = word_diff(a, b)
+    changed = sum(len(_TOKEN.findall(t)) - len(re.findall(r"\s+", t))
+                  for op, t in runs if op != "same")
+    parts = []
+    for op, text in runs:
+        escaped = html.escape(text)
+        parts.append(escaped if op == "same" else
+                     f'<span class="rl-diff-{op}">{escaped}</span>')
+    la, lb = html.escape(label_a), html.escape(label_b)
+    summary = ("The two texts are identical." if changed == 0 else
+               f"{plural(changed, 'word')} differ: <span class=\"rl-diff-del\">only in {la}"
+               f"</span>, <span class=\"rl-diff-ins\">only in {lb}</span>.")
+    return (f'<div class="rl-diff"><h3>Differences between {la} and {lb}</h3>'
+            f'<p class="rl-diff-summary">{summary}</p>'
+            f'<div class="rl-diff-text">{"".join(parts)}</div></div>')
+
+
+# --- the Rank tab's screen ----------------------------------------------------------------------
+
+BADGES = {"cut": "Cut off at the token limit", "empty": "Empty answer"}
+LAYOUT_NAMES = {"side-by-side": "Side by side", "two-up": "Two per row", "stacked": "Stacked"}
+KEYS_LEGEND = (("1–9", "rank the highlighted candidate"), ("← → / J K", "move the highlight"),
+               ("Enter", "submit"), ("S", "skip"), ("X", "all bad"), ("R", "write why"),
+               ("E", "expand"), ("D", "differences with the next"), ("Esc", "close"))
+
+
+def candidate_badges(text: str, finish_reason: str | None) -> tuple[str, ...]:
+    """Marks on a candidate: cut off by the token limit, empty."""
+    badges = []
+    if finish_reason == "length":
+        badges.append("cut")
+    if not (text or "").strip():
+        badges.append("empty")
+    return tuple(badges)
+
+
+@dataclass(frozen=True)
+class CandidateView:
+    html: str
+    badges: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Notice:
+    """The line above the task: ``ok`` (saved), ``error`` (not saved), ``info``."""
+    kind: str
+    text: str
+    ranking_id: int | None = None
+    """The vote just stored, offered to be changed."""
+
+
+@dataclass(frozen=True)
+class Controls:
+    """What the screen's controls start from: a draft, a suggestion, a refused submission."""
+    ranks: tuple[int | None, ...]
+    all_bad: bool = False
+    rationale: str = ""
+    demonstration: str = ""
+
+
+# Each screen carries a new number, so the page redraws it even when the same text comes back
+# (a refusal repeated, the same differences asked twice).
+_SCREEN_NUMBERS = itertools.count(1)
+
+
+def _attr(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _notice_html(notice: Notice | None) -> str:
+    if notice is None:
+        return '<div id="rl-message" class="rl-msg rl-msg-none" role="status"></div>'
+    change = ""
+    if notice.ranking_id is not None:
+        change = (f' <button type="button" class="rl-link-btn" data-rl-action="reopen" '
+                  f'data-ranking="{notice.ranking_id}">Change it</button>')
+    role = "alert" if notice.kind == "error" else "status"
+    return (f'<div id="rl-message" class="rl-msg rl-msg-{_attr(notice.kind)}" role="{role}">'
+            f'{html.escape(notice.text)}{change}</div>')
+
+
+def _topline(progress: str, layout: str | None) -> str:
+    layouts = ""
+    if layout is not None:
+        buttons = "".join(
+            f'<button type="button" class="rl-layout-btn" data-rl-action="layout" '
+            f'data-layout="{name}" aria-pressed="{str(name == layout).lower()}">{label}</button>'
+            for name, label in LAYOUT_NAMES.items())
+        layouts = f'<span class="rl-layouts" role="group" aria-label="Layout">{buttons}</span>'
+    return (f'<div class="rl-topline"><span id="rl-progress">{html.escape(progress)}</span>'
+            f'<button type="button" class="rl-link-btn" data-rl-action="recent">'
+            f'Your last submissions</button>{layouts}</div>')
+
+
+def _rank_buttons(index: int, k: int, rank: int | None) -> str:
+    return "".join(
+        f'<button type="button" class="rl-rank-btn" tabindex="-1" data-rl-action="rank" '
+        f'data-index="{index}" data-rank="{r}" aria-pressed="{str(r == rank).lower()}" '
+        f'title="Rank {r}">{r}</button>' for r in range(1, k + 1))
+
+
+def _legend() -> str:
+    keys = " · ".join(f"<kbd>{html.escape(k)}</kbd> {html.escape(v)}" for k, v in KEYS_LEGEND)
+    return f'<div class="rl-legend" id="rl-legend"><strong>Keys:</strong> {keys}</div>'
+
+
+def task_screen_html(*, assignment_id: int, prompt_html: str,
+                     candidates: Sequence[CandidateView], controls: Controls, layout: str,
+                     progress: str, notice: Notice | None = None,
+                     suggestion: str | None = None, unranked: Sequence[int] = (),
+                     revises: int | None = None) -> str:
+    """One task as the annotator sees it, controls included; the page's script
+    (labeler/static/rank.js) keeps the ranks in the browser until submit.
+
+    ``prompt_html`` and each candidate's ``html`` come from this module's renderers; every
+    other text here is escaped. ``suggestion`` names the scorer the pre-filled ranks come from.
+    ``unranked`` marks candidates a refused submission left without a rank. ``revises`` is the
+    vote being changed (a revision screen: no skip, a cancel instead).
+    """
+    k = len(candidates)
+    state = {"ranks": list(controls.ranks), "all_bad": controls.all_bad,
+             "suggested": suggestion is not None}
+    missing = set(unranked)
+    cards, bar = [], []
+    for i, cand in enumerate(candidates):
+        rank = controls.ranks[i] if i < len(controls.ranks) else None
+        badges = "".join(f'<span class="rl-badge rl-badge-{b}">{BADGES[b]}</span>'
+                         for b in cand.badges)
+        flag = " rl-missing" if i in missing else ""
+        letter = candidate_letter(i)
+        cards.append(
+            f'<article class="rl-candidate{flag}" id="rl-cand-{i}" data-index="{i}">'
+            f'<header class="rl-cand-head"><h3 class="rl-cand-title">{candidate_title(i)}</h3>'
+            f'{badges}<span class="rl-rank-pill" data-index="{i}"></span>'
+            f'<span class="rl-cand-tools"><span class="rl-head-ranks">'
+            f'{_rank_buttons(i, k, rank)}</span>'
+            f'<button type="button" class="rl-tool-btn" data-rl-action="expand" '
+            f'data-index="{i}" aria-expanded="false">Expand</button></span></header>'
+            f'<div class="rl-cand-body" id="rl-text-{i}">{cand.html}</div></article>')
+        bar.append(f'<div class="rl-bar-item{flag}" id="rl-rank-{i}" data-index="{i}" '
+                   f'role="group" aria-label="Rank of {candidate_title(i)}">'
+                   f'<button type="button" class="rl-bar-letter" tabindex="-1" '
+                   f'data-rl-action="focus" data-index="{i}" title="Highlight {letter}">'
+                   f'{letter}</button>{_rank_buttons(i, k, rank)}</div>')
+    def options(chosen: int) -> str:
+        return "".join(f'<option value="{i}"{" selected" if i == chosen else ""}>'
+                       f'{candidate_letter(i)}</option>' for i in range(k))
+    suggestion_note = ""
+    if suggestion is not None:
+        suggestion_note = (f'<div class="rl-suggestion" id="rl-suggestion">The ranks are a '
+                           f'suggestion from the model scores ({html.escape(suggestion)}): '
+                           f'check them and change any you disagree with.</div>')
+    if revises is None:
+        second = '<button type="button" id="rl-skip" data-rl-action="skip">Skip</button>'
+        submit_label = "Submit"
+    else:
+        second = ('<button type="button" id="rl-cancel" data-rl-action="back">'
+                  'Cancel</button>')
+        submit_label = "Save the change"
+    checked = " checked" if controls.all_bad else ""
+    mode = "task" if revises is None else "revise"
+    return (
+        f'<div class="rl-task rl-layout-{_attr(layout)}{" rl-many" if k > 4 else ""}" '
+        f'data-mode="{mode}" '
+        f'data-n="{next(_SCREEN_NUMBERS)}" '
+        f'data-assignment="{assignment_id}" data-k="{k}" '
+        f'data-revises="{"" if revises is None else revises}" '
+        f'data-state="{_attr(json.dumps(state))}">'
+        f'{_topline(progress, layout)}{_notice_html(notice)}'
+        f'<section class="rl-prompt-block"><h3 class="rl-section-title">Prompt</h3>'
+        f'<div id="rl-prompt">{prompt_html}</div></section>{suggestion_note}'
+        f'<div class="rl-candidates" id="rl-candidates">{"".join(cards)}</div>'
+        f'<section class="rl-extra">'
+        f'<label class="rl-check"><input type="checkbox" id="rl-all-bad"{checked}> '
+        f'All candidates are bad</label>'
+        f'<label class="rl-field" for="rl-rationale">Why? (optional)</label>'
+        f'<textarea id="rl-rationale" rows="2">{html.escape(controls.rationale)}</textarea>'
+        f'<details class="rl-demo"{" open" if controls.demonstration else ""}>'
+        f'<summary>Write a better answer (optional)</summary>'
+        f'<label class="rl-field" for="rl-demonstration">Your answer is stored as an example '
+        f'and ranked above all candidates</label>'
+        f'<textarea id="rl-demonstration" rows="6">{html.escape(controls.demonstration)}'
+        f'</textarea></details>'
+        f'<div class="rl-compare"><label>Show the differences between '
+        f'<select id="rl-diff-a">{options(0)}</select> and <select id="rl-diff-b">{options(1)}'
+        f'</select></label> <button type="button" data-rl-action="diff">Compare</button></div>'
+        f'{_legend()}</section>'
+        f'<div class="rl-bar" id="rl-bar"><div class="rl-bar-ranks">{"".join(bar)}</div>'
+        f'<div class="rl-bar-actions"><button type="button" id="rl-submit" class="rl-primary" '
+        f'data-rl-action="submit">{submit_label}</button>{second}</div>'
+        f'<div class="rl-bar-keys">Keys: 1–{min(k, 9)} rank · ←→ move · Enter submit · '
+        f'S skip</div></div></div>')
+
+
+def message_screen_html(*, mode: str, title: str, detail: str = "", progress: str = "",
+                        notice: Notice | None = None) -> str:
+    """A screen with nothing to rank (``waiting``, ``empty``, ``idle``): what is happening, and
+    no control that could not act."""
+    top = _topline(progress, None) if progress else ""
+    extra = f'<p class="rl-state-detail" id="rl-state-detail">{html.escape(detail)}</p>' \
+        if detail else ""
+    return (f'<div class="rl-task rl-state" data-mode="{_attr(mode)}" '
+            f'data-n="{next(_SCREEN_NUMBERS)}">{top}'
+            f'{_notice_html(notice)}<div id="rl-prompt" class="rl-state-box">'
+            f'<div class="rl-md"><p class="rl-state-title">{html.escape(title)}</p></div>'
+            f'{extra}</div></div>')
+
+
+@dataclass(frozen=True)
+class RecentRow:
+    ranking_id: int
+    prompt: str
+    summary: str
+    when: str
+
+
+def recent_screen_html(rows: Sequence[RecentRow], *, progress: str) -> str:
+    """The annotator's last submissions, each with a button that reopens it."""
+    if rows:
+        items = "".join(
+            f'<li class="rl-recent-item"><button type="button" data-rl-action="reopen" '
+            f'data-ranking="{r.ranking_id}">Change</button> <span class="rl-recent-when">'
+            f'{html.escape(r.when)}</span> <span class="rl-recent-summary">'
+            f'{html.escape(r.summary)}</span><div class="rl-recent-prompt">'
+            f'{html.escape(r.prompt)}</div></li>' for r in rows)
+        body = f'<ol class="rl-recent" id="rl-recent">{items}</ol>'
+    else:
+        body = '<p>You have not submitted anything yet.</p>'
+    return (f'<div class="rl-task rl-state" data-mode="recent" data-n="{next(_SCREEN_NUMBERS)}">'
+            f'{_topline(progress, None)}'
+            f'<section class="rl-prompt-block"><h3 class="rl-section-title">Your last '
+            f'submissions</h3>{body}<button type="button" id="rl-back" data-rl-action="back">'
+            f'Back to ranking</button></section></div>')
+
+
+def overlay_html(content: str) -> str:
+    """A panel over the page (the differences view) with its close button."""
+    return (f'<div class="rl-diff-overlay" role="dialog" data-n="{next(_SCREEN_NUMBERS)}">'
+            f'<button type="button" data-rl-action="close-diff">Close (Esc)</button>'
+            f'{content}</div>')
+
+
+def header_html(user_name: str, guidelines: str) -> str:
+    """Who is logged in, the log-out link, and the project's guidelines (the admin's
+    markdown) in a panel that opens on demand."""
+    panel = ""
+    if guidelines.strip():
+        panel = (f'<details class="rl-guidelines" id="rl-guidelines"><summary>Guidelines'
+                 f'</summary>{render_untrusted_markdown(guidelines, heading_offset=2)}'
+                 f'</details>')
+    return (f'<div class="rl-header"><span class="rl-user">Logged in as <strong id="rl-user">'
+            f'{html.escape(user_name)}</strong></span> <a href="/logout" id="rl-logout">'
+            f'Log out</a></div>{panel}')

@@ -9,34 +9,40 @@ from gradio_client.exceptions import AppError
 from data import store
 from tests.labeling_fixtures import PASSWORD
 
-NO_RANK = [None] * 8
-
-
 def _client(served_app, user="ann", password=PASSWORD):
     return Client(served_app["url"], auth=(user, password), verbose=False)
 
 
+def _load(client):
+    """/load_task: (screen HTML, status); the status names the task on screen."""
+    html, status = client.predict(api_name="/load_task")[:2]
+    return html, status
+
+
 def _submit(client, assignment_id, ranks, all_bad=False, rationale="", demonstration=""):
-    # The submit endpoint's inputs: assignment id, the 8 rank slots, all-bad, rationale, answer.
-    slots = list(ranks) + NO_RANK[len(ranks):]
-    return client.predict(assignment_id, *slots, all_bad, rationale, demonstration,
-                          api_name="/submit")
+    # The submit endpoint takes one JSON object and returns the next screen and its status.
+    html, status = client.predict({"assignment_id": assignment_id, "ranks": list(ranks),
+                                   "all_bad": all_bad, "rationale": rationale,
+                                   "demonstration": demonstration}, api_name="/submit")[:2]
+    return status["message"], status["assignment_id"], status, html
 
 
 def test_a_full_session_stores_rankings_and_pairs(served_app):
     client = _client(served_app)
-    task = client.predict(api_name="/load_task")
-    assignment_id, progress, prompt = task[:3]
-    assert assignment_id and "**0** done by you · **6** left" in progress
-    assert "<p>Question 0" in prompt or "Question" in prompt.split("<p>", 1)[1]
+    prompt, status = _load(client)
+    assignment_id = status["assignment_id"]
+    assert assignment_id and status["candidates"] == 3
+    assert "0 done by you · 6 left in the queue" in prompt
+    assert "Question" in prompt.split('id="rl-prompt"', 1)[1]
 
     refused = _submit(client, assignment_id, ["1", None, "2"])
-    assert refused[0] == "Not saved: rank every candidate: B has no rank."
+    assert refused[0] == "Not saved: give every candidate a rank — B has no rank yet."
+    assert refused[2]["unranked"] == ["B"] and refused[1] == assignment_id
     db = store.open_store(served_app["db"])
     assert db["rankings"].count == 0
 
     saved = _submit(client, assignment_id, ["2", "1", "2"], rationale="B is right")
-    assert saved[0] == "Saved (3 comparisons)."
+    assert saved[0] == "Saved — ranking of 3 candidates."
     next_id = saved[1]
     assert next_id and next_id != assignment_id
     again = _submit(client, assignment_id, ["2", "1", "2"])  # a double click
@@ -56,11 +62,11 @@ def test_a_full_session_stores_rankings_and_pairs(served_app):
 
 def test_all_bad_with_a_demonstration_and_skip(served_app):
     client = _client(served_app)
-    first = client.predict(api_name="/load_task")[0]
+    first = _load(client)[1]["assignment_id"]
     saved = _submit(client, first, [], all_bad=True, demonstration="The answer is 4.")
-    assert saved[0] == "Saved (3 comparisons)."
-    skipped = client.predict(saved[1], api_name="/skip")
-    assert skipped[0] == "Skipped."
+    assert saved[0] == "Saved — all candidates marked as bad. Your answer is stored too."
+    skipped = client.predict({"assignment_id": saved[1]}, api_name="/skip")[1]
+    assert skipped["message"] == "Skipped." and skipped["outcome"] == "skipped"
     db = store.open_store(served_app["db"])
     rows = list(db.query("SELECT all_bad, skipped, demonstration_id FROM rankings ORDER BY id"))
     assert [(r["all_bad"], r["skipped"], r["demonstration_id"] is not None) for r in rows] == [
@@ -68,9 +74,9 @@ def test_all_bad_with_a_demonstration_and_skip(served_app):
 
 
 def test_a_new_session_resumes_the_open_task(served_app):
-    first = _client(served_app).predict(api_name="/load_task")[0]
-    assert _client(served_app).predict(api_name="/load_task")[0] == first
-    other = _client(served_app, "bob").predict(api_name="/load_task")[0]
+    first = _load(_client(served_app))[1]["assignment_id"]
+    assert _load(_client(served_app))[1]["assignment_id"] == first
+    other = _load(_client(served_app, "bob"))[1]["assignment_id"]
     assert other != first
 
 

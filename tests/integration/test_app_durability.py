@@ -37,15 +37,13 @@ def _start_server(db_path, port):
 def _annotate(url, name, acknowledged, stop, errors):
     try:
         client = Client(url, auth=(name, PASSWORD), verbose=False)
-        task = client.predict(api_name="/load_task")
-        while not stop.is_set() and task[0]:
-            assignment_id = task[0]
-            ranks = ["1", "2", "2", "3"]
-            result = client.predict(assignment_id, *ranks, None, None, None, None, False, "", "",
-                                    api_name="/submit")
-            if result[0].startswith("Saved"):
+        status = client.predict(api_name="/load_task")[1]
+        while not stop.is_set() and status["assignment_id"]:
+            assignment_id = status["assignment_id"]
+            status = client.predict({"assignment_id": assignment_id, "ranks": [1, 2, 2, 3]},
+                                    api_name="/submit")[1]
+            if status["message"].startswith("Saved"):
                 acknowledged.append((assignment_id, name))
-            task = result[1:]
     except Exception as exc:  # the server dies under the clients: expected after the kill
         errors.append(repr(exc))
 
@@ -89,7 +87,7 @@ def test_acknowledged_votes_survive_a_sigkill(tmp_path):
                           "comparisons c WHERE c.ranking_id = r.id) != 6").fetchone()[0] == 0
         # The restarted app serves the queue again.
         resumed = Client(url, auth=(names[0][0], PASSWORD), verbose=False)
-        assert resumed.predict(api_name="/load_task")[0]
+        assert resumed.predict(api_name="/load_task")[1]["assignment_id"]
     finally:
         server.kill()
         server.wait()

@@ -60,15 +60,22 @@ def test_an_empty_store_generates_and_serves_real_candidates(tmp_path):
         assert "Generating candidates in the background" in output
         client = Client(f"http://127.0.0.1:{port}/", auth=("admin", password), verbose=False)
         started = time.monotonic()
-        task = client.predict(api_name="/load_task")
-        assert task[0] is None and "Generating candidates" in task[2]
-        while task[0] is None:
+        html, status = client.predict(api_name="/load_task")[:2]
+        assert status["assignment_id"] is None and status["waiting"]
+        assert "Generating candidates" in html
+        details = set()
+        while status["assignment_id"] is None:
             assert time.monotonic() - started < 600, "no candidates arrived:\n" + _job_log(db_path)
+            # The waiting screen says how far generation is: loading, then N of M prompts.
+            details.add(re.sub(r"\d+", "N", html.split('id="rl-state-detail">', 1)[-1]
+                               .split("</p>", 1)[0]))
             time.sleep(2)
-            task = client.predict(api_name="/load_task")
+            html, status = client.predict(api_name="/load_task")[:2]
         print(f"first item ready {time.monotonic() - started:.0f} s after the first page load")
-        texts = [t for t in task[3:11] if t]
-        assert len(texts) == 4 and all(isinstance(t, str) for t in texts)
+        print("waiting screen said:", details)
+        assert any("Loading the model" in d or "prompts ready" in d for d in details), details
+        assert status["candidates"] == 4
+        assert all(f'id="rl-text-{i}"' in html for i in range(4))
         run = store.open_store(db_path)["generation_runs"].get(1)
         assert (run["model"], run["backend"], run["k"]) == ("default", "transformers", 4)
         [job_pid] = _job_pids(db_path)

@@ -85,7 +85,7 @@ def test_acknowledged_votes_survive_a_sigkill_during_a_login_flood(tmp_path):
         keys = [r[0] for r in db.execute("SELECT submission_key FROM rankings")]
         assert len(keys) == len(set(keys))
         resumed = Client(origin + "/", auth=(names[0][0], PASSWORD), verbose=False)
-        assert resumed.predict(api_name="/load_task")[0]
+        assert resumed.predict(api_name="/load_task")[1]["assignment_id"]
         print(f"acknowledged {len(acknowledged)} votes ({len(acknowledged) - during} during "
               f"the flood); login answers {dict(statuses)}")
     finally:

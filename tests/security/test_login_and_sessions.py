@@ -97,7 +97,7 @@ def test_logout_revokes_the_token_and_disabling_ends_sessions_at_once(served):
     assert replay.get("/gradio_api/login_check").status_code == 401
 
     bob = Client(origin + "/", auth=("bob", PASSWORD), verbose=False)
-    assert bob.predict(api_name="/load_task")[0]
+    assert bob.predict(api_name="/load_task")[1]["assignment_id"]
     db = store.open_store(db_path)
     labeling.set_disabled(db, "bob", True)  # what `rankloop users disable bob` does
     with pytest.raises(Exception):

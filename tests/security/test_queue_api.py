@@ -13,13 +13,16 @@ from data.labeling import QueuePolicy
 from tests.labeling_fixtures import PASSWORD, make_labeling_db
 from tests.security.conftest import serve_db
 
-NO_RANK = [None] * 8
-
-
 def _submit(client, assignment_id, ranks, all_bad=False, rationale="", demonstration=""):
-    slots = list(ranks) + NO_RANK[len(ranks):]
-    return client.predict(assignment_id, *slots, all_bad, rationale, demonstration,
-                          api_name="/submit")
+    status = client.predict({"assignment_id": assignment_id, "ranks": list(ranks),
+                             "all_bad": all_bad, "rationale": rationale,
+                             "demonstration": demonstration}, api_name="/submit")[1]
+    return status["message"], status
+
+
+def _task(client):
+    html, status = client.predict(api_name="/load_task")[:2]
+    return status["assignment_id"], html
 
 
 def test_an_expired_assignment_cannot_exceed_the_overlap(tmp_path):
@@ -28,10 +31,10 @@ def test_an_expired_assignment_cannot_exceed_the_overlap(tmp_path):
     try:
         ann = Client(origin + "/", auth=("ann", PASSWORD), verbose=False)
         bob = Client(origin + "/", auth=("bob", PASSWORD), verbose=False)
-        late = ann.predict(api_name="/load_task")[0]
-        assert late and not bob.predict(api_name="/load_task")[0]  # held by ann
+        late = _task(ann)[0]
+        assert late and not _task(bob)[0]  # held by ann
         time.sleep(1.2)
-        taken = bob.predict(api_name="/load_task")[0]  # expired: back in the queue
+        taken = _task(bob)[0]  # expired: back in the queue
         assert taken
         assert _submit(bob, taken, ["1", "2", "3"])[0].startswith("Saved")
         refused = _submit(ann, late, ["3", "2", "1"])
@@ -45,16 +48,25 @@ def test_an_expired_assignment_cannot_exceed_the_overlap(tmp_path):
 @pytest.mark.parametrize("all_bad", [7, "yes", [True]])
 def test_values_of_the_wrong_type_are_refused_without_leaking_errors(served, app_log, all_bad):
     client = Client(served["url"], auth=("ann", PASSWORD), verbose=False)
-    task = client.predict(api_name="/load_task")[0]
+    task = _task(client)[0]
     with pytest.raises(AppError) as refused:
         _submit(client, task, [], all_bad=all_bad)
     assert str(refused.value) == "all_bad must be true or false"
     with pytest.raises(AppError) as refused:
-        client.predict("not-a-number", *NO_RANK, False, "", "", api_name="/submit")
+        client.predict({"assignment_id": "not-a-number"}, api_name="/submit")
     assert "whole number" in str(refused.value)
+    with pytest.raises(AppError) as refused:
+        client.predict(["not", "an", "object"], api_name="/submit")
+    assert "JSON object" in str(refused.value)
+    with pytest.raises(AppError) as refused:
+        client.predict({"assignment_id": task, "ranks": [{"x": 1}]}, api_name="/submit")
+    assert "rank must be a number" in str(refused.value)
+    with pytest.raises(AppError) as refused:
+        client.predict(7, api_name="/skip")
+    assert "JSON object" in str(refused.value)
     assert store.open_store(served["db"])["rankings"].count == 0
-    lines = [r for r in app_log.records if r.getMessage().startswith("refused submit")]
-    assert len(lines) == 2 and not any(r.exc_info for r in lines)
+    lines = [r for r in app_log.records if r.getMessage().startswith("refused s")]
+    assert len(lines) == 5 and not any(r.exc_info for r in lines)
 
 
 def test_an_unexpected_error_reaches_the_client_as_a_sentence(served, app_log, monkeypatch):
@@ -64,7 +76,7 @@ def test_an_unexpected_error_reaches_the_client_as_a_sentence(served, app_log, m
         raise RuntimeError("secret internal detail /srv/path")
 
     client = Client(served["url"], auth=("ann", PASSWORD), verbose=False)
-    task = client.predict(api_name="/load_task")[0]
+    task = _task(client)[0]
     monkeypatch.setattr(handlers.labeling, "submit_assignment", broken)
     with pytest.raises(AppError) as failed:
         _submit(client, task, ["1", "2", "3"])
@@ -92,8 +104,8 @@ def test_an_item_that_cannot_be_shown_never_strands_its_annotator(tmp_path):
     try:
         client = Client(origin + "/", auth=("ann", PASSWORD), verbose=False)
         for _ in range(2):  # a refresh does not bring it back
-            task = client.predict(api_name="/load_task")
-            assert task[0] and "Question 0" in task[2]
+            task, html = _task(client)
+            assert task and "Question 0" in html
         assert [r["id"] for r in labeling.set_aside_items(db)] == [nine]
     finally:
         served.close()

@@ -23,19 +23,21 @@ def test_login_checks_the_stored_hash(svc):
 def test_a_session_ranks_items_until_the_queue_is_empty(svc):
     view = handlers.current_task(svc, "ann")
     assert view.assignment_id and len(view.candidates_html) == 3
-    assert "**0** done by you · **3** left in the queue" == view.progress_md
+    assert view.progress == "0 done by you · 3 left in the queue"
     for _ in range(3):
         message, view = handlers.submit_ranking(svc, "ann", view.assignment_id, ["1", "2", "3"])
-        assert message == "Saved (3 comparisons)."
+        assert message == "Saved — ranking of 3 candidates."
     assert view.waiting and view.assignment_id is None
-    assert "Nothing left to rank" in view.prompt_html
-    assert "**3** done by you · **0** left" in view.progress_md
+    assert "Nothing left to rank" in view.state_title
+    assert view.progress == "3 done by you · 0 left in the queue"
+    shown = handlers.screen(view).html
+    assert "Nothing left to rank" in shown and 'id="rl-submit"' not in shown
 
 
 def test_invalid_submission_keeps_the_task_and_stores_nothing(svc):
     view = handlers.current_task(svc, "ann")
     message, again = handlers.submit_ranking(svc, "ann", view.assignment_id, ["1", None, "2"])
-    assert message == "Not saved: rank every candidate: B has no rank."
+    assert message == "Not saved: give every candidate a rank — B has no rank yet."
     assert again.assignment_id == view.assignment_id
     assert svc.db()["rankings"].count == 0
 
@@ -76,18 +78,24 @@ def test_empty_store_starts_one_background_generation(tmp_path):
     svc = LabelerService(make_labeling_db(tmp_path / "r.db", n_prompts=0),
                          first_run_args=["status"])  # a quick stand-in command
     view = handlers.current_task(svc, "ann")
-    assert view.waiting and "Generating candidates" in view.prompt_html
+    assert view.waiting and "Generating candidates" in view.state_title
+    # The first-run screen says how far generation is (data.progress), and has no controls.
+    assert view.state_detail == "Loading the model to generate the first candidates…"
+    shown = handlers.screen(view)
+    assert "Loading the model" in shown.html and 'id="rl-bar"' not in shown.html
+    assert shown.status["waiting"] and shown.status["assignment_id"] is None
     [job] = svc.jobs.list()
     assert job.kind == "generate" and job.argv[:1] == ["status"]
     import time
 
     deadline = time.monotonic() + 60
-    while svc.jobs.get(job.id).status == "running" and time.monotonic() < deadline:
+    # "lost" is read between the process's exit and its watcher recording it: wait that out.
+    while svc.jobs.get(job.id).status in ("running", "lost") and time.monotonic() < deadline:
         time.sleep(0.2)
     assert svc.jobs.get(job.id).status == "succeeded"
     assert "schema v" in svc.jobs.log_tail(svc.jobs.get(job.id))
     # Still no candidates, but the first job has run: no second one starts by itself.
-    assert "Nothing left to rank" in handlers.current_task(svc, "ann").prompt_html
+    assert "Nothing left to rank" in handlers.current_task(svc, "ann").state_title
     assert len(svc.jobs.list()) == 1
 
 
@@ -229,3 +237,152 @@ def test_running_jobs_are_capped(svc):
             p.wait()
     # Once they have ended, a job starts again.
     assert admin.start_scoring(svc, "root", scorer="bt:x").startswith("Started job 3")
+
+
+# --- the Rank screen's handlers -------------------------------------------------------------------
+
+def _task(svc, user="ann"):
+    return handlers.load_screen(svc, user).status["assignment_id"]
+
+
+def test_submit_refusals_name_the_unranked_candidates_and_keep_the_entry(svc):
+    from data import drafts
+
+    task = _task(svc)
+    refused = handlers.submit(svc, "ann", {"assignment_id": task, "ranks": [2, None, None],
+                                           "rationale": "so far"})
+    assert refused.status["outcome"] == "refused"
+    assert refused.status["message"] == ("Not saved: give every candidate a rank — B and C "
+                                         "have no rank yet.")
+    assert refused.status["unranked"] == ["B", "C"]
+    assert refused.status["assignment_id"] == task
+    assert 'class="rl-candidate rl-missing" id="rl-cand-1"' in refused.html
+    assert "rl-msg-error" in refused.html and ">so far</textarea>" in refused.html
+    nothing = handlers.submit(svc, "ann", {"assignment_id": task, "ranks": []})
+    assert nothing.status["message"].startswith("Not saved: rank the candidates, or mark")
+    assert svc.db()["rankings"].count == 0
+    saved = handlers.submit(svc, "ann", {"assignment_id": task, "ranks": [2, 1, 3]})
+    assert saved.status["outcome"] == "saved" and "rl-msg-ok" in saved.html
+    assert saved.status["message"] == "Saved — ranking of 3 candidates."
+    assert drafts.load_draft(svc.db(), task, svc.user("ann").id) is None
+
+
+def test_payloads_of_the_wrong_shape_are_bad_requests(svc):
+    task = _task(svc)
+    for payload, message in (([task], "JSON object"), ({"assignment_id": "1"}, "whole number"),
+                             ({"assignment_id": task, "ranks": "1,2,3"}, "list"),
+                             ({"assignment_id": task, "ranks": [1.5]}, "number"),
+                             ({"assignment_id": task, "all_bad": "yes"}, "true or false"),
+                             ({"assignment_id": task, "rationale": 3}, "text"),
+                             ({"assignment_id": task, "extra": 1}, "unknown field")):
+        with pytest.raises(handlers.BadRequest, match=message):
+            handlers.submit(svc, "ann", payload)
+    with pytest.raises(handlers.BadRequest, match="JSON object"):
+        handlers.skip(svc, "ann", task)
+    with pytest.raises(handlers.BadRequest, match="layout must be one of"):
+        handlers.set_layout(svc, "ann", {"layout": "grid"})
+    assert svc.db()["rankings"].count == 0
+
+
+def test_a_draft_is_restored_on_the_next_load_and_ignored_after_submit(svc):
+    task = _task(svc)
+    entry = {"assignment_id": task, "ranks": [None, 1, None], "all_bad": False,
+             "rationale": "B is right", "demonstration": "mine"}
+    assert handlers.save_draft(svc, "ann", entry) == "saved"
+    view = handlers.current_task(svc, "ann")
+    assert view.controls.ranks == (None, 1, None)
+    assert (view.controls.rationale, view.controls.demonstration) == ("B is right", "mine")
+    with pytest.raises(handlers.BadRequest, match="not assigned to you"):
+        handlers.save_draft(svc, "bob", entry)
+    handlers.submit(svc, "ann", {**entry, "ranks": [2, 1, 3]})
+    assert handlers.save_draft(svc, "ann", entry) == "already submitted"
+    assert svc.db()["drafts"].count == 0
+
+
+def test_a_recent_submission_is_reopened_and_revised(svc):
+    first = _task(svc)
+    saved = handlers.submit(svc, "ann", {"assignment_id": first, "ranks": [1, 2, 3]})
+    ranking_id = saved.status["ranking_id"]
+    listing = handlers.reopen(svc, "ann", {"ranking_id": None})
+    assert listing.status["recent"] == [ranking_id] and "Question" in listing.html
+    opened = handlers.reopen(svc, "ann", {"ranking_id": ranking_id})
+    assert opened.status["revises"] == ranking_id and opened.status["assignment_id"] == first
+    assert 'id="rl-skip"' not in opened.html and "Save the change" in opened.html
+    revised = handlers.submit(svc, "ann", {"assignment_id": first, "ranks": [3, 2, 1],
+                                           "revises": ranking_id})
+    assert revised.status["outcome"] == "revised"
+    assert revised.status["assignment_id"] == saved.status["assignment_id"]  # back to the task
+    latest = list(svc.db().query("SELECT ranks FROM latest_rankings"))
+    assert latest == [{"ranks": "[3, 2, 1]"}]
+    stale = handlers.submit(svc, "ann", {"assignment_id": first, "ranks": [1, 2, 3],
+                                         "revises": ranking_id})
+    assert stale.status["outcome"] == "refused"
+    with pytest.raises(handlers.BadRequest):
+        handlers.reopen(svc, "ann", {"ranking_id": "x"})
+    assert handlers.reopen(svc, "bob", {"ranking_id": ranking_id}).status["outcome"] == "refused"
+
+
+def test_suggestions_prefill_the_ranks_and_the_flag_says_if_they_changed(svc):
+    from data import settings, store
+
+    db = svc.db()
+    settings.set_setting(db, "suggestions", True)
+    # Every candidate scored: the score is the candidate id, so the newest ranks first.
+    store.put_model_scores(db, [store.ModelScore(c, "bt:/rm", float(c))
+                                for (c,) in db.execute("SELECT id FROM candidates")])
+    view = handlers.current_task(svc, "ann")
+    ids = _shown(svc, view.assignment_id)
+    expected = tuple(sorted(ids, reverse=True).index(c) + 1 for c in ids)
+    assert view.suggestion == "bt:/rm" and view.controls.ranks == expected
+    assert "suggestion from the model scores" in handlers.screen(view).html
+    handlers.submit(svc, "ann", {"assignment_id": view.assignment_id, "ranks": list(expected)})
+    second = handlers.current_task(svc, "ann")
+    changed = [4 - r for r in second.controls.ranks]
+    handlers.submit(svc, "ann", {"assignment_id": second.assignment_id, "ranks": changed})
+    flags = [r[0] for r in db.execute("SELECT suggestion_accepted FROM rankings ORDER BY id")]
+    assert flags == [1, 0]
+
+
+def _shown(svc, assignment_id):
+    import json
+
+    return json.loads(svc.db().execute("SELECT candidate_ids FROM assignments WHERE id = ?",
+                                       [assignment_id]).fetchone()[0])
+
+
+def test_layout_is_remembered_per_annotator_and_differences_stay_escaped(svc):
+    handlers.set_layout(svc, "ann", {"layout": "stacked"})
+    assert "rl-layout-stacked" in handlers.load_screen(svc, "ann").html
+    assert "rl-layout-side-by-side" in handlers.load_screen(svc, "bob").html
+    task = _task(svc)
+    diff = handlers.differences(svc, "ann", {"assignment_id": task, "a": 0, "b": 1})
+    assert "Differences between Candidate A and Candidate B" in diff
+    with pytest.raises(handlers.BadRequest, match="not assigned"):
+        handlers.differences(svc, "bob", {"assignment_id": task, "a": 0, "b": 1})
+    with pytest.raises(handlers.BadRequest, match="positions"):
+        handlers.differences(svc, "ann", {"assignment_id": task, "a": 0, "b": 7})
+
+
+def test_badges_mark_cut_off_and_empty_candidates(tmp_path):
+    from data import labeling, store
+
+    db_path = make_labeling_db(tmp_path / "b.db", n_prompts=0)
+    db = store.open_store(db_path)
+    run = store.get_or_create_run(db, store.RunSettings("m", "transformers", 3, 0.8, 0.9, 8, 0))
+    [prompt] = store.upsert_prompts(db, [([{"role": "user", "content": "q"}], "t", "1")])
+    store.add_candidates(db, prompt, run, [store.CandidateIn("long text", 8, "length"),
+                                           store.CandidateIn("  ", 0, "stop"),
+                                           store.CandidateIn("fine", 1, "stop")])
+    labeling.sync_items(db)
+    svc = LabelerService(db_path, autogenerate=False)
+    view = handlers.current_task(svc, "ann")
+    by_text = {c.html: c.badges for c in view.candidates}
+    assert sorted(by_text.values()) == [(), ("cut",), ("empty",)]
+    shown = handlers.screen(view).html
+    assert shown.count("Cut off at the token limit") == 1 and shown.count("Empty answer") == 1
+
+
+def test_an_admin_screen_takes_nothing_until_asked(svc):
+    idle = handlers.idle_screen()
+    assert idle.status["assignment_id"] is None and 'data-mode="idle"' in idle.html
+    assert svc.db()["assignments"].count == 0

@@ -1,7 +1,9 @@
 import re
 
-from labeler.render import (ALLOWED_TAGS, COLLAPSE_CHARS, conversation_html, candidate_html,
-                            render_untrusted_markdown)
+from labeler.render import (ALLOWED_TAGS, COLLAPSE_CHARS, CandidateView, Controls, Notice,
+                            candidate_badges, candidate_html, conversation_html, letters_list,
+                            plural, render_untrusted_markdown, task_screen_html, word_diff,
+                            word_diff_html)
 
 
 def _tags(html: str) -> set[str]:
@@ -82,9 +84,67 @@ def test_long_text_collapses_without_losing_any_of_it():
     assert "<details>" not in short
 
 
-def test_prompts_label_each_turn_and_empty_candidates_say_so():
+def test_conversations_are_bubbles_with_the_earlier_turns_folded():
     out = conversation_html([{"role": "system", "content": "Be <brief>"},
-                             {"role": "user", "content": "Hi"}])
-    assert "<strong>System:</strong>" in out and "Be &lt;brief&gt;" in out
-    assert out.index("System") < out.index("User") and "<hr>" in out
+                             {"role": "user", "content": "Hi"},
+                             {"role": "assistant", "content": "Hello"},
+                             {"role": "<b>odd</b>", "content": "Last one"}])
+    assert "Be &lt;brief&gt;" in out and "&lt;b&gt;odd&lt;/b&gt;" in out
+    earlier, last = out.split("</details>")
+    assert "<details" in earlier and "(3 turns)" in earlier and "Last one" in last
+    assert "rl-role-system" in earlier and "rl-role-assistant" in earlier
+    assert "rl-role-other" in last  # an unknown role gets no class of its own
     assert "(empty response)" in candidate_html("  \n")
+    single = conversation_html([{"role": "user", "content": "Just this"}])
+    assert "<details" not in single and "Just this" in single
+
+
+def test_headings_inside_texts_sit_below_the_titles():
+    out = candidate_html("# Big\n## Smaller\n###### Least")
+    assert "<h1" not in out and "<h2" not in out and "<h3" not in out
+    assert "<h4>Big</h4>" in out and "<h5>Smaller</h5>" in out and "<h6>Least</h6>" in out
+    assert "<h1>Big</h1>" in render_untrusted_markdown("# Big")  # the default is unchanged
+
+
+def test_word_diff_runs_rebuild_both_texts():
+    a, b = "The cat sat on the mat.\nSecond line", "The dog sat on the mat!\nSecond  line"
+    runs = word_diff(a, b)
+    assert "".join(t for op, t in runs if op != "ins") == a
+    assert "".join(t for op, t in runs if op != "del") == b
+    assert ("del", "cat") in runs and ("ins", "dog") in runs
+    assert word_diff("same", "same") == [("same", "same")]
+    # A replacement of several words reads as one change.
+    assert word_diff("it is three quarters full", "it is two thirds full") == [
+        ("same", "it is "), ("del", "three quarters"), ("ins", "two thirds"), ("same", " full")]
+    assert word_diff("", "new") == [("ins", "new")]
+
+
+def test_word_diff_html_is_escaped_and_counts_words():
+    out = word_diff_html("<b>x</b> one", "<b>x</b> two", "Candidate A", "Candidate B")
+    assert "<b>" not in out and "&lt;b&gt;" in out
+    assert '<span class="rl-diff-del">one</span>' in out
+    assert '<span class="rl-diff-ins">two</span>' in out and "2 words differ" in out
+    assert "identical" in word_diff_html("a b", "a b", "A", "B")
+
+
+def test_plurals_letters_and_badges():
+    assert (plural(1, "candidate"), plural(2, "candidate")) == ("1 candidate", "2 candidates")
+    assert letters_list([1]) == "B" and letters_list([0, 1, 3]) == "A, B and D"
+    assert candidate_badges("text", "length") == ("cut",)
+    assert candidate_badges(" \n", "stop") == ("empty",)
+    assert candidate_badges("ok", "stop") == ()
+
+
+def test_the_task_screen_escapes_its_own_texts_and_marks_state():
+    screen = task_screen_html(
+        assignment_id=7, prompt_html="<p>P</p>",
+        candidates=[CandidateView("<p>a</p>", ("cut",)), CandidateView("<p>b</p>")],
+        controls=Controls((1, None), rationale="</textarea><script>x</script>"),
+        layout="two-up", progress="1 done", notice=Notice("error", "<bad>"),
+        suggestion="bt:<dir>", unranked=[1])
+    assert "<script>" not in screen and "&lt;/textarea&gt;" in screen
+    assert "&lt;bad&gt;" in screen and "bt:&lt;dir&gt;" in screen
+    assert 'data-assignment="7"' in screen and 'data-k="2"' in screen
+    assert "rl-layout-two-up" in screen and "rl-msg-error" in screen
+    assert 'class="rl-candidate rl-missing" id="rl-cand-1"' in screen
+    assert 'id="rl-rank-0"' in screen and 'id="rl-submit"' in screen

@@ -1,0 +1,242 @@
+// The Rank tab's controller. The server renders each task as one HTML block (#rl-screen
+// .rl-task, from labeler/render.py); this script keeps the ranks in the browser until submit,
+// runs the keyboard, the layout, expand and the draft saves, and sends each action through
+// one hidden Gradio button (#rl-do-KIND) whose event reads its payload from here.
+(() => {
+  const RL = (window.rankloop = window.rankloop || {});
+  const pending = {};
+  let root = null;
+  let st = null;
+  let cursor = 0;
+  let draftTimer = null;
+  let shownKey = null;
+  let shownN = null;
+  const DRAFT_DELAY_MS = 600;
+
+  const visible = (el) => !!el && el.isConnected && el.getClientRects().length > 0;
+  const q = (sel) => (root ? root.querySelector(sel) : null);
+  const qa = (sel) => (root ? [...root.querySelectorAll(sel)] : []);
+  const ranking = () => st && (st.mode === 'task' || st.mode === 'revise');
+
+  // --- talking to the server ------------------------------------------------------------
+  RL.take = (kind) => {
+    const value = pending[kind];
+    delete pending[kind];
+    return value === undefined ? null : value;
+  };
+  const send = (kind, payload) => {
+    const button = document.getElementById('rl-do-' + kind);
+    if (!button) return;
+    pending[kind] = payload;
+    button.click();
+  };
+  const entry = () => ({
+    assignment_id: st.assignment,
+    ranks: st.ranks.slice(),
+    all_bad: st.allBad,
+    rationale: q('#rl-rationale')?.value || '',
+    demonstration: q('#rl-demonstration')?.value || '',
+    revises: st.revises,
+  });
+  const saveDraftSoon = () => {
+    if (!ranking()) return;
+    clearTimeout(draftTimer);
+    draftTimer = setTimeout(() => { draftTimer = null; send('draft', entry()); },
+                            DRAFT_DELAY_MS);
+  };
+  const submit = () => {
+    if (!ranking() || st.busy) return;
+    clearTimeout(draftTimer);
+    st.busy = true;
+    const button = q('#rl-submit');
+    if (button) { button.disabled = true; button.textContent = 'Saving…'; }
+    send('submit', entry());
+  };
+  const skip = () => {
+    if (!st || st.mode !== 'task' || st.busy) return;
+    clearTimeout(draftTimer);
+    st.busy = true;
+    send('skip', {assignment_id: st.assignment});
+  };
+
+  // --- painting the state onto the server's HTML ------------------------------------------
+  const paint = () => {
+    if (!ranking()) return;
+    qa('.rl-rank-btn').forEach((b) => {
+      const on = st.ranks[+b.dataset.index] === +b.dataset.rank;
+      b.setAttribute('aria-pressed', on ? 'true' : 'false');
+    });
+    qa('.rl-rank-pill').forEach((p) => {
+      const r = st.ranks[+p.dataset.index];
+      p.textContent = r ? 'Rank ' + r : 'Not ranked';
+      p.classList.toggle('rl-unranked', !r);
+    });
+    qa('.rl-candidate, .rl-bar-item').forEach((el) => {
+      const i = +el.dataset.index;
+      el.classList.toggle('rl-current', i === cursor);
+      if (st.ranks[i]) el.classList.remove('rl-missing');
+    });
+    const allBad = q('#rl-all-bad');
+    if (allBad) allBad.checked = st.allBad;
+    const note = q('#rl-suggestion');
+    if (note && st.changed) {
+      note.classList.add('rl-suggestion-changed');
+      note.textContent = 'You changed the suggested ranks: your ranking is stored as your own.';
+    }
+  };
+  const setRank = (index, rank, toggle) => {
+    if (index < 0 || index >= st.k || rank < 1 || rank > st.k) return;
+    st.ranks[index] = toggle && st.ranks[index] === rank ? null : rank;
+    st.changed = st.changed || st.suggested;
+    paint();
+    saveDraftSoon();
+  };
+  const move = (delta) => {
+    cursor = Math.max(0, Math.min(st.k - 1, cursor + delta));
+    paint();
+    const card = q('#rl-cand-' + cursor);
+    if (card && !card.classList.contains('rl-expanded')) {
+      const box = card.getBoundingClientRect();
+      if (box.top > window.innerHeight * 0.6 || box.bottom < 80) {
+        card.scrollIntoView({block: 'start'});
+      }
+    }
+  };
+  const expand = (index) => {
+    const card = q('#rl-cand-' + index);
+    if (!card) return;
+    const open = !card.classList.contains('rl-expanded');
+    qa('.rl-candidate.rl-expanded').forEach((c) => setExpanded(c, false));
+    setExpanded(card, open);
+  };
+  const setExpanded = (card, open) => {
+    card.classList.toggle('rl-expanded', open);
+    document.documentElement.classList.toggle('rl-overlay-open', open);
+    const button = card.querySelector('[data-rl-action=expand]');
+    if (button) {
+      button.textContent = open ? 'Close' : 'Expand';
+      button.setAttribute('aria-expanded', open ? 'true' : 'false');
+    }
+  };
+  const closeOverlays = () => {
+    qa('.rl-candidate.rl-expanded').forEach((c) => setExpanded(c, false));
+    document.querySelectorAll('#rl-diff .rl-diff-overlay').forEach((d) => d.classList.add('rl-closed'));
+  };
+  const showDiff = (a, b) => {
+    if (!ranking() || a === b) return;
+    send('diff', {assignment_id: st.assignment, a, b});
+  };
+  const setLayout = (layout) => {
+    root.className = root.className.replace(/\brl-layout-[\w-]+/, 'rl-layout-' + layout);
+    qa('[data-rl-action=layout]').forEach((b) =>
+      b.setAttribute('aria-pressed', b.dataset.layout === layout ? 'true' : 'false'));
+    send('layout', {layout});
+  };
+
+  // --- a new screen from the server ----------------------------------------------------------
+  const init = (el) => {
+    root = el;
+    const data = el.dataset;
+    shownN = data.n;
+    // The page may patch the old elements in place: text fields start from the server's text.
+    el.querySelectorAll('textarea').forEach((t) => { t.value = t.defaultValue; });
+    st = {mode: data.mode, assignment: data.assignment ? +data.assignment : null,
+          k: +(data.k || 0), revises: data.revises ? +data.revises : null,
+          ranks: [], allBad: false, suggested: false, changed: false, busy: false};
+    if (data.state) {
+      const state = JSON.parse(data.state);
+      st.ranks = state.ranks.map((r) => (r ? +r : null));
+      st.allBad = !!state.all_bad;
+      st.suggested = !!state.suggested;
+    }
+    cursor = 0;
+    document.documentElement.classList.remove('rl-overlay-open');
+    paint();
+    const key = `${st.mode}:${st.assignment}:${st.revises}`;
+    if (key !== shownKey) {
+      shownKey = key;
+      if (visible(el)) {
+        // A new task opens at its top (the message and the prompt), wherever the last ended.
+        requestAnimationFrame(() => {
+          const top = el.getBoundingClientRect().top + window.scrollY - 8;
+          window.scrollTo({top: Math.max(0, top), behavior: 'instant'});
+        });
+      }
+    }
+  };
+  // An admin's Rank tab takes a task from the queue only once they open it: checked after each
+  // click or key of theirs, never when the page itself switches tabs.
+  const openIfIdle = () => {
+    if (st && st.mode === 'idle' && !st.opening && visible(root)) {
+      st.opening = true;
+      send('open', null);
+    }
+  };
+  const watch = () => {
+    const el = document.querySelector('#rl-screen .rl-task');
+    if (el && (el !== root || el.dataset.n !== shownN)) init(el);
+  };
+  // Each screen from the server has a new data-n, whether its elements are new or patched.
+  new MutationObserver(watch).observe(document.documentElement, {
+    childList: true, subtree: true, attributes: true, attributeFilter: ['data-n']});
+  document.addEventListener('DOMContentLoaded', watch);
+
+  // --- mouse -----------------------------------------------------------------------------
+  document.addEventListener('click', (event) => {
+    setTimeout(openIfIdle, 50);  // a click on the Rank tab shows the idle screen
+    const target = event.target.closest && event.target.closest('[data-rl-action]');
+    if (!target || target.closest('.rl-md')) return;  // never an action from rendered text
+    const inScreen = target.closest('#rl-screen, #rl-diff');
+    if (!inScreen) return;
+    const action = target.dataset.rlAction;
+    const index = +(target.dataset.index || 0);
+    if (target.tagName === 'BUTTON' && action !== 'diff') target.blur();
+    if (action === 'rank' && ranking()) { cursor = index; setRank(index, +target.dataset.rank, true); }
+    else if (action === 'focus' && ranking()) { cursor = index; paint(); }
+    else if (action === 'submit') submit();
+    else if (action === 'skip') skip();
+    else if (action === 'expand') expand(index);
+    else if (action === 'layout') setLayout(target.dataset.layout);
+    else if (action === 'diff') showDiff(+q('#rl-diff-a').value, +q('#rl-diff-b').value);
+    else if (action === 'close-diff') closeOverlays();
+    else if (action === 'recent') send('reopen', {ranking_id: null});
+    else if (action === 'reopen') send('reopen', {ranking_id: +target.dataset.ranking});
+    else if (action === 'back') send('open', null);
+  });
+  document.addEventListener('change', (event) => {
+    if (!ranking() || !root.contains(event.target)) return;
+    if (event.target.id === 'rl-all-bad') { st.allBad = event.target.checked; saveDraftSoon(); }
+  });
+  document.addEventListener('input', (event) => {
+    if (!ranking() || !root.contains(event.target)) return;
+    if (event.target.tagName === 'TEXTAREA') saveDraftSoon();
+  });
+
+  // --- keyboard --------------------------------------------------------------------------
+  // Keys act only on a visible Rank tab, and never while focus is on something that takes
+  // keys itself (a text field, a button, a link, a checkbox, a tab).
+  const OWN_KEYS = 'input, textarea, select, button, a, summary, label, [contenteditable], ' +
+                   '[role=tab], [role=button], [role=textbox]';
+  document.addEventListener('keydown', (event) => {
+    if (!root || !visible(root) || !ranking()) return;
+    if (event.ctrlKey || event.metaKey || event.altKey) return;
+    const t = event.target;
+    if (event.key === 'Escape') { closeOverlays(); return; }
+    if (t && t !== document.body && t.closest && t.closest(OWN_KEYS)) return;
+    const key = event.key;
+    if (/^[1-9]$/.test(key)) {
+      if (+key <= st.k) { setRank(cursor, +key, false); move(1); }
+    } else if (['ArrowRight', 'ArrowDown', 'j', 'J'].includes(key)) move(1);
+    else if (['ArrowLeft', 'ArrowUp', 'k', 'K'].includes(key)) move(-1);
+    else if (key === 'Enter') submit();
+    else if (key === 's' || key === 'S') skip();
+    else if (key === 'x' || key === 'X') {
+      st.allBad = !st.allBad; paint(); saveDraftSoon();
+    } else if (key === 'r' || key === 'R') q('#rl-rationale')?.focus();
+    else if (key === 'e' || key === 'E') expand(cursor);
+    else if (key === 'd' || key === 'D') showDiff(cursor, (cursor + 1) % st.k);
+    else return;
+    event.preventDefault();
+  });
+  document.addEventListener('keyup', () => setTimeout(openIfIdle, 50));
+})();
