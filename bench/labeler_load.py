@@ -81,6 +81,21 @@ def _start_app(db_path: str, port: int) -> subprocess.Popen:
     raise SystemExit("the app did not start")
 
 
+def _load_task(client) -> dict:
+    """The task on screen, as the page's API describes it (``status`` of ``/load_task``)."""
+    _html, status, _timer = client.predict(api_name="/load_task")
+    return status
+
+
+def _submit(client, task: dict) -> tuple[int | None, dict]:
+    """Ranks the task on screen as the page does (one event, one JSON payload); returns the
+    assignment whose vote the app acknowledged (None if it did not) and the next task."""
+    _html, status, _timer = client.predict(
+        {"assignment_id": task["assignment_id"], "ranks": RANKS, "all_bad": False,
+         "rationale": "", "demonstration": ""}, api_name="/submit")
+    return (task["assignment_id"] if status["outcome"] == "saved" else None), status
+
+
 def _run_http(url: str, annotators: int, rounds: int) -> dict:
     from gradio_client import Client
 
@@ -94,19 +109,17 @@ def _run_http(url: str, annotators: int, rounds: int) -> dict:
             client = Client(url, auth=(f"a{i}", "bench-password"), verbose=False)
             barrier.wait()
             began = start = time.perf_counter()
-            task = client.predict(api_name="/load_task")
+            task = _load_task(client)
             with lock:
                 fetch.append(time.perf_counter() - start)
             for _ in range(rounds):
                 start = time.perf_counter()
-                result = client.predict(task[0], *RANKS, None, None, None, None, False, "", "",
-                                        api_name="/submit")
+                saved, task = _submit(client, task)
                 elapsed = time.perf_counter() - start
                 with lock:
                     submit.append(elapsed)
-                    if result[0].startswith("Saved"):
-                        acknowledged.append(task[0])
-                task = result[1:]
+                    if saved is not None:
+                        acknowledged.append(saved)
             with lock:
                 spans.append((began, time.perf_counter()))
         except Exception as exc:  # reported in the table, not hidden
@@ -139,7 +152,7 @@ def _login(client_class, url: str, i: int, attempts: int = 3):
         try:
             with _LOGINS:
                 client = client_class(url, auth=(f"a{i}", "bench-password"), verbose=False)
-                return client, client.predict(api_name="/load_task")
+                return client, _load_task(client)
         except Exception:
             if attempt == attempts - 1:
                 raise
@@ -173,15 +186,13 @@ def _run_http_open(url: str, annotators: int, interval: float, rounds: int) -> d
                 due = start_at[0] + _schedule(i, annotators, interval) + n * interval
                 time.sleep(max(0.0, due - time.perf_counter()))
                 sent = time.perf_counter()
-                result = client.predict(task[0], *RANKS, None, None, None, None, False, "", "",
-                                        api_name="/submit")
+                saved, task = _submit(client, task)
                 done = time.perf_counter()
                 with lock:
                     service.append(done - sent)
                     scheduled.append(done - due)
-                    if result[0].startswith("Saved"):
-                        acknowledged.append(task[0])
-                task = result[1:]
+                    if saved is not None:
+                        acknowledged.append(saved)
         except Exception as exc:
             with lock:
                 errors.append(repr(exc))
