@@ -76,6 +76,8 @@ class JobRunner:
     def __init__(self, db_path: str, max_running: int = MAX_RUNNING):
         self.db_path = db_path
         self.max_running = max_running
+        self._watchers: dict[int, threading.Thread] = {}
+        """The threads recording how this runner's jobs end, by job id."""
 
     def start(self, kind: str, args: list[str], started_by: str) -> Job:
         """Runs ``rankloop <args> --db <db>`` in the background; refuses (JobError) while
@@ -111,13 +113,16 @@ class JobRunner:
                            [process.pid, str(log_path), job_id])
         finally:
             db.close()
-        threading.Thread(target=self._watch, args=(job_id, process), daemon=True,
-                         name=f"job-{job_id}").start()
+        watcher = threading.Thread(target=self._watch, args=(job_id, process), daemon=True,
+                                   name=f"job-{job_id}")
+        self._watchers[job_id] = watcher
+        watcher.start()
         return self.get(job_id)
 
     def _watch(self, job_id: int, process: subprocess.Popen) -> None:
         returncode = process.wait()
         self._finish(job_id, SUCCEEDED if returncode == 0 else FAILED, returncode)
+        self._watchers.pop(job_id, None)
 
     def _finish(self, job_id: int, status: str, returncode: int | None) -> None:
         db = store.connect(self.db_path)
@@ -168,12 +173,23 @@ class JobRunner:
         return jobs[0] if jobs else None
 
     def list(self, limit: int = 50) -> list[Job]:
+        rows = self._rows(limit)
+        # A job of this runner whose process just ended is being recorded by its watcher:
+        # wait for that instead of calling it lost.
+        ended = [self._watchers[r["id"]] for r in rows if r["status"] == RUNNING
+                 and r["id"] in self._watchers and not _alive(r["pid"])]
+        if ended:
+            for watcher in ended:
+                watcher.join(timeout=5.0)
+            rows = self._rows(limit)
+        return [self._from_row(r) for r in rows]
+
+    def _rows(self, limit: int) -> list[dict]:
         db = store.connect(self.db_path)
         try:
-            rows = list(db.query("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", [limit]))
+            return list(db.query("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", [limit]))
         finally:
             db.close()
-        return [self._from_row(r) for r in rows]
 
     def running(self, kind: str | None = None) -> list[Job]:
         return [j for j in self.list() if j.status == RUNNING and kind in (None, j.kind)]
