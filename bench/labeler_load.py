@@ -106,7 +106,7 @@ def _run_http(url: str, annotators: int, rounds: int) -> dict:
 
     def annotator(i: int) -> None:
         try:
-            client = Client(url, auth=(f"a{i}", "bench-password"), verbose=False)
+            client, _ = _login(Client, url, i)
             barrier.wait()
             began = start = time.perf_counter()
             task = _load_task(client)
@@ -347,7 +347,7 @@ def _closed_loop(args) -> None:
     for n, http, direct, lost, duplicated in rows:
         ms = [1000 * _percentile(http[key], q) for key in ("fetch", "submit")
               for q in (50, 95, 99)]
-        rate = len(http["acknowledged"]) / http["wall"]
+        rate = len(http["acknowledged"]) / http["wall"] or float("nan")
         direct_rate = len(direct["acknowledged"]) / direct["wall"]
         print(f"{n:>4} {ms[0]:>8.0f}ms {ms[1]:>5.0f}ms {ms[2]:>5.0f}ms {ms[3]:>9.0f}ms "
               f"{ms[4]:>5.0f}ms {ms[5]:>5.0f}ms {rate:>8.1f} {direct_rate:>14.1f} "

@@ -144,7 +144,7 @@ def train_on_pairs(config: PairTrainingConfig, objective: PairObjective, *,
     such as the loop pass pairs directly instead of reading ``config.data``/``config.db``."""
     from accelerate.utils import set_seed
 
-    from training.accel import configure_deepspeed, make_accelerator
+    from training.accel import make_accelerator
     from training.checkpoints import resume_checkpoint
     from training.metrics import MetricsLog
     from training.models import (
@@ -155,8 +155,7 @@ def train_on_pairs(config: PairTrainingConfig, objective: PairObjective, *,
         resolve_model,
         save_trained_model,
     )
-    from training.optim import adamw, lr_scheduler
-    from training.steps import run_steps
+    from training.steps import prepare_optimization, run_steps
 
     # 1. Pairs, tokenized and filtered; the plan, checked before any model loads.
     if not progress:
@@ -185,16 +184,8 @@ def train_on_pairs(config: PairTrainingConfig, objective: PairObjective, *,
     lora = LoraSettings.from_rank(config.lora_r, config.lora_alpha)
     model = load_policy(model_path, lora=lora,
                         gradient_checkpointing=config.gradient_checkpointing)
-    optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate,
-                      weight_decay=config.weight_decay, betas=config.adam_betas,
-                      eps=config.adam_eps)
-    scheduler = lr_scheduler(config.lr_schedule, optimizer, warmup_ratio=config.warmup_ratio,
-                             total_steps=plan.total_steps)
-    configure_deepspeed(accelerator, micro_batch_size=config.per_device_batch_size,
-                        gradient_accumulation_steps=config.gradient_accumulation_steps,
-                        max_grad_norm=config.max_grad_norm)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
+    model, optimizer, scheduler = prepare_optimization(accelerator, model, config,
+                                                       plan.total_steps)
     pad_id = tokenizer.pad_token_id
 
     # 3. The starting policy's log-probs, once, before any checkpoint is loaded: no second

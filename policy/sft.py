@@ -385,11 +385,12 @@ def train_sft(config: SFTConfig, *, progress: bool = True) -> SFTSummary:
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM
 
-    from training.accel import configure_deepspeed, make_accelerator
+    from training.accel import make_accelerator
     from training.metrics import MetricsLog
     from training.models import ModelNotFoundError, load_tokenizer, resolve_model
-    from training.optim import adamw, clip_gradients, lr_scheduler
+    from training.optim import clip_gradients
     from training.plan import global_batches, micro_batches, steps_per_epoch
+    from training.steps import prepare_optimization
 
     output = Path(config.output)
     # 1. Data: read and tokenize (bad input fails here, before anything heavy starts), hold
@@ -425,15 +426,7 @@ def train_sft(config: SFTConfig, *, progress: bool = True) -> SFTSummary:
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
-    optimizer = adamw(model.parameters(), lr=config.learning_rate,
-                      weight_decay=config.weight_decay, betas=config.adam_betas,
-                      eps=config.adam_eps)
-    scheduler = lr_scheduler(config.lr_schedule, optimizer, warmup_ratio=config.warmup_ratio,
-                             total_steps=total_steps)
-    configure_deepspeed(accelerator, micro_batch_size=config.per_device_batch_size,
-                        gradient_accumulation_steps=config.gradient_accumulation_steps,
-                        max_grad_norm=config.max_grad_norm)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer, scheduler = prepare_optimization(accelerator, model, config, total_steps)
     log = MetricsLog(output / "metrics.jsonl", enabled=accelerator.is_main_process,
                      accelerator=accelerator, settings=asdict(config))
     pad_id = tokenizer.pad_token_id

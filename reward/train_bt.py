@@ -225,12 +225,11 @@ def train_reward_model(
     from accelerate.utils import set_seed
 
     from reward.modeling import load_reward_model, load_reward_tokenizer, write_model_card
-    from training.accel import configure_deepspeed, make_accelerator
+    from training.accel import make_accelerator
     from training.checkpoints import resume_checkpoint
     from training.metrics import MetricsLog
     from training.models import LoraSettings, resolve_model, save_trained_model
-    from training.optim import adamw, lr_scheduler
-    from training.steps import run_steps
+    from training.steps import prepare_optimization, run_steps
 
     output = Path(config.output)
     # 1. Data: read (bad input fails here, before anything heavy starts), drop ties and
@@ -258,17 +257,8 @@ def train_reward_model(
     lora = LoraSettings.from_rank(config.lora_r, config.lora_alpha, config.lora_dropout)
     model = load_reward_model(model_path, tokenizer, lora=lora,
                               gradient_checkpointing=config.gradient_checkpointing)
-    optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate,
-                      weight_decay=config.weight_decay, betas=config.adam_betas,
-                      eps=config.adam_eps)
-    scheduler = lr_scheduler(config.lr_schedule, optimizer, warmup_ratio=config.warmup_ratio,
-                             total_steps=plan.total_steps)
-    configure_deepspeed(accelerator, micro_batch_size=config.per_device_batch_size,
-                        gradient_accumulation_steps=config.gradient_accumulation_steps,
-                        max_grad_norm=config.max_grad_norm)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    # The scheduler steps once per optimizer step, by this loop, whatever the backend.
-    accelerator.register_for_checkpointing(scheduler)
+    model, optimizer, scheduler = prepare_optimization(accelerator, model, config,
+                                                       plan.total_steps)
 
     # 3. Resume from the newest checkpoint when its plan matches this one.
     fingerprint = plan_fingerprint(config, plan)

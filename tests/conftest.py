@@ -75,3 +75,12 @@ def vllm_sampler(default_model_dir):
     sampler = VLLMSampler(default_model_dir, seed=0, max_model_len=2048)
     yield sampler
     sampler.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium per test module (tests/browser.py)."""
+    from tests.browser import chromium
+
+    with chromium() as started:
+        yield started

@@ -2,7 +2,6 @@
 served app, logged in as the fixture's admin "root"."""
 
 import json
-import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -15,28 +14,15 @@ from data.queue_order import get_queue_order
 from labeler import handlers
 from labeler.jobs import workspace_dir
 from tests.integration.conftest import free_port
+from tests.browser import ARTIFACTS
 from tests.labeling_fixtures import PASSWORD, make_labeling_db
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
 DESKTOP = {"width": 1440, "height": 900}
 PHONE = {"width": 390, "height": 844}
 ZONE = "Asia/Kolkata"  # +05:30 all year: never the machine's UTC, and no daylight saving
 HIGHLIGHT = "rgb(253, 230, 138)"  # admin.DISPUTED_STYLE's background
 
 
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian chromium is not installed (bash launch/install.sh --test installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

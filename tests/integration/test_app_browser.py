@@ -1,30 +1,14 @@
 """A real browser (headless Debian Chromium through Playwright) against the served app."""
 
 import json
-import shutil
-from pathlib import Path
 
-import pytest
 
 from data import store
+from tests.browser import ARTIFACTS
 from tests.labeling_fixtures import PASSWORD
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
 
 
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian chromium is not installed (bash launch/install.sh --test installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield browser
-        browser.close()
 
 
 def _login(browser, url, user, viewport=(1400, 1000)):

@@ -12,7 +12,8 @@ import pytest
 from data import labeling, settings, store
 from data.labeling import QueuePolicy
 from tests.integration.conftest import free_port
-from tests.integration.test_app_browser import ARTIFACTS, _login, browser  # noqa: F401
+from tests.browser import ARTIFACTS
+from tests.integration.test_app_browser import _login
 from tests.labeling_fixtures import make_labeling_db
 
 VIEWPORTS = {"desktop": (1440, 900), "laptop": (1280, 720), "phone": (390, 844)}

@@ -10,7 +10,7 @@ import pytest
 from data import export, labeling, settings, store
 from data.labeling import QueuePolicy
 from tests.integration.conftest import free_port
-from tests.integration.test_app_browser import _login, browser  # noqa: F401
+from tests.integration.test_app_browser import _login
 from tests.integration.test_rank_screen_browser import (VIEWPORTS, pressed, shot, stored,
                                                         wait_task)
 from tests.integration.test_rank_screen_browser import rich_app  # noqa: F401 (a fixture)

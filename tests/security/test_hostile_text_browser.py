@@ -4,20 +4,17 @@ creates nothing (no foreign element, request, dialog, logout or policy violation
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 
 from labeler.render import ALLOWED_TAGS
+from tests.browser import ARGS, CHROMIUM
 from tests.labeling_fixtures import PASSWORD, make_labeling_db
 from tests.security.conftest import add_hostile_items, serve_db
 from tests.security.hostile_corpus import TRACKER
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
 
 WATCH_JS = """
 window.__csp = [];
