@@ -142,9 +142,6 @@ def train_on_pairs(config: PairTrainingConfig, objective: PairObjective, *,
                    progress: bool = True) -> PairSummary:
     """Trains the policy on the pairs; ``pairs`` (and held-out ``eval_pairs``) let a caller
     such as the loop pass pairs directly instead of reading ``config.data``/``config.db``."""
-    from accelerate.utils import set_seed
-
-    from training.accel import make_accelerator
     from training.checkpoints import resume_checkpoint
     from training.metrics import MetricsLog
     from training.models import (
@@ -155,7 +152,7 @@ def train_on_pairs(config: PairTrainingConfig, objective: PairObjective, *,
         resolve_model,
         save_trained_model,
     )
-    from training.steps import prepare_optimization, run_steps
+    from training.steps import plan_run, prepare_optimization, run_steps
 
     # 1. Pairs, tokenized and filtered; the plan, checked before any model loads.
     if not progress:
@@ -169,14 +166,9 @@ def train_on_pairs(config: PairTrainingConfig, objective: PairObjective, *,
     tokenizer = load_tokenizer(model_path, padding_side="right")
     check_tokenizer_matches(model_path, tokenizer)
     train, held_out, dropped = prepare_pairs(config, tokenizer, pairs, eval_pairs)
-    accelerator = make_accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
-                                   bf16=config.bf16, report_to=config.report_to, output=output)
+    accelerator, plan = plan_run(config, len(train), output)
     world = accelerator.num_processes
     say = accelerator.print
-    set_seed(config.seed)
-    plan = StepPlan(len(train), world, config.per_device_batch_size,
-                    config.gradient_accumulation_steps, config.epochs, config.max_steps)
-    plan.check()
     say(f"rankloop: {len(train)} training pairs, {len(held_out)} held out; {plan.describe()}")
 
     # 2. π_θ = the starting policy, dropout off (π_θ and it must be the same function at

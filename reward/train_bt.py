@@ -222,14 +222,11 @@ def train_reward_model(
 
     ``pairs``/``eval_pairs`` replace reading ``config.data``/``config.db``/``config.eval_data``.
     """
-    from accelerate.utils import set_seed
-
     from reward.modeling import load_reward_model, load_reward_tokenizer, write_model_card
-    from training.accel import make_accelerator
     from training.checkpoints import resume_checkpoint
     from training.metrics import MetricsLog
     from training.models import LoraSettings, resolve_model, save_trained_model
-    from training.steps import prepare_optimization, run_steps
+    from training.steps import plan_run, prepare_optimization, run_steps
 
     output = Path(config.output)
     # 1. Data: read (bad input fails here, before anything heavy starts), drop ties and
@@ -242,14 +239,9 @@ def train_reward_model(
     model_path = resolve_model(config.model)
     tokenizer = load_reward_tokenizer(model_path)
     train, held_out, dropped = prepare_pairs(config, tokenizer, load, eval_pairs)
-    accelerator = make_accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
-                                   bf16=config.bf16, report_to=config.report_to, output=output)
+    accelerator, plan = plan_run(config, len(train), output)
     world = accelerator.num_processes
     say = accelerator.print
-    set_seed(config.seed)
-    plan = StepPlan(len(train), world, config.per_device_batch_size,
-                    config.gradient_accumulation_steps, config.epochs, config.max_steps)
-    plan.check()
     eval_batch_size = config.eval_batch_size or config.per_device_batch_size
     say(f"rankloop: {len(train)} training pairs, {len(held_out)} held out; {plan.describe()}")
 

@@ -192,3 +192,20 @@ def prepare_optimization(accelerator, model, config, total_steps: int):
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     return model, optimizer, scheduler
+
+
+def plan_run(config, n_examples: int, output: Path):
+    """(accelerator, plan) of a run over ``n_examples`` training examples: the accelerator
+    (DeepSpeed when launched so, trackers), the seed set on every process, and the step plan,
+    checked before any model loads."""
+    from accelerate.utils import set_seed
+
+    from training.accel import make_accelerator
+
+    accelerator = make_accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
+                                   bf16=config.bf16, report_to=config.report_to, output=output)
+    set_seed(config.seed)
+    plan = StepPlan(n_examples, accelerator.num_processes, config.per_device_batch_size,
+                    config.gradient_accumulation_steps, config.epochs, config.max_steps)
+    plan.check()
+    return accelerator, plan
