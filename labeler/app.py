@@ -10,7 +10,7 @@ from __future__ import annotations
 import gradio as gr
 
 from data import settings
-from labeler import handlers, server
+from labeler import server
 from labeler.admin_tab import ADMIN_CSS, create_admin_tab
 from labeler.handlers import LabelerService
 from labeler.rank_tab import CSS, RANK_JS, create_rank_tab
@@ -26,7 +26,7 @@ def build_app(svc: LabelerService) -> gr.Blocks:
             header = gr.HTML(elem_id="rl-header-box", js_on_load=None)
         with gr.Tabs() as tabs:
             with gr.Tab("Rank", id="rank"):
-                rank = create_rank_tab(svc)
+                create_rank_tab(svc)
             with gr.Tab("Admin", id="admin", visible=False) as admin_tab:
                 admin_status, admin_outputs = create_admin_tab(svc)
 
@@ -35,17 +35,15 @@ def build_app(svc: LabelerService) -> gr.Blocks:
             name = username(request)
             user = svc.user(name)
             top = header_html(user.name, settings.get_setting(svc.db(), "guidelines"))
+            # The Rank tab's screen is the page script's to fetch (labeler/rank_api.py).
             if user.is_admin:
                 # An admin lands on the console; their Rank tab takes a task only once opened.
                 svc.ensure_candidates()
                 return [gr.Tab(visible=True), gr.Tabs(selected="admin"), top,
-                        *rank.show(handlers.idle_screen()), *admin_status(request)]
-            return [gr.Tab(visible=False), gr.skip(), top,
-                    *rank.show(handlers.load_screen(svc, name)),
-                    *[gr.skip()] * len(admin_outputs)]
+                        *admin_status(request)]
+            return [gr.Tab(visible=False), gr.skip(), top, *[gr.skip()] * len(admin_outputs)]
 
-        demo.load(on_load, None,
-                  [admin_tab, tabs, header, *rank.screen_outputs, *admin_outputs],
+        demo.load(on_load, None, [admin_tab, tabs, header, *admin_outputs],
                   api_visibility="private", show_progress="hidden")
     return demo
 

@@ -7,6 +7,7 @@ these directly against a real SQLite file. Every piece of state lives in SQLite.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -254,13 +255,26 @@ def load_screen(svc: LabelerService, username: str) -> Screen:
     return screen(current_task(svc, username))
 
 
+def first_screen(svc: LabelerService, username: str, payload=None) -> Screen:
+    """The Rank tab's screen as the page loads (``{}``), or as an admin opens the tab
+    (``{"open": true}``): an admin sees the idle screen until then, so that loading the
+    console takes nothing from the queue; everyone else gets their task at once."""
+    p = _payload(payload if payload is not None else {}, {"open"})
+    if not _as_bool("open", p.get("open", False)) and svc.user(username).is_admin:
+        return idle_screen()
+    return load_screen(svc, username)
+
+
 # --- raw values from the network --------------------------------------------------------------
 
 def _as_int(name: str, value) -> int | None:
     if value is None or value == "":
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            isinstance(value, int) or (math.isfinite(value) and value == int(value))):
         raise BadRequest(f"{name} must be a whole number")
+    if not -2**63 <= value < 2**63:  # SQLite's integers
+        raise BadRequest(f"{name} is out of range")
     return int(value)
 
 

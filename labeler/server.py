@@ -33,6 +33,7 @@ from fastapi import FastAPI, HTTPException
 
 from data import labeling, store
 from labeler.auth import LoginLimiter
+from labeler.rank_api import create_rank_router
 
 log = logging.getLogger("rankloop.app")
 
@@ -291,6 +292,17 @@ def create_server_app(svc, blocks: gr.Blocks, *, session_ttl_s: float, head: str
     guard = LoginGuard(svc, limiter)
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(SecurityMiddleware, sessions=sessions)
+    cookie: dict[str, str] = {}
+
+    def current_user(request) -> str | None:
+        """The user of a request's Gradio login session, read as Gradio's own routes do."""
+        name = cookie.get("id", "")
+        token = (request.cookies.get(f"access-token-{name}")
+                 or request.cookies.get(f"access-token-unsecure-{name}"))
+        return sessions.get(token) if token else None
+
+    # Before the Gradio mount, which answers every other path.
+    app.include_router(create_rank_router(svc, current_user))
     app = gr.mount_gradio_app(
         app, blocks, path="", auth=guard.check, auth_message=auth_message,
         show_error=False, footer_links=[], head=head, css=css,
@@ -298,6 +310,7 @@ def create_server_app(svc, blocks: gr.Blocks, *, session_ttl_s: float, head: str
     )
     [gradio_app] = [r.app for r in app.routes if hasattr(getattr(r, "app", None), "tokens")]
     gradio_app.tokens = sessions
+    cookie["id"] = gradio_app.cookie_id
     app.state.sessions, app.state.login_guard = sessions, guard
     return app
 

@@ -1,35 +1,64 @@
-// The Rank tab's controller. The server renders each task as one HTML block (#rl-screen
-// .rl-task, from labeler/render.py); this script keeps the ranks in the browser until submit,
-// runs the keyboard, the layout, expand and the draft saves, and sends each action through
-// one hidden Gradio button (#rl-do-KIND) whose event reads its payload from here.
+// The Rank tab's controller. The server renders each screen as one HTML block (.rl-task, from
+// labeler/render.py) and answers the page's actions as JSON (labeler/rank_api.py); this script
+// puts each screen into #rl-screen, keeps the ranks in the browser until submit, and runs the
+// keyboard, the layout, expand, the draft saves and the polling of the waiting screen.
 (() => {
   const RL = (window.rankloop = window.rankloop || {});
-  const pending = {};
   let root = null;
   let st = null;
   let cursor = 0;
   let draftTimer = null;
+  let pollTimer = null;
   let shownKey = null;
-  let shownN = null;
+  let lastScreen = null;  // the HTML on screen, put back if the page re-creates the host
+  let screenSeq = 0;  // only the answer to the latest screen request is shown
+  let started = false;
   const DRAFT_DELAY_MS = 600;
+  const POLL_MS = 3000;
+  const SCREEN_ACTIONS = new Set(['screen', 'submit', 'skip', 'reopen']);
 
   const visible = (el) => !!el && el.isConnected && el.getClientRects().length > 0;
   const q = (sel) => (root ? root.querySelector(sel) : null);
   const qa = (sel) => (root ? [...root.querySelectorAll(sel)] : []);
   const ranking = () => st && (st.mode === 'task' || st.mode === 'revise');
+  const host = (id) => document.getElementById(id);
 
   // --- talking to the server ------------------------------------------------------------
-  RL.take = (kind) => {
-    const value = pending[kind];
-    delete pending[kind];
-    return value === undefined ? null : value;
+  const showError = (text) => {
+    const box = q('#rl-message');
+    if (!box) return;
+    box.className = 'rl-msg rl-msg-error';
+    box.setAttribute('role', 'alert');
+    box.textContent = text;  // the server's sentence, shown as text
   };
-  const send = (kind, payload) => {
-    const button = document.getElementById('rl-do-' + kind);
-    if (!button) return;
-    pending[kind] = payload;
-    button.click();
+  const post = async (action, payload) => {
+    const response = await fetch(new URL('rank/api/' + action, document.baseURI), {
+      method: 'POST', credentials: 'same-origin', cache: 'no-store',
+      headers: {'content-type': 'application/json'},
+      body: JSON.stringify(payload === undefined ? {} : payload)});
+    const answer = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      throw new Error(answer.error || `the server answered ${response.status}`);
+    }
+    return answer;
   };
+  const send = async (action, payload) => {
+    const seq = SCREEN_ACTIONS.has(action) ? ++screenSeq : null;
+    try {
+      const answer = await post(action, payload);
+      if (seq !== null && seq === screenSeq) showScreen(answer.html, answer.status);
+      else if (action === 'diff') showDiff(answer.html);
+      return answer;
+    } catch (error) {
+      if (seq !== null && seq !== screenSeq) return null;
+      if (st) { st.busy = false; st.opening = false; }
+      const button = q('#rl-submit');
+      if (button) { button.disabled = false; button.textContent = button.dataset.label || 'Submit'; }
+      showError(`Not done: ${error.message || error}.`);
+      return null;
+    }
+  };
+  RL.send = send;
   const entry = () => ({
     assignment_id: st.assignment,
     ranks: st.ranks.slice(),
@@ -49,7 +78,11 @@
     clearTimeout(draftTimer);
     st.busy = true;
     const button = q('#rl-submit');
-    if (button) { button.disabled = true; button.textContent = 'Saving…'; }
+    if (button) {
+      button.dataset.label = button.textContent;
+      button.disabled = true;
+      button.textContent = 'Saving…';
+    }
     send('submit', entry());
   };
   const skip = () => {
@@ -122,9 +155,13 @@
     qa('.rl-candidate.rl-expanded').forEach((c) => setExpanded(c, false));
     document.querySelectorAll('#rl-diff .rl-diff-overlay').forEach((d) => d.classList.add('rl-closed'));
   };
-  const showDiff = (a, b) => {
+  const askDiff = (a, b) => {
     if (!ranking() || a === b) return;
     send('diff', {assignment_id: st.assignment, a, b});
+  };
+  const showDiff = (html) => {
+    const box = host('rl-diff-body');
+    if (box) box.innerHTML = html;  // rendered and escaped by the server (labeler/render.py)
   };
   const setLayout = (layout) => {
     root.className = root.className.replace(/\brl-layout-[\w-]+/, 'rl-layout-' + layout);
@@ -134,12 +171,19 @@
   };
 
   // --- a new screen from the server ----------------------------------------------------------
+  const showScreen = (html, status) => {
+    const box = host('rl-screen-body');
+    if (!box) return;
+    lastScreen = html;
+    RL.status = status;
+    box.innerHTML = html;  // rendered and escaped by the server (labeler/render.py)
+    showDiff('');
+    const el = box.querySelector('.rl-task');
+    if (el) init(el);
+  };
   const init = (el) => {
     root = el;
     const data = el.dataset;
-    shownN = data.n;
-    // The page may patch the old elements in place: text fields start from the server's text.
-    el.querySelectorAll('textarea').forEach((t) => { t.value = t.defaultValue; });
     st = {mode: data.mode, assignment: data.assignment ? +data.assignment : null,
           k: +(data.k || 0), revises: data.revises ? +data.revises : null,
           ranks: [], allBad: false, suggested: false, changed: false, busy: false};
@@ -152,6 +196,9 @@
     cursor = 0;
     document.documentElement.classList.remove('rl-overlay-open');
     paint();
+    clearTimeout(pollTimer);
+    // Nothing to rank yet (the first run, an empty queue): ask again until there is.
+    if (st.mode === 'waiting') pollTimer = setTimeout(() => send('screen', {open: true}), POLL_MS);
     const key = `${st.mode}:${st.assignment}:${st.revises}`;
     if (key !== shownKey) {
       shownKey = key;
@@ -169,16 +216,18 @@
   const openIfIdle = () => {
     if (st && st.mode === 'idle' && !st.opening && visible(root)) {
       st.opening = true;
-      send('open', null);
+      send('screen', {open: true});
     }
   };
+  // The first screen is asked for once the page has built the Rank tab; if the page re-creates
+  // the tab's elements, the screen on show is put back.
   const watch = () => {
-    const el = document.querySelector('#rl-screen .rl-task');
-    if (el && (el !== root || el.dataset.n !== shownN)) init(el);
+    const box = host('rl-screen-body');
+    if (!box) return;
+    if (!started) { started = true; send('screen', {}); return; }
+    if (lastScreen !== null && !box.querySelector('.rl-task')) showScreen(lastScreen, RL.status);
   };
-  // Each screen from the server has a new data-n, whether its elements are new or patched.
-  new MutationObserver(watch).observe(document.documentElement, {
-    childList: true, subtree: true, attributes: true, attributeFilter: ['data-n']});
+  new MutationObserver(watch).observe(document.documentElement, {childList: true, subtree: true});
   document.addEventListener('DOMContentLoaded', watch);
 
   // --- mouse -----------------------------------------------------------------------------
@@ -197,11 +246,11 @@
     else if (action === 'skip') skip();
     else if (action === 'expand') expand(index);
     else if (action === 'layout') setLayout(target.dataset.layout);
-    else if (action === 'diff') showDiff(+q('#rl-diff-a').value, +q('#rl-diff-b').value);
+    else if (action === 'diff') askDiff(+q('#rl-diff-a').value, +q('#rl-diff-b').value);
     else if (action === 'close-diff') closeOverlays();
     else if (action === 'recent') send('reopen', {ranking_id: null});
     else if (action === 'reopen') send('reopen', {ranking_id: +target.dataset.ranking});
-    else if (action === 'back') send('open', null);
+    else if (action === 'back') send('screen', {open: true});
   });
   document.addEventListener('change', (event) => {
     if (!ranking() || !root.contains(event.target)) return;
@@ -234,7 +283,7 @@
       st.allBad = !st.allBad; paint(); saveDraftSoon();
     } else if (key === 'r' || key === 'R') q('#rl-rationale')?.focus();
     else if (key === 'e' || key === 'E') expand(cursor);
-    else if (key === 'd' || key === 'D') showDiff(cursor, (cursor + 1) % st.k);
+    else if (key === 'd' || key === 'D') askDiff(cursor, (cursor + 1) % st.k);
     else return;
     event.preventDefault();
   });
