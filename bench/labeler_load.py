@@ -1,11 +1,16 @@
 """Labeling app under load: simulated annotators doing submit + fetch-next, closed and open loop.
 
-    python3 bench/labeler_load.py [--mode both] [--annotators 10 50 100] [--rounds 4]
+    python3 bench/labeler_load.py [--mode both] [--transports page gradio]
+                                  [--annotators 10 50 100] [--rounds 4]
                                   [--open-annotators 100] [--interval 10] [--duration 60]
 
-Each annotator logs in (gradio_client, the same HTTP API the page uses), then submits a ranking
-for the task on screen and receives the next one. The app runs as a real `rankloop app`
-process on localhost.
+Each annotator logs in, then submits a ranking for the task on screen and receives the next
+one, against a real `rankloop app` process on localhost, through one of two transports:
+
+- ``page``: the JSON routes the Rank tab's script calls (``labeler/rank_api.py``), one
+  keep-alive HTTP client (httpx) per annotator, as a browser tab is;
+- ``gradio``: the same actions as Gradio events (``/submit``, ``/load_task``), one gradio_client
+  per annotator: what API clients use, and what the page itself sent before its routes.
 
 - Closed loop (``--annotators``, ``--rounds``): every annotator submits again as soon as the
   previous answer arrives, so the submissions/s is the most the app sustains.
@@ -18,13 +23,12 @@ process on localhost.
 Printed per run: client-observed latency p50/p95/p99, submissions/s, and acknowledged
 submissions lost or duplicated in SQLite afterwards (must be 0). The peer, measured in the same
 run, is the same work done by as many threads calling the data layer directly (no HTTP, no
-Gradio): the floor the app adds to.
+Gradio): the floor the app adds to. Client and app share this machine's cores.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 K = 4
 RANKS = ["1", "2", "3", "4"]
+PASSWORD = "bench-password"
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -60,7 +65,7 @@ def _make_db(path: str, annotators: int, items: int) -> None:
             store.add_candidates(db, prompt_id, run_id, [
                 store.CandidateIn(f"Candidate {j} for prompt {p}. " * 20, 60, "stop")
                 for j in range(K)])
-    password = hash_password("bench-password")  # one hash: scrypt is slow on purpose
+    password = hash_password(PASSWORD)  # one hash: scrypt is slow on purpose
     for i in range(annotators):
         labeling.add_user(db, f"a{i}", "annotator", password)
     labeling.sync_items(db)
@@ -76,103 +81,125 @@ def _start_app(db_path: str, port: int) -> subprocess.Popen:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
             return app
         except OSError:
+            if app.poll() is not None:
+                raise SystemExit(f"the app exited with {app.returncode}: is port {port} free?")
             time.sleep(0.3)
     app.kill()
     raise SystemExit("the app did not start")
 
 
-def _load_task(client) -> dict:
-    """The task on screen, as the page's API describes it (``status`` of ``/load_task``)."""
-    _html, status, _timer = client.predict(api_name="/load_task")
-    return status
+# --- annotators: each transport logs in, loads its task, submits and gets the next ----------
+
+def _ranking(task: dict) -> dict:
+    return {"assignment_id": task["assignment_id"], "ranks": RANKS, "all_bad": False,
+            "rationale": "", "demonstration": ""}
 
 
-def _submit(client, task: dict) -> tuple[int | None, dict]:
-    """Ranks the task on screen as the page does (one event, one JSON payload); returns the
-    assignment whose vote the app acknowledged (None if it did not) and the next task."""
-    _html, status, _timer = client.predict(
-        {"assignment_id": task["assignment_id"], "ranks": RANKS, "all_bad": False,
-         "rationale": "", "demonstration": ""}, api_name="/submit")
-    return (task["assignment_id"] if status["outcome"] == "saved" else None), status
+class PageAnnotator:
+    """The page's JSON routes, with the login cookie of Gradio's login form."""
+
+    def __init__(self, url: str, i: int):
+        import httpx
+
+        self.client = httpx.Client(base_url=url, timeout=60)
+        response = self.client.post("login", data={"username": f"a{i}", "password": PASSWORD})
+        response.raise_for_status()
+
+    def _screen(self, action: str, payload: dict) -> dict:
+        response = self.client.post(f"rank/api/{action}", json=payload)
+        response.raise_for_status()
+        return response.json()["status"]
+
+    def load_task(self) -> dict:
+        return self._screen("screen", {})
+
+    def submit(self, task: dict) -> tuple[int | None, dict]:
+        """The assignment whose vote the app acknowledged (None if it did not), the next task."""
+        status = self._screen("submit", _ranking(task))
+        return (task["assignment_id"] if status["outcome"] == "saved" else None), status
+
+    def close(self) -> None:
+        self.client.close()
 
 
-def _run_http(url: str, annotators: int, rounds: int) -> dict:
-    from gradio_client import Client
+class GradioAnnotator:
+    """The Gradio events, through gradio_client."""
 
-    fetch, submit, acknowledged, errors = [], [], [], []
-    spans: list[tuple[float, float]] = []  # each annotator's (first request, last response)
-    lock = threading.Lock()
-    barrier = threading.Barrier(annotators)  # logins first, then everyone starts together
+    def __init__(self, url: str, i: int):
+        from gradio_client import Client
 
-    def annotator(i: int) -> None:
-        try:
-            client, _ = _login(Client, url, i)
-            barrier.wait()
-            began = start = time.perf_counter()
-            task = _load_task(client)
-            with lock:
-                fetch.append(time.perf_counter() - start)
-            for _ in range(rounds):
-                start = time.perf_counter()
-                saved, task = _submit(client, task)
-                elapsed = time.perf_counter() - start
-                with lock:
-                    submit.append(elapsed)
-                    if saved is not None:
-                        acknowledged.append(saved)
-            with lock:
-                spans.append((began, time.perf_counter()))
-        except Exception as exc:  # reported in the table, not hidden
-            with lock:
-                errors.append(repr(exc))
-            barrier.abort()
+        self.client = Client(url, auth=(f"a{i}", PASSWORD), verbose=False)
 
-    threads = [threading.Thread(target=annotator, args=(i,)) for i in range(annotators)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = max(end for _, end in spans) - min(start for start, _ in spans) if spans else 1.0
-    return {"fetch": fetch, "submit": submit, "acknowledged": acknowledged, "errors": errors,
-            "wall": wall}
+    def load_task(self) -> dict:
+        return self.client.predict(api_name="/load_task")[1]
+
+    def submit(self, task: dict) -> tuple[int | None, dict]:
+        status = self.client.predict(_ranking(task), api_name="/submit")[1]
+        return (task["assignment_id"] if status["outcome"] == "saved" else None), status
+
+    def close(self) -> None:
+        self.client.close()
 
 
-def _schedule(i: int, annotators: int, interval: float) -> float:
-    """Annotator i's first submission, offset so that the submissions are evenly spread."""
-    return i * interval / annotators
+class DirectAnnotator:
+    """The same work through data/labeling.py, no server: the floor the app adds to."""
+
+    def __init__(self, db_path: str, i: int):
+        from data import labeling, store
+
+        self.db = store.connect(db_path)
+        self.user = labeling.get_user(self.db, f"a{i}")
+        self.policy = labeling.QueuePolicy()
+
+    def load_task(self):
+        from data import labeling
+
+        return labeling.next_assignment(self.db, self.user.id, self.policy)
+
+    def submit(self, task) -> tuple[int | None, object]:
+        from data import labeling
+        from data.rankings import validate_submission
+
+        sub = validate_submission(task.candidate_ids, [int(r) for r in RANKS])
+        stored = labeling.submit_assignment(self.db, task.id, self.user.id, sub)
+        return (task.id if stored.created else None), self.load_task()
+
+    def close(self) -> None:
+        self.db.close()
 
 
+TRANSPORTS = {"page": PageAnnotator, "gradio": GradioAnnotator}
 _LOGINS = threading.Semaphore(4)  # logins are not measured: keep them from timing out
 
 
-def _login(client_class, url: str, i: int, attempts: int = 3):
-    """A logged-in client for annotator i and its first task, retrying a login that times
-    out (each login checks a deliberately slow password hash)."""
+def _login(make, target: str, i: int, attempts: int = 3):
+    """A logged-in annotator and its first task, retrying a login that times out (each login
+    checks a deliberately slow password hash)."""
     for attempt in range(attempts):
         try:
             with _LOGINS:
-                client = client_class(url, auth=(f"a{i}", "bench-password"), verbose=False)
-                return client, _load_task(client)
+                annotator = make(target, i)
+                return annotator, annotator.load_task()
         except Exception:
             if attempt == attempts - 1:
                 raise
             time.sleep(1.0)
 
 
-def _run_http_open(url: str, annotators: int, interval: float, rounds: int) -> dict:
-    from gradio_client import Client
-
+def _run(make, target: str, annotators: int, rounds: int, interval: float | None) -> dict:
+    """``annotators`` threads, each logged in with a task on screen before the clock starts,
+    then submitting ``rounds`` times: at once after each answer (``interval`` None, closed
+    loop) or once every ``interval`` seconds from its own start (open loop)."""
     service, scheduled, acknowledged, errors = [], [], [], []
     lock = threading.Lock()
     start_at: list[float] = []
-    # Everyone logged in with a task on screen; the clock starts as they are released.
     ready = threading.Barrier(annotators + 1,
                               action=lambda: start_at.append(time.perf_counter() + 0.5))
 
     def annotator(i: int) -> None:
         try:
-            client, task = _login(Client, url, i)
-        except Exception as exc:
+            person, task = _login(make, target, i)
+        except Exception as exc:  # reported in the table, not hidden
             with lock:
                 errors.append(repr(exc))
             ready.abort()
@@ -182,20 +209,25 @@ def _run_http_open(url: str, annotators: int, interval: float, rounds: int) -> d
         except threading.BrokenBarrierError:
             return
         try:
-            for n in range(rounds):
-                due = start_at[0] + _schedule(i, annotators, interval) + n * interval
+            due = start_at[0]
+            if interval is not None:
+                due += i * interval / annotators  # evenly spread first submissions
+            for _ in range(rounds):
                 time.sleep(max(0.0, due - time.perf_counter()))
                 sent = time.perf_counter()
-                saved, task = _submit(client, task)
+                saved, task = person.submit(task)
                 done = time.perf_counter()
                 with lock:
                     service.append(done - sent)
                     scheduled.append(done - due)
                     if saved is not None:
                         acknowledged.append(saved)
+                due = due + interval if interval is not None else done
         except Exception as exc:
             with lock:
                 errors.append(repr(exc))
+        finally:
+            person.close()
 
     threads = [threading.Thread(target=annotator, args=(i,)) for i in range(annotators)]
     for t in threads:
@@ -211,105 +243,35 @@ def _run_http_open(url: str, annotators: int, interval: float, rounds: int) -> d
             "errors": errors, "wall": time.perf_counter() - began}
 
 
-def _run_direct_open(db_path: str, annotators: int, interval: float, rounds: int) -> dict:
-    from data import labeling, store
-    from data.rankings import validate_submission
-
-    service, scheduled, acknowledged, errors = [], [], [], []
-    lock = threading.Lock()
-    policy = labeling.QueuePolicy()
-    start_at: list[float] = []
-    # Everyone logged in with a task on screen; the clock starts as they are released.
-    ready = threading.Barrier(annotators + 1,
-                              action=lambda: start_at.append(time.perf_counter() + 0.5))
-
-    def annotator(i: int) -> None:
+def _measure(name: str, tmp: str, port: int, annotators: int, rounds: int,
+             interval: float | None) -> dict:
+    """One run of transport ``name`` (or ``direct``) on a database of its own."""
+    db_path = f"{tmp}/{name}-{annotators}.db"
+    _make_db(db_path, annotators, annotators * (rounds + 2))
+    if name == "direct":
+        result = _run(DirectAnnotator, db_path, annotators, rounds, interval)
+    else:
+        app = _start_app(db_path, port)
         try:
-            db = store.connect(db_path)
-            user = labeling.get_user(db, f"a{i}")
-            task = labeling.next_assignment(db, user.id, policy)
-            ready.wait()
-            for n in range(rounds):
-                due = start_at[0] + _schedule(i, annotators, interval) + n * interval
-                time.sleep(max(0.0, due - time.perf_counter()))
-                sent = time.perf_counter()
-                sub = validate_submission(task.candidate_ids, [int(r) for r in RANKS])
-                stored = labeling.submit_assignment(db, task.id, user.id, sub)
-                task = labeling.next_assignment(db, user.id, policy)
-                done = time.perf_counter()
-                with lock:
-                    service.append(done - sent)
-                    scheduled.append(done - due)
-                    if stored.created:
-                        acknowledged.append(stored.ranking_id)
-        except Exception as exc:
-            with lock:
-                errors.append(repr(exc))
-            ready.abort()
-
-    threads = [threading.Thread(target=annotator, args=(i,)) for i in range(annotators)]
-    for t in threads:
-        t.start()
-    try:
-        ready.wait()
-    except threading.BrokenBarrierError:
-        pass
-    began = start_at[0] if start_at else time.perf_counter()
-    for t in threads:
-        t.join()
-    return {"service": service, "scheduled": scheduled, "acknowledged": acknowledged,
-            "errors": errors, "wall": time.perf_counter() - began}
+            result = _run(TRANSPORTS[name], f"http://127.0.0.1:{port}/", annotators, rounds,
+                          interval)
+        finally:
+            app.terminate()
+            app.wait()
+    result["lost"], result["duplicated"] = _check_store(db_path, result["acknowledged"])
+    result["rate"] = len(result["acknowledged"]) / result["wall"] if result["wall"] else 0.0
+    print(f"  {name:>6} N={annotators}: {len(result['acknowledged'])} acknowledged, "
+          f"{len(result['errors'])} errors {result['errors'][:1]}", flush=True)
+    return result
 
 
-def _run_direct(db_path: str, annotators: int, rounds: int) -> dict:
-    from data import labeling, store
-    from data.rankings import validate_submission
-
-    submit, acknowledged, errors = [], [], []
-    lock = threading.Lock()
-    policy = labeling.QueuePolicy()
-
-    def annotator(i: int) -> None:
-        try:
-            db = store.connect(db_path)
-            user = labeling.get_user(db, f"a{i}")
-            task = labeling.next_assignment(db, user.id, policy)
-            for _ in range(rounds):
-                start = time.perf_counter()
-                sub = validate_submission(task.candidate_ids, [int(r) for r in RANKS])
-                stored = labeling.submit_assignment(db, task.id, user.id, sub)
-                task = labeling.next_assignment(db, user.id, policy)
-                with lock:
-                    submit.append(time.perf_counter() - start)
-                    if stored.created:
-                        acknowledged.append(stored.ranking_id)
-        except Exception as exc:
-            with lock:
-                errors.append(repr(exc))
-
-    threads = [threading.Thread(target=annotator, args=(i,)) for i in range(annotators)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return {"submit": submit, "acknowledged": acknowledged, "errors": errors,
-            "wall": time.perf_counter() - start}
-
-
-def _check_store(db_path: str, acknowledged: list[int], *, by: str = "assignment"
-                 ) -> tuple[int, int]:
-    """(acknowledged submissions missing from SQLite, assignments voted on more than once).
-
-    ``acknowledged`` holds assignment ids (``by="assignment"``, what the page knows) or
-    ranking ids (``by="ranking"``, what the data layer returns)."""
+def _check_store(db_path: str, acknowledged: list[int]) -> tuple[int, int]:
+    """(acknowledged submissions missing from SQLite, assignments voted on more than once);
+    ``acknowledged`` holds the assignment ids whose votes the app said it saved."""
     from data import store
 
     db = store.connect(db_path)
-    if by == "assignment":
-        stored = {r[0] for r in db.execute("SELECT assignment_id FROM rankings")}
-    else:
-        stored = {r[0] for r in db.execute("SELECT id FROM rankings")}
+    stored = {r[0] for r in db.execute("SELECT assignment_id FROM rankings")}
     lost = sum(a not in stored for a in acknowledged)
     # One vote per assignment: a second row for an assignment is a duplicated vote.
     duplicated = db.execute("SELECT COUNT(*) - COUNT(DISTINCT assignment_id) FROM rankings"
@@ -318,88 +280,64 @@ def _check_store(db_path: str, acknowledged: list[int], *, by: str = "assignment
     return lost, duplicated
 
 
-def _closed_loop(args) -> None:
-    rows = []
-    for n in args.annotators:
-        with tempfile.TemporaryDirectory() as tmp:
-            items = n * (args.rounds + 2)
-            http_db, direct_db = f"{tmp}/http.db", f"{tmp}/direct.db"
-            _make_db(http_db, n, items)
-            _make_db(direct_db, n, items)
-            app = _start_app(http_db, args.port)
-            try:
-                http = _run_http(f"http://127.0.0.1:{args.port}/", n, args.rounds)
-            finally:
-                app.terminate()
-                app.wait()
-            direct = _run_direct(direct_db, n, args.rounds)
-            lost, duplicated = _check_store(http_db, http["acknowledged"])
-            direct_lost, direct_dup = _check_store(direct_db, direct["acknowledged"], by="ranking")
-            rows.append((n, http, direct, lost + direct_lost, duplicated + direct_dup))
-            print(f"closed loop N={n}: {len(http['acknowledged'])} submissions over HTTP, "
-                  f"{len(http['errors'])} client errors {http['errors'][:1]}; direct: "
-                  f"{len(direct['errors'])} errors {direct['errors'][:1]}", flush=True)
+def _ms(values: list[float], q: float) -> float:
+    return 1000 * _percentile(values, q)
 
+
+def _closed_loop(args) -> None:
+    names = [*args.transports, "direct"]
+    results: dict[tuple[int, str], dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.annotators:
+            for name in names:
+                results[n, name] = _measure(name, tmp, args.port, n, args.rounds, None)
     print("\nclosed loop (each annotator submits again as soon as the answer arrives)")
-    print(f"{'N':>4} {'fetch p50':>10} {'p95':>7} {'p99':>7} {'submit p50':>11} {'p95':>7} "
-          f"{'p99':>7} {'subs/s':>8} {'direct subs/s':>14} {'direct/app':>11} {'lost':>5} "
-          f"{'dup':>4}")
-    for n, http, direct, lost, duplicated in rows:
-        ms = [1000 * _percentile(http[key], q) for key in ("fetch", "submit")
-              for q in (50, 95, 99)]
-        rate = len(http["acknowledged"]) / http["wall"] or float("nan")
-        direct_rate = len(direct["acknowledged"]) / direct["wall"]
-        print(f"{n:>4} {ms[0]:>8.0f}ms {ms[1]:>5.0f}ms {ms[2]:>5.0f}ms {ms[3]:>9.0f}ms "
-              f"{ms[4]:>5.0f}ms {ms[5]:>5.0f}ms {rate:>8.1f} {direct_rate:>14.1f} "
-              f"{direct_rate / rate:>10.1f}x {lost:>5} {duplicated:>4}")
-    print("latency: as seen by the client, submit includes receiving the next task;"
-          " direct: the same submissions through data/labeling.py from N threads, no server;"
-          " lost/dup: app and direct together")
-    print(f"median direct submit+next latency at N={rows[-1][0]}: "
-          f"{1000 * statistics.median(rows[-1][2]['submit']):.1f} ms")
+    print(f"{'N':>4} {'transport':>9} {'submit p50':>11} {'p95':>7} {'p99':>7} {'subs/s':>8} "
+          f"{'direct/this':>12} {'errors':>7} {'lost':>5} {'dup':>4}")
+    for n in args.annotators:
+        direct = results[n, "direct"]["rate"]
+        for name in names:
+            r = results[n, name]
+            print(f"{n:>4} {name:>9} {_ms(r['service'], 50):>9.0f}ms "
+                  f"{_ms(r['service'], 95):>5.0f}ms {_ms(r['service'], 99):>5.0f}ms "
+                  f"{r['rate']:>8.1f} {direct / r['rate'] if r['rate'] else float('nan'):>11.1f}x"
+                  f" {len(r['errors']):>7} {r['lost']:>5} {r['duplicated']:>4}")
+    print("submit: sent to answered, the answer being the next task; direct: the same "
+          "submissions through data/labeling.py from N threads, no server")
 
 
 def _open_loop(args) -> None:
     n, interval = args.open_annotators, args.interval
     rounds = max(1, int(round(args.duration / interval)))
+    names = [*args.transports, "direct"]
     with tempfile.TemporaryDirectory() as tmp:
-        items = n * (rounds + 2)
-        http_db, direct_db = f"{tmp}/http.db", f"{tmp}/direct.db"
-        _make_db(http_db, n, items)
-        _make_db(direct_db, n, items)
-        app = _start_app(http_db, args.port)
-        try:
-            http = _run_http_open(f"http://127.0.0.1:{args.port}/", n, interval, rounds)
-        finally:
-            app.terminate()
-            app.wait()
-        direct = _run_direct_open(direct_db, n, interval, rounds)
-        lost, duplicated = _check_store(http_db, http["acknowledged"])
-        direct_lost, direct_dup = _check_store(direct_db, direct["acknowledged"], by="ranking")
-    offered = n / interval
+        results = {name: _measure(name, tmp, args.port, n, rounds, interval) for name in names}
     print(f"\nopen loop: {n} annotators, one submission each every {interval:g} s "
-          f"(offered {offered:.1f}/s) for {rounds} rounds")
-    print(f"{'':8} {'service p50':>12} {'p95':>7} {'p99':>7} {'from schedule p95':>18} "
-          f"{'p99':>7} {'max':>7} {'subs/s':>7} {'acked':>6} {'errors':>7} {'lost':>5} {'dup':>4}")
-    for name, result, lost_n, dup_n in (("app", http, lost, duplicated),
-                                        ("direct", direct, direct_lost, direct_dup)):
-        ms = [1000 * _percentile(result["service"], q) for q in (50, 95, 99)]
-        late = [1000 * _percentile(result["scheduled"], q) for q in (95, 99, 100)]
-        rate = len(result["acknowledged"]) / result["wall"] if result["wall"] else float("nan")
-        print(f"{name:8} {ms[0]:>10.0f}ms {ms[1]:>5.0f}ms {ms[2]:>5.0f}ms {late[0]:>16.0f}ms "
-              f"{late[1]:>5.0f}ms {late[2]:>5.0f}ms {rate:>7.1f} {len(result['acknowledged']):>6} "
-              f"{len(result['errors']):>7} {lost_n:>5} {dup_n:>4}")
-        if result["errors"]:
-            print(f"  first error ({name}): {result['errors'][0]}")
-    app_p95 = _percentile(http["scheduled"], 95)
-    direct_p95 = _percentile(direct["scheduled"], 95)
-    print(f"submit-and-next p95 from schedule: app {1000 * app_p95:.0f} ms, data layer alone "
-          f"{1000 * direct_p95:.1f} ms (app/direct {app_p95 / direct_p95:.0f}x)")
+          f"(offered {n / interval:.1f}/s) for {rounds} rounds")
+    print(f"{'transport':>9} {'service p50':>12} {'p95':>7} {'p99':>7} {'from schedule p95':>18} "
+          f"{'p99':>7} {'max':>7} {'subs/s':>7} {'acked':>6} {'errors':>7} {'lost':>5} "
+          f"{'dup':>4}")
+    for name in names:
+        r = results[name]
+        print(f"{name:>9} {_ms(r['service'], 50):>10.0f}ms {_ms(r['service'], 95):>5.0f}ms "
+              f"{_ms(r['service'], 99):>5.0f}ms {_ms(r['scheduled'], 95):>16.0f}ms "
+              f"{_ms(r['scheduled'], 99):>5.0f}ms {_ms(r['scheduled'], 100):>5.0f}ms "
+              f"{r['rate']:>7.1f} {len(r['acknowledged']):>6} {len(r['errors']):>7} "
+              f"{r['lost']:>5} {r['duplicated']:>4}")
+        if r["errors"]:
+            print(f"  first error ({name}): {r['errors'][0]}")
+    direct_p95 = _percentile(results["direct"]["scheduled"], 95)
+    for name in args.transports:
+        p95 = _percentile(results[name]["scheduled"], 95)
+        print(f"submit-and-next p95 from schedule, {name}: {1000 * p95:.0f} ms "
+              f"(data layer alone {1000 * direct_p95:.1f} ms, {p95 / direct_p95:.0f}x)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=("closed", "open", "both"), default="both")
+    parser.add_argument("--transports", nargs="+", choices=sorted(TRANSPORTS),
+                        default=["page", "gradio"], help="how the annotators reach the app")
     parser.add_argument("--annotators", type=int, nargs="+", default=[10, 50, 100],
                         help="closed loop: concurrent annotators, one run per value")
     parser.add_argument("--rounds", type=int, default=4,

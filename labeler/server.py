@@ -18,6 +18,7 @@ password.
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import json
 import logging
 import math
@@ -310,7 +311,10 @@ def create_server_app(svc, blocks: gr.Blocks, *, session_ttl_s: float, head: str
     )
     [gradio_app] = [r.app for r in app.routes if hasattr(getattr(r, "app", None), "tokens")]
     gradio_app.tokens = sessions
-    cookie["id"] = gradio_app.cookie_id
+    # Gradio names its login cookie with a random id per start; one per database instead, so
+    # that a browser's session (kept in SQLite) outlives a restart of the app.
+    gradio_app.cookie_id = cookie["id"] = hashlib.sha256(
+        os.path.realpath(svc.db_path).encode()).hexdigest()[:32]
     app.state.sessions, app.state.login_guard = sessions, guard
     return app
 

@@ -100,3 +100,40 @@ def test_only_admins_see_the_admin_tab(browser, served_app):
     admin.wait_for_function("document.body.innerText.includes('pairwise comparisons')")
     ARTIFACTS.mkdir(exist_ok=True)
     admin.screenshot(path=str(ARTIFACTS / "admin-tab.png"), full_page=True)
+
+
+def test_the_page_talks_to_its_json_routes_not_the_gradio_queue(browser, served_app):
+    from urllib.parse import urlsplit
+
+    page, _ = _login(browser, served_app["url"], "ann")
+    sent = []
+    page.on("request", lambda r: sent.append((r.method, urlsplit(r.url).path)))
+    page.locator("body").click(position={"x": 5, "y": 5})
+    for key in ("1", "2", "3"):
+        page.keyboard.press(key)
+    page.keyboard.press("Enter")
+    _wait_message(page, "Saved")
+    assert ("POST", "/rank/api/submit") in sent
+    assert not [path for _, path in sent if "/queue/" in path], sent  # no Gradio event
+    assert len(_rankings(served_app["db"])) == 1
+
+
+def test_a_refused_action_reads_as_an_error_and_keeps_what_was_entered(browser, served_app):
+    from data import labeling
+
+    page, _ = _login(browser, served_app["url"], "ann")
+    page.locator("body").click(position={"x": 5, "y": 5})
+    for key in ("2", "1", "3"):
+        page.keyboard.press(key)
+    labeling.set_disabled(store.open_store(served_app["db"]), "ann", True)  # the session ends
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#rl-message.rl-msg-error[role=alert]")
+    assert "session has ended" in page.locator("#rl-message").inner_text()
+    assert _rankings(served_app["db"]) == []
+    # The ranks stay on screen and the submit button works again.
+    for index, rank in enumerate(["2", "1", "3"]):
+        assert page.locator(f"#rl-rank-{index} .rl-rank-btn[aria-pressed=true]").inner_text() \
+            == rank
+    assert page.locator("#rl-submit").is_enabled()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "refused-session-ended.png"), full_page=True)
