@@ -259,12 +259,20 @@ def start_reward_training(svc: LabelerService, username: str, *, output: str,
     return _start(svc, "train-reward", args, user)
 
 
+SCORER_KINDS = ("bt", "armorm")
+
+
 def start_scoring(svc: LabelerService, username: str, *, scorer: str) -> str:
     """`rankloop score` of every candidate with a reward model, as a background job."""
     user = svc.require_admin(username)
-    if not isinstance(scorer, str) or ":" not in scorer:
+    kind, _, folder = scorer.strip().partition(":") if isinstance(scorer, str) else ("", "", "")
+    if kind not in SCORER_KINDS or not folder:
         return "Not started: the scorer is bt:FOLDER or armorm:FOLDER."
-    return _start(svc, "score", ["score", "--scorer", scorer.strip()], user)
+    local = _local_model_path(svc, folder)
+    if local is None or not (local / "config.json").is_file():
+        return (f"Not started: the reward model folder {folder} does not exist here or has "
+                "no config.json (train one first, or give the folder of a saved one).")
+    return _start(svc, "score", ["score", "--scorer", f"{kind}:{local.resolve()}"], user)
 
 
 def jobs_table(svc: LabelerService, username: str) -> list[list]:

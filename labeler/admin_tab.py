@@ -7,6 +7,8 @@ Dataframe components, which show text as text, or as HTML made by ``labeler/rend
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import gradio as gr
 
 from data import browser as item_browser
@@ -17,6 +19,13 @@ from labeler import admin
 from labeler.handlers import LabelerService
 from labeler.render import render_untrusted_markdown
 from labeler.ui import guard, username
+
+
+class Section(SimpleNamespace):
+    """What a section's builder hands the console: the components its timers and the page
+    load update, by name, and for sections with a page load ``load(user)`` with the
+    ``load_outputs`` it fills."""
+
 
 MAX_K = MAX_CANDIDATES
 LIVE_S = 3.0
@@ -140,12 +149,8 @@ class _RowSelection(gr.SelectData):
 
 # --- overview -----------------------------------------------------------------------------------
 
-class _Overview:
-    pass
-
-
-def _overview_section() -> _Overview:
-    o = _Overview()
+def _overview_section() -> Section:
+    o = Section()
     with gr.Row():
         o.counts = gr.Markdown(elem_id="rl-admin-counts")
         o.refresh = gr.Button("Refresh now", size="sm", scale=0)
@@ -169,12 +174,8 @@ def _overview_section() -> _Overview:
 
 # --- the data browser ---------------------------------------------------------------------------
 
-class _Browser:
-    pass
-
-
-def _browser_section(svc: LabelerService) -> _Browser:
-    b = _Browser()
+def _browser_section(svc: LabelerService) -> Section:
+    b = Section()
     statuses = [("any", admin.ANY)] + [(s.replace("_", " "), s)
                                        for s in item_browser.STATUSES]
     with gr.Row():
@@ -270,12 +271,25 @@ def _browser_section(svc: LabelerService) -> _Browser:
     item_id.submit(open_by_id, [item_id], item_outputs, api_visibility="undocumented")
     table.select(open_selected, None, item_outputs, api_visibility="undocumented")
 
-    def load(name):
+    def current_choices(name):
         choices = admin.browse_choices(svc, name)
-        rows = show_page(name, 1, admin.ANY, admin.ANY, admin.ANY, admin.ANY, "id", 50)
         return (gr.Dropdown(choices=[admin.ANY, *choices["annotators"]]),
                 gr.Dropdown(choices=[("any", admin.ANY), *choices["runs"]]),
-                gr.Dropdown(choices=[admin.ANY, *choices["tags"]]), *rows)
+                gr.Dropdown(choices=[admin.ANY, *choices["tags"]]))
+
+    @guard
+    def refresh_choices(request: gr.Request):
+        return current_choices(username(request))
+
+    # Annotators, runs and tags come and go while the console is open: each list is read
+    # again as it is opened.
+    for control in (annotator, run, tag):
+        control.focus(refresh_choices, None, [annotator, run, tag],
+                      api_visibility="undocumented", show_progress="hidden")
+
+    def load(name):
+        rows = show_page(name, 1, admin.ANY, admin.ANY, admin.ANY, admin.ANY, "id", 50)
+        return (*current_choices(name), *rows)
 
     b.load = load
     b.load_outputs = [annotator, run, tag, *page_outputs]
@@ -284,12 +298,8 @@ def _browser_section(svc: LabelerService) -> _Browser:
 
 # --- jobs ---------------------------------------------------------------------------------------
 
-class _Jobs:
-    pass
-
-
-def _jobs_section(svc: LabelerService) -> _Jobs:
-    j = _Jobs()
+def _jobs_section(svc: LabelerService) -> Section:
+    j = Section()
     gr.Markdown("#### Generate candidates")
     with gr.Row():
         prompts = gr.Textbox(value="bundled", label="Prompts (bundled, file, folder or Hub id)")
@@ -424,12 +434,8 @@ def _export_section(svc: LabelerService) -> None:
 
 # --- users --------------------------------------------------------------------------------------
 
-class _Users:
-    pass
-
-
-def _users_section(svc: LabelerService) -> _Users:
-    u = _Users()
+def _users_section(svc: LabelerService) -> Section:
+    u = Section()
     table = gr.Dataframe(headers=["user", "role", "status"], label="Users", interactive=False,
                          elem_id="rl-admin-users")
     gr.Markdown("#### Create a user")
@@ -497,12 +503,8 @@ def _users_section(svc: LabelerService) -> _Users:
 
 # --- project settings ---------------------------------------------------------------------------
 
-class _Project:
-    pass
-
-
-def _project_section(svc: LabelerService) -> _Project:
-    p = _Project()
+def _project_section(svc: LabelerService) -> Section:
+    p = Section()
     gr.Markdown("#### Guidelines (markdown, shown to annotators)")
     with gr.Row():
         guidelines = gr.Textbox(label="Guidelines", lines=12, max_lines=30,

@@ -479,24 +479,31 @@ class TrainResult:
     """A ``policy.diagnostics.Diagnosis``."""
 
 
-def _train_rebel(ctx: TrainContext) -> TrainResult:
+def _scored_pairs(ctx: TrainContext):
+    """This iteration's scored pairs for training, and the held-out prompts' pairs (None when
+    there are none) for evaluation."""
     from data.policy_pairs import pairs_from_db
+
+    pairs = pairs_from_db(ctx.db, scorer=ctx.scorer_name, run_id=ctx.run_id)
+    require_pairs(pairs)
+    train_pairs, held_pairs = _held_out(pairs, ctx.held_keys)
+    require_pairs(train_pairs)
+    return train_pairs, held_pairs if held_pairs.pairs else None
+
+
+def _train_rebel(ctx: TrainContext) -> TrainResult:
     from policy.diagnostics import rebel_diagnosis
     from policy.rebel import RebelConfig, train_rebel
     from training.metrics import read_metrics
 
     config = ctx.config
-    pairs = pairs_from_db(ctx.db, scorer=ctx.scorer_name, run_id=ctx.run_id)
-    require_pairs(pairs)
-    train_pairs, held_pairs = _held_out(pairs, ctx.held_keys)
-    require_pairs(train_pairs)
+    train_pairs, eval_pairs = _scored_pairs(ctx)
     summary = train_rebel(RebelConfig(
         output=str(ctx.output), model=ctx.base_model, eta=config.eta,
         temperature=config.temperature, learning_rate=config.learning_rate,
         epochs=config.epochs, per_device_batch_size=config.per_device_batch_size,
         eval_fraction=0.0, seed=config.seed, log_every=1, resume=ctx.resume),
-        pairs=train_pairs, eval_pairs=held_pairs if held_pairs.pairs else None,
-        progress=ctx.progress)
+        pairs=train_pairs, eval_pairs=eval_pairs, progress=ctx.progress)
     gaps = [p.reward_gap for p in train_pairs.pairs]
     diagnosis = rebel_diagnosis(
         read_metrics(ctx.output / "metrics.jsonl"), eta=config.eta,
@@ -506,23 +513,18 @@ def _train_rebel(ctx: TrainContext) -> TrainResult:
 
 
 def _train_dpo(ctx: TrainContext) -> TrainResult:
-    from data.policy_pairs import pairs_from_db
     from policy.diagnostics import dpo_diagnosis
     from policy.dpo import DPOConfig, train_dpo
     from training.metrics import read_metrics
 
     config = ctx.config
-    pairs = pairs_from_db(ctx.db, scorer=ctx.scorer_name, run_id=ctx.run_id)
-    require_pairs(pairs)
-    train_pairs, held_pairs = _held_out(pairs, ctx.held_keys)
-    require_pairs(train_pairs)
+    train_pairs, eval_pairs = _scored_pairs(ctx)
     summary = train_dpo(DPOConfig(
         output=str(ctx.output), model=ctx.base_model, beta=config.beta,
         loss_type=config.dpo_loss, learning_rate=config.learning_rate, epochs=config.epochs,
         per_device_batch_size=config.per_device_batch_size, eval_fraction=0.0,
         seed=config.seed, log_every=1, resume=ctx.resume),
-        pairs=train_pairs, eval_pairs=held_pairs if held_pairs.pairs else None,
-        progress=ctx.progress)
+        pairs=train_pairs, eval_pairs=eval_pairs, progress=ctx.progress)
     logged = [m for m in read_metrics(ctx.output / "metrics.jsonl")
               if "train/reward_margin" in m]
     diagnosis = dpo_diagnosis([m["train/reward_margin"] for m in logged],

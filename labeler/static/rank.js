@@ -3,14 +3,12 @@
 // puts each screen into #rl-screen, keeps the ranks in the browser until submit, and runs the
 // keyboard, the layout, expand, the draft saves and the polling of the waiting screen.
 (() => {
-  const RL = (window.rankloop = window.rankloop || {});
   let root = null;
   let st = null;
   let cursor = 0;
   let draftTimer = null;
   let pollTimer = null;
   let shownKey = null;
-  let lastScreen = null;  // the HTML on screen, put back if the page re-creates the host
   let screenSeq = 0;  // only the answer to the latest screen request is shown
   let started = false;
   const DRAFT_DELAY_MS = 600;
@@ -46,7 +44,7 @@
     const seq = SCREEN_ACTIONS.has(action) ? ++screenSeq : null;
     try {
       const answer = await post(action, payload);
-      if (seq !== null && seq === screenSeq) showScreen(answer.html, answer.status);
+      if (seq !== null && seq === screenSeq) showScreen(answer.html);
       else if (action === 'diff') showDiff(answer.html);
       return answer;
     } catch (error) {
@@ -58,7 +56,6 @@
       return null;
     }
   };
-  RL.send = send;
   const entry = () => ({
     assignment_id: st.assignment,
     ranks: st.ranks.slice(),
@@ -171,11 +168,9 @@
   };
 
   // --- a new screen from the server ----------------------------------------------------------
-  const showScreen = (html, status) => {
+  const showScreen = (html) => {
     const box = host('rl-screen-body');
     if (!box) return;
-    lastScreen = html;
-    RL.status = status;
     box.innerHTML = html;  // rendered and escaped by the server (labeler/render.py)
     showDiff('');
     const el = box.querySelector('.rl-task');
@@ -220,12 +215,13 @@
     }
   };
   // The first screen is asked for once the page has built the Rank tab; if the page re-creates
-  // the tab's elements, the screen on show is put back.
+  // the tab's elements, the screen on show is moved into the new ones.
   const watch = () => {
     const box = host('rl-screen-body');
     if (!box) return;
     if (!started) { started = true; send('screen', {}); return; }
-    if (lastScreen !== null && !box.querySelector('.rl-task')) showScreen(lastScreen, RL.status);
+    // The same elements go back, with what was entered in them.
+    if (root && !box.contains(root)) box.replaceChildren(root);
   };
   new MutationObserver(watch).observe(document.documentElement, {childList: true, subtree: true});
   document.addEventListener('DOMContentLoaded', watch);

@@ -234,6 +234,23 @@ def test_the_data_browser_filters_pages_and_opens_an_item(browser, app):
         "e => getComputedStyle(e).backgroundColor") != HIGHLIGHT
 
 
+def test_the_filter_lists_follow_what_appears_while_the_console_is_open(browser, app):
+    from data import browser as item_browser
+
+    svc = app["svc"]
+    page, _ = _admin(browser, app["url"])
+    _subtab(page, "Data")
+    _wait_value(page, "rl-admin-page-caption", "30 items match")
+    # A tag and an annotator that did not exist when the page loaded.
+    item_browser.tag_items(svc.db(), [3, 4], "needs-review")
+    labeling.add_user(svc.db(), "dora", "annotator", "x")
+    _choose(page, "rl-admin-filter-tag", "needs-review")
+    assert _wait_value(page, "rl-admin-page-caption", "2 items match") == \
+        "Page 1 of 1 · 2 items match"
+    _choose(page, "rl-admin-filter-annotator", "dora")
+    _wait_value(page, "rl-admin-page-caption", "0 items match")
+
+
 def test_an_admin_creates_a_user_who_then_logs_in(browser, app):
     page, dialogs = _admin(browser, app["url"])
     _subtab(page, "Users")

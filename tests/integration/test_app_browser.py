@@ -137,3 +137,24 @@ def test_a_refused_action_reads_as_an_error_and_keeps_what_was_entered(browser, 
     assert page.locator("#rl-submit").is_enabled()
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "refused-session-ended.png"), full_page=True)
+
+
+def test_a_redrawn_tab_gets_back_the_screen_with_what_was_entered(browser, served_app):
+    page, _ = _login(browser, served_app["url"], "ann")
+    page.locator("#rl-rank-0").get_by_text("2", exact=True).click()
+    page.locator("#rl-rationale").fill("B reads better")
+    # What the page does when it re-creates a tab's elements: a new, empty host.
+    page.evaluate("""() => {
+        const old = document.getElementById('rl-screen-body');
+        const fresh = old.cloneNode(false);
+        fresh.innerHTML = '<p class="rl-loading">Loading your task…</p>';
+        old.replaceWith(fresh);
+    }""")
+    page.wait_for_selector("#rl-screen-body .rl-task")
+    assert page.locator("#rl-rationale").input_value() == "B reads better"
+    assert page.locator("#rl-rank-0 .rl-rank-btn[aria-pressed=true]").inner_text() == "2"
+    page.locator("#rl-rank-1").get_by_text("1", exact=True).click()
+    page.locator("#rl-rank-2").get_by_text("3", exact=True).click()
+    page.locator("#rl-submit").click()
+    _wait_message(page, "Saved")
+    assert _rankings(served_app["db"])[0]["ranks"] == "[2, 1, 3]"

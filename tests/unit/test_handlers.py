@@ -1,5 +1,7 @@
 """The app's handlers called directly on a real SQLite file (no server)."""
 
+from pathlib import Path
+
 import pytest
 
 from data.labeling import QueuePolicy
@@ -99,13 +101,23 @@ def test_empty_store_starts_one_background_generation(tmp_path):
     assert len(svc.jobs.list()) == 1
 
 
+def _model_folder(path):
+    """A folder the app takes for a saved model (the job itself would load it)."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text("{}")
+    return path
+
+
 def test_admins_start_training_and_scoring_jobs_with_the_right_commands(svc, tmp_path):
     assert "Not started" in admin.start_reward_training(svc, "root", output=" ")
     assert "Not started" in admin.start_scoring(svc, "root", scorer="folder-without-kind")
+    missing = admin.start_scoring(svc, "root", scorer=f"bt:{tmp_path / 'no-such-rm'}")
+    assert missing.startswith("Not started") and "does not exist" in missing
     message = admin.start_reward_training(svc, "root", output="rm",
                                              epochs=2, agreed_only=True, lora_r=8)
     assert message.startswith("Started job 1: rankloop train reward --output")
-    admin.start_scoring(svc, "root", scorer=f"bt:{tmp_path / 'rm'}")
+    saved = _model_folder(tmp_path / "rm")
+    assert admin.start_scoring(svc, "root", scorer=f"bt:{saved}").startswith("Started job 2")
     jobs = {j.kind: j.argv for j in svc.jobs.list()}
     workspace = tmp_path / "r.db.workspace"
     assert jobs["train-reward"] == ["train", "reward", "--output", str(workspace / "rm"),
@@ -228,7 +240,8 @@ def test_running_jobs_are_capped(svc):
             db.execute("INSERT INTO jobs (kind, argv, status, pid, started_by, started_at) "
                        "VALUES ('generate', ?, 'running', ?, 'root', ?)",
                        [json.dumps(["generate"]), p.pid, time.time()])
-        message = admin.start_scoring(svc, "root", scorer="bt:x")
+        scorer = f"bt:{_model_folder(Path(svc.db_path).parent / 'x')}"
+        message = admin.start_scoring(svc, "root", scorer=scorer)
         assert message.startswith("Not started") and "2 jobs are running" in message
         assert db["jobs"].count == 2
     finally:
@@ -236,7 +249,7 @@ def test_running_jobs_are_capped(svc):
             p.kill()
             p.wait()
     # Once they have ended, a job starts again.
-    assert admin.start_scoring(svc, "root", scorer="bt:x").startswith("Started job 3")
+    assert admin.start_scoring(svc, "root", scorer=scorer).startswith("Started job 3")
 
 
 # --- the Rank screen's handlers -------------------------------------------------------------------
