@@ -2,7 +2,8 @@
 
 Every handler looks the user up from the login (``request.username``) and reads and writes
 SQLite; nothing lives in ``gr.State``, so a refresh or reconnect resumes where the annotator was.
-The tabs live in ``labeler/rank_tab.py`` and ``labeler/admin_tab.py``.
+The tabs live in ``labeler/rank_tab.py`` and ``labeler/admin_tab.py``; the Rank tab's script
+talks to its own JSON routes (``labeler/rank_api.py``).
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ by uvicorn, so that one ASGI middleware sees every request before Gradio does:
 - the upload routes closed for everyone (the app has no file input);
 - the client address of a login kept for the limiter, and ``/logout`` ending its session.
 
+The Rank tab's JSON routes (``labeler/rank_api.py``) are routes of that same app, ahead of the
+Gradio mount, and know the user from the same login cookie.
+
 Gradio's login route checks passwords with our async ``LoginGuard.check`` (scrypt on a
 worker thread, never on the event loop) and stores sessions through ``app.tokens``, which
 is replaced by ``SessionTokens``: a view of the ``sessions`` table, so sessions expire,
