@@ -64,14 +64,17 @@ def _actions(svc: LabelerService) -> dict[str, Callable[[str, object], dict]]:
 
 
 def _same_origin(request: Request) -> bool:
-    """False only when the browser says the request comes from another site."""
-    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
-        return False
+    """False when the browser says the request comes from another site. Browsers say so in
+    ``Sec-Fetch-Site``, which a proxy leaves alone; without it, the ``Origin`` must name this
+    host (as the client or a proxy in front of the app gives it)."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site in ("same-origin", "none")
     origin = request.headers.get("origin")
     if not origin:
         return True  # not a browser's cross-origin request (those always carry Origin)
-    host = request.headers.get("host", "")
-    return urlsplit(origin).netloc == host
+    hosts = {request.headers.get("host", ""), request.headers.get("x-forwarded-host", "")}
+    return urlsplit(origin).netloc in hosts - {""}
 
 
 async def _read_json(request: Request):

@@ -99,6 +99,17 @@ def test_requests_another_site_could_make_are_refused(served, ann, headers, expe
     assert _rankings(served["db"]) == 1
 
 
+def test_the_page_behind_a_proxy_that_rewrites_the_host_still_works(served, ann):
+    status = ann.post("rank/api/screen", json={}).json()["status"]
+    body = f'{{"assignment_id": {status["assignment_id"]}, "ranks": ["1", "2", "3"]}}'
+    page = {"content-type": "application/json", "origin": "https://label.example.org"}
+    for headers in ({**page, "sec-fetch-site": "same-origin"},
+                    {**page, "x-forwarded-host": "label.example.org"}):
+        response = ann.post("rank/api/submit", content=body, headers=headers)
+        assert response.status_code == 200, response.text
+    assert _rankings(served["db"]) == 1  # the second is the same vote, acknowledged once
+
+
 @pytest.mark.parametrize("body, words", [
     (b"{not json", "not valid JSON"),
     (b'{"assignment_id": NaN, "ranks": []}', "not valid JSON"),
