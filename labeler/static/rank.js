@@ -52,7 +52,7 @@
       if (st) { st.busy = false; st.opening = false; }
       const button = q('#rl-submit');
       if (button) { button.disabled = false; button.textContent = button.dataset.label || 'Submit'; }
-      showError(`Not done: ${error.message || error}.`);
+      showError(`Not done — ${error.message || error}.`);
       return null;
     }
   };
