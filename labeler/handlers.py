@@ -42,6 +42,10 @@ class PermissionDenied(Exception):
     """An annotator asked for an admin-only action."""
 
 
+class NotLoggedIn(PermissionDenied):
+    """No live account behind the request (never logged in, disabled, or gone)."""
+
+
 class BadRequest(Exception):
     """A value sent to the API has the wrong type or size; the message says which."""
 
@@ -70,7 +74,7 @@ class LabelerService:
     def user(self, name: str | None) -> labeling.User:
         user = labeling.get_user(self.db(), name or "")
         if user is None or user.disabled:
-            raise PermissionDenied("please log in")
+            raise NotLoggedIn("please log in")
         return user
 
     def require_admin(self, name: str | None) -> labeling.User:

@@ -28,7 +28,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from labeler import handlers
-from labeler.handlers import BadRequest, LabelerService, PermissionDenied, Screen
+from labeler.handlers import BadRequest, LabelerService, NotLoggedIn, PermissionDenied, Screen
 from labeler.render import overlay_html
 
 log = logging.getLogger("rankloop.app")
@@ -51,7 +51,6 @@ def _screen(result: Screen) -> dict:
 
 def _actions(svc: LabelerService) -> dict[str, Callable[[str, object], dict]]:
     """Each route's work: (user name, JSON payload) -> JSON answer."""
-
     return {
         "screen": lambda name, p: _screen(handlers.first_screen(svc, name, p)),
         "submit": lambda name, p: _screen(handlers.submit(svc, name, p)),
@@ -125,7 +124,7 @@ def create_rank_router(svc: LabelerService,
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
         except (BadRequest, PermissionDenied) as exc:
             log.warning("refused %s for %r: %s", action, name, exc)
-            status = 401 if str(exc) == "please log in" else (
+            status = 401 if isinstance(exc, NotLoggedIn) else (
                 403 if isinstance(exc, PermissionDenied) else 400)
             return JSONResponse({"error": str(exc)}, status_code=status)
         except Exception:
