@@ -30,10 +30,15 @@
     box.textContent = text;  // the server's sentence, shown as text
   };
   const post = async (action, payload) => {
-    const response = await fetch(new URL('rank/api/' + action, document.baseURI), {
-      method: 'POST', credentials: 'same-origin', cache: 'no-store',
-      headers: {'content-type': 'application/json'},
-      body: JSON.stringify(payload === undefined ? {} : payload)});
+    let response;
+    try {
+      response = await fetch(new URL('rank/api/' + action, document.baseURI), {
+        method: 'POST', credentials: 'same-origin', cache: 'no-store',
+        headers: {'content-type': 'application/json'},
+        body: JSON.stringify(payload === undefined ? {} : payload)});
+    } catch (error) {  // no answer at all: the network, or the app restarting
+      throw new Error('the app could not be reached; try again in a moment');
+    }
     const answer = await response.json().catch(() => ({}));
     if (!response.ok) {
       throw new Error(answer.error || `the server answered ${response.status}`);
@@ -53,6 +58,11 @@
       const button = q('#rl-submit');
       if (button) { button.disabled = false; button.textContent = button.dataset.label || 'Submit'; }
       showError(`Not done — ${error.message || error}.`);
+      // The waiting screen keeps asking, so that it still updates by itself once the app is back.
+      if (st && st.mode === 'waiting' && action === 'screen') {
+        clearTimeout(pollTimer);
+        pollTimer = setTimeout(() => send('screen', {open: true}), POLL_MS);
+      }
       return null;
     }
   };

@@ -158,3 +158,36 @@ def test_a_redrawn_tab_gets_back_the_screen_with_what_was_entered(browser, serve
     page.locator("#rl-submit").click()
     _wait_message(page, "Saved")
     assert _rankings(served_app["db"])[0]["ranks"] == "[2, 1, 3]"
+
+
+def test_a_submit_while_the_app_restarts_is_tried_again_and_stored_once(browser, tmp_path):
+    from data.labeling import QueuePolicy
+    from labeler.app import serve
+    from labeler.handlers import LabelerService
+    from tests.integration.conftest import free_port
+    from tests.labeling_fixtures import make_labeling_db
+
+    db_path = make_labeling_db(tmp_path / "restart.db", n_prompts=3, k=3)
+    port = free_port()
+
+    def start():
+        svc = LabelerService(db_path, policy=QueuePolicy(overlap=1), autogenerate=False)
+        return serve(svc, port=port, block=False)
+
+    app = start()
+    try:
+        page, _ = _login(browser, f"http://127.0.0.1:{port}/", "ann")
+        page.locator("body").click(position={"x": 5, "y": 5})
+        for key in ("1", "2", "3"):
+            page.keyboard.press(key)
+        app.close()  # the app goes away with the task on screen
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#rl-message.rl-msg-error[role=alert]")
+        assert "could not be reached" in page.locator("#rl-message").inner_text()
+        assert _rankings(db_path) == []
+        app = start()  # back on the same port; the login session is still valid
+        page.keyboard.press("Enter")
+        _wait_message(page, "Saved")
+        assert [r["ranks"] for r in _rankings(db_path)] == ["[1, 2, 3]"]
+    finally:
+        app.close()
