@@ -160,23 +160,30 @@ def test_a_redrawn_tab_gets_back_the_screen_with_what_was_entered(browser, serve
     assert _rankings(served_app["db"])[0]["ranks"] == "[2, 1, 3]"
 
 
-def test_a_submit_while_the_app_restarts_is_tried_again_and_stored_once(browser, tmp_path):
+def _restartable(db_path):
+    """start() serves the database on one port, again after each close()."""
     from data.labeling import QueuePolicy
     from labeler.app import serve
     from labeler.handlers import LabelerService
     from tests.integration.conftest import free_port
-    from tests.labeling_fixtures import make_labeling_db
 
-    db_path = make_labeling_db(tmp_path / "restart.db", n_prompts=3, k=3)
     port = free_port()
 
     def start():
         svc = LabelerService(db_path, policy=QueuePolicy(overlap=1), autogenerate=False)
         return serve(svc, port=port, block=False)
 
+    return start, f"http://127.0.0.1:{port}/"
+
+
+def test_a_submit_while_the_app_restarts_is_tried_again_and_stored_once(browser, tmp_path):
+    from tests.labeling_fixtures import make_labeling_db
+
+    db_path = make_labeling_db(tmp_path / "restart.db", n_prompts=3, k=3)
+    start, url = _restartable(db_path)
     app = start()
     try:
-        page, _ = _login(browser, f"http://127.0.0.1:{port}/", "ann")
+        page, _ = _login(browser, url, "ann")
         page.locator("body").click(position={"x": 5, "y": 5})
         for key in ("1", "2", "3"):
             page.keyboard.press(key)
@@ -189,5 +196,35 @@ def test_a_submit_while_the_app_restarts_is_tried_again_and_stored_once(browser,
         page.keyboard.press("Enter")
         _wait_message(page, "Saved")
         assert [r["ranks"] for r in _rankings(db_path)] == ["[1, 2, 3]"]
+    finally:
+        app.close()
+
+
+def test_the_waiting_screen_updates_by_itself_through_an_app_restart(browser, tmp_path):
+    from data import labeling
+    from tests.labeling_fixtures import make_labeling_db
+
+    db_path = make_labeling_db(tmp_path / "empty.db", n_prompts=0, k=3)
+    start, url = _restartable(db_path)
+    app = start()
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 720})
+        page.goto(url)
+        page.locator("input").nth(0).fill("ann")
+        page.locator("input").nth(1).fill(PASSWORD)
+        page.get_by_role("button", name="Login").click()
+        page.wait_for_selector("#rl-screen .rl-task[data-mode=waiting]")
+        app.close()
+        page.wait_for_selector("#rl-message.rl-msg-error")  # a poll found no app
+        db = store.open_store(db_path)
+        run = store.get_or_create_run(db, store.RunSettings("default", "transformers", 3, 0.8,
+                                                            0.9, 32, 0))
+        [prompt] = store.upsert_prompts(db, [([{"role": "user", "content": "Late?"}], "t", "0")])
+        store.add_candidates(db, prompt, run, [store.CandidateIn(f"late {j}", 2, "stop")
+                                               for j in range(3)])
+        labeling.sync_items(db)
+        app = start()
+        page.wait_for_selector("#rl-screen .rl-task[data-mode=task]", timeout=20_000)
+        assert "Late?" in page.locator("#rl-prompt").inner_text()
     finally:
         app.close()
