@@ -24,6 +24,7 @@ import torch
 
 from data.policy_pairs import MODES, PairSet, require_pairs
 from policy.pairs import collate, prepare_pairs, read_pairs, reference_logprobs
+from training.metrics import saved_line
 from training.plan import StepPlan
 from training.settings import ResumableTrainingSettings, require_at_least_one
 
@@ -104,11 +105,8 @@ class PairSummary:
         if self.eval_description:
             parts.append(self.eval_description)
         parts.append(f"{self.tokens_per_second:.0f} tokens/s")
-        if self.resumed_from_step is not None:
-            parts.append(f"resumed at step {self.resumed_from_step}")
-        dropped = ", ".join(f"{n} {why}" for why, n in sorted(self.dropped.items()) if n)
-        parts.append(f"dropped: {dropped or 'none'}")
-        return f"policy saved to {self.output}: " + "; ".join(parts)
+        return saved_line("policy", self.output, parts, dropped=self.dropped,
+                          resumed_from_step=self.resumed_from_step)
 
 
 def evaluate(model, accelerator, pairs, ref_logps, *, batch_size: int, pad_token_id: int,

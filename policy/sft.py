@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from training.metrics import saved_line
 from training.settings import TrainingSettings, require_at_least_one
 
 IGNORE = -100
@@ -373,9 +374,7 @@ class SFTSummary:
         if self.eval_loss is not None:
             parts.append(f"held-out loss {self.first_eval_loss:.4f} -> {self.eval_loss:.4f}")
         parts.append(f"{self.tokens_per_second:.0f} tokens/s")
-        dropped = ", ".join(f"{n} {why}" for why, n in sorted(self.dropped.items()) if n)
-        parts.append(f"dropped: {dropped or 'none'}")
-        return f"fine-tuned model saved to {self.output}: " + "; ".join(parts)
+        return saved_line("fine-tuned model", self.output, parts, dropped=self.dropped)
 
 
 def train_sft(config: SFTConfig, *, progress: bool = True) -> SFTSummary:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from data.preferences import PreferenceLoad, PreferenceSourceError
 from reward.data import EncodedPair, PreferenceBatch, collate, encode_pairs, sequence_rewards
+from training.metrics import saved_line
 from training.plan import StepPlan, split_held_out
 from training.settings import ResumableTrainingSettings, require_at_least_one
 
@@ -91,11 +92,8 @@ class TrainSummary:
                          f"loss {self.eval_metrics['eval/loss']:.4f}, "
                          f"margin {self.eval_metrics['eval/margin']:.3f}")
         parts.append(f"{self.pairs_per_second:.1f} pairs/s")
-        if self.resumed_from_step is not None:
-            parts.append(f"resumed at step {self.resumed_from_step}")
-        dropped = ", ".join(f"{n} {why}" for why, n in sorted(self.dropped.items()) if n)
-        parts.append(f"dropped: {dropped or 'none'}")
-        return f"reward model saved to {self.output}: " + "; ".join(parts)
+        return saved_line("reward model", self.output, parts, dropped=self.dropped,
+                          resumed_from_step=self.resumed_from_step)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -100,3 +100,16 @@ class MetricsLog:
 def read_metrics(path: str | Path) -> list[dict]:
     """The logged lines of a ``metrics.jsonl``, in order."""
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def saved_line(what: str, output: str, parts: list[str], *, dropped: dict[str, int] | None = None,
+               resumed_from_step: int | None = None) -> str:
+    """A recipe's closing line: ``<what> saved to <output>: part; part; ...``, then where a
+    resumed run started and the examples dropped by reason, when given."""
+    parts = list(parts)
+    if resumed_from_step is not None:
+        parts.append(f"resumed at step {resumed_from_step}")
+    if dropped is not None:
+        reasons = ", ".join(f"{n} {why}" for why, n in sorted(dropped.items()) if n)
+        parts.append(f"dropped: {reasons or 'none'}")
+    return f"{what} saved to {output}: " + "; ".join(parts)

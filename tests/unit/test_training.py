@@ -237,3 +237,14 @@ def test_unknown_or_missing_trackers_are_refused(tmp_path, monkeypatch):
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
     with pytest.raises(ValueError, match="needs the wandb package: pip install wandb"):
         make_trackers(["wandb"], tmp_path)
+
+
+def test_the_closing_line_names_the_model_its_parts_a_resume_and_what_was_dropped():
+    from training.metrics import saved_line
+
+    assert saved_line("policy", "out/p", ["10 training pairs", "3 steps"],
+                      dropped={"too long": 2, "empty": 0}, resumed_from_step=2) == \
+        "policy saved to out/p: 10 training pairs; 3 steps; resumed at step 2; dropped: 2 too long"
+    assert saved_line("reward model", "rm", ["1 step"], dropped={}) == \
+        "reward model saved to rm: 1 step; dropped: none"
+    assert saved_line("x", "y", ["z"]) == "x saved to y: z"
