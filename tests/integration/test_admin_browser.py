@@ -13,7 +13,7 @@ from data.labeling import QueuePolicy
 from data.queue_order import get_queue_order
 from labeler import handlers
 from labeler.jobs import workspace_dir
-from tests.integration.conftest import free_port
+from tests.integration.conftest import free_port, serve_db
 from tests.browser import ARTIFACTS
 from tests.labeling_fixtures import PASSWORD, make_labeling_db
 
@@ -28,16 +28,11 @@ HIGHLIGHT = "rgb(253, 230, 138)"  # admin.DISPUTED_STYLE's background
 @pytest.fixture
 def app(tmp_path):
     """30 items of 3 candidates, overlap 2, served in this process."""
-    from labeler.app import serve
-    from labeler.handlers import LabelerService
-
     db_path = make_labeling_db(tmp_path / "app.db", n_prompts=30, k=3)
-    svc = LabelerService(db_path, policy=QueuePolicy(overlap=2), autogenerate=False)
-    port = free_port()
-    demo = serve(svc, port=port, block=False)
-    yield {"url": f"http://127.0.0.1:{port}/", "svc": svc}
+    served, svc, origin = serve_db(db_path, policy=QueuePolicy(overlap=2))
+    yield {"url": origin + "/", "svc": svc}
     svc.jobs.stop_all(grace_s=2)
-    demo.close()
+    served.close()
 
 
 def _rank(svc, user, ranks):

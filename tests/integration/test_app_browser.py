@@ -162,18 +162,10 @@ def test_a_redrawn_tab_gets_back_the_screen_with_what_was_entered(browser, serve
 
 def _restartable(db_path):
     """start() serves the database on one port, again after each close()."""
-    from data.labeling import QueuePolicy
-    from labeler.app import serve
-    from labeler.handlers import LabelerService
-    from tests.integration.conftest import free_port
+    from tests.integration.conftest import free_port, serve_db
 
     port = free_port()
-
-    def start():
-        svc = LabelerService(db_path, policy=QueuePolicy(overlap=1), autogenerate=False)
-        return serve(svc, port=port, block=False)
-
-    return start, f"http://127.0.0.1:{port}/"
+    return (lambda: serve_db(db_path, port=port)[0]), f"http://127.0.0.1:{port}/"
 
 
 def test_a_submit_while_the_app_restarts_is_tried_again_and_stored_once(browser, tmp_path):

@@ -10,8 +10,7 @@ import json
 import pytest
 
 from data import labeling, settings, store
-from data.labeling import QueuePolicy
-from tests.integration.conftest import free_port
+from tests.integration.conftest import serve_db
 from tests.browser import ARTIFACTS
 from tests.integration.test_app_browser import _login
 from tests.labeling_fixtures import make_labeling_db
@@ -63,15 +62,10 @@ def make_rich_db(path) -> str:
 
 @pytest.fixture
 def rich_app(tmp_path):
-    from labeler.app import serve
-    from labeler.handlers import LabelerService
-
     db_path = make_rich_db(tmp_path / "rich.db")
-    svc = LabelerService(db_path, policy=QueuePolicy(overlap=1), autogenerate=False)
-    port = free_port()
-    demo = serve(svc, port=port, block=False)
-    yield {"url": f"http://127.0.0.1:{port}/", "db": db_path, "svc": svc}
-    demo.close()
+    served, svc, origin = serve_db(db_path)
+    yield {"url": origin + "/", "db": db_path, "svc": svc}
+    served.close()
 
 
 def set_layout(db_path, user, layout):
@@ -247,15 +241,10 @@ def test_a_conversation_shows_bubbles_and_folds_the_earlier_turns(
 
 @pytest.fixture
 def many_app(tmp_path):
-    from labeler.app import serve
-    from labeler.handlers import LabelerService
-
     db_path = make_labeling_db(tmp_path / "many.db", n_prompts=2, k=8)
-    svc = LabelerService(db_path, policy=QueuePolicy(overlap=1), autogenerate=False)
-    port = free_port()
-    demo = serve(svc, port=port, block=False)
-    yield {"url": f"http://127.0.0.1:{port}/", "db": db_path}
-    demo.close()
+    served, _, origin = serve_db(db_path)
+    yield {"url": origin + "/", "db": db_path}
+    served.close()
 
 
 def test_eight_candidates_on_a_phone_keep_a_compact_bar(browser, many_app):  # noqa: F811

@@ -8,8 +8,7 @@ from __future__ import annotations
 import pytest
 
 from data import export, labeling, settings, store
-from data.labeling import QueuePolicy
-from tests.integration.conftest import free_port
+from tests.integration.conftest import serve_db
 from tests.integration.test_app_browser import _login
 from tests.integration.test_rank_screen_browser import (VIEWPORTS, pressed, shot, stored,
                                                         wait_task)
@@ -199,15 +198,10 @@ def test_suggestions_are_prefilled_marked_and_flagged(browser, rich_app):  # noq
 
 @pytest.fixture
 def empty_app(tmp_path):
-    from labeler.app import serve
-    from labeler.handlers import LabelerService
-
     db_path = make_labeling_db(tmp_path / "empty.db", n_prompts=0)
-    svc = LabelerService(db_path, policy=QueuePolicy(overlap=1), autogenerate=False)
-    port = free_port()
-    demo = serve(svc, port=port, block=False)
-    yield {"url": f"http://127.0.0.1:{port}/", "db": db_path}
-    demo.close()
+    served, _, origin = serve_db(db_path)
+    yield {"url": origin + "/", "db": db_path}
+    served.close()
 
 
 def test_a_screen_with_nothing_to_rank_says_so_without_controls(browser, empty_app):  # noqa: F811

@@ -7,21 +7,9 @@ import logging
 import pytest
 
 from data import labeling, store
-from data.labeling import QueuePolicy
-from tests.integration.conftest import free_port
+from tests.integration.conftest import serve_db  # noqa: F401 - the security tests import it here
 from tests.labeling_fixtures import make_labeling_db
 from tests.security.hostile_corpus import corpus
-
-
-def serve_db(db_path, *, policy=None, session_hours=12.0, limiter=None):
-    from labeler.app import serve
-    from labeler.handlers import LabelerService
-
-    svc = LabelerService(str(db_path), policy=policy or QueuePolicy(overlap=1),
-                         autogenerate=False)
-    port = free_port()
-    served = serve(svc, port=port, block=False, session_hours=session_hours, limiter=limiter)
-    return served, svc, f"http://127.0.0.1:{port}"
 
 
 def add_hostile_items(db_path, origin: str) -> list[str]:
