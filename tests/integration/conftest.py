@@ -1,9 +1,26 @@
+import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from data.labeling import QueuePolicy
 from tests.labeling_fixtures import make_labeling_db
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def zero3_cpu2(*cli_args: str, timeout: float = 400) -> subprocess.CompletedProcess:
+    """``rankloop CLI_ARGS`` under ``accelerate launch`` with DeepSpeed ZeRO-3 on 2 CPU
+    processes (gloo), one thread each so that the two share this machine's cores."""
+    return subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+         str(ROOT / "launch/configs/zero3-cpu2.yaml"), "-m", "launch.cli", *cli_args],
+        cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+        timeout=timeout)
 
 
 def free_port() -> int:

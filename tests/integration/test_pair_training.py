@@ -1,13 +1,10 @@
 """The loop REBEL and DPO share (policy/pair_training.py) on 2 ZeRO-3 CPU ranks."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
-from tests.integration.test_policy_rebel import ROOT, losses, scored_pairs_file
+from tests.integration.conftest import zero3_cpu2
+from tests.integration.test_policy_rebel import losses, scored_pairs_file
 from training.metrics import read_metrics
 
 RECIPES = {
@@ -25,12 +22,7 @@ def test_zero3_on_two_cpu_ranks_matches_one_process(recipe, tiny_model_dir, tmp_
               *settings, "--lr-schedule", "cosine", "--warmup-ratio", "0.34",
               "--max-steps", "3", "--eval-fraction", "0.2", "--log-every", "1",
               "--batch-size", "2", "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-         str(ROOT / "launch/configs/zero3-cpu2.yaml"), "-m", "launch.cli", *common,
-         "--output", str(tmp_path / "zero3")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    result = zero3_cpu2(*common, "--output", str(tmp_path / "zero3"))
     assert result.returncode == 0, result.stderr[-4000:]
     assert "2 processes × 2 pairs × 1 accumulation" in result.stdout
     assert result.stdout.count("policy saved to") == 1

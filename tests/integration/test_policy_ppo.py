@@ -48,25 +48,16 @@ def ppo_command(model_dir, output, *extra):
 def test_zero3_on_two_cpu_ranks_raises_the_reward_and_saves_a_plain_model(word_model, tmp_path):
     """Each rank rolls out 6 of the 12 prompts through ZeRO-3-partitioned weights (generation
     kept in step across ranks); the whole reference on each rank must agree with them."""
-    import os
-    import subprocess
-    import sys
-
     from transformers import AutoModelForCausalLM
 
-    from tests.integration.test_policy_rebel import ROOT
+    from tests.integration.conftest import zero3_cpu2
 
     model_dir, _ = word_model
     prompts_file = tmp_path / "prompts.jsonl"
     prompts_file.write_text("".join(f'{{"prompt": "Tell me about thing {i}"}}\n'
                                     for i in range(24)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-         str(ROOT / "launch/configs/zero3-cpu2.yaml"), "-m", "launch.cli",
-         *ppo_command(model_dir, tmp_path / "zero3", "--prompts", str(prompts_file),
-                      "--steps", "6")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = zero3_cpu2(*ppo_command(model_dir, tmp_path / "zero3", "--prompts",
+                                     str(prompts_file), "--steps", "6"), timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "(2 processes × 6)" in result.stdout and "(2 processes × 3)" in result.stdout
     assert result.stdout.count("policy saved to") == 1

@@ -53,19 +53,12 @@ def test_ppo_keeps_a_vllm_engine_in_step_with_the_policy(wide_word_model, tmp_pa
 
 def test_vllm_rollouts_refuse_several_processes_before_training(word_model, tmp_path):
     """The single-process rule is checked up front, not after the models load."""
-    import os
-    import subprocess
-    import sys
-
-    from tests.integration.test_policy_rebel import ROOT
+    from tests.integration.conftest import zero3_cpu2
 
     model_dir, _ = word_model
-    result = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-         str(ROOT / "launch/configs/zero3-cpu2.yaml"), "-m", "launch.cli", "train", "ppo",
-         "--reward-fn", "tests.integration.ppo_rewards:good_word_share", "--model", model_dir,
-         "--output", str(tmp_path / "p"), "--backend", "vllm", "--steps", "1"],
-        cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-        timeout=300)
+    result = zero3_cpu2(
+        "train", "ppo", "--reward-fn", "tests.integration.ppo_rewards:good_word_share",
+        "--model", model_dir, "--output", str(tmp_path / "p"), "--backend", "vllm",
+        "--steps", "1", timeout=300)
     assert result.returncode != 0
     assert "vLLM rollouts run in one process" in result.stderr

@@ -2,11 +2,8 @@
 ranks against one process, resuming, LoRA, and saving a loadable model."""
 
 import json
-import os
 import random
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,9 +12,9 @@ import torch
 from data.preferences import PreferenceLoad, PreferencePair
 from reward.data import collate, encode_pairs, pad_sequences, sequence_rewards
 from training.metrics import read_metrics
+from tests.integration.conftest import zero3_cpu2
 from reward.train_bt import RewardTrainConfig, prepare_pairs, train_reward_model
 
-ROOT = Path(__file__).resolve().parents[2]
 WORDS = ("apple river stone cloud green quick table music light paper window orange silver "
          "garden yellow summer").split()
 
@@ -143,14 +140,10 @@ def test_zero3_on_two_cpu_ranks_matches_one_process(start_model, tmp_path):
               "--lr-schedule", "linear", "--warmup-ratio", "0.34", "--max-steps", "3",
               "--eval-fraction", "0.2", "--log-every", "1", "--batch-size", "4",
               "--center-rewards", "0.01", "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def launch_zero3():
-        return subprocess.run(
-            [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-             str(ROOT / "launch/configs/zero3-cpu2.yaml"), "-m", "launch.cli", *common,
-             "--output", str(tmp_path / "zero3"), "--save-every", "2", "--keep-checkpoints", "2"],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+        return zero3_cpu2(*common, "--output", str(tmp_path / "zero3"), "--save-every", "2",
+                          "--keep-checkpoints", "2")
 
     result = launch_zero3()
     assert result.returncode == 0, result.stderr[-4000:]

@@ -5,10 +5,7 @@ text packs into blocks, and 2-rank ZeRO-3 on CPU matches one process."""
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,9 +13,9 @@ import pytest
 from launch.cli import main
 from policy.sft import SFTConfig, train_sft
 from training.metrics import read_metrics
+from tests.integration.conftest import zero3_cpu2
 from tests.unit.test_export import make_export_db
 
-ROOT = Path(__file__).resolve().parents[2]
 NUMBERS = "zero one two three four five six seven eight nine".split()
 
 
@@ -122,12 +119,7 @@ def test_zero3_on_two_cpu_ranks_matches_one_process(tiny_model_dir, tmp_path):
     common = ["train", "sft", "--data", data, "--model", tiny_model_dir, "--lr", "1e-3",
               "--max-steps", "3", "--batch-size", "3", "--log-every", "1",
               "--eval-fraction", "0.2", "--warmup-ratio", "0", "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-         str(ROOT / "launch/configs/zero3-cpu2.yaml"), "-m", "launch.cli", *common,
-         "--output", str(tmp_path / "zero3")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    result = zero3_cpu2(*common, "--output", str(tmp_path / "zero3"))
     assert result.returncode == 0, result.stderr[-4000:]
     assert "2 processes × 3 × 1 accumulation" in result.stdout
     assert result.stdout.count("fine-tuned model saved to") == 1  # only rank 0 reports
