@@ -203,3 +203,21 @@ def test_a_browser_session_outlives_a_restart_of_the_app(tmp_path):
     finally:
         client.close()
         served.close()
+
+
+def test_the_routes_answer_untrusted_text_escaped(served, ann):
+    """The page puts each answer's HTML in place as is: what came from a model must already be
+    text there (labeler/render.py), on every screen and in the differences view."""
+    from tests.labeling_fixtures import HTML_CANDIDATE
+
+    seen = False
+    status = ann.post("rank/api/screen", json={}).json()["status"]
+    while status["assignment_id"]:
+        answer = ann.post("rank/api/screen", json={}).json()
+        diff = ann.post("rank/api/diff", json={"assignment_id": status["assignment_id"],
+                                               "a": 0, "b": 1}).json()["html"]
+        for html in (answer["html"], diff):
+            assert "<script" not in html and "<b>bold" not in html
+        seen = seen or "&lt;script&gt;window.__rl_xss" in answer["html"]
+        status = _submit(ann, status).json()["status"]
+    assert seen, f"no screen showed {HTML_CANDIDATE!r}"
