@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from launch.common import UserError, add_db, db_path, positive_int, subcommand_group
+from launch.common import add_db, existing_db_path, positive_int, subcommand_group
 from launch.training_options import (
     add_optimizer_options,
     add_tracking_options,
@@ -124,13 +124,6 @@ def register(commands) -> None:
     sft.set_defaults(handler=_train_sft)
 
 
-def _existing_db(args: argparse.Namespace) -> str:
-    path = db_path(args)
-    if not Path(path).is_file():
-        raise UserError(f"database {path} does not exist")
-    return path
-
-
 def _export(args: argparse.Namespace) -> int:
     from data import export, store
 
@@ -145,7 +138,7 @@ def _export(args: argparse.Namespace) -> int:
         export.hub_token()
     else:
         export.check_target(Path(args.to).expanduser(), args.overwrite)
-    path = _existing_db(args)
+    path = existing_db_path(args)
     tokenizer = None
     if args.format == "standard":
         from training.models import load_tokenizer, resolve_model
@@ -165,7 +158,7 @@ def _export(args: argparse.Namespace) -> int:
 def _train_sft(args: argparse.Namespace) -> int:
     from policy.sft import SFTConfig, train_sft
 
-    db = None if args.data else _existing_db(args)
+    db = None if args.data else existing_db_path(args)
     config = SFTConfig(
         output=args.output, model=args.model, data=args.data, db=db, db_source=args.db_source,
         split=args.split, raw_text=args.raw_text, text_column=args.text_column,

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from launch.common import UserError, add_db, db_path, positive_int, subcommand_group
+from launch.common import add_db, db_path, existing_db_path, positive_int, subcommand_group
 from launch.training_options import (
     add_optimizer_options,
     add_tracking_options,
@@ -265,18 +264,11 @@ def _add_model_options(parser, *, default_lr: float) -> None:
     add_tracking_options(run)
 
 
-def _existing_db(args: argparse.Namespace) -> str:
-    path = db_path(args)
-    if not Path(path).is_file():
-        raise UserError(f"database {path} does not exist")
-    return path
-
-
 def _pair_training_settings(args: argparse.Namespace) -> dict:
     """The options REBEL and DPO share: pairs, batching, schedule, LoRA, logging, resume."""
     return dict(
         output=args.output, model=args.model, data=args.data,
-        db=None if args.data else _existing_db(args), scorer=args.scorer,
+        db=None if args.data else existing_db_path(args), scorer=args.scorer,
         run_id=args.run, pair_mode=args.pairs, split=args.split, limit=args.limit,
         max_prompt_tokens=args.max_prompt_tokens, max_response_tokens=args.max_response_tokens,
         eval_fraction=args.eval_fraction,

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from data import store
-from launch.common import UserError, add_db, db_path, positive_int, subcommand_group
+from launch.common import (UserError, add_db, db_path, existing_db_path, positive_int,
+                           subcommand_group)
 from launch.training_options import (
     add_optimizer_options,
     add_tracking_options,
@@ -147,17 +148,10 @@ def _add_scorer_options(parser: argparse.ArgumentParser) -> None:
                              "(default: 4096)")
 
 
-def _existing_db(args: argparse.Namespace) -> str:
-    path = db_path(args)
-    if not Path(path).is_file():
-        raise UserError(f"database {path} does not exist")
-    return path
-
-
 def _train_reward(args: argparse.Namespace) -> int:
     from reward.train_bt import RewardTrainConfig, train_reward_model
 
-    db = None if args.data else _existing_db(args)
+    db = None if args.data else existing_db_path(args)
     config = RewardTrainConfig(
         output=args.output, model=args.model, data=args.data, db=db, split=args.split,
         eval_data=args.eval_data, agreed_only=args.agreed_only, limit=args.limit,
@@ -182,7 +176,7 @@ def _score(args: argparse.Namespace) -> int:
     from reward.score import ScoreConfig, parse_scorer, score_candidates
 
     spec = parse_scorer(args.scorer)
-    db = store.open_store(_existing_db(args))
+    db = store.open_store(existing_db_path(args))
     if args.run is not None and db["generation_runs"].count_where("id = ?", [args.run]) == 0:
         raise UserError(f"generation run {args.run} does not exist in {db_path(args)}")
     db.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from data import store
 
@@ -20,6 +21,15 @@ def add_db(parser: argparse.ArgumentParser) -> None:
 
 def db_path(args: argparse.Namespace) -> str:
     return args.db or store.default_db_path()
+
+
+def existing_db_path(args: argparse.Namespace) -> str:
+    """``db_path`` for commands that read or change what a database holds: a missing file is
+    refused (a typo would otherwise create an empty database and report nothing)."""
+    path = db_path(args)
+    if not Path(path).is_file():
+        raise UserError(f"database {path} does not exist")
+    return path
 
 
 def positive_int(text: str) -> int:
