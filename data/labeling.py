@@ -509,6 +509,35 @@ def progress(db: sqlite_utils.Database, user_id: int, policy: QueuePolicy,
     return done, left
 
 
+def overview(db: sqlite_utils.Database, now: float | None = None) -> dict[str, int]:
+    """What the labeling side holds, read only (``rankloop status``): items ready to rank
+    (every prompt whose run has all k candidates, whether or not a page has asked for it
+    yet), gold items, items ranked by at least one annotator, items held by a live
+    assignment, items set aside; users by role and disabled; votes by kind."""
+    now = time.time() if now is None else now
+
+    def one(sql: str, params=()) -> int:
+        return db.execute(sql, params).fetchone()[0] or 0
+
+    return {
+        "items_ready": one(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM candidates c JOIN generation_runs r "
+            "ON r.id = c.run_id WHERE r.backend NOT IN (?, 'gold') "
+            "GROUP BY c.prompt_id, c.run_id HAVING COUNT(*) >= MAX(r.k))", [HUMAN_BACKEND]),
+        "gold_items": one("SELECT COUNT(*) FROM items WHERE is_gold = 1"),
+        "items_ranked": one(f"SELECT COUNT(DISTINCT item_id) FROM {store.LATEST_RANKINGS} "
+                            "WHERE skipped = 0 AND item_id IS NOT NULL"),
+        "items_in_progress": one("SELECT COUNT(DISTINCT item_id) FROM assignments "
+                                 "WHERE submitted_at IS NULL AND expires_at > ?", [now]),
+        "items_set_aside": one("SELECT COUNT(*) FROM items WHERE set_aside_at IS NOT NULL"),
+        "users": one("SELECT COUNT(*) FROM users"),
+        "admins": one("SELECT COUNT(*) FROM users WHERE role = 'admin'"),
+        "disabled_users": one("SELECT COUNT(*) FROM users WHERE disabled_at IS NOT NULL"),
+        "rankings": one(f"SELECT COUNT(*) FROM {store.LATEST_RANKINGS} WHERE skipped = 0"),
+        "skips": one(f"SELECT COUNT(*) FROM {store.LATEST_RANKINGS} WHERE skipped = 1"),
+    }
+
+
 def rankings_for_agreement(db: sqlite_utils.Database) -> list[dict]:
     """Non-skipped ranked submissions (latest versions): item, annotator, candidate ids, ranks."""
     rows = db.query(

@@ -760,6 +760,17 @@ def counts(db: sqlite_utils.Database) -> dict[str, int]:
     return {t: db[t].count for t in tables if db[t].exists()}
 
 
+def jobs_overview(db: sqlite_utils.Database) -> tuple[list[dict], dict[str, int]]:
+    """(the running background jobs, oldest first: id, kind, started_at, pid; how many jobs
+    ended with each status)."""
+    running = list(db.query("SELECT id, kind, started_at, pid FROM jobs WHERE status = "
+                            "'running' ORDER BY id"))
+    ended = {status: n for status, n in db.execute(
+        "SELECT status, COUNT(*) FROM jobs WHERE status != 'running' GROUP BY status "
+        "ORDER BY status")}
+    return running, ended
+
+
 # --- model scores -----------------------------------------------------------------------------
 
 @dataclass(frozen=True)

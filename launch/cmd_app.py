@@ -12,7 +12,7 @@ import sys
 
 from data import labeling, store
 from launch.cmd_simulate import add_queue_order_args, apply_queue_order
-from launch.common import UserError, add_db, db_path, positive_int
+from launch.common import UserError, add_db, db_path, existing_db_path, positive_int
 
 
 def positive_float(text: str) -> float:
@@ -49,15 +49,18 @@ def register(commands) -> None:
     app.add_argument("--ssl-keyfile", default=None, help="the certificate's private key (PEM)")
     app.set_defaults(handler=_app)
 
-    users = commands.add_parser("users", help="create and list annotators and admins",
-                                description="Create and list the app's users.")
+    users = commands.add_parser(
+        "users", help="add, list, disable, enable annotators and admins, reset passwords, "
+        "set roles", description="Manage the app's users: add, list, disable, enable, "
+        "reset-password, set-role. Every command but add refuses a missing database.")
     users_sub = users.add_subparsers(dest="users_command", required=True, metavar="WHAT")
     add = users_sub.add_parser(
         "add", help="create a user", description="Create a user. The password is read from a "
         "prompt, or from the first line of standard input when it is not a terminal.")
     add_db(add)
     add.add_argument("name")
-    add.add_argument("--role", choices=labeling.ROLES, default="annotator")
+    add.add_argument("--role", choices=labeling.ROLES, default="annotator",
+                     help="default: annotator")
     add.set_defaults(handler=_users_add)
     listing = users_sub.add_parser("list", help="list users", description="List users.")
     add_db(listing)
@@ -153,14 +156,14 @@ def _users_add(args: argparse.Namespace) -> int:
 
 
 def _users_list(args: argparse.Namespace) -> int:
-    db = store.open_store(db_path(args))
+    db = store.open_store(existing_db_path(args))
     for user in labeling.list_users(db):
         print(f"{user.name}\t{user.role}" + ("\tdisabled" if user.disabled else ""))
     return 0
 
 
 def _change_user(args: argparse.Namespace, change) -> labeling.User:
-    db = store.open_store(db_path(args))
+    db = store.open_store(existing_db_path(args))
     try:
         return change(db)
     except labeling.LabelingError as exc:
@@ -182,6 +185,7 @@ def _users_enable(args: argparse.Namespace) -> int:
 def _users_reset_password(args: argparse.Namespace) -> int:
     from labeler.auth import hash_password
 
+    existing_db_path(args)  # before asking for a password
     password = _read_password()
     try:
         password_hash = hash_password(password)

@@ -6,7 +6,7 @@ import argparse
 
 from data import store
 from data.labeling import MAX_CANDIDATES
-from launch.common import UserError, add_db, db_path, positive_int
+from launch.common import UserError, add_db, db_path, existing_db_path, positive_int
 
 
 def register(commands) -> None:
@@ -66,7 +66,10 @@ def register(commands) -> None:
     merge.set_defaults(handler=_merge)
 
     status = commands.add_parser("status", help="show what the database holds",
-                                 description="Row counts of the database's tables.")
+                                 description="What the database holds: prompts, candidates, items ready to rank "
+                                 "and how far their labeling is, votes, users, trained "
+                                 "iterations and background jobs. A missing database is "
+                                 "refused.")
     add_db(status)
     status.set_defaults(handler=_status)
 
@@ -111,9 +114,36 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    path = db_path(args)
+    import time
+
+    from data import labeling
+
+    path = existing_db_path(args)
     db = store.open_store(path)
+    counts = store.counts(db)
+    queue = labeling.overview(db)
+    running, ended = store.jobs_overview(db)
     print(f"{path} (schema v{store.schema_version(db)})")
-    for table, count in store.counts(db).items():
-        print(f"  {table:16} {count}")
+    rows = [
+        ("prompts", counts["prompts"]),
+        ("runs", counts["generation_runs"]),
+        ("candidates", counts["candidates"]),
+        ("items", f"{queue['items_ready']} ready to rank: {queue['items_ranked']} ranked, "
+                  f"{queue['items_in_progress']} in progress, {queue['items_set_aside']} set "
+                  f"aside; {queue['gold_items']} gold"),
+        ("rankings", f"{queue['rankings']} (latest versions; {queue['skips']} skips; "
+                     f"{counts['rankings']} rows in the vote log)"),
+        ("comparisons", counts["comparisons"]),
+        ("users", f"{queue['users']} ({queue['admins']} admins, {queue['disabled_users']} "
+                  "disabled)"),
+        ("model scores", counts["model_scores"]),
+        ("iterations", counts["policy_iterations"]),
+        ("jobs", ", ".join([f"{len(running)} running"]
+                           + [f"{n} {status}" for status, n in ended.items()])),
+    ]
+    for name, value in rows:
+        print(f"  {name:13} {value}")
+    for job in running:
+        minutes = (time.time() - job["started_at"]) / 60
+        print(f"    job {job['id']} ({job['kind']}) running for {minutes:.0f} min, pid {job['pid']}")
     return 0

@@ -113,7 +113,8 @@ def register(commands) -> None:
                     "else --model); get feedback: score them with the reward model, wait for "
                     "annotators to rank them in the app (--feedback human), or let simulated "
                     "annotators rank them through the app's queue (--feedback "
-                    "simulated:MODULE:FUNCTION); train REBEL on best/worst pairs or PPO; save "
+                    "simulated:MODULE:FUNCTION); train the new policy with REBEL or DPO on each "
+                    "prompt's best/worst pair, or with PPO; save "
                     "the new policy under --output/iter-N and record it, so the next "
                     "generation uses it. Prints a report per iteration (held-out mean reward "
                     "of the new vs the previous policy, win rate, KL, length, whether training "
@@ -172,9 +173,9 @@ def register(commands) -> None:
     loop.add_argument("--beta", type=float, default=0.1, help="DPO beta (default: 0.1)")
     loop.add_argument("--dpo-loss", choices=("sigmoid", "ipo"), default="sigmoid",
                       help="DPO loss (default: sigmoid)")
-    loop.add_argument("--epochs", type=positive_int, default=1, help="REBEL (default: 1)")
+    loop.add_argument("--epochs", type=positive_int, default=1, help="REBEL and DPO: passes over the pairs (default: 1)")
     loop.add_argument("--batch-size", type=positive_int, default=4,
-                      help="REBEL pairs per micro-batch (default: 4)")
+                      help="REBEL and DPO: pairs per micro-batch (default: 4)")
     loop.add_argument("--ppo-steps", type=positive_int, default=20, help="PPO (default: 20)")
     loop.add_argument("--rollout-batch", type=positive_int, default=16,
                       help="PPO prompts per rollout (default: 16)")

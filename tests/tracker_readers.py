@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 
@@ -45,16 +46,37 @@ def _wandb_records(path: Path) -> list[bytes]:
     return out
 
 
-def wandb_run(folder: Path) -> tuple[dict[int, dict[str, float]], dict[str, object]]:
-    """(history {step: {key: value}}, config) of the one offline run under ``folder/wandb``."""
+def _finished_wandb_records(folder: Path, timeout: float) -> list:
+    """The parsed records of the one offline run under ``folder/wandb``, once they end with the
+    run's ``exit`` record: W&B's service writes the file in its own process and may still be
+    writing it after ``finish()`` returns, most of all on a busy machine."""
     from wandb.proto import wandb_internal_pb2
 
-    [run_file] = Path(folder).glob("wandb/offline-run-*/run-*.wandb")
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = list(Path(folder).glob("wandb/offline-run-*/run-*.wandb"))
+        records = []
+        if len(runs) == 1 and runs[0].stat().st_size >= 7:
+            for data in _wandb_records(runs[0]):
+                record = wandb_internal_pb2.Record()
+                record.ParseFromString(data)
+                records.append(record)
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            return records
+        if time.monotonic() > deadline:
+            kinds = [r.WhichOneof("record_type") for r in records]
+            raise AssertionError(f"no finished W&B run under {folder} after {timeout:.0f} s: "
+                                 f"run files {runs}, records so far {kinds}")
+        time.sleep(0.2)
+
+
+def wandb_run(folder: Path, timeout: float = 120.0
+              ) -> tuple[dict[int, dict[str, float]], dict[str, object]]:
+    """(history {step: {key: value}}, config) of the one offline run under ``folder/wandb``,
+    read once W&B has finished writing it (waiting at most ``timeout`` seconds)."""
     history: dict[int, dict[str, float]] = {}
     config: dict[str, object] = {}
-    for data in _wandb_records(run_file):
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(data)
+    for record in _finished_wandb_records(Path(folder), timeout):
         kind = record.WhichOneof("record_type")
         if kind == "history":
             row = {item.key or "/".join(item.nested_key): json.loads(item.value_json)

@@ -69,7 +69,85 @@ def test_generate_writes_to_the_env_db_and_prints_a_summary(tmp_path, tiny_model
     assert "tokens/s" in result.stdout
     assert (tmp_path / "env.db").exists() and not (tmp_path / "rankloop.db").exists()
     status = rankloop("status", "--db", str(tmp_path / "env.db"))
-    assert "candidates       4" in status.stdout
+    assert status_rows(status)["candidates"] == "4"
+    assert status_rows(status)["items"].startswith("2 ready to rank")
+
+
+def status_rows(result) -> dict[str, str]:
+    """``rankloop status`` as {row name: the rest of its line}."""
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {}
+    for line in result.stdout.splitlines()[1:]:
+        if line.startswith("  ") and not line.startswith("    "):
+            name, _, value = line.strip().partition("  ")
+            rows[name] = value.strip()
+    return rows
+
+
+def test_status_shows_items_ranked_users_and_jobs_before_any_page_asks(tmp_path):
+    import time
+
+    from data import labeling, store
+    from data.rankings import Submission
+    from tests.labeling_fixtures import make_labeling_db
+
+    db_path = str(tmp_path / "r.db")
+    make_labeling_db(db_path, n_prompts=3, k=3)
+    db = store.open_store(db_path)
+    # A fourth prompt whose candidates no page has asked for yet: still ready to rank.
+    [prompt_id] = store.upsert_prompts(db, [([{"role": "user", "content": "new?"}], "t", None)])
+    run_id = db.execute("SELECT id FROM generation_runs").fetchone()[0]
+    store.add_candidates(db, prompt_id, run_id, [store.CandidateIn(t, 1, "stop") for t in "abc"])
+    ann = labeling.get_user(db, "ann")
+    first = labeling.next_assignment(db, ann.id, labeling.QueuePolicy())
+    labeling.submit_assignment(db, first.id, ann.id,
+                               Submission(tuple(first.candidate_ids), (1, 2, 3)))
+    labeling.next_assignment(db, ann.id, labeling.QueuePolicy())  # held, not yet submitted
+    labeling.set_disabled(db, "bob", True)
+    db.execute("INSERT INTO jobs (kind, argv, status, started_at, pid) VALUES "
+               "('generate', '[]', 'running', ?, 4242), ('train', '[]', 'failed', ?, NULL)",
+               [time.time() - 120, time.time()])
+    db.conn.commit()
+
+    result = rankloop("status", "--db", db_path)
+    rows = status_rows(result)
+    assert rows["items"] == "4 ready to rank: 1 ranked, 1 in progress, 0 set aside; 0 gold"
+    assert rows["rankings"].startswith("1 (latest versions; 0 skips")
+    assert rows["users"] == "3 (1 admins, 1 disabled)"
+    assert rows["jobs"] == "1 running, 1 failed"
+    assert "job 1 (generate) running for 2 min, pid 4242" in result.stdout
+
+
+@pytest.mark.parametrize("command", [
+    ["status"], ["users", "list"], ["users", "disable", "ann"], ["users", "enable", "ann"],
+    ["users", "set-role", "ann", "admin"], ["users", "reset-password", "ann"],
+    ["export", "--to", "out.jsonl"], ["train", "reward", "--output", "rm"],
+])
+def test_commands_on_a_database_refuse_a_missing_one_and_create_nothing(tmp_path, command):
+    typo = tmp_path / "rankloop.bd"
+    result = subprocess.run([sys.executable, "-m", "launch.cli", *command, "--db", str(typo)],
+                            input="long-password\n", capture_output=True, text=True,
+                            cwd=tmp_path, timeout=120)
+    _assert_clean_failure(result, f"database {typo} does not exist")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_help_says_what_each_command_does():
+    from launch.cli import _build_parser
+
+    parser = _build_parser()
+    commands = {name: sub for name, sub in _leaf_commands(parser)}
+    loop_help = commands["rankloop loop"].format_help()
+    assert "DPO" in loop_help and "REBEL" in loop_help and "PPO" in loop_help
+    epochs = next(a for a in commands["rankloop loop"]._actions if a.dest == "epochs")
+    assert "DPO" in epochs.help and "REBEL" in epochs.help
+    users_help = parser._subparsers._group_actions[0].choices["users"].format_help()
+    for verb in ("add", "list", "disable", "enable", "reset-password", "set-role"):
+        assert verb in users_help.split("positional arguments")[0], verb
+    role = next(a for a in commands["rankloop users add"]._actions if a.dest == "role")
+    assert "default: annotator" in role.help
+    # Optional flags are written as optional in the README's synopses.
+    assert "--model M " not in README.read_text().split("## On 8 GPUs")[0]
 
 
 def _leaf_commands(parser, prefix="rankloop"):

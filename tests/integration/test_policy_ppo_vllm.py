@@ -29,24 +29,30 @@ def test_ppo_keeps_a_vllm_engine_in_step_with_the_policy(wide_word_model, tmp_pa
     try:
         train_ppo(config, reward_fn=avoid_good_words, prompts=prompts(16), sampler=engine)
         metrics = read_metrics(tmp_path / "ppo" / "metrics.jsonl")
-        assert [m["step"] for m in metrics] == [1, 2, 3]
-        assert abs(metrics[0]["objective/kl"]) < 1e-3
+        assert [m["step"] for m in metrics] == [1, 2, 3], metrics
+        kls = [m["objective/kl"] for m in metrics]
+        assert abs(kls[0]) < 1e-3, f"the first rollout is not from the reference: KL {kls}"
         # Rollouts after the first came from updated weights: the policy moved off the
         # reference, which a stale engine's samples would show only by chance.
-        assert metrics[-1]["objective/kl"] != pytest.approx(0, abs=1e-4)
+        assert kls[-1] != pytest.approx(0, abs=1e-4), f"the policy never moved: KL {kls}"
 
         greedy = SamplingConfig(k=1, temperature=0, max_new_tokens=8)
         trained = TransformersSampler(str(tmp_path / "ppo"), batch_size=4)
         texts = [format_chat(trained.tokenizer, m) for m in prompts(4, start=100)]
         start = TransformersSampler(model_dir, batch_size=4).generate(texts, greedy)
         synced = engine.generate(texts, greedy)
-        assert synced == trained.generate(texts, greedy) != start
+        saved = trained.generate(texts, greedy)
+        assert synced == saved, "the engine decodes other text than the saved policy: " \
+            f"engine {synced}, saved policy {saved}"
+        assert saved != start, f"training changed no greedy answer: {saved}"
     finally:
         engine.close()
     # The saved folder is what the next iteration's vLLM engine starts from.
     fresh = VLLMSampler(str(tmp_path / "ppo"), gpu_memory_utilization=0.05, max_model_len=256)
     try:
-        assert fresh.generate(texts, greedy) == synced
+        restarted = fresh.generate(texts, greedy)
+        assert restarted == synced, "an engine started from the saved folder decodes other " \
+            f"text than the synced one: {restarted} vs {synced}"
     finally:
         fresh.close()
 

@@ -86,3 +86,15 @@ def test_parallel_sizes_are_checked():
     with pytest.raises(BackendError, match="at least 1"):
         check_parallel("vllm", 1, 0)
     check_parallel("transformers", 1, 2)
+
+
+def test_vllm_cpu_kv_cache_follows_free_memory_within_its_cap():
+    from policy.sampling import CPU_KV_CACHE_CAP, BackendError, cpu_kv_cache_bytes
+
+    gib = 2**30
+    assert cpu_kv_cache_bytes(0.3, total=24 * gib, available=20 * gib) == CPU_KV_CACHE_CAP
+    # A busy machine: half of what is free, not a share of all RAM that is not there.
+    assert cpu_kv_cache_bytes(0.3, total=24 * gib, available=2 * gib) == gib
+    assert cpu_kv_cache_bytes(0.01, total=24 * gib, available=20 * gib) == int(0.24 * gib)
+    with pytest.raises(BackendError, match="not enough free memory .* 0.1 GiB free"):
+        cpu_kv_cache_bytes(0.3, total=24 * gib, available=gib // 10)
