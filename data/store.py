@@ -275,8 +275,12 @@ def _m6_queue_set_aside(db: sqlite_utils.Database) -> None:
 def _m7_accounts(db: sqlite_utils.Database) -> None:
     # name_key is the NFKC case-folded name: "Ann" and "ａｎｎ" are one account. Older files
     # may hold two names that now collide; the later one keeps a suffixed key so the unique
-    # index can be built, and stays able to log in under its exact name.
-    from data.labeling import name_key
+    # index can be built, and stays able to log in under its exact name. The key is computed
+    # here as it was when this migration shipped: a migration never follows live code.
+    import unicodedata
+
+    def name_key(name: str) -> str:
+        return unicodedata.normalize("NFKC", name).casefold()
 
     db.execute("ALTER TABLE users ADD COLUMN name_key TEXT")
     db.execute("ALTER TABLE users ADD COLUMN disabled_at REAL")

@@ -163,3 +163,24 @@ def test_db_path_defaults_to_env_then_cwd(monkeypatch):
     assert store.default_db_path() == "rankloop.db"
     monkeypatch.setenv("RANKLOOP_DB", "/data/x.db")
     assert store.default_db_path() == "/data/x.db"
+
+
+def test_migrations_import_no_project_code():
+    """A shipped migration must do forever what it did when it shipped: it may not call
+    project code that later changes (such as the rule for user-name keys)."""
+    import ast
+    import inspect
+
+    from data import store
+
+    tree = ast.parse(inspect.getsource(store))
+    project = ("data", "labeler", "reward", "policy", "training", "launch")
+    migrations = [f for f in tree.body
+                  if isinstance(f, ast.FunctionDef) and f.name.startswith("_m")]
+    assert len(migrations) >= 10
+    for function in migrations:
+        for node in ast.walk(function):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom) else
+                     [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            assert not any(n.split(".")[0] in project for n in names), \
+                f"migration {function.name} imports {names}"
