@@ -1,10 +1,10 @@
-"""One command for a short GPU lease: the GPU twins of the tests, then throughput and memory of
+"""One command for a GPU machine: the GPU twins of the tests, then throughput and memory of
 RankLoop's heavy steps on a 1B-class random-weight Llama.
 
     python3 bench/gpu_check.py                      # on one H100/H200: well under 8 minutes
     python3 bench/gpu_check.py --size tiny --device cpu --skip-tests     # the CPU smoke run
 
-Runs without vLLM, DeepSpeed or flash-attn (too large to carry to a lent machine) and says
+Runs without vLLM, DeepSpeed or flash-attn (a GPU machine may not have them) and says
 what it skipped because of them. Measured with RankLoop's own code on random weights (the
 speed of a step does not depend on what the weights learned):
 
