@@ -25,7 +25,6 @@ import statistics
 import sys
 import tempfile
 import time
-from itertools import combinations
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -34,7 +33,8 @@ NOW = 2_000_000_000.0
 
 
 def build(path: str, items: int, k: int, annotators: int, seed: int = 0) -> dict:
-    from data import labeling, store
+    from data import labeling, store, votes
+    from data.rankings import Submission
 
     rng = random.Random(seed)
     db = store.open_store(path)
@@ -92,26 +92,18 @@ def build(path: str, items: int, k: int, annotators: int, seed: int = 0) -> dict
                     [item_id, user, json.dumps(shown), 0, 600, 1, int(skipped)]).lastrowid
                 previous = None
                 for v in range(versions):
-                    ranking = db.execute(
-                        "INSERT INTO rankings (submission_key, user_id, prompt_id, item_id, "
-                        "assignment_id, candidate_ids, ranks, skipped, shown_at, submitted_at, "
-                        "supersedes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
-                        [f"assignment:{assignment}" if v == 0 else f"revision:{previous}", user,
-                         prompt_id, item_id, assignment, json.dumps(shown),
-                         None if ranks is None else json.dumps(ranks), int(skipped),
-                         1 + v + rng.random() * 1e6, previous]).lastrowid
+                    # Through the vote log's one write path, as the app stores votes.
+                    previous = votes.append_vote(db, votes.Vote(
+                        submission_key=(f"assignment:{assignment}" if v == 0
+                                        else f"revision:{previous}"),
+                        user_id=user, prompt_id=prompt_id, item_id=item_id,
+                        assignment_id=assignment,
+                        submission=Submission(tuple(shown), None if ranks is None
+                                              else tuple(ranks), skipped=skipped),
+                        demonstration_id=None, shown_at=0,
+                        submitted_at=1 + v + rng.random() * 1e6,
+                        supersedes=previous)).ranking_id
                     rankings += 1
-                    if ranks is not None:
-                        pairs = []
-                        for (i, a), (j, b) in combinations(enumerate(shown), 2):
-                            tie = ranks[i] == ranks[j]
-                            win = ranks[i] <= ranks[j]
-                            pairs.append((ranking, prompt_id, a if win else b, b if win else a,
-                                          int(tie)))
-                        db.conn.executemany(
-                            "INSERT INTO comparisons (ranking_id, prompt_id, chosen_id, "
-                            "rejected_id, tie) VALUES (?, ?, ?, ?, ?)", pairs)
-                    previous = ranking
             if rng.random() < 0.05:
                 db.execute("INSERT INTO item_tags (item_id, tag, created_at) VALUES (?, ?, 0)",
                            [item_id, rng.choice(("code", "tables", "chat", "long"))])

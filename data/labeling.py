@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import sqlite_utils
 
-from data import queue_order, store
-from data.rankings import Submission, ranking_to_pairs
-from data.suggestions import accepted_flag
+from data import queue_order, store, votes
+from data.rankings import Submission
+from data.votes import Stored
 
 ROLES = ("annotator", "admin")
 HUMAN_BACKEND = "human"
@@ -394,14 +394,6 @@ def _load_assignment(db: sqlite_utils.Database, assignment_id: int) -> Assignmen
     )
 
 
-@dataclass(frozen=True)
-class Stored:
-    ranking_id: int
-    pairs: int
-    created: bool
-    """False when this assignment had already been submitted (a double click): nothing new."""
-
-
 class AssignmentExpired(LabelingError):
     """A late submission that would give its item more rankings than the overlap allows."""
 
@@ -428,11 +420,9 @@ def submit_assignment(
         if row is None or row[0] != user_id:
             raise LabelingError("this task is not assigned to you; reload the page")
         _, item_id, ids_json, shown_at, prompt_id, expires_at, is_gold = row
-        done = db.execute("SELECT id FROM rankings WHERE submission_key = ?", [key]).fetchone()
+        done = votes.stored_vote(db, key)
         if done:
-            pairs = db.execute("SELECT COUNT(*) FROM comparisons WHERE ranking_id = ?",
-                               [done[0]]).fetchone()[0]
-            return Stored(done[0], pairs, created=False)
+            return done
         if list(submission.candidate_ids) != json.loads(ids_json):
             raise LabelingError("the candidates changed since this task was shown; reload")
         if (overlap is not None and expires_at <= now and not submission.skipped
@@ -455,30 +445,12 @@ def submit_assignment(
         pinned = db.execute("SELECT suggestion FROM assignments WHERE id = ?",
                             [assignment_id]).fetchone()[0]
         suggested = json.loads(pinned) if pinned else None
-        ranking_id = db.execute(
-            "INSERT INTO rankings (submission_key, user_id, prompt_id, item_id, assignment_id, "
-            "candidate_ids, ranks, has_tie, all_bad, skipped, rationale, demonstration_id, "
-            "shown_at, submitted_at, suggested_ranks, suggestion_scorer, suggestion_accepted) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [key, user_id, prompt_id, item_id, assignment_id,
-             json.dumps(list(submission.candidate_ids)),
-             None if submission.ranks is None else json.dumps(list(submission.ranks)),
-             int(submission.has_tie), int(submission.all_bad), int(submission.skipped),
-             submission.rationale or None, demonstration_id, shown_at, now,
-             suggested and json.dumps(suggested["ranks"]), suggested and suggested["scorer"],
-             accepted_flag(suggested and suggested["ranks"], submission)],
-        ).lastrowid
-        pairs = [] if submission.skipped else ranking_to_pairs(
-            submission.candidate_ids, submission.ranks, demonstration_id)
-        db.conn.executemany(
-            "INSERT INTO comparisons (ranking_id, prompt_id, chosen_id, rejected_id, tie) "
-            "VALUES (?, ?, ?, ?, ?)",
-            [(ranking_id, prompt_id, p.chosen, p.rejected, int(p.tie)) for p in pairs],
-        )
-        db.execute("UPDATE assignments SET submitted_at = ?, skipped = ? WHERE id = ?",
-                   [now, int(submission.skipped), assignment_id])
-        db.execute("DELETE FROM drafts WHERE assignment_id = ?", [assignment_id])
-    return Stored(ranking_id, len(pairs), created=True)
+        return votes.append_vote(db, votes.Vote(
+            submission_key=key, user_id=user_id, prompt_id=prompt_id, item_id=item_id,
+            assignment_id=assignment_id, submission=submission,
+            demonstration_id=demonstration_id, shown_at=shown_at, submitted_at=now,
+            suggested_ranks=suggested and suggested["ranks"],
+            suggestion_scorer=suggested and suggested["scorer"]))
 
 
 def _add_demonstration(db, prompt_id: int, user_id: int, text: str, now: float) -> int:

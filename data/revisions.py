@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import sqlite_utils
 
-from data import store
-from data.labeling import LabelingError, Stored, _add_demonstration
-from data.rankings import Submission, ranking_to_pairs
-from data.suggestions import accepted_flag
+from data import store, votes
+from data.labeling import LabelingError, _add_demonstration
+from data.rankings import Submission
+from data.votes import Stored
 
 RECENT = 5
 """How many of their latest submissions an annotator may reopen."""
@@ -103,11 +103,9 @@ def revise_submission(db: sqlite_utils.Database, ranking_id: int, user_id: int,
             raise LabelingError("this is not one of your submissions; reload the page")
         (_, prompt_id, item_id, assignment_id, ids_json, old_demo, shown_at, suggested_json,
          scorer) = old
-        done = db.execute("SELECT id FROM rankings WHERE submission_key = ?", [key]).fetchone()
+        done = votes.stored_vote(db, key)
         if done:
-            pairs = db.execute("SELECT COUNT(*) FROM comparisons WHERE ranking_id = ?",
-                               [done[0]]).fetchone()[0]
-            return Stored(done[0], pairs, created=False)
+            return done
         if db.execute("SELECT 1 FROM rankings WHERE supersedes = ?", [ranking_id]).fetchone():
             raise LabelingError("this submission was revised since; reopen its latest version")
         if assignment_id is None:
@@ -127,29 +125,13 @@ def revise_submission(db: sqlite_utils.Database, ranking_id: int, user_id: int,
             demonstration_id = (old_demo if old_text == submission.demonstration else
                                 _add_demonstration(db, prompt_id, user_id,
                                                    submission.demonstration, now))
-        suggested = None if suggested_json is None else json.loads(suggested_json)
-        new_id = db.execute(
-            "INSERT INTO rankings (submission_key, user_id, prompt_id, item_id, assignment_id, "
-            "candidate_ids, ranks, has_tie, all_bad, skipped, rationale, demonstration_id, "
-            "shown_at, submitted_at, supersedes, suggested_ranks, suggestion_scorer, "
-            "suggestion_accepted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [key, user_id, prompt_id, item_id, assignment_id, ids_json,
-             None if submission.ranks is None else json.dumps(list(submission.ranks)),
-             int(submission.has_tie), int(submission.all_bad), int(submission.skipped),
-             submission.rationale or None, demonstration_id, shown_at, now, ranking_id,
-             suggested_json, scorer, accepted_flag(suggested, submission)],
-        ).lastrowid
-        pairs = [] if submission.skipped else ranking_to_pairs(
-            submission.candidate_ids, submission.ranks, demonstration_id)
-        db.conn.executemany(
-            "INSERT INTO comparisons (ranking_id, prompt_id, chosen_id, rejected_id, tie) "
-            "VALUES (?, ?, ?, ?, ?)",
-            [(new_id, prompt_id, p.chosen, p.rejected, int(p.tie)) for p in pairs])
-        # The queue counts an item's labels from its assignments: keep them on the latest.
-        db.execute("UPDATE assignments SET skipped = ? WHERE id = ?",
-                   [int(submission.skipped), assignment_id])
-        db.execute("DELETE FROM drafts WHERE assignment_id = ?", [assignment_id])
-    return Stored(new_id, len(pairs), created=True)
+        return votes.append_vote(db, votes.Vote(
+            submission_key=key, user_id=user_id, prompt_id=prompt_id, item_id=item_id,
+            assignment_id=assignment_id, submission=submission,
+            demonstration_id=demonstration_id, shown_at=shown_at, submitted_at=now,
+            supersedes=ranking_id,
+            suggested_ranks=None if suggested_json is None else json.loads(suggested_json),
+            suggestion_scorer=scorer))
 
 
 def history(db: sqlite_utils.Database, ranking_id: int) -> list[int]:
