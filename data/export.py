@@ -51,7 +51,6 @@ Annotators appear as stable pseudonyms (``annotator-<user id>``) unless ``keep_a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -63,6 +62,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from data.rankings import Pair, ranking_to_pairs
+from data.splits import held_out_groups
 
 FORMATS = ("conversational", "standard")
 PAIR_MODES = ("all", "best-worst")
@@ -422,12 +422,7 @@ def rankings_from_rows(rows: Iterable[dict]) -> list[RankingRecord]:
 def held_out_prompts(prompt_ids: Iterable[int], fraction: float, seed: int) -> set[int]:
     """Prompts held out for ``test``: a seeded hash order, round(n × fraction) of them and at
     least one when there are two or more prompts and the fraction is not 0."""
-    ordered = sorted(set(prompt_ids),
-                     key=lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest())
-    if fraction == 0 or len(ordered) < 2:
-        return set()
-    n = min(len(ordered) - 1, max(1, round(len(ordered) * fraction)))
-    return set(ordered[:n])
+    return held_out_groups(prompt_ids, fraction, seed)
 
 
 @dataclass

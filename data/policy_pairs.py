@@ -21,13 +21,13 @@ caller supplies, so everything here is pure and never touches a model.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from data.preferences import PreferenceSourceError
+from data.splits import held_out_groups
 
 MODES = ("best_worst", "all")
 UNSCORED_GAP = 1.0
@@ -157,11 +157,7 @@ def split_held_out(keys: Sequence[str], fraction: float, seed: int) -> tuple[lis
     """(train indices, held-out indices) for items with these prompt keys: ``fraction`` of the
     distinct prompts (at least one when there are two or more) are held out with all their
     items. Deterministic in ``seed``, independent of item order."""
-    if fraction <= 0:
-        return list(range(len(keys))), []
-    groups = sorted(set(keys), key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
-    n_eval = min(len(groups) - 1, max(1, round(fraction * len(groups))))
-    held = set(groups[:n_eval])
+    held = held_out_groups(keys, fraction, seed)
     return ([i for i, k in enumerate(keys) if k not in held],
             [i for i, k in enumerate(keys) if k in held])
 

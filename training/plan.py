@@ -11,13 +11,13 @@ position of a resumed run follows from the step number alone.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from data.preferences import PreferenceSourceError
+from data.splits import held_out_groups
 
 # How many global batches are sorted by length together: big enough that padding is small,
 # small enough that step order stays random.
@@ -28,12 +28,7 @@ def split_held_out(examples: Sequence, fraction: float, seed: int) -> tuple[list
     """(train, held-out) of examples with a ``group`` attribute (the prompt's key):
     ``fraction`` of the groups (at least one when there are two or more and fraction > 0) go
     to held-out with all their examples. Deterministic in ``seed``."""
-    if fraction <= 0:
-        return list(examples), []
-    groups = sorted({e.group for e in examples},
-                    key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
-    n_eval = min(len(groups) - 1, max(1, round(fraction * len(groups))))
-    held_out = set(groups[:n_eval])
+    held_out = held_out_groups((e.group for e in examples), fraction, seed)
     return ([e for e in examples if e.group not in held_out],
             [e for e in examples if e.group in held_out])
 
