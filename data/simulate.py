@@ -20,20 +20,16 @@ stored password hash is not a scrypt hash, so nobody can log in as one.
 
 from __future__ import annotations
 
-import importlib
 import math
-import os
 import random
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import sqlite_utils
 
 from data import labeling
 from data.rankings import validate_submission
-
-ScoreFn = Callable[[Sequence[list[dict]], Sequence[str]], list[float]]
+from data.score_functions import ScoreFn, load_score_function
 SIMULATED_PREFIX = "simulated:"
 _NO_LOGIN = "!simulated-annotator"  # not a scrypt hash: verify_password refuses every password
 
@@ -44,31 +40,10 @@ class SimulationError(ValueError):
 
 def load_score_fn(spec: str) -> ScoreFn:
     """``MODULE:FUNCTION`` (with or without the ``simulated:`` prefix), importable from the
-    working directory, wrapped to check it returns one float per response."""
+    working directory, wrapped to check it returns one finite float per response."""
     spec = spec[len(SIMULATED_PREFIX):] if spec.startswith(SIMULATED_PREFIX) else spec
-    module_name, _, name = spec.partition(":")
-    if not module_name or not name:
-        raise SimulationError(f"scoring function {spec!r} must look like MODULE:FUNCTION")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        function = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError) as exc:
-        raise SimulationError(f"cannot load scoring function {spec!r}: {exc}") from None
-    if not callable(function):
-        raise SimulationError(f"scoring function {spec!r} is not callable")
-
-    def score(prompts: Sequence[list[dict]], responses: Sequence[str]) -> list[float]:
-        values = [float(x) for x in function(list(prompts), list(responses))]
-        if len(values) != len(responses):
-            raise SimulationError(f"scoring function {spec!r} returned {len(values)} scores "
-                                  f"for {len(responses)} responses")
-        if not all(math.isfinite(v) for v in values):
-            raise SimulationError(f"scoring function {spec!r} returned a non-finite score")
-        return values
-
-    score.spec = spec  # type: ignore[attr-defined]
-    return score
+    return load_score_function(spec, what="scoring function", noun="scores",
+                               error=SimulationError)
 
 
 @dataclass(frozen=True)

@@ -256,31 +256,12 @@ def scorer_reward(spec: str, *, batch_size: int = 8) -> RewardFn:
 
 
 def function_reward(spec: str) -> RewardFn:
-    """A reward written in Python, ``module:function`` (importable from the working directory),
+    """A reward written in Python, ``MODULE:FUNCTION`` (importable from the working directory),
     called as ``function(prompts, responses) -> list[float]``: for rule-based rewards such as
     format checks or unit tests."""
-    import importlib
-    import sys
+    from data.score_functions import load_score_function
 
-    module_name, _, name = spec.partition(":")
-    if not module_name or not name:
-        raise ValueError(f"reward function {spec!r} must look like module:function")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        function = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"cannot load reward function {spec!r}: {exc}") from None
-    if not callable(function):
-        raise ValueError(f"reward function {spec!r} is not callable")
-
-    def reward(prompts: Sequence[list[dict]], responses: Sequence[str]) -> list[float]:
-        scores = [float(x) for x in function(list(prompts), list(responses))]
-        if len(scores) != len(responses):
-            raise ValueError(f"reward function {spec!r} returned {len(scores)} rewards for "
-                             f"{len(responses)} responses")
-        return scores
-    return reward
+    return load_score_function(spec, what="reward function", noun="rewards")
 
 
 def load_prompt_messages(config: PPOConfig, tokenizer) -> list[list[dict]]:

@@ -40,7 +40,7 @@ def test_function_reward_loads_checks_and_explains(tmp_path, monkeypatch):
     assert function_reward("my_rewards:length")([[]] * 2, ["ab", "abcd"]) == [2.0, 4.0]
     with pytest.raises(ValueError, match="returned 1 rewards for 2 responses"):
         function_reward("my_rewards:short")([[]] * 2, ["a", "b"])
-    for spec, message in (("my_rewards", "module:function"), ("nope_mod:f", "cannot load"),
+    for spec, message in (("my_rewards", "MODULE:FUNCTION"), ("nope_mod:f", "cannot load"),
                           ("my_rewards:missing", "cannot load"),
                           ("my_rewards:NOT_CALLABLE", "not callable")):
         with pytest.raises(ValueError, match=message):
