@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import sqlite_utils
+from precis_i18n import get_profile
 
 from data import queue_order, store, votes
 from data.rankings import Submission
@@ -36,6 +37,7 @@ class LabelingError(Exception):
 # --- users ------------------------------------------------------------------------------------
 
 MAX_NAME_LENGTH = 64
+_USERNAME = get_profile("UsernameCasePreserved")
 
 
 @dataclass(frozen=True)
@@ -58,19 +60,26 @@ def name_key(name: str) -> str:
 
 
 def normalize_name(name: str) -> str:
-    """The name as stored: NFKC, without surrounding spaces. Refuses names that could pass
-    for another one: spaces, control characters and invisible format characters
-    (zero-width joiners, bidirectional overrides)."""
+    """The name as stored: checked by the PRECIS username profile of RFC 8265
+    (``UsernameCasePreserved``, implemented by ``precis-i18n``), then NFKC. That profile
+    allows letters, digits and ASCII punctuation and refuses spaces, control characters,
+    symbols and every invisible (default-ignorable) code point, so no name can pass for
+    another one."""
     if not isinstance(name, str):
         raise LabelingError("a user name is text")
-    name = unicodedata.normalize("NFKC", name.strip())
+    name = name.strip()
     if not name or len(name) > MAX_NAME_LENGTH:
         raise LabelingError(f"a user name is 1-{MAX_NAME_LENGTH} characters")
-    for c in name:
-        category = unicodedata.category(c)
-        if c.isspace() or category in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"):
-            raise LabelingError(f"a user name is written without spaces, control or "
-                                f"invisible characters (found U+{ord(c):04X})")
+    try:
+        name = _USERNAME.enforce(name)
+    except UnicodeError as exc:
+        bad = name[exc.start] if isinstance(exc, UnicodeEncodeError) else ""
+        found = f" (found U+{ord(bad):04X})" if bad else ""
+        raise LabelingError("a user name is letters, digits and ASCII punctuation, without "
+                            f"spaces, symbols, control or invisible characters{found}") from None
+    name = unicodedata.normalize("NFKC", name)
+    if not name or len(name) > MAX_NAME_LENGTH:
+        raise LabelingError(f"a user name is 1-{MAX_NAME_LENGTH} characters")
     return name
 
 

@@ -52,7 +52,7 @@ def build_app(svc: LabelerService) -> gr.Blocks:
 def serve(svc: LabelerService, *, host: str = "127.0.0.1", port: int = 7860,
           block: bool = True, session_hours: float = DEFAULT_SESSION_HOURS,
           ssl_certfile: str | None = None, ssl_keyfile: str | None = None,
-          limiter=None):
+          limiter=None, forwarded_allow_ips: str | None = None):
     """Serves the app (see labeler/server.py for sessions, login limits and headers)."""
     demo = build_app(svc)
     demo.queue(default_concurrency_limit=16)
@@ -60,4 +60,5 @@ def serve(svc: LabelerService, *, host: str = "127.0.0.1", port: int = 7860,
         svc, demo, host=host, port=port, block=block, session_ttl_s=session_hours * 3600,
         head=RANK_JS, css=CSS + ADMIN_CSS,
         auth_message="RankLoop: log in with the account an admin created for you.",
-        ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, limiter=limiter)
+        ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, limiter=limiter,
+        forwarded_allow_ips=forwarded_allow_ips)

@@ -1,14 +1,21 @@
 """Passwords and login limits: scrypt from the standard library (no plaintext is ever
-stored), the same cost for unknown names, and growing lockouts after failed logins."""
+stored), the same cost for unknown names, one rule for new passwords, and failed logins
+limited in moving windows by the ``limits`` library (a maintained, tested implementation of
+the windows, rather than counters of our own)."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import hmac
+import math
 import secrets
-import threading
 import time
+from dataclasses import dataclass
+
+from limits import parse_many
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
 
 # scrypt cost: 2^14 x 8 x 1 needs 16 MiB and ~50 ms per check, the interactive-login setting
 # recommended by the scrypt paper.
@@ -60,63 +67,102 @@ def verify_password_or_dummy(password: str, stored: str | None) -> bool:
     return verify_password(password, stored)
 
 
-class LoginLimiter:
-    """Growing lockouts after failed logins, counted per user name and per client address.
+@dataclass(frozen=True)
+class Refusal:
+    """Why a login may not be tried now, and for how long."""
 
-    After ``free`` failures in a row a key waits ``base_delay_s``, then twice that after each
-    further failure, up to ``max_delay_s``; a success clears the name's count, and a key
-    with no failure for ``forget_after_s`` starts over. A small mechanism of its own because
-    quota libraries count fixed windows, while this needs an exponential lockout.
+    reason: str
+    retry_after_s: int
+
+
+class LoginLimiter:
+    """Failed logins counted in moving windows (the ``limits`` library, in memory).
+
+    - per (name, address): one address guessing one account;
+    - per address: one address spraying many names;
+    - per name, across addresses: guesses spread over many addresses. This one slows only
+      clients that never logged in to that name: a *known device* (a browser holding the
+      signed cookie ``device_cookie`` gave it at a successful login) is counted on its own
+      instead, per (name, device), so nobody else's failures can keep it out.
+
+    Only failures count; a success clears the (name, address) and (name, device) counts.
+    Each limit is a ``limits`` string such as ``"5/15 minutes;20/day"``.
     """
 
-    def __init__(self, *, free_per_name: int = 3, free_per_address: int = 10,
-                 base_delay_s: float = 1.0, max_delay_s: float = 900.0,
-                 forget_after_s: float = 3600.0, clock=time.monotonic,
-                 max_keys: int = 100_000):
-        self.free = {"name": free_per_name, "address": free_per_address}
-        self.base_delay_s, self.max_delay_s = base_delay_s, max_delay_s
-        self.forget_after_s, self.clock, self.max_keys = forget_after_s, clock, max_keys
-        self._failures: dict[tuple[str, str], tuple[int, float]] = {}
-        self._lock = threading.Lock()
+    def __init__(self, *, per_name_address: str = "5/15 minutes;20/day",
+                 per_address: str = "30/15 minutes;200/day",
+                 per_name: str = "10/15 minutes;50/day",
+                 per_device: str = "5/15 minutes;20/day"):
+        self._storage = MemoryStorage()
+        self._window = MovingWindowRateLimiter(self._storage)
+        self._limits = {kind: parse_many(text) for kind, text in (
+            ("name-address", per_name_address), ("address", per_address),
+            ("name", per_name), ("device", per_device))}
 
-    def delay_after(self, kind: str, failures: int) -> float:
-        """The lockout after ``failures`` failures in a row for a "name" or "address" key."""
-        over = failures - self.free[kind]
-        if over < 0:
-            return 0.0
-        return min(self.max_delay_s, self.base_delay_s * 2.0 ** min(over, 30))
+    def _keys(self, name: str, address: str, device: str | None):
+        if device:  # a known device: only its own failures, and the address's, count
+            return [("device", (name, device)), ("address", (address,))]
+        return [("name-address", (name, address)), ("address", (address,)),
+                ("name", (name,))]
 
-    def retry_after(self, name: str, address: str) -> float:
-        """Seconds until a login for ``name`` from ``address`` may be tried; 0 when now."""
-        now = self.clock()
-        wait = 0.0
-        with self._lock:
-            for key in (("name", name), ("address", address)):
-                failures, last = self._failures.get(key, (0, 0.0))
-                if failures and now - last > self.forget_after_s:
-                    self._failures.pop(key, None)
-                    continue
-                wait = max(wait, last + self.delay_after(key[0], failures) - now)
-        return max(0.0, wait)
+    def refusal(self, name: str, address: str, device: str | None = None) -> Refusal | None:
+        """Why a login for ``name`` from ``address`` (from the known ``device``, if any) may
+        not be tried now; None when it may."""
+        for kind, ids in self._keys(name, address, device):
+            for limit in self._limits[kind]:
+                if not self._window.test(limit, kind, *ids):
+                    reset, _ = self._window.get_window_stats(limit, kind, *ids)
+                    wait = max(1, math.ceil(reset - time.time()))
+                    return Refusal(_REASONS[kind], wait)
+        return None
 
-    def failed(self, name: str, address: str) -> None:
-        now = self.clock()
-        with self._lock:
-            if len(self._failures) >= self.max_keys:
-                self._forget_old(now)
-            for key in (("name", name), ("address", address)):
-                failures, last = self._failures.get(key, (0, 0.0))
-                if failures and now - last > self.forget_after_s:
-                    failures = 0
-                self._failures[key] = (failures + 1, now)
+    def failed(self, name: str, address: str, device: str | None = None) -> None:
+        for kind, ids in self._keys(name, address, device):
+            for limit in self._limits[kind]:
+                self._window.hit(limit, kind, *ids)
 
-    def succeeded(self, name: str, address: str) -> None:
-        with self._lock:
-            self._failures.pop(("name", name), None)
+    def succeeded(self, name: str, address: str, device: str | None = None) -> None:
+        for kind, ids in (("name-address", (name, address)), ("device", (name, device))):
+            for limit in self._limits[kind]:
+                self._window.clear(limit, kind, *ids)
 
-    def _forget_old(self, now: float) -> None:
-        for key, (_, last) in list(self._failures.items()):
-            if now - last > self.forget_after_s:
-                del self._failures[key]
-        while len(self._failures) >= self.max_keys:  # still full: drop the oldest
-            del self._failures[min(self._failures, key=lambda k: self._failures[k][1])]
+
+_REASONS = {
+    "name-address": "Too many failed logins for this name from this address",
+    "address": "Too many failed logins from this address",
+    "name": "Too many failed logins for this name from new devices (a browser that logged "
+            "in to it before is not held back)",
+    "device": "Too many failed logins for this name from this browser",
+}
+
+
+# --- known devices -------------------------------------------------------------------------
+
+DEVICE_COOKIE_PREFIX = "rankloop-device-"
+
+
+def device_cookie(name_key: str, password_hash: str) -> tuple[str, str]:
+    """(cookie name, value) that marks this browser as one that logged in to ``name_key``:
+    a random device id and its HMAC keyed by the account's password hash (secret, per
+    account, and changed by a password reset, which forgets every known device)."""
+    device = secrets.token_urlsafe(12)
+    return _device_cookie_name(name_key), f"{device}.{_device_mac(name_key, password_hash, device)}"
+
+
+def known_device(name_key: str, password_hash: str | None, cookies: dict[str, str]) -> str | None:
+    """The device id of a valid known-device cookie for ``name_key`` among ``cookies``."""
+    value = cookies.get(_device_cookie_name(name_key), "")
+    device, _, mac = value.partition(".")
+    if not device or not mac or not password_hash:
+        return None
+    expected = _device_mac(name_key, password_hash, device)
+    return device if hmac.compare_digest(mac, expected) else None
+
+
+def _device_cookie_name(name_key: str) -> str:
+    return DEVICE_COOKIE_PREFIX + hashlib.sha256(name_key.encode()).hexdigest()[:16]
+
+
+def _device_mac(name_key: str, password_hash: str, device: str) -> str:
+    message = f"rankloop known device\0{name_key}\0{device}".encode()
+    return hmac.new(password_hash.encode(), message, hashlib.sha256).hexdigest()[:32]

@@ -22,7 +22,17 @@ from labeler.render import overlay_html
 from labeler.ui import guard, username
 
 _STATIC = Path(__file__).resolve().parent / "static"
-RANK_JS = f"<script>\n{(_STATIC / 'rank.js').read_text()}\n</script>"
+LOGOUT_JS = """<script>
+// Signing out takes a POST from this page (a link or an <img> elsewhere cannot sign anyone out).
+document.addEventListener('click', (event) => {
+  const link = event.target.closest && event.target.closest('#rl-logout');
+  if (!link) return;
+  event.preventDefault();
+  fetch('logout', {method: 'POST', credentials: 'same-origin'})
+    .finally(() => location.assign('./'));
+});
+</script>"""
+RANK_JS = f"<script>\n{(_STATIC / 'rank.js').read_text()}\n</script>\n{LOGOUT_JS}"
 """The page's controller, in the page head (the CSP allows inline scripts for Gradio)."""
 CSS = (_STATIC / "rank.css").read_text()
 

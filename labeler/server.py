@@ -3,10 +3,15 @@
 The Gradio Blocks are mounted on a FastAPI app of our own (``gr.mount_gradio_app``) and run
 by uvicorn, so that one ASGI middleware sees every request before Gradio does:
 
-- security headers on every response (CSP, frame-ancestors, nosniff, no referrer) and no
-  CORS headers at all: the app's pages only ever call their own origin;
-- the upload routes closed for everyone (the app has no file input);
-- the client address of a login kept for the limiter, and ``/logout`` ending its session.
+- security headers on every response (CSP, frame-ancestors, nosniff, no referrer; HSTS under
+  TLS) and no CORS headers at all: the app's pages only ever call their own origin;
+- request bodies read up to the JSON routes' cap (``MAX_BODY_BYTES``) on every route;
+- the upload routes and Gradio's token route closed for everyone;
+- login and logout refused from other sites, logout by POST only;
+- session cookies HttpOnly and SameSite=Lax, and under TLS Secure with no plain-HTTP copy;
+- each Gradio ``session_hash`` bound to the user who first used it;
+- the client address (the connection's, or a trusted proxy's ``X-Forwarded-For``) kept for
+  the login limiter.
 
 The Rank tab's JSON routes (``labeler/rank_api.py``) are routes of that same app, ahead of the
 Gradio mount, and know the user from the same login cookie.
@@ -28,16 +33,18 @@ import math
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import gradio as gr
 from fastapi import FastAPI, HTTPException
 
 from data import labeling, store
-from labeler.auth import LoginLimiter
-from labeler.rank_api import create_rank_router
+from labeler.auth import LoginLimiter, device_cookie, known_device, verify_password_or_dummy
+from labeler.rank_api import MAX_BODY_BYTES, create_rank_router
 
 log = logging.getLogger("rankloop.app")
 
@@ -74,46 +81,287 @@ SECURITY_HEADERS = [
 _DROPPED = {b"access-control-allow-origin", b"access-control-allow-credentials",
             b"access-control-allow-methods", b"access-control-allow-headers",
             b"access-control-max-age", b"access-control-expose-headers"}
+HSTS = b"max-age=31536000"
+"""Sent on every response served over TLS (directly, or by a trusted proxy's
+``X-Forwarded-Proto: https``)."""
 _UPLOAD_PATHS = ("/gradio_api/upload", "/gradio_api/upload_progress", "/upload")
 
 
 class SecurityMiddleware:
-    """Pure ASGI middleware (it never buffers a body, so streamed events pass untouched)."""
+    """Pure ASGI middleware: it sees every request before Gradio and the JSON routes do.
 
-    def __init__(self, app, sessions: "SessionTokens"):
+    It reads a request's body itself, up to ``MAX_BODY_BYTES`` and no further, and hands it on;
+    responses pass through unbuffered (streamed events stay streamed) with their headers
+    rewritten.
+    """
+
+    def __init__(self, app, sessions: "SessionTokens", max_hashes: int = 100_000):
         self.app = app
         self.sessions = sessions
+        self.max_hashes = max_hashes
+        # Gradio's session_hash -> the user who first used it (see _session_hash_owner).
+        self._hash_owner: OrderedDict[str, str] = OrderedDict()
+        self._hash_lock = threading.Lock()
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
+        route = path.rstrip("/")
+        method = scope["method"]
         client = scope.get("client") or ("", 0)
-        _CLIENT.set(client[0] or "")
-        if path.rstrip("/") in _UPLOAD_PATHS or path.startswith("/gradio_api/upload"):
-            log.warning("refused an upload from %s: uploads are closed", client[0])
+        address = client[0] or ""
+        _CLIENT.set(address)
+        tls = scope.get("scheme") == "https"
+        if tls:
+            scope = _without_plain_http_cookies(scope)
+        if route in _UPLOAD_PATHS or path.startswith("/gradio_api/upload"):
+            log.warning("refused an upload from %s: uploads are closed", address)
             await _send_json(send, 403, {"detail": "uploads are closed: this app takes no "
-                                                   "files"})
+                                                   "files"}, tls)
             return
-        if scope["method"] == "GET" and path in ("", "/"):
-            # The login page is Gradio's own and gets no `head`: add the lockout message there.
+        if route in _TOKEN_PATHS:
+            # Gradio's page never calls it; it would hand the HttpOnly cookie to any script.
+            await _send_json(send, 404, {"detail": "Not Found"}, tls)
+            return
+
+        body = None
+        if _has_body(scope):
+            body = await _read_body(scope, receive)
+            if body is None:
+                log.warning("refused a request to %s from %s: larger than %d bytes", path,
+                            address, MAX_BODY_BYTES)
+                await _send_json(send, 413, {"detail": f"the request is larger than "
+                                                       f"{MAX_BODY_BYTES:,} bytes"}, tls)
+                return
+            receive = _replay(body, receive)
+
+        if route in ("/login", "/logout") and method == "POST" and not _same_origin(scope):
+            log.warning("refused a %s from another site (from %s)", route[1:], address)
+            await _send_json(send, 403, {"detail": "Requests from other sites are refused: "
+                                                   "open the app itself to log in or out."},
+                             tls)
+            return
+        if route == "/logout":
+            await self._logout(scope, send, tls)
+            return
+
+        extra_cookies: list[bytes] = []
+        if route == "/login" and method == "POST":
+            attempt = LoginAttempt(address, _cookies(scope), tls)
+            _LOGIN.set(attempt)
+            extra_cookies = attempt.set_cookies  # filled in by LoginGuard on success
+
+        if path.startswith("/gradio_api/"):
+            refusal = await self._check_session_hashes(scope, path, body)
+            if refusal:
+                log.warning("refused %s from %s: %s", path, address, refusal)
+                await _send_json(send, 403, {"detail": refusal}, tls)
+                return
+
+        if method == "GET" and path in ("", "/"):
+            # The login page is Gradio's own and gets no `head`: add the login messages there.
             await self.app(_without_compression(scope), receive,
-                           _inject_into_html(send, LOGIN_MESSAGE_JS.encode()))
+                           _inject_into_html(send, LOGIN_PAGE_HEAD.encode(), tls))
             return
-        if path.rstrip("/") == "/logout":
-            for token in _session_cookies(scope):
-                await anyio.to_thread.run_sync(self.sessions.revoke, token)
 
         async def send_with_headers(message):
             if message["type"] == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", [])
-                           if k.lower() not in _DROPPED]
-                headers += SECURITY_HEADERS
+                headers = _response_headers(message.get("headers", []), tls)
+                headers += [(b"set-cookie", c) for c in extra_cookies]
                 message = {**message, "headers": headers}
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+    async def _logout(self, scope, send, tls: bool) -> None:
+        if scope["method"] == "GET":
+            # A link or an <img> must not sign anyone out: the page offers a button instead.
+            await _send_html(send, 200, LOGOUT_PAGE, tls)
+            return
+        if scope["method"] != "POST":
+            await _send_json(send, 405, {"detail": "log out with POST"}, tls)
+            return
+        for token in _session_cookies(scope):
+            await anyio.to_thread.run_sync(self.sessions.revoke, token)
+        headers = [(b"location", b"./"), (b"content-length", b"0"), (b"cache-control", b"no-store")]
+        for name in _cookies(scope):
+            if name.startswith("access-token"):
+                headers.append((b"set-cookie", f"{name}=; Max-Age=0; Path=/; HttpOnly; "
+                                               f"SameSite=Lax{'; Secure' if tls else ''}".encode()))
+        await send({"type": "http.response.start", "status": 303,
+                    "headers": _response_headers(headers, tls)})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _check_session_hashes(self, scope, path: str, body: bytes | None) -> str | None:
+        """Gradio sends an event's results to whoever streams its ``session_hash``, a value the
+        client chooses: the first logged-in user to use a hash owns it, and any other request
+        naming it is refused."""
+        hashes = set(parse_qs(scope.get("query_string", b"").decode("latin-1"))
+                     .get("session_hash", []))
+        if path.startswith("/gradio_api/heartbeat/"):
+            hashes.add(path.split("/")[3])
+        if body and body.lstrip()[:1] == b"{":
+            try:
+                value = json.loads(body).get("session_hash")
+            except (ValueError, RecursionError, AttributeError):
+                value = None
+            if isinstance(value, str):
+                hashes.add(value)
+        hashes.discard("")
+        if not hashes:
+            return None
+        user = await anyio.to_thread.run_sync(self._user_of, scope)
+        with self._hash_lock:
+            for value in hashes:
+                owner = self._hash_owner.get(value)
+                if owner is not None and owner != user:
+                    return "this session belongs to another login; reload the page"
+            if user is None:
+                return None  # Gradio refuses it without a login
+            for value in hashes:
+                self._hash_owner[value] = user
+                self._hash_owner.move_to_end(value)
+            while len(self._hash_owner) > self.max_hashes:
+                self._hash_owner.popitem(last=False)  # the least recently used
+        return None
+
+    def _user_of(self, scope) -> str | None:
+        for token in _session_cookies(scope):
+            user = self.sessions.get(token)
+            if user is not None:
+                return labeling.name_key(user)
+        return None
+
+
+@dataclass
+class LoginAttempt:
+    """What the middleware knows of a login request, and the cookies its answer adds."""
+
+    address: str
+    cookies: dict[str, str]
+    tls: bool = False
+    set_cookies: list[bytes] = field(default_factory=list)
+
+
+_LOGIN: contextvars.ContextVar[LoginAttempt | None] = contextvars.ContextVar(
+    "rankloop_login", default=None)
+_TOKEN_PATHS = ("/gradio_api/token", "/token")
+
+
+def _same_origin(scope) -> bool:
+    """False when the browser says the request comes from another site: ``Sec-Fetch-Site``
+    when the browser sends it, else an ``Origin`` that must name this host (the JSON routes
+    of labeler/rank_api.py apply the same rule)."""
+    headers = _headers(scope)
+    site = headers.get("sec-fetch-site")
+    if site is not None:
+        return site in ("same-origin", "none")
+    origin = headers.get("origin")
+    if not origin:
+        return True  # not a browser's cross-origin request (those always carry Origin)
+    hosts = {headers.get("host", ""), headers.get("x-forwarded-host", "")}
+    return urlsplit(origin).netloc in hosts - {""}
+
+
+def _headers(scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+
+
+def _cookies(scope) -> dict[str, str]:
+    cookies = {}
+    for key, value in scope.get("headers", []):
+        if key.lower() == b"cookie":
+            for part in value.decode("latin-1").split(";"):
+                name, _, token = part.strip().partition("=")
+                if name:
+                    cookies[name] = token
+    return cookies
+
+
+def _has_body(scope) -> bool:
+    if scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+        return True
+    return any(k.lower() in (b"content-length", b"transfer-encoding")
+               for k, _ in scope.get("headers", []))
+
+
+async def _read_body(scope, receive) -> bytes | None:
+    """The request's body, or None when it is larger than MAX_BODY_BYTES (read no further)."""
+    length = _headers(scope).get("content-length", "")
+    if length.strip().isdigit() and int(length) > MAX_BODY_BYTES:
+        return None
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break  # the client went away; the app will see an empty body
+        body += message.get("body", b"")
+        if len(body) > MAX_BODY_BYTES:
+            return None
+        if not message.get("more_body"):
+            break
+    return bytes(body)
+
+
+def _replay(body: bytes, receive):
+    sent = False
+
+    async def replayed():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # then only http.disconnect
+
+    return replayed
+
+
+def _without_plain_http_cookies(scope):
+    """Under TLS the plain-HTTP copy of the session cookie is never read."""
+    headers = []
+    for key, value in scope.get("headers", []):
+        if key.lower() == b"cookie":
+            parts = [p for p in value.split(b";")
+                     if not p.strip().startswith(b"access-token-unsecure-")]
+            value = b";".join(parts)
+        headers.append((key, value))
+    return {**scope, "headers": headers}
+
+
+def _response_headers(headers, tls: bool) -> list:
+    """The app's headers on a response: no CORS, the security headers, HSTS under TLS, and
+    session cookies that are HttpOnly, SameSite=Lax and, under TLS, Secure and alone."""
+    out = []
+    for key, value in headers:
+        lower = key.lower()
+        if lower in _DROPPED or lower == b"strict-transport-security":
+            continue
+        if lower == b"set-cookie":
+            value = _session_cookie(value, tls)
+            if value is None:
+                continue
+        out.append((key, value))
+    out += SECURITY_HEADERS
+    if tls:
+        out.append((b"strict-transport-security", HSTS))
+    return out
+
+
+def _session_cookie(value: bytes, tls: bool) -> bytes | None:
+    name = value.split(b"=", 1)[0].strip()
+    if not name.startswith(b"access-token"):
+        return value
+    if tls and name.startswith(b"access-token-unsecure-"):
+        return None  # under TLS no session cookie goes out without Secure
+    parts = [p.strip() for p in value.split(b";")]
+    kept = [p for p in parts[1:] if p.split(b"=")[0].lower() not in (b"samesite", b"secure")]
+    secure = tls or not name.startswith(b"access-token-unsecure-")
+    attributes = [*kept, b"SameSite=Lax"] + ([b"Secure"] if secure else [])
+    if b"httponly" not in {p.lower() for p in kept}:
+        attributes.append(b"HttpOnly")
+    return b"; ".join([parts[0], *attributes])
 
 
 def _without_compression(scope):
@@ -121,7 +369,7 @@ def _without_compression(scope):
     return {**scope, "headers": headers}
 
 
-def _inject_into_html(send, snippet: bytes):
+def _inject_into_html(send, snippet: bytes, tls: bool):
     """A ``send`` that adds ``snippet`` before ``</head>`` of an HTML page (buffering it:
     the page is a few kilobytes) and adds the security headers."""
     start, chunks = {}, []
@@ -137,35 +385,38 @@ def _inject_into_html(send, snippet: bytes):
         if message.get("more_body"):
             return
         body = b"".join(chunks)
-        headers = [(k, v) for k, v in start.get("headers", [])
-                   if k.lower() not in _DROPPED and k.lower() != b"content-length"]
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
         if any(k.lower() == b"content-type" and v.startswith(b"text/html") for k, v in headers):
             body = body.replace(b"</head>", snippet + b"</head>", 1)
-        headers += [(b"content-length", str(len(body)).encode()), *SECURITY_HEADERS]
+        headers = _response_headers([*headers, (b"content-length", str(len(body)).encode())],
+                                    tls)
         await send({**start, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     return wrapped
 
 
-async def _send_json(send, status: int, body: dict) -> None:
+async def _send_json(send, status: int, body: dict, tls: bool = False) -> None:
     raw = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(raw)).encode()), *SECURITY_HEADERS]})
+                "headers": _response_headers([(b"content-type", b"application/json"),
+                                              (b"content-length", str(len(raw)).encode())],
+                                             tls)})
+    await send({"type": "http.response.body", "body": raw})
+
+
+async def _send_html(send, status: int, page: str, tls: bool) -> None:
+    raw = page.encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": _response_headers([(b"content-type", b"text/html; charset=utf-8"),
+                                              (b"content-length", str(len(raw)).encode()),
+                                              (b"cache-control", b"no-store")], tls)})
     await send({"type": "http.response.body", "body": raw})
 
 
 def _session_cookies(scope) -> list[str]:
-    tokens = []
-    for key, value in scope.get("headers", []):
-        if key.lower() != b"cookie":
-            continue
-        for part in value.decode("latin-1").split(";"):
-            name, _, token = part.strip().partition("=")
-            if name.startswith("access-token") and token:
-                tokens.append(token)
-    return tokens
+    return [token for name, token in _cookies(scope).items()
+            if name.startswith("access-token") and token]
 
 
 class SessionTokens(MutableMapping):
@@ -219,7 +470,9 @@ class SessionTokens(MutableMapping):
 
 
 class LoginGuard:
-    """Gradio's ``auth``: limits failed logins, checks the password off the event loop."""
+    """Gradio's ``auth``: limits failed logins, checks the password off the event loop, says
+    when an account is disabled, and marks the browser of a successful login as a known
+    device for that name (see ``LoginLimiter``)."""
 
     def __init__(self, svc, limiter: LoginLimiter | None = None, threads: int | None = None):
         self.svc = svc
@@ -229,49 +482,88 @@ class LoginGuard:
         self._cpu = anyio.CapacityLimiter(threads or max(1, (os.cpu_count() or 2) // 2))
 
     async def check(self, username: str, password: str) -> bool:
-        address = _CLIENT.get()
-        name = labeling.name_key(username or "")[:200]
-        wait = self.limiter.retry_after(name, address)
-        if wait > 0:
-            log.warning("login refused for %r from %s: locked for %.0f s", name, address, wait)
+        attempt = _LOGIN.get() or LoginAttempt(_CLIENT.get(), {})
+        address = attempt.address
+        if not isinstance(username, str) or not isinstance(password, str):
+            return False
+        name = labeling.name_key(username)[:200]
+        user = await anyio.to_thread.run_sync(self._user, username)
+        device = known_device(name, user.password_hash, attempt.cookies) if user else None
+        refusal = self.limiter.refusal(name, address, device)
+        if refusal:
+            log.warning("login refused for %r from %s: %s", name, address, refusal.reason)
             raise HTTPException(
-                status_code=429, headers={"Retry-After": str(math.ceil(wait))},
-                detail=f"Too many failed logins for this name or from this address: "
-                       f"try again in {math.ceil(wait)} s.")
-        ok = await anyio.to_thread.run_sync(self.svc.check_login, username, password,
-                                            limiter=self._cpu)
-        if ok:
-            self.limiter.succeeded(name, address)
-        else:
-            self.limiter.failed(name, address)
+                status_code=429, headers={"Retry-After": str(refusal.retry_after_s)},
+                detail=f"{refusal.reason}: try again in {_duration(refusal.retry_after_s)}.")
+        ok = await anyio.to_thread.run_sync(
+            verify_password_or_dummy, password, user.password_hash if user else None,
+            limiter=self._cpu)
+        if not ok or user is None:
+            self.limiter.failed(name, address, device)
             log.warning("failed login for %r from %s", name, address)
-        return ok
+            return False
+        if user.disabled:
+            log.warning("login refused for %r from %s: the account is disabled", name, address)
+            raise HTTPException(status_code=403, detail="This account is disabled: ask an "
+                                                        "admin to enable it.")
+        self.limiter.succeeded(name, address, device)
+        if device is None:
+            cookie_name, value = device_cookie(name, user.password_hash)
+            attempt.set_cookies.append(
+                f"{cookie_name}={value}; Max-Age={DEVICE_COOKIE_DAYS * 86400}; Path=/; "
+                f"HttpOnly; SameSite=Lax{'; Secure' if attempt.tls else ''}".encode())
+        return True
+
+    def _user(self, username: str):
+        return labeling.get_user(self.svc.db(), username)
 
 
-# The login page shows "Incorrect credentials" for a 400 and nothing otherwise: this shows
-# the reason of any other refusal (the lockout) under the form.
-LOGIN_MESSAGE_JS = """
+DEVICE_COOKIE_DAYS = 365
+
+
+def _duration(seconds: int) -> str:
+    return f"{seconds} s" if seconds < 120 else f"{math.ceil(seconds / 60)} minutes"
+
+
+# The login page shows Gradio's "Incorrect credentials" for a 400 and nothing otherwise; this
+# hides it and shows the reason of every refusal (wrong password, lockout, disabled account,
+# another site) as one message inside the login card.
+LOGIN_PAGE_HEAD = """
+<style>p.creds { display: none !important; }</style>
 <script>
 (() => {
   const original = window.fetch;
   window.fetch = async (...args) => {
     const response = await original(...args);
     const url = String(args[0] && args[0].url || args[0]);
-    if (/\\/login\\/?$/.test(new URL(url, location.href).pathname) && response.status === 429) {
+    if (/\\/login\\/?$/.test(new URL(url, location.href).pathname) && !response.ok) {
       const body = await response.clone().json().catch(() => ({}));
       let box = document.getElementById('rl-login-refused');
       if (!box) {
         box = document.createElement('p');
         box.id = 'rl-login-refused';
+        box.setAttribute('role', 'alert');
         box.style.color = 'var(--error-text-color, #b91c1c)';
-        (document.querySelector('form, .wrap, body') || document.body).prepend(box);
+        const anchor = [...document.querySelectorAll('p.auth')].pop()
+          || document.querySelector('h2');
+        if (anchor) anchor.after(box); else document.body.prepend(box);
       }
-      box.textContent = body.detail || 'Login refused; try again later.';
+      box.textContent = typeof body.detail === 'string' ? body.detail
+        : 'Login refused; try again later.';
     }
     return response;
   };
 })();
 </script>
+"""
+
+# What a plain GET of /logout shows: signing out takes a POST from this origin.
+LOGOUT_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Log out of RankLoop</title></head>
+<body style="font-family: sans-serif; margin: 3em auto; max-width: 30em">
+<form method="post" action="logout"><p>Log out of RankLoop?</p>
+<button type="submit" id="rl-logout-confirm">Log out</button> <a href="./">Back to the app</a>
+</form></body></html>
 """
 
 
@@ -324,7 +616,12 @@ def create_server_app(svc, blocks: gr.Blocks, *, session_ttl_s: float, head: str
 
 def run(svc, blocks: gr.Blocks, *, host: str, port: int, block: bool, session_ttl_s: float,
         head: str, css: str, auth_message: str, ssl_certfile: str | None = None,
-        ssl_keyfile: str | None = None, limiter: LoginLimiter | None = None) -> ServedApp:
+        ssl_keyfile: str | None = None, limiter: LoginLimiter | None = None,
+        forwarded_allow_ips: str | None = None) -> ServedApp:
+    """Serves the app with uvicorn. ``X-Forwarded-For`` and ``X-Forwarded-Proto`` are read
+    only from the proxies listed in ``forwarded_allow_ips`` (comma-separated addresses or
+    networks); by default from nobody, so a client cannot choose the address its failed
+    logins are counted under."""
     import uvicorn
 
     if bool(ssl_certfile) != bool(ssl_keyfile):
@@ -333,6 +630,8 @@ def run(svc, blocks: gr.Blocks, *, host: str, port: int, block: bool, session_tt
                             auth_message=auth_message, limiter=limiter)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning",
                             ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
+                            proxy_headers=bool(forwarded_allow_ips),
+                            forwarded_allow_ips=forwarded_allow_ips or None,
                             timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     scheme = "https" if ssl_certfile else "http"

@@ -47,6 +47,11 @@ def register(commands) -> None:
     app.add_argument("--ssl-certfile", default=None,
                      help="serve HTTPS with this certificate (PEM); needs --ssl-keyfile")
     app.add_argument("--ssl-keyfile", default=None, help="the certificate's private key (PEM)")
+    app.add_argument("--forwarded-allow-ips", default=None, metavar="ADDRESSES",
+                     help="comma-separated addresses of reverse proxies whose "
+                          "X-Forwarded-For/-Proto headers are trusted, e.g. 127.0.0.1 behind "
+                          "nginx on the same host (default: none; the connection's address "
+                          "counts)")
     app.set_defaults(handler=_app)
 
     users = commands.add_parser(
@@ -129,7 +134,8 @@ def _app(args: argparse.Namespace) -> int:
     atexit.register(svc.jobs.stop_all)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     serve(svc, host=args.host, port=args.port, session_hours=args.session_hours,
-          ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
+          ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
+          forwarded_allow_ips=args.forwarded_allow_ips)
     return 0
 
 
@@ -142,13 +148,28 @@ def _read_password() -> str:
     return sys.stdin.readline().rstrip("\n")
 
 
+def _checked_password(name: str) -> str:
+    """A password read like `users add` does, refused by the same rule as the Admin tab's."""
+    from labeler.admin import password_problem
+
+    password = _read_password()
+    problem = password_problem(password, name)
+    if problem:
+        raise UserError(problem)
+    return password
+
+
 def _users_add(args: argparse.Namespace) -> int:
     from labeler.auth import hash_password
 
-    password = _read_password()
+    try:
+        name = labeling.normalize_name(args.name)
+    except labeling.LabelingError as exc:
+        raise UserError(str(exc)) from None
+    password = _checked_password(name)
     db = store.open_store(db_path(args))
     try:
-        user = labeling.add_user(db, args.name, args.role, hash_password(password))
+        user = labeling.add_user(db, name, args.role, hash_password(password))
     except (labeling.LabelingError, ValueError) as exc:
         raise UserError(str(exc)) from None
     print(f"created {user.role} {user.name!r}")
@@ -185,12 +206,10 @@ def _users_enable(args: argparse.Namespace) -> int:
 def _users_reset_password(args: argparse.Namespace) -> int:
     from labeler.auth import hash_password
 
-    existing_db_path(args)  # before asking for a password
-    password = _read_password()
-    try:
-        password_hash = hash_password(password)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    user = labeling.get_user(store.open_store(existing_db_path(args)), args.name)
+    if user is None:
+        raise UserError(f"no user {args.name!r}")
+    password_hash = hash_password(_checked_password(user.name))  # asked once the user exists
     user = _change_user(args, lambda db: labeling.set_password_hash(db, args.name,
                                                                     password_hash))
     print(f"new password for {user.name!r}; their sessions have ended")
