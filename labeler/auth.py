@@ -83,7 +83,8 @@ class LoginLimiter:
     - per name, across addresses: guesses spread over many addresses. This one slows only
       clients that never logged in to that name: a *known device* (a browser holding the
       signed cookie ``device_cookie`` gave it at a successful login) is counted on its own
-      instead, per (name, device), so nobody else's failures can keep it out.
+      instead, per (name, device), and by no other limit, so nobody else's failures (not even
+      from its own address) can keep it out.
 
     Only failures count; a success clears the (name, address) and (name, device) counts.
     Each limit is a ``limits`` string such as ``"5/15 minutes;20/day"``.
@@ -100,8 +101,8 @@ class LoginLimiter:
             ("name", per_name), ("device", per_device))}
 
     def _keys(self, name: str, address: str, device: str | None):
-        if device:  # a known device: only its own failures, and the address's, count
-            return [("device", (name, device)), ("address", (address,))]
+        if device:  # a known device: only its own failures count
+            return [("device", (name, device))]
         return [("name-address", (name, address)), ("address", (address,)),
                 ("name", (name,))]
 
