@@ -63,6 +63,7 @@ from pathlib import Path
 
 from data.rankings import Pair, ranking_to_pairs
 from data.splits import held_out_groups
+from data.votes import LABEL_RANKINGS, RankingRecord, labels, latest, read_rankings
 
 FORMATS = ("conversational", "standard")
 PAIR_MODES = ("all", "best-worst")
@@ -117,108 +118,6 @@ class ExportConfig:
 # ---------------------------------------------------------------------------------------------
 # Reading the vote log
 # ---------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class RankingRecord:
-    """One submission as stored in ``rankings``, with the texts it refers to."""
-
-    ranking_id: int
-    annotator: str
-    """Pseudonym or name, as the export shows it."""
-    prompt_id: int
-    prompt: list[dict]
-    item_id: int | None
-    source_run: int | None
-    """Generation run of the ranked candidates."""
-    is_gold: bool
-    gold_ranks: list[int] | None
-    """The gold item's known ranks, aligned with candidate_ids (shown order)."""
-    candidate_ids: list[int]
-    """In the order shown to the annotator."""
-    candidates: list[str]
-    ranks: list[int] | None
-    """Aligned with candidate_ids; 1 = best; None for skips and unranked all-bad votes."""
-    has_tie: bool
-    all_bad: bool
-    skipped: bool
-    rationale: str | None
-    demonstration_id: int | None
-    demonstration: str | None
-    shown_at: float | None
-    submitted_at: float
-    supersedes: int | None = None
-    """The ranking this one revises, if it is a revision."""
-    superseded_by: int | None = None
-    """The revision that replaced this ranking; None for the latest version of a vote."""
-    suggested_ranks: list[int] | None = None
-    """The model suggestion it was pre-filled with, aligned with candidate_ids."""
-    suggestion_scorer: str | None = None
-    suggestion_accepted: bool | None = None
-    """True: the suggestion submitted unchanged; False: changed; None: no suggestion shown."""
-
-    @property
-    def is_latest(self) -> bool:
-        return self.superseded_by is None
-
-
-def latest(records: Iterable[RankingRecord]) -> list[RankingRecord]:
-    """The latest version of each vote (what pairs, agreement and training read)."""
-    return [r for r in records if r.superseded_by is None]
-
-
-def pseudonym(user_id: int) -> str:
-    """Stable across exports of one database, and says nothing about the person."""
-    return f"annotator-{user_id}"
-
-
-def read_rankings(db, *, keep_annotator_names: bool = False) -> list[RankingRecord]:
-    """Every submission in ``rankings`` (skips and superseded versions included), oldest
-    first; ``latest`` keeps the current version of each vote."""
-    texts = dict(db.execute(
-        "SELECT id, text FROM candidates WHERE id IN (SELECT value FROM rankings, "
-        "json_each(rankings.candidate_ids)) OR id IN (SELECT demonstration_id FROM rankings)"))
-    rows = db.execute(
-        "SELECT r.id, r.user_id, u.name, r.prompt_id, p.messages, r.item_id, i.run_id, "
-        "i.is_gold, i.gold_ranks, r.candidate_ids, r.ranks, r.has_tie, r.all_bad, r.skipped, "
-        "r.rationale, r.demonstration_id, r.shown_at, r.submitted_at, r.supersedes, s.id, "
-        "r.suggested_ranks, r.suggestion_scorer, r.suggestion_accepted "
-        "FROM rankings r JOIN users u ON u.id = r.user_id JOIN prompts p ON p.id = r.prompt_id "
-        "LEFT JOIN items i ON i.id = r.item_id LEFT JOIN rankings s ON s.supersedes = r.id "
-        "ORDER BY r.id").fetchall()
-    gold_order: dict[int, list[int]] = {}
-    records = []
-    for (ranking_id, user_id, name, prompt_id, messages, item_id, run_id, is_gold, gold_json,
-         ids_json, ranks_json, has_tie, all_bad, skipped, rationale, demo_id, shown_at,
-         submitted_at, supersedes, superseded_by, suggested_json, scorer, accepted) in rows:
-        candidate_ids = json.loads(ids_json)
-        if run_id is None and candidate_ids:  # a vote stored before items existed
-            run_id = db.execute("SELECT run_id FROM candidates WHERE id = ?",
-                                [candidate_ids[0]]).fetchone()[0]
-        gold_ranks = None
-        if gold_json:
-            if item_id not in gold_order:
-                gold_order[item_id] = [r[0] for r in db.execute(
-                    "SELECT c.id FROM candidates c JOIN items i ON c.prompt_id = i.prompt_id "
-                    "AND c.run_id = i.run_id WHERE i.id = ? ORDER BY c.idx", [item_id])]
-            by_id = dict(zip(gold_order[item_id], json.loads(gold_json)))
-            gold_ranks = [by_id[c] for c in candidate_ids]
-        records.append(RankingRecord(
-            ranking_id=ranking_id, annotator=name if keep_annotator_names else pseudonym(user_id),
-            prompt_id=prompt_id, prompt=json.loads(messages), item_id=item_id, source_run=run_id,
-            is_gold=bool(is_gold), gold_ranks=gold_ranks, candidate_ids=candidate_ids,
-            candidates=[texts[c] for c in candidate_ids],
-            ranks=None if ranks_json is None else json.loads(ranks_json),
-            has_tie=bool(has_tie), all_bad=bool(all_bad), skipped=bool(skipped),
-            rationale=rationale, demonstration_id=demo_id,
-            demonstration=None if demo_id is None else texts[demo_id],
-            shown_at=shown_at, submitted_at=submitted_at, supersedes=supersedes,
-            superseded_by=superseded_by,
-            suggested_ranks=None if suggested_json is None else json.loads(suggested_json),
-            suggestion_scorer=scorer, suggestion_accepted=None if accepted is None else
-            bool(accepted),
-        ))
-    return records
-
 
 # ---------------------------------------------------------------------------------------------
 # Rankings -> scored pairs (pure)
@@ -296,10 +195,10 @@ class PairSelection:
 
 def select_pairs(records: Sequence[RankingRecord], config: ExportConfig) -> PairSelection:
     """The preference rows of ``records`` under ``config``; see the module docstring."""
-    labels = [r for r in latest(records) if not r.skipped and not r.is_gold]
     # Agreement looks at every judgment of a pair of responses, whatever the pairs mode.
     judgments: dict[tuple[int, int], list[tuple[str, int | None]]] = defaultdict(list)
-    for record in labels:
+    label_votes = labels(records)
+    for record in label_votes:
         for pair in record_pairs(record, "all"):
             judgments[_pair_key(pair)].append((record.annotator, _outcome(pair)))
     selection = PairSelection(rows=[])
@@ -307,7 +206,7 @@ def select_pairs(records: Sequence[RankingRecord], config: ExportConfig) -> Pair
     def drop(reason: str) -> None:
         selection.dropped[reason] = selection.dropped.get(reason, 0) + 1
 
-    for record in labels:
+    for record in label_votes:
         texts = dict(zip(record.candidate_ids, record.candidates))
         if record.demonstration_id is not None:
             texts[record.demonstration_id] = record.demonstration
@@ -784,14 +683,12 @@ def sft_conversations(db, source: str) -> list[list[dict]]:
         rows = db.execute(
             "SELECT p.messages, c.text FROM candidates c JOIN prompts p ON p.id = c.prompt_id "
             "WHERE c.author_id IS NOT NULL AND c.id IN (SELECT demonstration_id FROM "
-            "latest_rankings) ORDER BY c.id").fetchall()
+            f"{LABEL_RANKINGS}) ORDER BY c.id").fetchall()
         return [json.loads(m) + [{"role": "assistant", "content": t}] for m, t in rows
                 if t.strip()]
     seen: set[tuple[int, int]] = set()
     out = []
-    for record in latest(read_rankings(db)):
-        if record.skipped or record.is_gold:
-            continue
+    for record in labels(read_rankings(db)):
         texts = dict(zip(record.candidate_ids, record.candidates))
         if record.demonstration_id is not None:
             best = [record.demonstration_id]

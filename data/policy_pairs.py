@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from data.preferences import PreferenceSourceError
 from data.splits import held_out_groups
+from data.votes import LABEL_RANKINGS
 
 MODES = ("best_worst", "all")
 UNSCORED_GAP = 1.0
@@ -240,13 +241,13 @@ def _run_candidate_ids(db, run_id: int) -> set[int]:
 
 def groups_from_rankings(db, *, run_id: int | None = None) -> list[PromptCandidates]:
     """Each ranked candidate set with the mean of its annotators' rewards on the
-    ``ranks_to_rewards`` scale (the latest version of each vote); with ``run_id``, only sets
-    of that generation run."""
+    ``ranks_to_rewards`` scale, from the label votes (``data.votes``); with ``run_id``, only
+    sets of that generation run."""
     in_run = _run_candidate_ids(db, run_id) if run_id is not None else None
     sums: dict[tuple[int, tuple[int, ...]], dict[int, list[float]]] = {}
     for prompt_id, ids_json, ranks_json in db.execute(
-            "SELECT prompt_id, candidate_ids, ranks FROM latest_rankings "
-            "WHERE skipped = 0 AND ranks IS NOT NULL ORDER BY id"):
+            f"SELECT prompt_id, candidate_ids, ranks FROM {LABEL_RANKINGS} "
+            "WHERE ranks IS NOT NULL ORDER BY id"):
         ids, ranks = json.loads(ids_json), json.loads(ranks_json)
         if not ranks or any(r is None for r in ranks):
             continue

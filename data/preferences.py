@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from data.prompts import ROLES, PromptSourceError, read_rows
+from data.votes import LABEL_COMPARISONS
 
 DROP_IDENTICAL = "identical chosen/rejected"
 DROP_EMPTY = "empty response"
@@ -233,9 +234,9 @@ def _common_prefix(a: str, b: str) -> str:
 def load_db_pairs(db, *, agreed_only: bool = False) -> PreferenceLoad:
     """Pairs from the app's ``comparisons``, each with its prompt and the two candidates' texts.
 
-    Every comparison of the latest version of each vote is one pair (ties flagged; pairs of a
-    ranking replaced by a revision are left out), so a pair several annotators judged counts
-    once per judgment. ``agreed_only`` keeps instead one pair per candidate pair that at least
+    Every comparison of each label vote is one pair (ties flagged; the rules of what counts,
+    such as latest versions only and no gold items, are ``data.votes``'), so a pair several
+    annotators judged counts once per judgment. ``agreed_only`` keeps instead one pair per candidate pair that at least
     two annotators judged, all in the same direction and none as a tie; the rest are counted
     as dropped.
     """
@@ -244,7 +245,7 @@ def load_db_pairs(db, *, agreed_only: bool = False) -> PreferenceLoad:
         raise PreferenceSourceError(f"{label} has no comparisons table; it is not a RankLoop store")
     rows = db.execute(
         "SELECT c.id, c.chosen_id, c.rejected_id, c.tie, r.user_id, p.messages, "
-        "ch.text, rj.text FROM latest_comparisons c "
+        f"ch.text, rj.text FROM {LABEL_COMPARISONS} c "
         "JOIN rankings r ON r.id = c.ranking_id "
         "JOIN prompts p ON p.id = c.prompt_id "
         "JOIN candidates ch ON ch.id = c.chosen_id "

@@ -1,15 +1,39 @@
-"""The vote log's one write path: every ``rankings`` row and its derived ``comparisons``.
+"""The vote log: its one write path and its one read model.
 
-A vote is appended, never edited: a first submission (``data.labeling.submit_assignment``)
-and a revision (``data.revisions.revise_submission``, a new row whose ``supersedes`` points at
-the one it replaces) both come here, as do the simulated annotators and the benchmarks, which
-submit through those two. Each vote carries a ``submission_key`` that makes it idempotent: the
-same key sent twice (a double click, a retried request) stores one row.
+Writing. A vote is appended, never edited: a first submission
+(``data.labeling.submit_assignment``) and a revision (``data.revisions.revise_submission``, a
+new row whose ``supersedes`` points at the one it replaces) both go through ``append_vote``,
+as do the simulated annotators and the benchmarks, which submit through those two. Each vote
+carries a ``submission_key`` that makes it idempotent: the same key sent twice (a double
+click, a retried request) stores one row. Its pairwise ``comparisons`` are derived once, here
+(``data.rankings.ranking_to_pairs``).
+
+Reading. ``read_rankings`` gives every stored vote as a ``RankingRecord`` (the raw export
+shows them all). What counts as a *label*, for every trainer (reward model, REBEL, DPO, PPO's
+reward model, SFT) and for the exported preference pairs alike, is decided once:
+
+- *Latest version*: a revised vote counts only in its latest version (``latest``, and the
+  ``latest_rankings`` / ``latest_comparisons`` views).
+- *Gold*: votes on gold items are checks of the annotator against a known ranking, not labels:
+  no trainer and no preference export reads them (they would count the check's answer key as
+  a judgment, and a gold item is often made up for the check); gold accuracy and the raw
+  export do.
+- *Skips* judge nothing.
+- *Ties* are pairs with ``tie`` set: the reward model trains on them only with its tie loss,
+  exports keep them only with ``ties="include"``; a rank-derived score gives both the same.
+- *All bad*: the ranks given (if any) still order the candidates among themselves; an "all
+  bad" vote without ranks gives no pairs, and SFT takes no "chosen" answer from any "all
+  bad" vote.
+- *Demonstrations*: the annotator's own answer, ranked above every candidate.
+
+``labels`` applies these rules to records; ``LABEL_RANKINGS`` and ``LABEL_COMPARISONS`` are the
+same rules for readers that query SQLite directly.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import sqlite_utils
@@ -91,3 +115,121 @@ def append_vote(db: sqlite_utils.Database, vote: Vote) -> Stored:
                    [vote.submitted_at, int(submission.skipped), vote.assignment_id])
         db.execute("DELETE FROM drafts WHERE assignment_id = ?", [vote.assignment_id])
     return Stored(ranking_id, len(pairs), created=True)
+
+
+# --- the read model -----------------------------------------------------------------------------
+
+# The label votes as SQL, for readers that query directly (the rules in the module docstring).
+LABEL_RANKINGS = (
+    "(SELECT lr.* FROM latest_rankings lr LEFT JOIN items li ON li.id = lr.item_id "
+    "WHERE lr.skipped = 0 AND COALESCE(li.is_gold, 0) = 0)")
+LABEL_COMPARISONS = (
+    "(SELECT lc.* FROM latest_comparisons lc WHERE lc.ranking_id IN "
+    f"(SELECT id FROM {LABEL_RANKINGS}))")
+
+
+@dataclass(frozen=True)
+class RankingRecord:
+    """One submission as stored in ``rankings``, with the texts it refers to."""
+
+    ranking_id: int
+    annotator: str
+    """Pseudonym or name, as the export shows it."""
+    prompt_id: int
+    prompt: list[dict]
+    item_id: int | None
+    source_run: int | None
+    """Generation run of the ranked candidates."""
+    is_gold: bool
+    gold_ranks: list[int] | None
+    """The gold item's known ranks, aligned with candidate_ids (shown order)."""
+    candidate_ids: list[int]
+    """In the order shown to the annotator."""
+    candidates: list[str]
+    ranks: list[int] | None
+    """Aligned with candidate_ids; 1 = best; None for skips and unranked all-bad votes."""
+    has_tie: bool
+    all_bad: bool
+    skipped: bool
+    rationale: str | None
+    demonstration_id: int | None
+    demonstration: str | None
+    shown_at: float | None
+    submitted_at: float
+    supersedes: int | None = None
+    """The ranking this one revises, if it is a revision."""
+    superseded_by: int | None = None
+    """The revision that replaced this ranking; None for the latest version of a vote."""
+    suggested_ranks: list[int] | None = None
+    """The model suggestion it was pre-filled with, aligned with candidate_ids."""
+    suggestion_scorer: str | None = None
+    suggestion_accepted: bool | None = None
+    """True: the suggestion submitted unchanged; False: changed; None: no suggestion shown."""
+
+    @property
+    def is_latest(self) -> bool:
+        return self.superseded_by is None
+
+
+def latest(records: Iterable[RankingRecord]) -> list[RankingRecord]:
+    """The latest version of each vote (what pairs, agreement and training read)."""
+    return [r for r in records if r.superseded_by is None]
+
+
+def pseudonym(user_id: int) -> str:
+    """Stable across exports of one database, and says nothing about the person."""
+    return f"annotator-{user_id}"
+
+
+def read_rankings(db, *, keep_annotator_names: bool = False) -> list[RankingRecord]:
+    """Every submission in ``rankings`` (skips and superseded versions included), oldest
+    first; ``latest`` keeps the current version of each vote."""
+    texts = dict(db.execute(
+        "SELECT id, text FROM candidates WHERE id IN (SELECT value FROM rankings, "
+        "json_each(rankings.candidate_ids)) OR id IN (SELECT demonstration_id FROM rankings)"))
+    rows = db.execute(
+        "SELECT r.id, r.user_id, u.name, r.prompt_id, p.messages, r.item_id, i.run_id, "
+        "i.is_gold, i.gold_ranks, r.candidate_ids, r.ranks, r.has_tie, r.all_bad, r.skipped, "
+        "r.rationale, r.demonstration_id, r.shown_at, r.submitted_at, r.supersedes, s.id, "
+        "r.suggested_ranks, r.suggestion_scorer, r.suggestion_accepted "
+        "FROM rankings r JOIN users u ON u.id = r.user_id JOIN prompts p ON p.id = r.prompt_id "
+        "LEFT JOIN items i ON i.id = r.item_id LEFT JOIN rankings s ON s.supersedes = r.id "
+        "ORDER BY r.id").fetchall()
+    gold_order: dict[int, list[int]] = {}
+    records = []
+    for (ranking_id, user_id, name, prompt_id, messages, item_id, run_id, is_gold, gold_json,
+         ids_json, ranks_json, has_tie, all_bad, skipped, rationale, demo_id, shown_at,
+         submitted_at, supersedes, superseded_by, suggested_json, scorer, accepted) in rows:
+        candidate_ids = json.loads(ids_json)
+        if run_id is None and candidate_ids:  # a vote stored before items existed
+            run_id = db.execute("SELECT run_id FROM candidates WHERE id = ?",
+                                [candidate_ids[0]]).fetchone()[0]
+        gold_ranks = None
+        if gold_json:
+            if item_id not in gold_order:
+                gold_order[item_id] = [r[0] for r in db.execute(
+                    "SELECT c.id FROM candidates c JOIN items i ON c.prompt_id = i.prompt_id "
+                    "AND c.run_id = i.run_id WHERE i.id = ? ORDER BY c.idx", [item_id])]
+            by_id = dict(zip(gold_order[item_id], json.loads(gold_json)))
+            gold_ranks = [by_id[c] for c in candidate_ids]
+        records.append(RankingRecord(
+            ranking_id=ranking_id, annotator=name if keep_annotator_names else pseudonym(user_id),
+            prompt_id=prompt_id, prompt=json.loads(messages), item_id=item_id, source_run=run_id,
+            is_gold=bool(is_gold), gold_ranks=gold_ranks, candidate_ids=candidate_ids,
+            candidates=[texts[c] for c in candidate_ids],
+            ranks=None if ranks_json is None else json.loads(ranks_json),
+            has_tie=bool(has_tie), all_bad=bool(all_bad), skipped=bool(skipped),
+            rationale=rationale, demonstration_id=demo_id,
+            demonstration=None if demo_id is None else texts[demo_id],
+            shown_at=shown_at, submitted_at=submitted_at, supersedes=supersedes,
+            superseded_by=superseded_by,
+            suggested_ranks=None if suggested_json is None else json.loads(suggested_json),
+            suggestion_scorer=scorer, suggestion_accepted=None if accepted is None else
+            bool(accepted),
+        ))
+    return records
+
+
+def labels(records: Iterable[RankingRecord]) -> list[RankingRecord]:
+    """The records that are labels: latest versions, not skipped, not on gold items."""
+    return [r for r in latest(records) if not r.skipped and not r.is_gold]
