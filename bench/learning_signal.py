@@ -155,7 +155,7 @@ def main() -> None:
 
     from data.prompts import load_prompts
     from data import store
-    from policy.loop import recorded_reports, run_loop
+    from policy.loop import run_loop
     from training.models import resolve_model
 
     torch.manual_seed(args.seed)
@@ -182,7 +182,7 @@ def main() -> None:
         loop_seconds = time.perf_counter() - loop_started
         # Every recorded iteration: a rerun after a crash evaluates the earlier ones too.
         db = store.open_store(config.db)
-        reports = recorded_reports(db)
+        reports = store.iteration_reports(db)
         db.close()
         for report in reports:
             result = evaluate(report["model"], base, held, args)

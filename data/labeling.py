@@ -24,7 +24,7 @@ from data.rankings import Submission
 from data.votes import Stored
 
 ROLES = ("annotator", "admin")
-HUMAN_BACKEND = "human"
+HUMAN_BACKEND = store.HUMAN_BACKEND
 MAX_CANDIDATES = 8
 """Candidates one item may have: the labeling page has this many slots, and generation
 refuses a larger k up front."""
@@ -204,24 +204,9 @@ def revoke_sessions(db: sqlite_utils.Database, user_id: int) -> int:
 
 def sync_items(db: sqlite_utils.Database) -> int:
     """Creates an item for every (prompt, run) whose k candidates are all stored; returns how
-    many were added. Cheap to call often: it only inserts what is missing."""
-    now = time.time()
-    with store.transaction(db):
-        cursor = db.execute(
-            """
-            INSERT OR IGNORE INTO items (prompt_id, run_id, is_gold, created_at)
-            SELECT c.prompt_id, c.run_id, 0, ?
-            FROM candidates c JOIN generation_runs r ON r.id = c.run_id
-            WHERE r.backend NOT IN (?, 'gold')
-              AND NOT EXISTS (SELECT 1 FROM items i
-                              WHERE i.prompt_id = c.prompt_id AND i.run_id = c.run_id)
-            GROUP BY c.prompt_id, c.run_id
-            HAVING COUNT(*) >= MAX(r.k)
-            ORDER BY MIN(c.id)
-            """,
-            [now, HUMAN_BACKEND],
-        )
-        return cursor.rowcount
+    many were added. Storing candidates already does this (``store.add_candidates``); this is
+    for stores written by other means (merges, bulk loads)."""
+    return store.add_items(db)
 
 
 def item_candidates(db: sqlite_utils.Database, item_id: int) -> list[dict]:

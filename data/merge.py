@@ -123,6 +123,7 @@ def merge_database(target, source_path: str) -> MergeSummary:
             for table in TABLES:
                 if table in tables and target[table].exists():
                     _merge_table(target, source, table, ids, summary)
+            store.add_items(target)  # candidates from a source that had no items yet
     finally:
         source.close()
     return summary

@@ -116,7 +116,6 @@ def simulate_queue(db: sqlite_utils.Database, score_fn: ScoreFn, config: Simulat
     item (``next_assignment``) and submitting a noisy ranking of it (``submit_assignment``),
     until none of them is handed an item or ``limit`` rankings are stored. Gold items are not
     served to them (gold rate 0), so gold accuracy stays a measure of people."""
-    labeling.sync_items(db)
     users = simulated_users(db, config.annotators)
     policy = labeling.QueuePolicy(overlap=config.overlap, timeout_s=config.timeout_s)
     streams = [random.Random(f"{config.seed}:{u.name}") for u in users]

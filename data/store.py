@@ -459,6 +459,23 @@ def _m54_item_stats(db: sqlite_utils.Database) -> None:
     db["assignments"].create_index(["submitted_at", "expires_at"])
 
 
+def _m55_items_exist(db: sqlite_utils.Database) -> None:
+    # Items used to be made when a page asked for a task; now storing candidates makes them.
+    # Stores written before get theirs here, with the rule as it stood when this shipped.
+    db.execute(
+        """
+        INSERT OR IGNORE INTO items (prompt_id, run_id, is_gold, created_at)
+        SELECT c.prompt_id, c.run_id, 0, MAX(c.created_at)
+        FROM candidates c JOIN generation_runs r ON r.id = c.run_id
+        WHERE r.backend NOT IN ('human', 'gold')
+          AND NOT EXISTS (SELECT 1 FROM items i
+                          WHERE i.prompt_id = c.prompt_id AND i.run_id = c.run_id)
+        GROUP BY c.prompt_id, c.run_id
+        HAVING COUNT(*) >= MAX(r.k)
+        ORDER BY MIN(c.id)
+        """)
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -482,6 +499,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(52, "per-user settings", _m52_settings),
     Migration(53, "item tags", _m53_item_tags),
     Migration(54, "item stats kept by triggers; item browser indexes", _m54_item_stats),
+    Migration(55, "an item for every complete candidate set", _m55_items_exist),
 )
 SCHEMA_VERSION = max(m.version for m in MIGRATIONS)
 
@@ -732,10 +750,44 @@ def duplicate_targets(texts: Sequence[str]) -> list[int | None]:
     return out
 
 
+# Runs whose candidates never form an item to rank: annotators' own answers ("human") and gold
+# items, which are made together with their candidates (data.labeling.add_gold_item).
+HUMAN_BACKEND = "human"
+_NOT_RANKED_BACKENDS = (HUMAN_BACKEND, "gold")
+
+
+def add_items(db: sqlite_utils.Database, *, prompt_id: int | None = None,
+              run_id: int | None = None) -> int:
+    """Creates the labeling item of every (prompt, run) whose k candidates are all stored
+    (only those of ``prompt_id`` / ``run_id`` when given); returns how many were added.
+    Called where candidates are written, so an item exists as soon as its candidates do."""
+    if not db["items"].exists():  # a store migrated only part way (migration tests)
+        return 0
+    where, params = [], [time.time(), *_NOT_RANKED_BACKENDS]
+    for column, value in (("prompt_id", prompt_id), ("run_id", run_id)):
+        if value is not None:
+            where.append(f"AND c.{column} = ?")
+            params.append(value)
+    with transaction(db):
+        return db.execute(
+            f"""
+            INSERT OR IGNORE INTO items (prompt_id, run_id, is_gold, created_at)
+            SELECT c.prompt_id, c.run_id, 0, ?
+            FROM candidates c JOIN generation_runs r ON r.id = c.run_id
+            WHERE r.backend NOT IN (?, ?) {' '.join(where)}
+              AND NOT EXISTS (SELECT 1 FROM items i
+                              WHERE i.prompt_id = c.prompt_id AND i.run_id = c.run_id)
+            GROUP BY c.prompt_id, c.run_id
+            HAVING COUNT(*) >= MAX(r.k)
+            ORDER BY MIN(c.id)
+            """, params).rowcount
+
+
 def add_candidates(
     db: sqlite_utils.Database, prompt_id: int, run_id: int, samples: Sequence[CandidateIn]
 ) -> list[int]:
-    """Stores one prompt's candidates atomically: all of them or none. Returns their ids."""
+    """Stores one prompt's candidates atomically: all of them or none, with the item that
+    annotators rank once all k of the run's candidates are there. Returns their ids."""
     now = time.time()
     ids: list[int] = []
     duplicates = duplicate_targets([s.text for s in samples])
@@ -748,6 +800,7 @@ def add_candidates(
                  now, None if dup is None else ids[dup]],
             )
             ids.append(cursor.lastrowid)
+        add_items(db, prompt_id=prompt_id, run_id=run_id)
     return ids
 
 
@@ -889,3 +942,27 @@ def current_policy(db: sqlite_utils.Database) -> str | None:
     row = db.execute("SELECT model FROM policy_iterations ORDER BY iteration DESC LIMIT 1"
                      ).fetchone()
     return row[0] if row else None
+
+
+def next_iteration(db: sqlite_utils.Database) -> int:
+    """The number the next recorded policy iteration gets (1 for the first)."""
+    row = db.execute("SELECT MAX(iteration) FROM policy_iterations").fetchone()
+    return (row[0] or 0) + 1
+
+
+def record_iteration(db: sqlite_utils.Database, *, iteration: int, algorithm: str,
+                     base_model: str, model: str, run_id: int | None, scorer: str | None,
+                     report: dict) -> None:
+    """Records a finished policy iteration: its model becomes the current policy."""
+    with transaction(db):
+        db.execute(
+            "INSERT INTO policy_iterations (iteration, algorithm, base_model, model, run_id, "
+            "scorer, report, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [iteration, algorithm, base_model, model, run_id, scorer, json.dumps(report),
+             time.time()])
+
+
+def iteration_reports(db: sqlite_utils.Database) -> list[dict]:
+    """Every recorded iteration's report, oldest first."""
+    return [json.loads(row[0]) for row in db.execute(
+        "SELECT report FROM policy_iterations ORDER BY iteration") if row[0]]

@@ -202,24 +202,10 @@ def current_policy(db) -> str | None:
     return store.current_policy(db)
 
 
-def next_iteration(db) -> int:
-    row = db.execute("SELECT MAX(iteration) FROM policy_iterations").fetchone()
-    return (row[0] or 0) + 1
-
-
 def record_iteration(db, report: IterationReport, *, scorer: str | None) -> None:
-    with store.transaction(db):
-        db.execute(
-            "INSERT INTO policy_iterations (iteration, algorithm, base_model, model, run_id, "
-            "scorer, report, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [report.iteration, report.algorithm, report.base_model, report.model,
-             report.run_id, scorer, json.dumps(asdict(report)), time.time()])
-
-
-def recorded_reports(db) -> list[dict]:
-    """Every recorded iteration's report, oldest first."""
-    return [json.loads(row[0]) for row in db.execute(
-        "SELECT report FROM policy_iterations ORDER BY iteration") if row[0]]
+    store.record_iteration(db, iteration=report.iteration, algorithm=report.algorithm,
+                           base_model=report.base_model, model=report.model,
+                           run_id=report.run_id, scorer=scorer, report=asdict(report))
 
 
 # --- resuming: which steps of an iteration are done -----------------------------------------------
@@ -271,7 +257,7 @@ def plan_iterations(config: LoopConfig, db) -> range:
     """The iterations this invocation runs: the unfinished rest of an interrupted set with the
     same count, else ``config.iterations`` new ones after the last recorded one."""
     path = _plan_path(config)
-    first_new = next_iteration(db)
+    first_new = store.next_iteration(db)
     if path.is_file():
         plan = json.loads(path.read_text())
         if plan.get("iterations") == config.iterations and first_new <= plan["last"]:
@@ -305,7 +291,7 @@ def run_loop(config: LoopConfig, *, progress: bool = False,
         for warning in report.warnings:
             say(f"rankloop: warning: {warning}")
         db = store.open_store(config.db)
-        write_loop_report(Path(config.output), recorded_reports(db))
+        write_loop_report(Path(config.output), store.iteration_reports(db))
         db.close()
         reports.append(report)
     return reports
@@ -319,7 +305,7 @@ def run_iteration(config: LoopConfig, *, progress: bool = False,
     started = time.perf_counter()
     spec = parse_scorer(config.scorer) if config.scorer else None  # fails before any sampling
     db = store.open_store(config.db)
-    iteration = next_iteration(db)
+    iteration = store.next_iteration(db)
     base_model = current_policy(db) or config.model
     output = Path(config.output) / f"iter-{iteration}"
     state = IterationState(output, iteration, base_model, _state_settings(config))
@@ -387,10 +373,8 @@ def wait_for_rankings(db, run_id: int, needed: int, config: LoopConfig, *,
                       sleep: Callable[[float], None] = time.sleep) -> int:
     """Polls the store until ``needed`` prompts of the run are ranked or ``wait_minutes`` pass;
     returns how many are ranked. The app's queue serves the run's items meanwhile."""
-    from data.labeling import sync_items
     from data.policy_pairs import ranked_prompts
 
-    sync_items(db)  # the run's prompts become rankable now, not at the app's next refresh
     deadline = clock() + 60 * config.wait_minutes
     last = -1
     while True:
@@ -698,10 +682,8 @@ def _score_run(db, scorer, scorer_name: str, run_id: int) -> None:
                                for c in todo])
         store.put_model_scores(db, [store.ModelScore(c.candidate_id, scorer_name, s)
                                     for c, s in zip(todo, scores)])
-    # The new items join the queue; the uncertain order needs their scores' uncertainty.
-    from data.labeling import sync_items
-
-    sync_items(db)
+    # The new items (made with their candidates) need their scores' uncertainty for the
+    # uncertain queue order.
     refresh_uncertainty(db)
 
 

@@ -35,10 +35,11 @@ def _rank_in_order(assignment):
 def test_items_appear_once_all_k_candidates_exist(db):
     run_id = store.get_or_create_run(db, store.RunSettings("m", "vllm", 2, 0.8, 0.9, 8, 0))
     [p] = store.upsert_prompts(db, [([{"role": "user", "content": "q"}], "t", None)])
-    assert labeling.sync_items(db) == 0
+    assert labeling.sync_items(db) == 0 and db["items"].count == 0
     store.add_candidates(db, p, run_id, [store.CandidateIn("a", 1, "stop"),
                                          store.CandidateIn("b", 1, "stop")])
-    assert labeling.sync_items(db) == 1
+    # The item exists as soon as its candidates do, before anyone asks for a task.
+    assert db.execute("SELECT prompt_id, run_id FROM items").fetchall() == [(p, run_id)]
     assert labeling.sync_items(db) == 0
 
 

@@ -184,3 +184,21 @@ def test_migrations_import_no_project_code():
                      [a.name for a in node.names] if isinstance(node, ast.Import) else [])
             assert not any(n.split(".")[0] in project for n in names), \
                 f"migration {function.name} imports {names}"
+
+
+def test_a_store_from_before_items_were_made_with_candidates_gets_them_on_upgrade(tmp_path):
+    path = tmp_path / "old.db"
+    db = store.open_store(path, migrate_to=54)
+    run = store.get_or_create_run(db, store.RunSettings("m", "vllm", 2, 0.8, 0.9, 8, 0))
+    prompts = store.upsert_prompts(db, [([{"role": "user", "content": f"q{i}"}], "t", str(i))
+                                        for i in range(2)])
+    store.add_candidates(db, prompts[0], run, [store.CandidateIn("a", 1, "stop"),
+                                                store.CandidateIn("b", 1, "stop")])
+    db.execute("DELETE FROM items")  # as a store of that version held them: none yet
+    db.execute("INSERT INTO candidates (prompt_id, run_id, idx, text, created_at) "
+               "VALUES (?, ?, 0, 'half', 0)", [prompts[1], run])  # 1 of 2: not an item
+    db.conn.commit()
+    db.close()
+    upgraded = store.open_store(path)
+    assert upgraded.execute("SELECT prompt_id, run_id FROM items").fetchall() == [
+        (prompts[0], run)]
