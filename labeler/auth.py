@@ -91,7 +91,7 @@ class LoginLimiter:
     """
 
     def __init__(self, *, per_name_address: str = "5/15 minutes;20/day",
-                 per_address: str = "30/15 minutes;200/day",
+                 per_address: str = "10/15 minutes;100/day",
                  per_name: str = "10/15 minutes;50/day",
                  per_device: str = "5/15 minutes;20/day"):
         self._storage = MemoryStorage()
