@@ -61,6 +61,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from data.errors import ConfigError
 from data.rankings import Pair, ranking_to_pairs
 from data.splits import held_out_groups
 from data.votes import LABEL_RANKINGS, RankingRecord, labels, latest, read_rankings
@@ -80,7 +81,7 @@ DROP_SINGLE = "judged by one annotator (--min-agreement)"
 DROP_DISAGREED = "agreement below --min-agreement"
 
 
-class ExportError(ValueError):
+class ExportError(ConfigError):
     """An export that cannot be made, with a message meant for the user."""
 
 

@@ -20,6 +20,7 @@ import sqlite_utils
 from precis_i18n import get_profile
 
 from data import queue_order, store, votes
+from data.errors import ConfigError
 from data.rankings import Submission
 from data.votes import Stored
 
@@ -270,11 +271,11 @@ class QueuePolicy:
 
     def __post_init__(self):
         if self.overlap < 1:
-            raise ValueError(f"overlap must be at least 1, got {self.overlap}")
+            raise ConfigError(f"overlap must be at least 1, got {self.overlap}")
         if self.timeout_s <= 0:
-            raise ValueError("the assignment timeout must be positive")
+            raise ConfigError("the assignment timeout must be positive")
         if not 0 <= self.gold_rate <= 1:
-            raise ValueError(f"gold rate must be in [0, 1], got {self.gold_rate}")
+            raise ConfigError(f"gold rate must be in [0, 1], got {self.gold_rate}")
 
 
 _OPEN_FOR_USER = """

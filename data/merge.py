@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data import store
+from data.errors import ConfigError
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -36,7 +37,7 @@ def parse_shard(text: str) -> tuple[int, int]:
     except ValueError:
         index = count = -1
     if not sep or count < 1 or not 0 <= index < count:
-        raise ValueError(f"shard must be i/n with 0 <= i < n (e.g. 0/2 and 1/2), got {text!r}")
+        raise ConfigError(f"shard must be i/n with 0 <= i < n (e.g. 0/2 and 1/2), got {text!r}")
     return index, count
 
 
@@ -114,7 +115,7 @@ def merge_database(target, source_path: str) -> MergeSummary:
     """Copies ``source_path`` into the open ``target`` store in one transaction."""
     if Path(source_path).resolve() == Path(target.conn.execute(
             "PRAGMA database_list").fetchone()[2] or "").resolve():
-        raise ValueError(f"{source_path} is the target database itself")
+        raise ConfigError(f"{source_path} is the target database itself")
     source, tables = _open_source(source_path)
     summary = MergeSummary(source_path)
     ids: dict[str, dict[int, int]] = {t: {} for t in TABLES}

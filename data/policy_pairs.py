@@ -26,6 +26,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from data.errors import ConfigError
 from data.preferences import PreferenceSourceError
 from data.splits import held_out_groups
 from data.votes import LABEL_RANKINGS
@@ -111,7 +112,7 @@ def build_pairs(groups: Sequence[PromptCandidates], *, mode: str = "best_worst",
                 source: str = "candidates") -> PairSet:
     """Pairs from each prompt's scored candidates; see the module docstring."""
     if mode not in MODES:
-        raise ValueError(f"pair mode must be one of {', '.join(MODES)}, not {mode!r}")
+        raise ConfigError(f"pair mode must be one of {', '.join(MODES)}, not {mode!r}")
     out = PairSet([], source)
     for group in groups:
         candidates = list(group.candidates)

@@ -24,6 +24,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from data.errors import ConfigError
 from data.prompts import ROLES, PromptSourceError, read_rows
 from data.votes import LABEL_COMPARISONS
 
@@ -34,7 +35,7 @@ DROP_DISAGREED = "annotators disagree or only one judged"
 Messages = list[dict]
 
 
-class PreferenceSourceError(ValueError):
+class PreferenceSourceError(ConfigError):
     """Preference data that cannot be used, with a message meant for the user."""
 
 

@@ -33,6 +33,7 @@ from itertools import combinations
 import sqlite_utils
 
 from data import store
+from data.errors import ConfigError
 
 ORDERS = ("fifo", "random", "uncertain")
 _SETTING = "queue_order"
@@ -50,9 +51,9 @@ class QueueOrder:
 
     def __post_init__(self) -> None:
         if self.order not in ORDERS:
-            raise ValueError(f"queue order must be one of {', '.join(ORDERS)}, not {self.order!r}")
+            raise ConfigError(f"queue order must be one of {', '.join(ORDERS)}, not {self.order!r}")
         if self.order == "uncertain" and not self.scorers:
-            raise ValueError("the uncertain queue order needs at least one reward model "
+            raise ConfigError("the uncertain queue order needs at least one reward model "
                              "(--queue-scorer bt:DIR), whose stored scores it reads")
 
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from data.errors import ConfigError
 
-class RankingError(ValueError):
+
+class RankingError(ConfigError):
     """A submission that cannot be stored, with a message meant for the annotator."""
 
 

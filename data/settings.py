@@ -29,12 +29,13 @@ from dataclasses import dataclass
 import sqlite_utils
 
 from data import store
+from data.errors import ConfigError
 
 LAYOUTS = ("side-by-side", "two-up", "stacked")
 MAX_GUIDELINES_CHARS = 100_000
 
 
-class SettingsError(ValueError):
+class SettingsError(ConfigError):
     """A setting that does not exist or a value it cannot take, with a message for the user."""
 
 

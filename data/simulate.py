@@ -28,13 +28,14 @@ from dataclasses import dataclass, field
 import sqlite_utils
 
 from data import labeling
+from data.errors import ConfigError
 from data.rankings import validate_submission
 from data.score_functions import ScoreFn, load_score_function
 SIMULATED_PREFIX = "simulated:"
 _NO_LOGIN = "!simulated-annotator"  # not a scrypt hash: verify_password refuses every password
 
 
-class SimulationError(ValueError):
+class SimulationError(ConfigError):
     """A simulation that cannot run, with a message meant for the user."""
 
 

@@ -30,14 +30,17 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean "the input is wrong", reported as one line."""
+    """The project's exceptions that mean "the input is wrong", reported as one line. Any
+    other exception, a library's ValueError included, is a defect: it keeps its traceback."""
     from data.chat import ChatTemplateError
+    from data.errors import ConfigError
+    from data.labeling import LabelingError
     from data.prompts import PromptSourceError
     from training.models import ModelNotFoundError
     from policy.sampling import BackendError
 
-    return (UserError, store.StoreError, PromptSourceError, ChatTemplateError,
-            ModelNotFoundError, BackendError, ValueError)
+    return (UserError, ConfigError, store.StoreError, PromptSourceError, ChatTemplateError,
+            ModelNotFoundError, BackendError, LabelingError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from data.errors import ConfigError
 from data.policy_pairs import PairSet
 from policy.logprobs import sequence_logprobs
 from policy.losses import DPO_LOSSES
@@ -41,9 +42,9 @@ class DPOConfig(PairTrainingConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.loss_type not in DPO_LOSSES:
-            raise ValueError(f"loss type must be one of {', '.join(DPO_LOSSES)}")
+            raise ConfigError(f"loss type must be one of {', '.join(DPO_LOSSES)}")
         if self.beta <= 0:
-            raise ValueError("beta must be above 0")
+            raise ConfigError("beta must be above 0")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from data import store
+from data.errors import ConfigError
 from data.merge import in_shard, parse_shard
 from data.chat import DEFAULT_MAX_PROMPT_TOKENS, format_and_filter
 from data.prompts import load_prompts
@@ -57,13 +58,13 @@ class GenerateConfig:
 
     def __post_init__(self):
         if self.limit is not None and self.limit < 1:
-            raise ValueError(f"limit must be at least 1, got {self.limit}")
+            raise ConfigError(f"limit must be at least 1, got {self.limit}")
         if self.max_prompt_tokens < 1:
-            raise ValueError(f"max_prompt_tokens must be at least 1, got {self.max_prompt_tokens}")
+            raise ConfigError(f"max_prompt_tokens must be at least 1, got {self.max_prompt_tokens}")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.tensor_parallel_size < 1 or self.data_parallel_size < 1:
-            raise ValueError("tensor and data parallel sizes must be at least 1")
+            raise ConfigError("tensor and data parallel sizes must be at least 1")
         if self.shard is not None:
             parse_shard(self.shard)
 
@@ -121,7 +122,7 @@ def run_generation(
         tokenizer, loaded.prompts, config.max_prompt_tokens
     )
     if not formatted:
-        raise ValueError(
+        raise ConfigError(
             f"all {len(loaded.prompts)} prompts exceed --max-prompt-tokens "
             f"{config.max_prompt_tokens}; nothing to generate"
         )

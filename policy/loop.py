@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from data import store
+from data.errors import ConfigError
 from data.policy_pairs import PairSet, require_pairs, split_held_out
 from data.simulate import SIMULATED_PREFIX
 
@@ -130,22 +131,22 @@ class LoopConfig:
 
     def __post_init__(self) -> None:
         if self.algorithm not in TRAINERS:
-            raise ValueError(f"algorithm must be one of {', '.join(TRAINERS)}")
+            raise ConfigError(f"algorithm must be one of {', '.join(TRAINERS)}")
         if self.feedback not in FEEDBACK[:2] and self.simulated is None:
-            raise ValueError("feedback must be reward-model, human or simulated:MODULE:FUNCTION")
+            raise ConfigError("feedback must be reward-model, human or simulated:MODULE:FUNCTION")
         if self.simulated is not None and ":" not in self.simulated:
-            raise ValueError("simulated feedback must look like simulated:MODULE:FUNCTION")
+            raise ConfigError("simulated feedback must look like simulated:MODULE:FUNCTION")
         if self.scorer is None and self.feedback == "reward-model":
-            raise ValueError("a reward model (--scorer) is needed unless REBEL trains on human "
+            raise ConfigError("a reward model (--scorer) is needed unless REBEL trains on human "
                              "rankings (--feedback human) or simulated annotators rank")
         if self.algorithm == "ppo" and self.feedback == "human":
-            raise ValueError("PPO learns from a reward model's scores of fresh rollouts; use "
+            raise ConfigError("PPO learns from a reward model's scores of fresh rollouts; use "
                              "--algorithm rebel with --feedback human")
         if self.iterations < 1:
-            raise ValueError("iterations must be at least 1")
+            raise ConfigError("iterations must be at least 1")
         if (self.min_ranked is not None and self.min_ranked < 1) or self.wait_minutes < 0 \
                 or self.poll_seconds <= 0:
-            raise ValueError("min ranked must be at least 1, wait minutes at least 0 and poll "
+            raise ConfigError("min ranked must be at least 1, wait minutes at least 0 and poll "
                              "seconds above 0")
 
 
@@ -524,7 +525,7 @@ def _train_ppo(ctx: TrainContext) -> TrainResult:
 
     config = ctx.config
     if not ctx.train_prompts:
-        raise ValueError("no prompts left to train on after holding out the report's")
+        raise ConfigError("no prompts left to train on after holding out the report's")
     batch = min(config.rollout_batch_size, len(ctx.train_prompts))
     minibatch = min(config.minibatch_size, batch)
     batch -= batch % minibatch

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from data.errors import ConfigError
 from data.policy_pairs import MODES, PairSet, require_pairs
 from policy.pairs import collate, prepare_pairs, read_pairs, reference_logprobs
 from training.metrics import saved_line
@@ -57,7 +58,7 @@ class PairTrainingConfig(ResumableTrainingSettings):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.pair_mode not in MODES:
-            raise ValueError(f"pair mode must be one of {', '.join(MODES)}")
+            raise ConfigError(f"pair mode must be one of {', '.join(MODES)}")
         require_at_least_one(self, "max_prompt_tokens", "max_response_tokens")
 
 

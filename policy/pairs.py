@@ -12,6 +12,7 @@ from typing import Protocol
 
 import torch
 
+from data.errors import ConfigError
 from data.policy_pairs import (
     PairSet,
     PolicyPair,
@@ -102,7 +103,7 @@ def prompt_token_ids(tokenizer, prompts: list) -> list[list[int]]:
 def response_token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
     """Each response's tokens followed by EOS, as the sampler produced them."""
     if tokenizer.eos_token_id is None:
-        raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no EOS token")
+        raise ConfigError(f"tokenizer {tokenizer.name_or_path!r} has no EOS token")
     ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
     return [list(seq) + [tokenizer.eos_token_id] for seq in ids]
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from data.errors import ConfigError
 from policy.logprobs import TokenBatch, forward, pack, response_window, shifted_logprobs
 from training.metrics import check_report_to
 from training.optim import check_optimizer_settings
@@ -117,14 +118,14 @@ class PPOConfig:
         for name in ("total_steps", "rollout_batch_size", "minibatch_size", "ppo_epochs",
                      "max_new_tokens", "log_every", "save_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', ' ')} must be at least 1")
+                raise ConfigError(f"{name.replace('_', ' ')} must be at least 1")
         if self.rollout_batch_size % self.minibatch_size:
-            raise ValueError(f"minibatch size {self.minibatch_size} must divide the rollout "
+            raise ConfigError(f"minibatch size {self.minibatch_size} must divide the rollout "
                              f"batch size {self.rollout_batch_size}")
         if self.temperature <= 0:
-            raise ValueError("temperature must be above 0")
+            raise ConfigError("temperature must be above 0")
         if self.backend not in ("transformers", "vllm"):
-            raise ValueError(f"backend must be transformers or vllm, not {self.backend!r}")
+            raise ConfigError(f"backend must be transformers or vllm, not {self.backend!r}")
         check_optimizer_settings(self)
         self.report_to = check_report_to(self.report_to)
 
@@ -151,7 +152,7 @@ class PPOPlan:
 
     def check(self) -> None:
         if self.minibatch_size % self.world_size:
-            raise ValueError(f"minibatch size {self.minibatch_size} must be a multiple of the "
+            raise ConfigError(f"minibatch size {self.minibatch_size} must be a multiple of the "
                              f"{self.world_size} processes")
         assert self.rollout_batch_size == self.world_size * self.per_device_rollout
         assert self.minibatch_size == self.world_size * self.per_device_minibatch
@@ -271,7 +272,7 @@ def load_prompt_messages(config: PPOConfig, tokenizer) -> list[list[dict]]:
     loaded = load_prompts(config.prompts, limit=config.limit)
     kept, _ = format_and_filter(tokenizer, loaded.prompts, config.max_prompt_tokens)
     if not kept:
-        raise ValueError("no prompts left to train on")
+        raise ConfigError("no prompts left to train on")
     return [k.prompt.messages for k in kept]
 
 
@@ -335,7 +336,7 @@ def train_ppo(config: PPOConfig, *, reward_fn: RewardFn,
     check_tokenizer_matches(model_path, tokenizer)
     messages = list(prompts) if prompts is not None else load_prompt_messages(config, tokenizer)
     if not messages:
-        raise ValueError("no prompts to train on")
+        raise ConfigError("no prompts to train on")
     formatted = [format_chat(tokenizer, m) for m in messages]
     prompt_ids = tokenizer(formatted, add_special_tokens=False)["input_ids"]
     half = mixed_precision(config.bf16) == "bf16"
@@ -349,7 +350,7 @@ def train_ppo(config: PPOConfig, *, reward_fn: RewardFn,
     plan = PPOPlan(world, config.rollout_batch_size, config.minibatch_size)
     plan.check()
     if config.backend == "vllm" and sampler is None and world > 1:
-        raise ValueError("vLLM rollouts run in one process; under accelerate launch use "
+        raise ConfigError("vLLM rollouts run in one process; under accelerate launch use "
                          "--backend transformers")
     say(f"rankloop: {len(messages)} prompts; {config.total_steps} PPO steps of "
         f"{config.rollout_batch_size} responses ({world} processes × {plan.per_device_rollout}),"

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from data.errors import ConfigError
 from data.policy_pairs import PairSet
 from policy.logprobs import sequence_logprobs
 from policy.pair_training import PairObjective, PairSummary, PairTrainingConfig, train_on_pairs
@@ -47,7 +48,7 @@ class RebelConfig(PairTrainingConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.temperature <= 0:
-            raise ValueError("temperature must be above 0 (log-probs of greedy samples are 0)")
+            raise ConfigError("temperature must be above 0 (log-probs of greedy samples are 0)")
 
 
 # ---------------------------------------------------------------------------------------------

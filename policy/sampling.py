@@ -22,6 +22,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from data.errors import ConfigError
+
 if TYPE_CHECKING:
     import torch
 
@@ -48,13 +50,13 @@ class SamplingConfig:
 
     def __post_init__(self):
         if self.k < 1:
-            raise ValueError(f"k must be at least 1, got {self.k}")
+            raise ConfigError(f"k must be at least 1, got {self.k}")
         if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+            raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+            raise ConfigError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from data.errors import ConfigError
 from training.metrics import saved_line
 from training.settings import TrainingSettings, require_at_least_one
 
@@ -38,7 +39,7 @@ DB_SOURCES = ("demonstrations", "chosen")
 SETTINGS_FILE = "rankloop_sft.json"
 
 
-class SFTDataError(ValueError):
+class SFTDataError(ConfigError):
     """Training data that cannot be used, with a message meant for the user."""
 
 
@@ -71,7 +72,7 @@ class SFTConfig(TrainingSettings):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.db_source not in DB_SOURCES:
-            raise ValueError(f"--from must be one of {', '.join(DB_SOURCES)}")
+            raise ConfigError(f"--from must be one of {', '.join(DB_SOURCES)}")
         require_at_least_one(self, "max_length", "block_size")
 
 

@@ -18,13 +18,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from data.errors import ConfigError
 from training.models import ModelNotFoundError
 
 KINDS = ("bt", "armorm")
 DEFAULT_MAX_LENGTH = 4096
 
 
-class ScorerSpecError(ValueError):
+class ScorerSpecError(ConfigError):
     """A ``--scorer`` value that names no usable reward model."""
 
 
@@ -104,7 +105,7 @@ class RewardScorer:
         for n, conversation in enumerate(conversations):
             if not isinstance(conversation, str) and (
                     not conversation or conversation[-1].get("role") != "assistant"):
-                raise ValueError(f"conversation {n + 1} must end with the assistant reply to score")
+                raise ConfigError(f"conversation {n + 1} must end with the assistant reply to score")
         ids = tokenize_conversations(self.tokenizer, list(conversations))
         for n, seq in enumerate(ids):
             if len(seq) > self.max_length:

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from data.errors import ConfigError
 from data.preferences import PreferenceLoad, PreferenceSourceError
 from reward.data import EncodedPair, PreferenceBatch, collate, encode_pairs, sequence_rewards
 from training.metrics import saved_line
@@ -66,7 +67,7 @@ class RewardTrainConfig(ResumableTrainingSettings):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.ties not in TIES:
-            raise ValueError(f"ties must be one of {', '.join(TIES)}, not {self.ties!r}")
+            raise ConfigError(f"ties must be one of {', '.join(TIES)}, not {self.ties!r}")
         require_at_least_one(self, "max_length")
 
 

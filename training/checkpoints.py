@@ -13,6 +13,8 @@ import json
 import shutil
 from pathlib import Path
 
+from data.errors import ConfigError
+
 CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer_state.json"
 
@@ -27,7 +29,7 @@ def latest_checkpoint(output: Path) -> tuple[Path, dict] | None:
                 state = json.loads(state_file.read_text())
                 step = int(state["step"])
             except (ValueError, KeyError, TypeError):
-                raise ValueError(f"checkpoint {path} is corrupt ({TRAINER_STATE} cannot be "
+                raise ConfigError(f"checkpoint {path} is corrupt ({TRAINER_STATE} cannot be "
                                  "read); delete it or pass --no-resume") from None
             found.append((step, path, state))
     if not found:
@@ -48,13 +50,13 @@ def resume_checkpoint(accelerator, output: Path, fingerprint: dict, *, resume: b
     if found is not None:
         path, state = found
         if state.get("plan") != fingerprint:
-            raise ValueError(f"the checkpoint in {path} was made with other data or settings "
+            raise ConfigError(f"the checkpoint in {path} was made with other data or settings "
                              f"({state.get('plan')}); use a new --output or --no-resume")
         try:
             accelerator.load_state(str(path))
         except Exception as exc:  # any unreadable file: the message must name the checkpoint
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise ValueError(f"checkpoint {path} cannot be loaded ({type(exc).__name__}: "
+            raise ConfigError(f"checkpoint {path} cannot be loaded ({type(exc).__name__}: "
                              f"{first}); delete it or pass --no-resume") from None
         say(f"rankloop: resuming from {path} (step {state['step']})")
     elif accelerator.is_main_process and (output / CHECKPOINTS).exists():

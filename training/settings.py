@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from data.errors import ConfigError
 from training.metrics import check_report_to
 from training.optim import SCHEDULES, check_optimizer_settings
 
@@ -17,7 +18,7 @@ from training.optim import SCHEDULES, check_optimizer_settings
 def require_at_least_one(config, *names: str) -> None:
     for name in names:
         if getattr(config, name) < 1:
-            raise ValueError(f"{name.replace('_', ' ')} must be at least 1")
+            raise ConfigError(f"{name.replace('_', ' ')} must be at least 1")
 
 
 @dataclass
@@ -74,9 +75,9 @@ class TrainingSettings:
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {', '.join(SCHEDULES)}")
+            raise ConfigError(f"lr_schedule must be one of {', '.join(SCHEDULES)}")
         if not 0 <= self.eval_fraction < 1:
-            raise ValueError(f"eval fraction must be in [0, 1), got {self.eval_fraction}")
+            raise ConfigError(f"eval fraction must be in [0, 1), got {self.eval_fraction}")
         require_at_least_one(self, "per_device_batch_size", "gradient_accumulation_steps",
                              "epochs", "log_every")
         check_optimizer_settings(self)
@@ -101,5 +102,5 @@ class ResumableTrainingSettings(TrainingSettings):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.lora_r < 0:
-            raise ValueError("lora r must be 0 (full fine-tuning) or more")
+            raise ConfigError("lora r must be 0 (full fine-tuning) or more")
         require_at_least_one(self, "save_every", "keep_checkpoints")
