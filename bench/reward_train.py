@@ -37,7 +37,8 @@ WORDS = ("apple river stone cloud green quick table music light paper window ora
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
-def synthetic_pairs(n: int, seed: int):
+def synthetic_pairs(n: int, seed: int, reply_words: int = 60):
+    """``n`` pairs whose replies have 3 to ``reply_words`` words (about 1.3 tokens a word)."""
     from data.preferences import PreferencePair
 
     rng = random.Random(seed)
@@ -45,9 +46,9 @@ def synthetic_pairs(n: int, seed: int):
     for i in range(n):
         prompt = [{"role": "user", "content": f"Question {i}: " + " ".join(
             rng.choices(WORDS, k=rng.randint(3, 20)))}]
-        good = rng.choices(WORDS, k=rng.randint(3, 60))
+        good = rng.choices(WORDS, k=rng.randint(3, reply_words))
         good.insert(rng.randrange(len(good) + 1), "zebra")
-        bad = rng.choices(WORDS, k=rng.randint(3, 60))
+        bad = rng.choices(WORDS, k=rng.randint(3, reply_words))
         pairs.append(PreferencePair(prompt, [{"role": "assistant", "content": " ".join(good)}],
                                     [{"role": "assistant", "content": " ".join(bad)}]))
     return pairs
@@ -106,8 +107,8 @@ def run_worker(args) -> dict:
 
     torch.manual_seed(args.seed)
     tokenizer = load_reward_tokenizer(args.model_path)
-    train_pairs = synthetic_pairs(args.pairs, seed=args.seed)
-    eval_pairs = synthetic_pairs(args.eval_pairs, seed=args.seed + 1)
+    train_pairs = synthetic_pairs(args.pairs, seed=args.seed, reply_words=args.reply_words)
+    eval_pairs = synthetic_pairs(args.eval_pairs, seed=args.seed + 1, reply_words=args.reply_words)
     train, _ = encode_pairs(tokenizer, train_pairs, args.max_length)
     held_out, _ = encode_pairs(tokenizer, eval_pairs, args.max_length)
     real_tokens = sum(len(p.chosen_ids) + len(p.rejected_ids) for p in train) * args.epochs
@@ -181,6 +182,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None,
                         help="learning rate (default: 3e-3 for tiny, 1e-4 otherwise)")
     parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--reply-words", type=int, default=60,
+                        help="longest reply in words (default: 60; 200 gives replies of up to "
+                             "~256 tokens, as `rankloop generate` writes by default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--worker", choices=("rankloop", "trl"), help=argparse.SUPPRESS)
     parser.add_argument("--model-path", help=argparse.SUPPRESS)
@@ -207,7 +211,8 @@ def main() -> None:
             for trainer in ("rankloop", "trl"):
                 argv = [sys.executable, __file__, "--worker", trainer, "--model-path", path,
                         "--lr", str(lr)]
-                for flag in ("pairs", "eval_pairs", "batch_size", "epochs", "max_length", "seed"):
+                for flag in ("pairs", "eval_pairs", "batch_size", "epochs", "max_length", "seed",
+                             "reply_words"):
                     argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
                 done = subprocess.run(argv, capture_output=True, text=True)
                 result_lines = [line for line in done.stdout.splitlines()

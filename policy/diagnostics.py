@@ -9,6 +9,11 @@ setting to change when an iteration changed almost nothing.
   the run and (DPO) the implicit reward margin say whether anything changed.
 - On held-out prompts, KL(new ‖ old) near 0 means the new policy samples what the old one did,
   whatever the training metrics say.
+
+Each warns both ways: moving too far is as much a sign of a wrong setting as not moving. A
+REBEL gap far past its target (the regression is not fitting, it is running away), a DPO
+margin past the point where σ(margin) says anything more, or a KL to the starting policy past
+``MAX_KL`` per iteration all warn, naming the setting to lower.
 """
 
 from __future__ import annotations
@@ -25,6 +30,16 @@ MIN_REWARD_GAIN = 0.01
 """PPO: reward gain (last quarter of steps minus first quarter), relative to the spread of
 the first quarter's rewards plus this floor."""
 
+# Above these, an iteration "moved too far".
+MAX_GAP_SHARE = 3.0
+"""REBEL: reached log-ratio gap above this multiple of its target."""
+MAX_DPO_MARGIN = 5.0
+"""DPO: implicit reward margin (nats) past which σ(margin) > 0.99: the pairs cannot ask for
+more, so the policy is only pushed away from the reference."""
+MAX_KL = 1.0
+"""KL per response (nats) to the iteration's starting policy, in training or on held-out
+prompts: one iteration should refine the policy, not replace it."""
+
 
 @dataclass
 class Diagnosis:
@@ -34,7 +49,10 @@ class Diagnosis:
     """One line: what was measured."""
     values: dict[str, float] = field(default_factory=dict)
     warning: str | None = None
-    """Set when the policy barely moved: what to change, by its command-line name."""
+    """Set when the policy barely moved or moved too far: what to change, by its
+    command-line name."""
+    overshot: bool = False
+    """The policy moved too far (the warning says which measure crossed its bound)."""
 
 
 def _quarter_mean(values: Sequence[float], last: bool) -> float:
@@ -69,7 +87,15 @@ def rebel_diagnosis(metrics: Sequence[dict], *, eta: float, mean_reward_gap: flo
     warning = None if moved else (
         f"the policy changed almost nothing: {summary}; raise --lr (now {learning_rate:g}) "
         f"or --epochs (now {epochs}), or --eta to ask for a larger gap")
-    return Diagnosis("rebel", moved, summary, values, warning)
+    too_far = []
+    if share > MAX_GAP_SHARE:
+        too_far.append(f"{summary}, more than {MAX_GAP_SHARE:g}× its target")
+    if values["train_kl"] > MAX_KL:
+        too_far.append(f"KL {values['train_kl']:.3f} to the starting policy, above {MAX_KL:g}")
+    if too_far:
+        warning = (f"the policy moved too far: {'; '.join(too_far)}; lower --lr (now "
+                   f"{learning_rate:g}) or --epochs (now {epochs})")
+    return Diagnosis("rebel", moved, summary, values, warning, overshot=bool(too_far))
 
 
 def ppo_diagnosis(metrics: Sequence[dict], *, learning_rate: float, steps: int) -> Diagnosis:
@@ -88,7 +114,12 @@ def ppo_diagnosis(metrics: Sequence[dict], *, learning_rate: float, steps: int) 
     warning = None if moved else (
         f"the policy changed almost nothing: {summary}; raise --lr (now {learning_rate:g}) "
         f"or --ppo-steps (now {steps}), or lower --kl-coef")
-    return Diagnosis("ppo", moved, summary, values, warning)
+    overshot = kl > MAX_KL
+    if overshot:
+        warning = (f"the policy moved too far: KL {kl:.3f} to the starting policy, above "
+                   f"{MAX_KL:g}; lower --lr (now {learning_rate:g}) or --ppo-steps (now "
+                   f"{steps}), or raise --kl-coef")
+    return Diagnosis("ppo", moved, summary, values, warning, overshot=overshot)
 
 
 def dpo_diagnosis(margins: Sequence[float], kls: Sequence[float], *,
@@ -106,7 +137,16 @@ def dpo_diagnosis(margins: Sequence[float], kls: Sequence[float], *,
     warning = None if moved else (
         f"the policy changed almost nothing: {summary}; raise --lr (now {learning_rate:g}) "
         f"or --epochs")
-    return Diagnosis("dpo", moved, summary, values, warning)
+    too_far = []
+    if _quarter_mean(margins, last=True) > MAX_DPO_MARGIN:
+        too_far.append(f"the reward margin ran to {margins[-1]:.3f}, past {MAX_DPO_MARGIN:g} "
+                       "where σ(margin) > 0.99")
+    if kl > MAX_KL:
+        too_far.append(f"KL {kl:.3f} to the starting policy, above {MAX_KL:g}")
+    if too_far:
+        warning = (f"the policy moved too far: {'; '.join(too_far)}; lower --lr (now "
+                   f"{learning_rate:g}) or --epochs, or raise --beta")
+    return Diagnosis("dpo", moved, summary, values, warning, overshot=bool(too_far))
 
 
 def held_out_diagnosis(kl: float | None, *, learning_rate: float) -> Diagnosis | None:
@@ -118,4 +158,9 @@ def held_out_diagnosis(kl: float | None, *, learning_rate: float) -> Diagnosis |
     warning = None if moved else (
         f"the new policy samples almost what the old one did ({summary}); raise --lr "
         f"(now {learning_rate:g}) or the number of updates")
-    return Diagnosis("held-out", moved, summary, {"kl": kl}, warning)
+    overshot = kl > MAX_KL
+    if overshot:
+        warning = (f"the new policy moved far from the old one ({summary}, above {MAX_KL:g}): "
+                   f"check its answers; lower --lr (now {learning_rate:g}) or the number of "
+                   "updates")
+    return Diagnosis("held-out", moved, summary, {"kl": kl}, warning, overshot=overshot)

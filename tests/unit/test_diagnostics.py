@@ -60,3 +60,33 @@ def test_dpo_margin_diagnosis():
     assert d.moved and d.values["margin_gain"] == pytest.approx(1.0)
     flat = dpo_diagnosis([0.0, 0.0, 0.0, 0.0], [0.0], learning_rate=5e-7)
     assert not flat.moved and "--lr (now 5e-07)" in flat.warning
+
+
+def test_moving_too_far_warns_as_much_as_not_moving():
+    # The REBEL case: a gap of 33.3 against a target of 4.0 (833 %), KL 1.6.
+    rows = [{"train/logratio_chosen": 16.65, "train/logratio_rejected": -16.65,
+             "train/kl": 1.6}] * 4
+    d = rebel_diagnosis(rows, eta=4.0, mean_reward_gap=1.0, learning_rate=2e-5, epochs=2)
+    assert d.moved and d.overshot
+    assert d.values["gap_share"] == pytest.approx(33.3 / 4.0)
+    assert "moved too far" in d.warning and "more than 3× its target" in d.warning
+    assert "KL 1.600 to the starting policy, above 1" in d.warning
+    assert "lower --lr (now 2e-05) or --epochs (now 2)" in d.warning
+    # Near the target and a small KL: no warning either way.
+    fine = [{"train/logratio_chosen": 2.0, "train/logratio_rejected": -2.0, "train/kl": 0.3}] * 4
+    ok = rebel_diagnosis(fine, eta=4.0, mean_reward_gap=1.0, learning_rate=2e-5, epochs=2)
+    assert ok.moved and not ok.overshot and ok.warning is None
+
+    runaway = dpo_diagnosis([0.1, 2.0, 6.0, 9.0], [0.01, 0.2, 0.5, 0.6], learning_rate=5e-6)
+    assert runaway.overshot and "margin ran to 9.000, past 5" in runaway.warning
+    assert "raise --beta" in runaway.warning
+    steady = dpo_diagnosis([0.1, 0.5, 1.0, 1.5], [0.01, 0.1, 0.2, 0.3], learning_rate=5e-6)
+    assert not steady.overshot and steady.warning is None
+
+    rows = [{"objective/reward": r, "objective/kl": k} for r, k in ((0, 0.1), (1, 0.8), (2, 1.5))]
+    p = ppo_diagnosis(rows, learning_rate=1e-5, steps=20)
+    assert p.overshot and "raise --kl-coef" in p.warning
+
+    h = held_out_diagnosis(2.4, learning_rate=2e-5)
+    assert h.overshot and "moved far from the old one" in h.warning
+    assert not held_out_diagnosis(0.4, learning_rate=2e-5).overshot
