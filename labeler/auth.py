@@ -90,7 +90,7 @@ class LoginLimiter:
     Each limit is a ``limits`` string such as ``"5/15 minutes;20/day"``.
     """
 
-    def __init__(self, *, per_name_address: str = "5/15 minutes;20/day",
+    def __init__(self, *, per_name_address: str = "3/15 minutes;20/day",
                  per_address: str = "10/15 minutes;100/day",
                  per_name: str = "10/15 minutes;50/day",
                  per_device: str = "5/15 minutes;20/day"):

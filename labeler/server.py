@@ -44,7 +44,7 @@ from fastapi import FastAPI, HTTPException
 
 from data import labeling, store
 from labeler.auth import LoginLimiter, device_cookie, known_device, verify_password_or_dummy
-from labeler.rank_api import MAX_BODY_BYTES, create_rank_router
+from labeler.rank_api import MAX_BODY_BYTES, PREFIX, create_rank_router
 
 log = logging.getLogger("rankloop.app")
 
@@ -132,8 +132,10 @@ class SecurityMiddleware:
             if body is None:
                 log.warning("refused a request to %s from %s: larger than %d bytes", path,
                             address, MAX_BODY_BYTES)
-                await _send_json(send, 413, {"detail": f"the request is larger than "
-                                                       f"{MAX_BODY_BYTES:,} bytes"}, tls)
+                sentence = f"the request is larger than {MAX_BODY_BYTES:,} bytes"
+                # In the answer format of the route that was asked.
+                key = "error" if path.startswith(RANK_API_PREFIX) else "detail"
+                await _send_json(send, 413, {key: sentence}, tls)
                 return
             receive = _replay(body, receive)
 
@@ -247,6 +249,7 @@ class LoginAttempt:
 
 _LOGIN: contextvars.ContextVar[LoginAttempt | None] = contextvars.ContextVar(
     "rankloop_login", default=None)
+RANK_API_PREFIX = PREFIX + "/"
 _TOKEN_PATHS = ("/gradio_api/token", "/token")
 
 

@@ -73,7 +73,7 @@ def test_without_a_session_nothing_is_done(served):
 def test_a_revoked_session_ends_at_once(served, ann):
     status = ann.post("rank/api/screen", json={}).json()["status"]
     kept = dict(ann.cookies)  # the cookie a copy of the page would still send
-    ann.get("logout")
+    ann.post("logout")
     with httpx.Client(base_url=served["url"], cookies=kept) as after_logout:
         assert _submit(after_logout, status).status_code == 401
     assert _rankings(served["db"]) == 0
