@@ -10,7 +10,9 @@ import hashlib
 import hmac
 import math
 import secrets
+import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 from limits import parse_many
@@ -99,6 +101,8 @@ class LoginLimiter:
         self._limits = {kind: parse_many(text) for kind, text in (
             ("name-address", per_name_address), ("address", per_address),
             ("name", per_name), ("device", per_device))}
+        self._running: Counter = Counter()  # tries being checked now, per key
+        self._lock = threading.Lock()
 
     def _keys(self, name: str, address: str, device: str | None):
         if device:  # a known device: only its own failures count
@@ -108,14 +112,37 @@ class LoginLimiter:
 
     def refusal(self, name: str, address: str, device: str | None = None) -> Refusal | None:
         """Why a login for ``name`` from ``address`` (from the known ``device``, if any) may
-        not be tried now; None when it may."""
+        not be tried now; None when it may. Checks still running count as failures, so that
+        many tries sent at once cannot all pass before the first one fails."""
         for kind, ids in self._keys(name, address, device):
+            cost = 1 + self._running[(kind, ids)]
             for limit in self._limits[kind]:
-                if not self._window.test(limit, kind, *ids):
+                if not self._window.test(limit, kind, *ids, cost=cost):
                     reset, _ = self._window.get_window_stats(limit, kind, *ids)
                     wait = max(1, math.ceil(reset - time.time()))
                     return Refusal(_REASONS[kind], wait)
         return None
+
+    def begin(self, name: str, address: str, device: str | None = None) -> Refusal | None:
+        """``refusal``, and when there is none, the try counts as running until ``end``."""
+        refusal = self.refusal(name, address, device)
+        if refusal is None:
+            with self._lock:
+                for key in self._keys(name, address, device):
+                    self._running[key] += 1
+        return refusal
+
+    def end(self, name: str, address: str, device: str | None, ok: bool) -> None:
+        """The try that ``begin`` let through has been checked."""
+        with self._lock:
+            for key in self._keys(name, address, device):
+                self._running[key] -= 1
+                if self._running[key] <= 0:
+                    del self._running[key]
+        if ok:
+            self.succeeded(name, address, device)
+        else:
+            self.failed(name, address, device)
 
     def failed(self, name: str, address: str, device: str | None = None) -> None:
         for kind, ids in self._keys(name, address, device):

@@ -99,7 +99,7 @@ class SecurityMiddleware:
         self.app = app
         self.sessions = sessions
         self.max_hashes = max_hashes
-        # Gradio's session_hash -> the user who first used it (see _session_hash_owner).
+        # Gradio's session_hash -> the user who first used it (see _check_session_hashes).
         self._hash_owner: OrderedDict[str, str] = OrderedDict()
         self._hash_lock = threading.Lock()
 
@@ -492,24 +492,27 @@ class LoginGuard:
         name = labeling.name_key(username)[:200]
         user = await anyio.to_thread.run_sync(self._user, username)
         device = known_device(name, user.password_hash, attempt.cookies) if user else None
-        refusal = self.limiter.refusal(name, address, device)
+        refusal = self.limiter.begin(name, address, device)
         if refusal:
             log.warning("login refused for %r from %s: %s", name, address, refusal.reason)
             raise HTTPException(
                 status_code=429, headers={"Retry-After": str(refusal.retry_after_s)},
                 detail=f"{refusal.reason}: try again in {_duration(refusal.retry_after_s)}.")
-        ok = await anyio.to_thread.run_sync(
-            verify_password_or_dummy, password, user.password_hash if user else None,
-            limiter=self._cpu)
-        if not ok or user is None:
-            self.limiter.failed(name, address, device)
+        ok = False
+        try:
+            ok = await anyio.to_thread.run_sync(
+                verify_password_or_dummy, password, user.password_hash if user else None,
+                limiter=self._cpu)
+            ok = ok and user is not None
+        finally:
+            self.limiter.end(name, address, device, ok)
+        if not ok:
             log.warning("failed login for %r from %s", name, address)
             return False
         if user.disabled:
             log.warning("login refused for %r from %s: the account is disabled", name, address)
             raise HTTPException(status_code=403, detail="This account is disabled: ask an "
                                                         "admin to enable it.")
-        self.limiter.succeeded(name, address, device)
         if device is None:
             cookie_name, value = device_cookie(name, user.password_hash)
             attempt.set_cookies.append(

@@ -168,3 +168,19 @@ def test_an_attacker_cannot_lock_out_a_user_who_logged_in_before(db_path):
         ann.close()
     finally:
         served.close()
+
+
+def test_tries_sent_at_once_cannot_all_pass_before_the_first_fails(db_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    served, _, origin = serve_db(db_path, limiter=_sprayer_limiter())
+    try:
+        def one(i):
+            with _client(origin, "127.0.0.2") as client:
+                return _login(client, f"guess{i}", "wrong-password").status_code
+
+        with ThreadPoolExecutor(16) as pool:
+            answers = sorted(pool.map(one, range(16)))
+        assert answers == [400] * 5 + [429] * 11
+    finally:
+        served.close()
