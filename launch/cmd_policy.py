@@ -167,8 +167,9 @@ def register(commands) -> None:
     loop.add_argument("--temperature", type=float, default=0.8, help="default: 0.8")
     loop.add_argument("--eval-fraction", type=float, default=0.1,
                       help="share of prompts held out for the report (default: 0.1)")
-    loop.add_argument("--learning-rate", "--lr", type=float, default=3e-7,
-                      help="default: 3e-7")
+    loop.add_argument("--learning-rate", "--lr", type=float, default=None,
+                      help="default: the algorithm's own, as `rankloop train ALGORITHM` has it "
+                           "(REBEL 3e-7, DPO 1e-6, PPO 1e-6)")
     loop.add_argument("--eta", type=float, default=1.0, help="REBEL eta (default: 1.0)")
     loop.add_argument("--beta", type=float, default=0.1, help="DPO beta (default: 0.1)")
     loop.add_argument("--dpo-loss", choices=("sigmoid", "ipo"), default="sigmoid",

@@ -105,7 +105,9 @@ class LoopConfig:
     """DPO's β."""
     dpo_loss: str = "sigmoid"
     """DPO's loss: ``sigmoid`` (DPO) or ``ipo``."""
-    learning_rate: float = 3e-7
+    learning_rate: float | None = None
+    """None: the algorithm's own default, as its recipe has it (``rankloop train rebel``,
+    ``dpo`` or ``ppo``): the algorithms' scales differ, so no one value suits all three."""
     epochs: int = 1
     """REBEL and DPO: passes over the pairs."""
     per_device_batch_size: int = 4
@@ -121,6 +123,18 @@ class LoopConfig:
     kl_coef: float = 0.05
     """PPO: β of the per-token KL penalty."""
     seed: int = 0
+
+    @property
+    def algorithm_learning_rate(self) -> float:
+        """The learning rate this loop trains with: the one set, else the algorithm's own."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        import dataclasses
+        import importlib
+
+        module, config = RECIPE_CONFIGS[self.algorithm]
+        recipe = getattr(importlib.import_module(module), config)
+        return next(f.default for f in dataclasses.fields(recipe) if f.name == "learning_rate")
 
     @property
     def simulated(self) -> str | None:
@@ -485,14 +499,14 @@ def _train_rebel(ctx: TrainContext) -> TrainResult:
     train_pairs, eval_pairs = _scored_pairs(ctx)
     summary = train_rebel(RebelConfig(
         output=str(ctx.output), model=ctx.base_model, eta=config.eta,
-        temperature=config.temperature, learning_rate=config.learning_rate,
+        temperature=config.temperature, learning_rate=config.algorithm_learning_rate,
         epochs=config.epochs, per_device_batch_size=config.per_device_batch_size,
         eval_fraction=0.0, seed=config.seed, log_every=1, resume=ctx.resume),
         pairs=train_pairs, eval_pairs=eval_pairs, progress=ctx.progress)
     gaps = [p.reward_gap for p in train_pairs.pairs]
     diagnosis = rebel_diagnosis(
         read_metrics(ctx.output / "metrics.jsonl"), eta=config.eta,
-        mean_reward_gap=sum(gaps) / len(gaps), learning_rate=config.learning_rate,
+        mean_reward_gap=sum(gaps) / len(gaps), learning_rate=config.algorithm_learning_rate,
         epochs=config.epochs)
     return TrainResult(summary.train_pairs, diagnosis)
 
@@ -506,7 +520,8 @@ def _train_dpo(ctx: TrainContext) -> TrainResult:
     train_pairs, eval_pairs = _scored_pairs(ctx)
     summary = train_dpo(DPOConfig(
         output=str(ctx.output), model=ctx.base_model, beta=config.beta,
-        loss_type=config.dpo_loss, learning_rate=config.learning_rate, epochs=config.epochs,
+        loss_type=config.dpo_loss, learning_rate=config.algorithm_learning_rate,
+        epochs=config.epochs,
         per_device_batch_size=config.per_device_batch_size, eval_fraction=0.0,
         seed=config.seed, log_every=1, resume=ctx.resume),
         pairs=train_pairs, eval_pairs=eval_pairs, progress=ctx.progress)
@@ -514,7 +529,7 @@ def _train_dpo(ctx: TrainContext) -> TrainResult:
               if "train/reward_margin" in m]
     diagnosis = dpo_diagnosis([m["train/reward_margin"] for m in logged],
                               [m["train/kl"] for m in logged if "train/kl" in m],
-                              learning_rate=config.learning_rate)
+                              learning_rate=config.algorithm_learning_rate)
     return TrainResult(summary.train_pairs, diagnosis)
 
 
@@ -533,15 +548,20 @@ def _train_ppo(ctx: TrainContext) -> TrainResult:
         output=str(ctx.output), model=ctx.base_model, total_steps=config.ppo_steps,
         rollout_batch_size=batch, minibatch_size=minibatch, ppo_epochs=config.ppo_epochs,
         max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-        kl_coef=config.kl_coef, learning_rate=config.learning_rate, seed=config.seed,
+        kl_coef=config.kl_coef, learning_rate=config.algorithm_learning_rate, seed=config.seed,
         resume=ctx.resume),
         reward_fn=ctx.reward_fn, prompts=ctx.train_prompts, progress=ctx.progress)
     diagnosis = ppo_diagnosis(read_metrics(ctx.output / "metrics.jsonl"),
-                              learning_rate=config.learning_rate, steps=config.ppo_steps)
+                              learning_rate=config.algorithm_learning_rate, steps=config.ppo_steps)
     return TrainResult(len(ctx.train_prompts), diagnosis)
 
 
-# Adding an algorithm: one entry here (and its name in the CLI's --algorithm choices).
+# Each algorithm's recipe config, whose defaults the loop keeps (module, class).
+RECIPE_CONFIGS = {"rebel": ("policy.rebel", "RebelConfig"), "dpo": ("policy.dpo", "DPOConfig"),
+                  "ppo": ("policy.ppo", "PPOConfig")}
+
+# Adding an algorithm: one entry here and in RECIPE_CONFIGS (and its name in the CLI's
+# --algorithm choices).
 TRAINERS: dict[str, Callable[[TrainContext], TrainResult]] = {
     "rebel": _train_rebel,
     "dpo": _train_dpo,
@@ -667,7 +687,7 @@ def _iteration(config: LoopConfig, db, iteration: int, base_model: str, output: 
                                config.temperature)
         report.length_old = sum(old[p]["token_count"] for p in held_ids) / n
         report.length_new = sum(s.token_count for s in new) / n
-        held = held_out_diagnosis(report.kl, learning_rate=config.learning_rate)
+        held = held_out_diagnosis(report.kl, learning_rate=config.algorithm_learning_rate)
         if held is not None and held.warning:
             report.warnings.append(held.warning)
     state.mark("report")
