@@ -10,9 +10,9 @@ speed of a step does not depend on what the weights learned):
 
 - generation: ``TransformersSampler`` (bf16, batched, left padding) with per-sample seeds, as
   `rankloop generate` runs it, and with one global RNG, as the trainers' samplers run it;
-- reward-model training: the Bradley-Terry step (``reward.data.collate``,
+- reward-model training: the Bradley-Terry step (``reward.batches.collate``,
   ``sequence_rewards``, ``bradley_terry_loss``, AdamW) in bf16 autocast on fp32 weights;
-- REBEL step: ``policy.pairs.collate``, ``sequence_logprobs``, ``rebel_loss``, AdamW;
+- REBEL step: ``policy.pair_batches.collate``, ``sequence_logprobs``, ``rebel_loss``, AdamW;
 - scoring: ``RewardScorer.score`` on the reward model, as `rankloop score` runs it.
 
 Tokens are real (non-padding) tokens. MFU is 6 · parameters · tokens/s over the GPU's dense
@@ -173,7 +173,7 @@ def preference_ids(rng, vocab: int, work) -> tuple[list[int], list[int]]:
 def measure_reward_training(size, device, rows, work, peak) -> None:
     import torch
 
-    from reward.data import EncodedPair, collate, sequence_rewards
+    from reward.batches import EncodedPair, collate, sequence_rewards
     from reward.losses import bradley_terry_loss
 
     model = build("reward", size, device, torch.float32).train()
@@ -219,7 +219,7 @@ def measure_rebel(size, device, rows, work, peak) -> None:
 
     from policy.logprobs import sequence_logprobs
     from policy.losses import rebel_loss
-    from policy.pairs import EncodedPolicyPair, collate
+    from policy.pair_batches import EncodedScoredPair, collate
 
     model = build("policy", size, device, torch.float32).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-7)
@@ -232,7 +232,7 @@ def measure_rebel(size, device, rows, work, peak) -> None:
         for _ in range(work["pairs"]):
             prompt, chosen = preference_ids(rng, vocab, work)
             _, rejected = preference_ids(rng, vocab, work)
-            pairs.append(EncodedPolicyPair(prompt, chosen, rejected, rng.random(), rng.random(),
+            pairs.append(EncodedScoredPair(prompt, chosen, rejected, rng.random(), rng.random(),
                                            "g"))
         # π_t's log-probs come from before the step, as the recipe computes them up front.
         return collate(pairs, -50 * torch.rand(len(pairs), 2), 0)

@@ -12,7 +12,7 @@ Each comparison runs in the same invocation, on the same model and the same data
 REBEL part:
 
 - RankLoop: chosen and rejected in one forward pass, right-padded to the longest sequence of
-  the micro-batch (``policy.pairs.collate``).
+  the micro-batch (``policy.pair_batches.collate``).
 - Reference: every sequence padded to a fixed 1024 prompt + 2048 response tokens (prompt
   left-padded, response right-padded), chosen and rejected in two separate forward passes.
 
@@ -59,7 +59,7 @@ import torch  # noqa: E402
 
 from policy.logprobs import TokenBatch, sequence_logprobs  # noqa: E402
 from policy.losses import rebel_loss  # noqa: E402
-from policy.pairs import EncodedPolicyPair, collate  # noqa: E402
+from policy.pair_batches import EncodedScoredPair, collate  # noqa: E402
 
 WORDS = ("the of and to in is that for it as with was on be by this are or from at an have "
          "not which but all were when we there can more if out so what about up into than "
@@ -76,7 +76,7 @@ def synthetic_pairs(tokenizer, n: int, seed: int, prompt_range, response_range):
     pairs = []
     for _ in range(n):
         ids = lambda lo, hi: tokenizer(text(lo, hi), add_special_tokens=False)["input_ids"]  # noqa: E731
-        pairs.append(EncodedPolicyPair(ids(*prompt_range), ids(*response_range) + [2],
+        pairs.append(EncodedScoredPair(ids(*prompt_range), ids(*response_range) + [2],
                                        ids(*response_range) + [2], rng.random(), rng.random(),
                                        "g"))
     return pairs

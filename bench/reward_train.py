@@ -74,7 +74,7 @@ def heldout_accuracy(model, encoded, pad_token_id: int, batch_size: int) -> floa
     """Share of held-out pairs whose chosen side scores higher: one routine for both trainers."""
     import torch
 
-    from reward.data import collate, sequence_rewards
+    from reward.batches import collate, sequence_rewards
 
     device = next(model.parameters()).device
     correct = 0
@@ -102,7 +102,7 @@ def run_worker(args) -> dict:
     import torch
 
     from data.preferences import PreferenceLoad
-    from reward.data import encode_pairs
+    from reward.batches import encode_pairs
     from reward.modeling import load_reward_tokenizer
 
     torch.manual_seed(args.seed)

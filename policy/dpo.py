@@ -9,7 +9,7 @@ Each pair is a prompt x with a chosen and a rejected response y, y'. The policy 
 the reference π_ref (``--model``) and lowers ``policy.losses.dpo_loss``: −log σ(β·h) for
 ``sigmoid`` or (h̄ − 1/(2β))² for ``ipo``, with h the gap between the chosen and rejected
 log-ratios log π_θ/π_ref (h̄: each log-ratio per response token). Pairs are built exactly as
-for REBEL (``policy.pairs``: files or the app's database, human ranks or a reward model's
+for REBEL (``policy.pair_batches``: files or the app's database, human ranks or a reward model's
 scores; their rewards only pick which response is chosen). π_ref's log-probs are computed
 once before training and kept with the pairs, so no second model stays in memory; dropout is
 off, so π_θ equals π_ref at step 0 (loss log 2 for sigmoid).
@@ -25,11 +25,11 @@ from dataclasses import dataclass
 import torch
 
 from data.errors import ConfigError
-from data.policy_pairs import PairSet
+from data.scored_pairs import PairSet
 from policy.logprobs import sequence_logprobs
 from policy.losses import DPO_LOSSES
 from policy.pair_training import PairObjective, PairSummary, PairTrainingConfig, train_on_pairs
-from policy.pairs import PairBatch
+from policy.pair_batches import PairBatch
 
 
 @dataclass

@@ -42,7 +42,7 @@ from pathlib import Path
 
 from data import store
 from data.errors import ConfigError
-from data.policy_pairs import PairSet, require_pairs, split_held_out
+from data.scored_pairs import PairSet, require_pairs, split_held_out
 from data.simulate import SIMULATED_PREFIX
 
 ALGORITHMS = ("rebel", "ppo")
@@ -388,7 +388,7 @@ def wait_for_rankings(db, run_id: int, needed: int, config: LoopConfig, *,
                       sleep: Callable[[float], None] = time.sleep) -> int:
     """Polls the store until ``needed`` prompts of the run are ranked or ``wait_minutes`` pass;
     returns how many are ranked. The app's queue serves the run's items meanwhile."""
-    from data.policy_pairs import ranked_prompts
+    from data.scored_pairs import ranked_prompts
 
     deadline = clock() + 60 * config.wait_minutes
     last = -1
@@ -426,7 +426,7 @@ def kl_new_old(new_model: str, old_model: str, prompt_texts: list[str], response
     import torch
 
     from policy.logprobs import pack, sequence_logprobs
-    from policy.pairs import response_token_ids
+    from policy.pair_batches import response_token_ids
     from training.models import load_policy, load_tokenizer
 
     tokenizer = load_tokenizer(new_model)
@@ -481,7 +481,7 @@ class TrainResult:
 def _scored_pairs(ctx: TrainContext):
     """This iteration's scored pairs for training, and the held-out prompts' pairs (None when
     there are none) for evaluation."""
-    from data.policy_pairs import pairs_from_db
+    from data.scored_pairs import pairs_from_db
 
     pairs = pairs_from_db(ctx.db, scorer=ctx.scorer_name, run_id=ctx.run_id)
     require_pairs(pairs)

@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from data.errors import ConfigError
-from data.policy_pairs import MODES, PairSet, require_pairs
-from policy.pairs import collate, prepare_pairs, read_pairs, reference_logprobs
+from data.scored_pairs import MODES, PairSet, require_pairs
+from policy.pair_batches import collate, prepare_pairs, read_pairs, reference_logprobs
 from training.metrics import saved_line
 from training.plan import StepPlan
 from training.settings import ResumableTrainingSettings, require_at_least_one

@@ -318,7 +318,7 @@ def train_ppo(config: PPOConfig, *, reward_fn: RewardFn,
         masked_whiten,
         ppo_clip_loss,
     )
-    from policy.pairs import response_token_ids
+    from policy.pair_batches import response_token_ids
     from policy.sampling import SamplingConfig, TransformersSampler, make_sampler
     from training.accel import configure_deepspeed, make_accelerator, mixed_precision
     from training.checkpoints import resume_checkpoint, save_checkpoint

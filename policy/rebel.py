@@ -16,7 +16,7 @@ back) and kept with the pairs; dropout is off, since π_θ and π_t must be the 
 at step 0. Chosen and rejected run in one forward pass, padded to the longest sequence of the
 micro-batch (no fixed-width padding).
 
-Pairs are read and tokenized by ``policy.pairs``, and the loop (batching, checkpoints, resume,
+Pairs are read and tokenized by ``policy.pair_batches``, and the loop (batching, checkpoints, resume,
 saving) is ``policy.pair_training``'s, both shared with DPO: this module is REBEL's loss and
 what it reports.
 """
@@ -28,10 +28,10 @@ from dataclasses import dataclass
 import torch
 
 from data.errors import ConfigError
-from data.policy_pairs import PairSet
+from data.scored_pairs import PairSet
 from policy.logprobs import sequence_logprobs
 from policy.pair_training import PairObjective, PairSummary, PairTrainingConfig, train_on_pairs
-from policy.pairs import PairBatch
+from policy.pair_batches import PairBatch
 
 
 @dataclass

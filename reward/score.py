@@ -100,7 +100,7 @@ class RewardScorer:
         """Scores plus, for ArmoRM when ``objectives``, the per-objective rewards."""
         import torch
 
-        from reward.data import pad_sequences, sequence_rewards, tokenize_conversations
+        from reward.batches import pad_sequences, sequence_rewards, tokenize_conversations
 
         for n, conversation in enumerate(conversations):
             if not isinstance(conversation, str) and (

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from data.errors import ConfigError
 from data.preferences import PreferenceLoad, PreferenceSourceError
-from reward.data import EncodedPair, PreferenceBatch, collate, encode_pairs, sequence_rewards
+from reward.batches import EncodedPair, PreferenceBatch, collate, encode_pairs, sequence_rewards
 from training.metrics import saved_line
 from training.plan import StepPlan, split_held_out
 from training.settings import ResumableTrainingSettings, require_at_least_one

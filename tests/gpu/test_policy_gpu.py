@@ -31,7 +31,7 @@ def test_rebel_trains_on_cuda_in_bf16(tiny_model_dir, tmp_path):
 
 @pytest.mark.gpu
 def test_dpo_trains_on_cuda_in_bf16(tiny_model_dir, tmp_path):
-    from data.policy_pairs import pairs_from_file
+    from data.scored_pairs import pairs_from_file
     from policy.dpo import train_dpo
     from tests.integration.test_policy_dpo import dpo_config, good_bad_pairs_file
 

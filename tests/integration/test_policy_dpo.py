@@ -33,7 +33,7 @@ def test_loss_and_metrics_equal_trls_dpo_trainer_on_the_same_tensors(tiny_model_
     from trl import DPOTrainer
 
     from policy.dpo import DPOConfig, batch_loss, batch_stats, stats_to_metrics
-    from policy.pairs import EncodedPolicyPair, collate
+    from policy.pair_batches import EncodedScoredPair, collate
     from training.models import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_model_dir, padding_side="right")
@@ -50,7 +50,7 @@ def test_loss_and_metrics_equal_trls_dpo_trainer_on_the_same_tensors(tiny_model_
         return torch.randint(10, 1000, (n,), generator=g).tolist()
 
     eos = tokenizer.eos_token_id
-    pairs = [EncodedPolicyPair(ids(p), ids(c) + [eos], ids(r) + [eos], 1.0, 0.0, "g")
+    pairs = [EncodedScoredPair(ids(p), ids(c) + [eos], ids(r) + [eos], 1.0, 0.0, "g")
              for p, c, r in ((5, 3, 7), (2, 6, 1), (4, 4, 4), (3, 9, 2))]
     ref = torch.randn(4, 2, generator=g) - 30  # far from the policy's: the loss is large
     batch = collate(pairs, ref, tokenizer.pad_token_id)
@@ -88,7 +88,7 @@ def good_bad_pairs_file(path, n, start=0):
 
 
 def test_held_out_reward_accuracy_and_margin_rise(tiny_model_dir, tmp_path):
-    from data.policy_pairs import pairs_from_file
+    from data.scored_pairs import pairs_from_file
     from policy.dpo import train_dpo
 
     pairs = pairs_from_file(good_bad_pairs_file(tmp_path / "train.jsonl", 24))
@@ -115,7 +115,7 @@ def test_resume_continues_exactly_from_a_middle_checkpoint(tiny_model_dir, tmp_p
 
     from safetensors.torch import load_file
 
-    from data.policy_pairs import pairs_from_file
+    from data.scored_pairs import pairs_from_file
     from policy.dpo import train_dpo
 
     pairs = pairs_from_file(scored_pairs_file(tmp_path / "pairs.jsonl", 12))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from data.policy_pairs import PromptCandidates, ScoredCandidate, build_pairs
+from data.scored_pairs import PromptCandidates, ScoredCandidate, build_pairs
 from training.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -235,7 +235,7 @@ def test_resume_continues_exactly_from_a_middle_checkpoint(tiny_model_dir, tmp_p
     ends with the same weights and losses as the uninterrupted run."""
     from safetensors.torch import load_file
 
-    from data.policy_pairs import pairs_from_file
+    from data.scored_pairs import pairs_from_file
     from policy.rebel import train_rebel
 
     pairs = pairs_from_file(scored_pairs_file(tmp_path / "pairs.jsonl", 12))
@@ -285,10 +285,10 @@ def test_the_reference_optimizer_settings_give_the_reference_update(tiny_model_d
     mean of (log-ratio gap − η·reward gap)² over the batch, torch AdamW, no clipping."""
     from safetensors.torch import load_file
 
-    from data.policy_pairs import pairs_from_file
+    from data.scored_pairs import pairs_from_file
     from policy.logprobs import sequence_logprobs
     from policy.losses import rebel_loss
-    from policy.pairs import collate, prepare_pairs
+    from policy.pair_batches import collate, prepare_pairs
     from policy.rebel import train_rebel
     from training.models import load_policy, load_tokenizer
     from training.plan import global_batches, micro_batches

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from data.preferences import PreferenceLoad, PreferencePair
-from reward.data import collate, encode_pairs, pad_sequences, sequence_rewards
+from reward.batches import collate, encode_pairs, pad_sequences, sequence_rewards
 from training.metrics import read_metrics
 from tests.integration.conftest import zero3_cpu2
 from reward.train_bt import RewardTrainConfig, prepare_pairs, train_reward_model

@@ -168,11 +168,15 @@ def _refusal_in_the_card(page) -> dict:
     }""")
 
 
-def _submit(page, name, password):
+def _submit(page, name, password, expected=None):
     page.locator("input").nth(0).fill(name)
     page.locator("input").nth(1).fill(password)
     with page.expect_response(lambda r: r.url.endswith("/login")):
         page.get_by_role("button", name="Login").click()
+    if expected:  # the message is written once the answer's body is read
+        page.wait_for_function(
+            "(t) => (document.getElementById('rl-login-refused')?.innerText || '').includes(t)",
+            arg=expected)
 
 
 def test_the_login_card_says_why_in_one_message(browser, tmp_path):
@@ -184,16 +188,16 @@ def test_the_login_card_says_why_in_one_message(browser, tmp_path):
     try:
         page = context.new_page()
         page.goto(origin + "/")
-        _submit(page, "bob", PASSWORD)
+        _submit(page, "bob", PASSWORD, "disabled")
         shown = _refusal_in_the_card(page)
         assert "disabled" in shown["text"] and shown["visible"] and shown["in_card"], shown
         assert shown["others"] == [], shown
 
-        _submit(page, "ann", "wrong-password-1")
+        _submit(page, "ann", "wrong-password-1", "Incorrect credentials")
         shown = _refusal_in_the_card(page)
         assert "Incorrect credentials" in shown["text"] and shown["others"] == [], shown
         _submit(page, "ann", "wrong-password-2")
-        _submit(page, "ann", PASSWORD)  # right, but locked out: says so, and only that
+        _submit(page, "ann", PASSWORD, "Too many")  # right, but locked out: says only that
         shown = _refusal_in_the_card(page)
         assert "Too many failed logins" in shown["text"], shown
         assert shown["visible"] and shown["in_card"] and shown["others"] == [], shown

@@ -10,7 +10,7 @@ import pytest
 from data import agreement, browser, export, labeling, revisions, store
 from data.export import ExportConfig
 from data.labeling import LabelingError, QueuePolicy
-from data.policy_pairs import groups_from_rankings
+from data.scored_pairs import groups_from_rankings
 from data.preferences import load_db_pairs
 from data.rankings import validate_submission
 

@@ -14,7 +14,7 @@ from reward.armorm import (
     GATING_PATTERN_TEXT,
     LlamaForRewardModelWithGating,
 )
-from reward.data import pad_sequences, tokenize_conversations
+from reward.batches import pad_sequences, tokenize_conversations
 from reward.score import load_scorer
 
 LLAMA3_TEMPLATE = (

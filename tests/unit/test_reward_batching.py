@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from data.preferences import PreferencePair
-from reward.data import EncodedPair, collate, encode_pairs, pad_sequences
+from reward.batches import EncodedPair, collate, encode_pairs, pad_sequences
 from training.plan import global_batches, micro_batches, split_held_out, steps_per_epoch
 
 

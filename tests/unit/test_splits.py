@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from data import export, policy_pairs
+from data import export, scored_pairs
 from data.splits import held_out_groups
 from training import plan
 
@@ -16,7 +16,7 @@ def test_every_consumer_holds_out_the_same_prompts(fraction, seed):
     examples = [SimpleNamespace(group=p) for p in prompts]
     _, held = plan.split_held_out(examples, fraction, seed)
     assert {e.group for e in held} == expected
-    _, held_idx = policy_pairs.split_held_out(prompts, fraction, seed)
+    _, held_idx = scored_pairs.split_held_out(prompts, fraction, seed)
     assert {prompts[i] for i in held_idx} == expected
     assert export.held_out_prompts(prompts, fraction, seed) == expected
     if fraction > 0:

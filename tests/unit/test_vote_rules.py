@@ -5,7 +5,7 @@ rule."""
 from data import export, labeling, revisions, store
 from data.export import ExportConfig
 from data.labeling import QueuePolicy
-from data.policy_pairs import groups_from_rankings
+from data.scored_pairs import groups_from_rankings
 from data.preferences import load_db_pairs
 from data.rankings import validate_submission
 

@@ -1,5 +1,5 @@
 """Preference pairs for the policy recipes (REBEL, DPO): reading them from a TRL-format file or
-the app's database (human ranks or a reward model's scores, ``data.policy_pairs``), tokenizing
+the app's database (human ranks or a reward model's scores, ``data.scored_pairs``), tokenizing
 prompt and responses as they were sampled, the held-out split, the ``PairBatch`` container, and
 the frozen policy's log-probs computed once before training.
 """
@@ -13,9 +13,9 @@ from typing import Protocol
 import torch
 
 from data.errors import ConfigError
-from data.policy_pairs import (
+from data.scored_pairs import (
     PairSet,
-    PolicyPair,
+    ScoredPair,
     filter_by_length,
     require_pairs,
     split_held_out,
@@ -43,7 +43,7 @@ class PairSource(Protocol):
 
 
 @dataclass(frozen=True)
-class EncodedPolicyPair:
+class EncodedScoredPair:
     prompt_ids: list[int]
     chosen_ids: list[int]
     """Response tokens, ending with EOS."""
@@ -108,8 +108,8 @@ def response_token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
     return [list(seq) + [tokenizer.eos_token_id] for seq in ids]
 
 
-def encode_policy_pairs(tokenizer, pairs: list[PolicyPair], *, max_prompt_tokens: int,
-                        max_response_tokens: int) -> tuple[list[EncodedPolicyPair], dict[str, int]]:
+def encode_scored_pairs(tokenizer, pairs: list[ScoredPair], *, max_prompt_tokens: int,
+                        max_response_tokens: int) -> tuple[list[EncodedScoredPair], dict[str, int]]:
     """Tokenized pairs within the length limits, and drop counts by reason."""
     prompts = prompt_token_ids(tokenizer, [p.prompt for p in pairs])
     chosen = response_token_ids(tokenizer, [p.chosen for p in pairs])
@@ -118,12 +118,12 @@ def encode_policy_pairs(tokenizer, pairs: list[PolicyPair], *, max_prompt_tokens
                                      [len(x) for x in rejected],
                                      max_prompt_tokens=max_prompt_tokens,
                                      max_response_tokens=max_response_tokens)
-    encoded = [EncodedPolicyPair(prompts[i], chosen[i], rejected[i], pairs[i].reward_chosen,
+    encoded = [EncodedScoredPair(prompts[i], chosen[i], rejected[i], pairs[i].reward_chosen,
                                  pairs[i].reward_rejected, pairs[i].prompt_key()) for i in kept]
     return encoded, dropped
 
 
-def collate(pairs: list[EncodedPolicyPair], ref_logps: torch.Tensor, pad_token_id: int,
+def collate(pairs: list[EncodedScoredPair], ref_logps: torch.Tensor, pad_token_id: int,
             *, side: str = "right", width: int | None = None) -> PairBatch:
     """ref_logps: ``[len(pairs), 2]`` (chosen, rejected) for these pairs."""
     tokens = pack([p.prompt_ids for p in pairs] * 2,
@@ -144,7 +144,7 @@ def is_sqlite_file(source: str) -> bool:
 
 
 def read_pairs(config: PairSource) -> PairSet:
-    from data.policy_pairs import pairs_from_db, pairs_from_file
+    from data.scored_pairs import pairs_from_db, pairs_from_file
 
     if config.data and not is_sqlite_file(config.data):
         pairs = pairs_from_file(config.data, split=config.split, limit=config.limit)
@@ -167,16 +167,16 @@ def read_pairs(config: PairSource) -> PairSet:
 
 def prepare_pairs(config: PairSource, tokenizer, pairs: PairSet,
                   eval_pairs: PairSet | None = None
-                  ) -> tuple[list[EncodedPolicyPair], list[EncodedPolicyPair], dict[str, int]]:
+                  ) -> tuple[list[EncodedScoredPair], list[EncodedScoredPair], dict[str, int]]:
     """(train, held-out, dropped counts by reason). Without ``eval_pairs``, ``eval_fraction``
     of the prompts are held out."""
     limits = dict(max_prompt_tokens=config.max_prompt_tokens,
                   max_response_tokens=config.max_response_tokens)
-    encoded, too_long = encode_policy_pairs(tokenizer, pairs.pairs, **limits)
+    encoded, too_long = encode_scored_pairs(tokenizer, pairs.pairs, **limits)
     dropped = {**pairs.dropped, **too_long}
     if eval_pairs is not None:
         train = encoded
-        held_out, held_too_long = encode_policy_pairs(tokenizer, eval_pairs.pairs, **limits)
+        held_out, held_too_long = encode_scored_pairs(tokenizer, eval_pairs.pairs, **limits)
         dropped.update({f"held-out {k}": v for k, v in held_too_long.items()})
     else:
         train_idx, held_idx = split_held_out([p.group for p in encoded], config.eval_fraction,
@@ -189,7 +189,7 @@ def prepare_pairs(config: PairSource, tokenizer, pairs: PairSet,
     return train, held_out, {k: v for k, v in dropped.items() if v}
 
 
-def reference_logprobs(model, accelerator, pairs: list[EncodedPolicyPair], *, batch_size: int,
+def reference_logprobs(model, accelerator, pairs: list[EncodedScoredPair], *, batch_size: int,
                        pad_token_id: int, temperature: float) -> torch.Tensor:
     """``[N, 2]`` summed response log-probs (chosen, rejected) of π_t, computed once: batches
     are spread over the ranks and the results summed back, so every rank holds all of them."""

@@ -6,14 +6,14 @@ import json
 import pytest
 
 from data import store
-from data.policy_pairs import (
+from data.scored_pairs import (
     DROP_EQUAL_REWARD,
     DROP_IDENTICAL,
     DROP_PROMPT_TOO_LONG,
     DROP_RESPONSE_TOO_LONG,
     DROP_SINGLE,
     UNSCORED_GAP,
-    PolicyPair,
+    ScoredPair,
     PromptCandidates,
     ScoredCandidate,
     build_pairs,
@@ -64,7 +64,7 @@ def test_ranks_map_to_a_zero_to_one_scale():
 
 
 def test_length_filters_count_each_reason():
-    pairs = [PolicyPair(PROMPT, "a", "b", 1, 0)] * 4
+    pairs = [ScoredPair(PROMPT, "a", "b", 1, 0)] * 4
     kept, dropped = filter_by_length(pairs, [5, 50, 5, 5], [3, 3, 30, 3], [3, 3, 3, 3],
                                      max_prompt_tokens=10, max_response_tokens=20)
     assert kept == [0, 3]

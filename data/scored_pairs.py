@@ -1,5 +1,11 @@
-"""Preference batches for policy training (REBEL): per prompt, a chosen and a rejected response
-with a reward for each.
+"""Scored pairs for policy training (REBEL, DPO): per prompt, a chosen and a rejected response
+with a reward for each (``ScoredPair``).
+
+The project's pair types, from the vote to the tensors: ``data.rankings.Pair`` (two candidate
+ids of one ranking, as the vote log's comparisons store them); ``data.preferences.PreferencePair``
+(prompt, chosen and rejected texts, for the reward model and TRL-format files);
+``ScoredPair`` here (the same texts with a reward each, for the policy); then the tokenized
+``reward.batches.EncodedPair`` and ``policy.pair_batches.EncodedScoredPair``.
 
 Sources, in the order they are preferred:
 
@@ -61,7 +67,7 @@ class PromptCandidates:
 
 
 @dataclass(frozen=True)
-class PolicyPair:
+class ScoredPair:
     prompt: Messages | str
     """Chat messages ending with a user turn, or raw text (no chat template)."""
     chosen: str
@@ -85,7 +91,7 @@ class PolicyPair:
 
 @dataclass
 class PairSet:
-    pairs: list[PolicyPair]
+    pairs: list[ScoredPair]
     source: str
     dropped: dict[str, int] = field(default_factory=dict)
     """Pairs (or prompts, for DROP_SINGLE) left out, by reason."""
@@ -133,12 +139,12 @@ def build_pairs(groups: Sequence[PromptCandidates], *, mode: str = "best_worst",
             elif a.text.strip() == b.text.strip():
                 out.drop(DROP_IDENTICAL)
             else:
-                out.pairs.append(PolicyPair(group.prompt, a.text, b.text, a.reward, b.reward,
+                out.pairs.append(ScoredPair(group.prompt, a.text, b.text, a.reward, b.reward,
                                             a.candidate_id, b.candidate_id))
     return out
 
 
-def filter_by_length(pairs: Sequence[PolicyPair], prompt_tokens: Sequence[int],
+def filter_by_length(pairs: Sequence[ScoredPair], prompt_tokens: Sequence[int],
                      chosen_tokens: Sequence[int], rejected_tokens: Sequence[int], *,
                      max_prompt_tokens: int, max_response_tokens: int
                      ) -> tuple[list[int], dict[str, int]]:
@@ -201,7 +207,7 @@ def pairs_from_file(source: str, *, split: str = "train", limit: int | None = No
         if rewards[0] == rewards[1]:
             out.drop(DROP_EQUAL_REWARD)
             continue
-        out.pairs.append(PolicyPair(pair.prompt, _response_text(pair.chosen, where),
+        out.pairs.append(ScoredPair(pair.prompt, _response_text(pair.chosen, where),
                                     _response_text(pair.rejected, where), *rewards))
     return out
 
