@@ -320,11 +320,12 @@ def train_ppo(config: PPOConfig, *, reward_fn: RewardFn,
     )
     from policy.pair_batches import response_token_ids
     from policy.sampling import SamplingConfig, TransformersSampler, make_sampler
-    from training.accel import configure_deepspeed, make_accelerator, mixed_precision
+    from training.accel import make_accelerator, mixed_precision
     from training.checkpoints import resume_checkpoint, save_checkpoint
     from training.metrics import MetricsLog
     from training.models import check_tokenizer_matches, load_policy, load_tokenizer, resolve_model
-    from training.optim import adamw, clip_gradients
+    from training.optim import clip_gradients
+    from training.steps import prepare_optimization
 
     started = time.perf_counter()
     output = Path(config.output)
@@ -359,12 +360,8 @@ def train_ppo(config: PPOConfig, *, reward_fn: RewardFn,
     set_seed(config.seed + rank)  # processes sample different responses
     reference.to(accelerator.device)
     policy = PolicyWithValueHead(load_policy(model_path))
-    optimizer = adamw(policy.parameters(), lr=config.learning_rate,
-                      weight_decay=config.weight_decay, betas=config.adam_betas,
-                      eps=config.adam_eps)
-    configure_deepspeed(accelerator, micro_batch_size=plan.per_device_minibatch,
-                        gradient_accumulation_steps=1, max_grad_norm=config.max_grad_norm)
-    policy, optimizer = accelerator.prepare(policy, optimizer)
+    policy, optimizer, _ = prepare_optimization(accelerator, policy, config, config.total_steps,
+                                                micro_batch_size=plan.per_device_minibatch)
     lm = accelerator.unwrap_model(policy).lm
     kl_ctl = AdaptiveKLController(config.kl_coef, config.target_kl or 1.0, config.kl_horizon)
 

@@ -173,22 +173,27 @@ def held_out_stats(model, accelerator, lengths: Sequence[int], *, batch_size: in
     return accelerator.reduce(total.to(accelerator.device), reduction="sum").cpu()
 
 
-def prepare_optimization(accelerator, model, config, total_steps: int):
-    """(model, optimizer, scheduler), ready for ``run_steps``: AdamW over the trainable
+def prepare_optimization(accelerator, model, config, total_steps: int, *,
+                         micro_batch_size: int | None = None):
+    """(model, optimizer, scheduler), ready for a recipe's loop: AdamW over the trainable
     weights, the learning-rate schedule, DeepSpeed's batch settings, then accelerate's
     wrapping. The schedule is saved with each checkpoint: it steps once per optimizer step,
-    by the loop, whatever the backend."""
+    by the loop, whatever the backend. A config without a schedule (PPO) keeps its learning
+    rate constant; ``micro_batch_size`` stands in for ``config.per_device_batch_size`` where a
+    recipe counts its micro-batches otherwise."""
     from training.accel import configure_deepspeed
     from training.optim import adamw, lr_scheduler
 
     optimizer = adamw([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate,
                       weight_decay=config.weight_decay, betas=config.adam_betas,
                       eps=config.adam_eps)
-    scheduler = lr_scheduler(config.lr_schedule, optimizer, warmup_ratio=config.warmup_ratio,
+    scheduler = lr_scheduler(getattr(config, "lr_schedule", "constant"), optimizer,
+                             warmup_ratio=getattr(config, "warmup_ratio", 0.0),
                              total_steps=total_steps)
-    configure_deepspeed(accelerator, micro_batch_size=config.per_device_batch_size,
-                        gradient_accumulation_steps=config.gradient_accumulation_steps,
-                        max_grad_norm=config.max_grad_norm)
+    configure_deepspeed(
+        accelerator, micro_batch_size=micro_batch_size or config.per_device_batch_size,
+        gradient_accumulation_steps=getattr(config, "gradient_accumulation_steps", 1),
+        max_grad_norm=config.max_grad_norm)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     return model, optimizer, scheduler
