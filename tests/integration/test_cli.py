@@ -214,3 +214,18 @@ def test_gold_import_is_all_or_nothing(tmp_path):
 def test_app_refuses_an_unwritable_database(tmp_path):
     result = rankloop("app", "--db", str(tmp_path / "missing" / "r.db"), "--port", "1")
     _assert_clean_failure(result, "does not exist")
+
+
+def test_what_the_app_writes_beside_its_database_is_ignored_by_git():
+    """`rankloop app` in a checkout writes rankloop.db (and -wal/-shm) and the jobs' logs in
+    rankloop.db.jobs/: none of it shows up as a change to commit."""
+    from labeler.jobs import jobs_dir
+
+    root = README.parent
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout: nothing to check the ignore rules against")
+    written = ["rankloop.db", "rankloop.db-wal", "rankloop.db-shm",
+               str((jobs_dir(str(root / "rankloop.db")) / "job-1-generate.log").relative_to(root))]
+    result = subprocess.run(["git", "check-ignore", *written], cwd=root, capture_output=True,
+                            text=True)
+    assert result.stdout.split() == written
