@@ -18,9 +18,8 @@ import sqlite_utils
 
 from data import store
 from data.labeling import LabelingError
+from data.rankings import MAX_TEXT_CHARS
 
-MAX_TEXT_CHARS = 20_000
-"""As ``data.rankings.validate_submission`` allows for a rationale or an answer."""
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,11 @@ from dataclasses import dataclass
 from data.errors import ConfigError
 
 
+MAX_TEXT_CHARS = 20_000
+"""The longest rationale, and the longest written answer, an annotator may store (about 3,000
+words each); drafts and the app's routes refuse longer ones with the same limit."""
+
+
 class RankingError(ConfigError):
     """A submission that cannot be stored, with a message meant for the annotator."""
 
@@ -54,7 +59,7 @@ def validate_submission(
     skipped: bool = False,
     rationale: str = "",
     demonstration: str = "",
-    max_text_chars: int = 20_000,
+    max_text_chars: int = MAX_TEXT_CHARS,
 ) -> Submission:
     """Checks a submission and returns it normalised; raises RankingError when it is invalid."""
     ids = tuple(int(c) for c in candidate_ids)
@@ -88,6 +93,9 @@ def validate_submission(
         letters = ", ".join(candidate_letter(i) for i in missing)
         raise RankingError(f"rank every candidate: {letters} has no rank")
     k = len(ids)
+    # Text ranks are ASCII digits: int() would also read "１" or "٢" as ranks.
+    if any(isinstance(r, str) and not (r.isascii() and r.isdigit()) for r in given):
+        raise RankingError("ranks must be whole numbers")
     try:
         clean = tuple(int(r) for r in given)
     except (TypeError, ValueError):

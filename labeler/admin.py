@@ -7,6 +7,7 @@ real SQLite file, and each function first checks that the user is an admin.
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -185,6 +186,73 @@ def _known_hub_model(repo_id: str) -> bool:
     return True
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?")
+"""A Hugging Face Hub repository id: ``name`` or ``owner/name``."""
+
+
+def check_prompts(svc: LabelerService, prompts: str | None) -> str:
+    """``prompts`` as the job should be given it: ``bundled``, an existing prompt file
+    (``.jsonl``/``.json``/``.csv``/``.parquet``) or ``save_to_disk`` folder as an absolute path,
+    or a Hub dataset id that is cached here (or, with the Hub reachable, exists there). Raises
+    JobError with the reason otherwise, so a job that would only fail later never starts
+    (and nothing that reads as a flag, such as ``-h``, reaches its command line)."""
+    from data.prompts import BUNDLED, FILE_SUFFIXES
+
+    if prompts is None or (isinstance(prompts, str) and prompts.strip() in ("", BUNDLED)):
+        return BUNDLED
+    if not isinstance(prompts, str):
+        raise JobError("the prompts are bundled, a prompt file, a saved dataset folder or a "
+                       "Hub dataset id")
+    source = prompts.strip()
+    if not source.isprintable():
+        raise JobError("the prompts field holds a control or invisible character")
+    local = _local_model_path(svc, source)
+    if local is not None:
+        if local.is_file():
+            if local.suffix.lower() not in FILE_SUFFIXES:
+                raise JobError(f"prompt file {source} is not one of "
+                               f"{', '.join(FILE_SUFFIXES)}")
+        elif not any((local / name).is_file() for name in _SAVED_DATASET_FILES):
+            raise JobError(f"folder {source} is not a dataset saved with save_to_disk")
+        return str(local.resolve())
+    if _looks_like_path(source) or Path(source).suffix.lower() in FILE_SUFFIXES:
+        raise JobError(f"prompt file {source} does not exist")
+    if not _HUB_ID.fullmatch(source) or ".." in source:
+        raise JobError(f"{source!r} is neither bundled, a prompt file or folder here, nor a "
+                       "Hugging Face Hub dataset id (owner/name)")
+    if not _known_hub_dataset(source):
+        raise JobError(f"dataset {source!r} is neither a file or folder here nor a dataset "
+                       "cached from (or found on) the Hugging Face Hub")
+    return source
+
+
+_SAVED_DATASET_FILES = ("dataset_info.json", "dataset_dict.json", "state.json")
+
+
+def _known_hub_dataset(repo_id: str) -> bool:
+    """Cached here (by huggingface_hub or by datasets), or present on the Hub when the Hub
+    may be reached."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    hub_cache = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id,
+                                                                 repo_type="dataset")
+    datasets_cache = Path(os.environ.get("HF_DATASETS_CACHE") or
+                          Path(constants.HF_HOME) / "datasets") / repo_id.replace("/", "___")
+    if hub_cache.is_dir() or datasets_cache.is_dir():
+        return True
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_DATASETS_OFFLINE", "").lower() in (
+            "1", "true", "yes", "on"):
+        return False
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi().dataset_info(repo_id, timeout=5)
+    except Exception:  # noqa: BLE001 - unknown, gated or unreachable: the job would fail too
+        return False
+    return True
+
+
 def start_generation(svc: LabelerService, username: str, *, prompts: str = "bundled",
                      k: int = 4, limit: int | None = None, backend: str = "auto",
                      model: str = "default", max_new_tokens: int = 256,
@@ -210,10 +278,11 @@ def start_generation(svc: LabelerService, username: str, *, prompts: str = "bund
         # The loop records each new policy: the app's next candidates come from the newest.
         model = store.current_policy(svc.db()) or "default"
     try:
+        prompts = check_prompts(svc, prompts)
         model = check_model(svc, model)
     except JobError as exc:
         return f"Not started: {exc}."
-    args = ["generate", "--prompts", prompts or "bundled", "--k", str(int(k)),
+    args = ["generate", "--prompts", prompts, "--k", str(int(k)),
             "--backend", backend, "--model", model,
             "--max-new-tokens", str(max_new_tokens), "--temperature", f"{temperature:g}",
             "--top-p", f"{top_p:g}", "--seed", str(seed), "--no-progress"]

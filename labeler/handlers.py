@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from data import drafts, labeling, revisions, settings, store
 from data.labeling import LabelingError, QueuePolicy
 from data.progress import generation_progress
-from data.rankings import RankingError, candidate_letter, validate_submission
+from data.rankings import MAX_TEXT_CHARS, RankingError, candidate_letter, validate_submission
 from data.suggestions import suggestion_for_assignment
 from labeler import render
 from labeler.auth import verify_password_or_dummy
@@ -26,8 +26,7 @@ from labeler.render import (CandidateView, Controls, Notice, candidate_badges, c
 
 log = logging.getLogger("rankloop.app")
 
-MAX_RATIONALE_CHARS = 20_000
-MAX_DEMONSTRATION_CHARS = 100_000
+MAX_RATIONALE_CHARS = MAX_TEXT_CHARS  # the rationale and the written answer share one limit
 
 GENERATE_KIND = "generate"
 AUTOSTART = "rankloop"  # started_by of the job the app starts by itself on an empty store
@@ -290,6 +289,16 @@ def _as_bool(name: str, value) -> bool:
     return value
 
 
+def storable(text: str) -> bool:
+    """False for text holding a lone UTF-16 surrogate (JSON can carry ``"\\ud800"``): it has
+    no UTF-8 form, so SQLite, the log and every answer would fail on it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _as_text(name: str, value, limit: int) -> str:
     if value is None:
         return ""
@@ -297,6 +306,9 @@ def _as_text(name: str, value, limit: int) -> str:
         raise BadRequest(f"{name} must be text")
     if len(value) > limit:
         raise BadRequest(f"{name} is longer than {limit:,} characters")
+    if not storable(value):
+        raise BadRequest(f"{name} holds a character that is not text (a lone surrogate); "
+                         "remove it and try again")
     return value
 
 
@@ -306,7 +318,8 @@ def _as_rank(value) -> str | None:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise BadRequest("each rank must be a number from the choices shown")
     text = str(value)
-    if not text.isdecimal() or len(text) > 2:
+    # ASCII digits only: str.isdecimal and int() also take "１" or "٢", which no button sends.
+    if not (text.isascii() and text.isdigit()) or len(text) > 2:
         raise BadRequest("each rank must be a number from the choices shown")
     return text
 
@@ -325,6 +338,8 @@ SUBMIT_KEYS = {"assignment_id", "ranks", "all_bad", "rationale", "demonstration"
 def _payload(value, allowed: set[str]) -> dict:
     if not isinstance(value, dict):
         raise BadRequest("the request must be a JSON object")
+    if not all(isinstance(key, str) and storable(key) for key in value):
+        raise BadRequest("a field name holds a character that is not text")
     unknown = set(value) - allowed
     if unknown:
         raise BadRequest(f"unknown field {sorted(unknown)[0]!r}; expected "
@@ -347,8 +362,8 @@ def _entry(payload) -> _Entry:
     return _Entry(
         _as_int("the assignment id", p.get("assignment_id")), _as_ranks(p.get("ranks")),
         _as_bool("all_bad", p.get("all_bad")),
-        _as_text("the rationale", p.get("rationale"), MAX_RATIONALE_CHARS),
-        _as_text("the answer", p.get("demonstration"), MAX_DEMONSTRATION_CHARS),
+        _as_text("the rationale", p.get("rationale"), MAX_TEXT_CHARS),
+        _as_text("the answer", p.get("demonstration"), MAX_TEXT_CHARS),
         _as_int("revises", p.get("revises")))
 
 
@@ -425,6 +440,11 @@ def submit(svc: LabelerService, username: str, payload) -> Screen:
         notice = Notice("ok", _saved_text(k, submission.ranks is not None,
                                           submission.demonstration), stored.ranking_id)
         outcome = "saved"
+    elif _stored_skip(db, stored.ranking_id):
+        notice = Notice("error", "Not saved: you skipped this task earlier, and the skip "
+                                 "stays. Change it from your last submissions.",
+                        stored.ranking_id)
+        outcome = "refused"
     else:
         notice, outcome = Notice("info", "Already saved."), "already"
     return screen(current_task(svc, username), notice, outcome=outcome)
@@ -442,12 +462,27 @@ def skip(svc: LabelerService, username: str, payload) -> Screen:
                       Notice("error", "There is no task on screen to skip."), outcome="none")
     try:
         submission = validate_submission(assignment.candidate_ids, [], skipped=True)
-        labeling.submit_assignment(db, assignment.id, user.id, submission,
-                                   overlap=svc.policy.overlap)
+        stored = labeling.submit_assignment(db, assignment.id, user.id, submission,
+                                            overlap=svc.policy.overlap)
     except (RankingError, LabelingError) as exc:
         return screen(current_task(svc, username), Notice("error", f"Not skipped: {exc}."),
                       outcome="refused")
-    return screen(current_task(svc, username), Notice("info", "Skipped."), outcome="skipped")
+    if stored.created:
+        return screen(current_task(svc, username), Notice("info", "Skipped."),
+                      outcome="skipped")
+    # The task was already submitted (a late or repeated skip): say what is stored.
+    if _stored_skip(db, stored.ranking_id):
+        return screen(current_task(svc, username), Notice("info", "Already skipped."),
+                      outcome="already")
+    return screen(current_task(svc, username),
+                  Notice("info", "Not skipped: you already submitted this task, and your "
+                                 "answer stays. Change it from your last submissions.",
+                         stored.ranking_id), outcome="already")
+
+
+def _stored_skip(db, ranking_id: int) -> bool:
+    row = db.execute("SELECT skipped FROM rankings WHERE id = ?", [ranking_id]).fetchone()
+    return bool(row and row[0])
 
 
 def _recent(db, user_id: int, ranking_id: int) -> revisions.RecentSubmission:

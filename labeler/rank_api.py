@@ -10,8 +10,8 @@ with the next screen's HTML (rendered by ``labeler/render.py``) and its status.
 - A request must be JSON (``application/json``, so a cross-site form cannot send one without a
   CORS preflight, which this app never answers) from this origin when the browser says where it
   comes from; its body is read up to ``MAX_BODY_BYTES`` and no further.
-- Refusals answer 400/401/403 with ``{"error": sentence}``; any other failure is logged once
-  with its traceback and answers 500 with a plain sentence.
+- Refusals answer 400/401/403/413/415 with ``{"error": sentence}`` and log one line; any
+  other failure is logged once with its traceback and answers 500 with a plain sentence.
 
 The Gradio events of the same names (``/submit``, ``/load_task`` ...) stay, for API clients.
 """
@@ -35,8 +35,9 @@ log = logging.getLogger("rankloop.app")
 
 PREFIX = "/rank/api"
 MAX_BODY_BYTES = 1 << 20
-"""Larger than the biggest valid payload (a 100,000-character answer and a 20,000-character
-rationale in 4-byte UTF-8 is 480 KB)."""
+"""Larger than the biggest valid payload: a rationale and an answer of ``MAX_TEXT_CHARS``
+(20,000) characters each, every character escaped as a surrogate pair (``\\ud83d\\ude00``,
+12 bytes), is 480 KB."""
 
 
 class _Refused(Exception):
@@ -121,6 +122,7 @@ def create_rank_router(svc: LabelerService,
             payload = await _read_json(request)
             answer = await run_in_threadpool(as_user, payload)
         except _Refused as exc:
+            log.warning("refused %s for %r: %s", action, name, exc)
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
         except (BadRequest, PermissionDenied) as exc:
             log.warning("refused %s for %r: %s", action, name, exc)

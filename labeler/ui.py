@@ -7,7 +7,7 @@ import logging
 
 import gradio as gr
 
-from labeler.handlers import BadRequest, PermissionDenied
+from labeler.handlers import BadRequest, PermissionDenied, storable
 
 log = logging.getLogger("rankloop.app")
 
@@ -22,6 +22,9 @@ def guard(fn):
     @functools.wraps(fn)  # keeps the signature, so Gradio still passes gr.Request
     def wrapper(*args, **kwargs):
         try:
+            if not all(map(_all_text, (*args, *kwargs.values()))):
+                raise BadRequest("a field holds a character that is not text (a lone "
+                                 "surrogate); remove it and try again")
             return fn(*args, **kwargs)
         except (PermissionDenied, BadRequest) as exc:
             request = kwargs.get("request") or next(
@@ -36,3 +39,17 @@ def guard(fn):
             raise gr.Error("Something went wrong on the server; it has been logged.",
                            print_exception=False) from None
     return wrapper
+
+
+def _all_text(value, depth: int = 0) -> bool:
+    """False when a string in ``value`` (an event's input, JSON included) holds a lone
+    surrogate: no database, log line or answer can encode it."""
+    if isinstance(value, str):
+        return storable(value)
+    if depth > 32:  # deeper than any input of this app: left to the handler to refuse
+        return True
+    if isinstance(value, dict):
+        return all(_all_text(k, depth + 1) and _all_text(v, depth + 1) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return all(_all_text(v, depth + 1) for v in value)
+    return True
