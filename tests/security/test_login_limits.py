@@ -184,3 +184,22 @@ def test_tries_sent_at_once_cannot_all_pass_before_the_first_fails(db_path):
         assert answers == [400] * 5 + [429] * 11
     finally:
         served.close()
+
+
+def test_rankloop_app_trusts_forwarded_headers_only_from_the_proxies_it_names(tmp_path,
+                                                                             monkeypatch):
+    import atexit
+    import signal
+
+    import labeler.app
+    from launch.cli import main
+
+    calls = []
+    monkeypatch.setattr(labeler.app, "serve", lambda svc, **kw: calls.append(kw))
+    monkeypatch.setattr(signal, "signal", lambda *a: None)
+    monkeypatch.setattr(atexit, "register", lambda *a: None)
+    db = str(tmp_path / "app.db")
+    assert main(["app", "--db", db, "--no-autogenerate"]) == 0
+    assert main(["app", "--db", db, "--no-autogenerate", "--forwarded-allow-ips",
+                 "127.0.0.1,10.0.0.0/8"]) == 0
+    assert [c["forwarded_allow_ips"] for c in calls] == [None, "127.0.0.1,10.0.0.0/8"]
