@@ -10,11 +10,13 @@ as is: Gradio's own markdown pass would read the text a second time.
 
 from __future__ import annotations
 
-import difflib
+import bisect
 import html
 import itertools
 import json
 import re
+import unicodedata
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -41,7 +43,7 @@ MATHML_TAGS = {
 ALLOWED_TAGS = {
     "p", "br", "hr", "h1", "h2", "h3", "h4", "h5", "h6", "strong", "em", "s", "del", "code",
     "pre", "blockquote", "ul", "ol", "li", "table", "thead", "tbody", "tr", "th", "td", "a",
-    "div", "span", "details", "summary",
+    "div", "span", "details", "summary", "wbr",
 } | MATHML_TAGS
 """Every element a rendered text may contain; the browser tests assert nothing else appears."""
 
@@ -81,6 +83,50 @@ _CLEANER = nh3.Cleaner(
     filter_style_properties={"text-align"}, strip_comments=True,
     clean_content_tags={"script", "style"},
 )
+
+
+LONG_RUN_CHARS = 200
+"""A run of text without a space at least this long gets a line-break opportunity (``<wbr>``)
+every ``BREAK_EVERY`` characters."""
+BREAK_EVERY = 32
+_TAG = re.compile(r'(<[^>"]*(?:"[^"]*"[^>"]*)*>)')  # the serializer quotes attributes with "
+_LONG_RUN = re.compile(r"[^\s<]{%d,}" % LONG_RUN_CHARS)
+
+
+def _joins_previous(ch: str) -> bool:
+    """Marks, joiners and modifiers that belong to the character before them."""
+    return (unicodedata.category(ch)[0] == "M" or ch == "\u200d" or "\ufe00" <= ch <= "\ufe0f"
+            or "\U0001f3fb" <= ch <= "\U0001f3ff" or "\U000e0020" <= ch <= "\U000e007f")
+
+
+def _break_run(match: re.Match) -> str:
+    run, parts, start = match.group(0), [], 0
+    while len(run) - start > BREAK_EVERY:
+        cut = start + BREAK_EVERY
+        amp = run.rfind("&", start + 1, cut)
+        if amp != -1 and run.find(";", amp, cut) == -1:
+            cut = amp  # never inside an entity such as &amp;
+        while cut < len(run) and (_joins_previous(run[cut]) or run[cut - 1] == "\u200d"):
+            cut += 1
+        if cut >= len(run):
+            break
+        parts.append(run[start:cut])
+        start = cut
+    parts.append(run[start:])
+    return "<wbr>".join(parts)
+
+
+def breakable(markup: str) -> str:
+    """``markup`` (serialized, escaped HTML) with a ``<wbr>`` every ``BREAK_EVERY`` characters
+    of each text run longer than ``LONG_RUN_CHARS`` without a space. A browser breaks such a
+    run only where it overflows, and finds where by scanning to the run's end for each line:
+    a 300,000-character run in a script broken by dictionary (Thai, Khmer) froze the tab for
+    half a minute and more. The text itself, and what is copied from it, is unchanged."""
+    parts = _TAG.split(markup)
+    for n in range(0, len(parts), 2):  # the even parts are text between tags
+        if len(parts[n]) >= LONG_RUN_CHARS:
+            parts[n] = _LONG_RUN.sub(_break_run, parts[n])
+    return "".join(parts)
 
 
 def _render_image(self, tokens, idx, options, env) -> str:
@@ -136,10 +182,10 @@ def render_untrusted_markdown(text: str, *, heading_offset: int = 0) -> str:
     """
     text = text or ""
     env = {"heading_offset": heading_offset}
-    body = _CLEANER.clean(_MD.render(text, env))
+    body = breakable(_CLEANER.clean(_MD.render(text, env)))
     if len(text) <= COLLAPSE_CHARS:
         return f'<div class="rl-md">{body}</div>'
-    preview = _CLEANER.clean(_MD.render(text[:PREVIEW_CHARS] + " …", dict(env)))
+    preview = breakable(_CLEANER.clean(_MD.render(text[:PREVIEW_CHARS] + " …", dict(env))))
     return (f'<div class="rl-md rl-long"><div class="rl-preview">{preview}</div>'
             f"<details><summary>Show all ({len(text):,} characters)</summary>{body}</details>"
             "</div>")
@@ -201,10 +247,123 @@ def letters_list(indices: Sequence[int]) -> str:
 
 # --- word diff ----------------------------------------------------------------------------------
 
-MAX_DIFF_TOKENS = 30_000
-"""Above this many words a side, texts are compared line by line (word matching is quadratic
-at worst)."""
+MAX_DIFF_CHARS = 100_000
+"""Longer texts are not compared: the view says so instead (the comparison stays near-linear,
+but a page showing two such texts marked word by word does not)."""
 _TOKEN = re.compile(r"\s+|\w+|[^\w\s]")
+_EXACT_CELLS = 100_000
+"""Token pairs the exact comparison may visit in one diff, over all the gaps that have no
+anchor; a gap beyond what is left is shown as a replacement."""
+
+
+def _unique_anchors(a, b, alo, ahi, blo, bhi) -> list[tuple[int, int]]:
+    """Positions (i, j) of tokens that occur once in ``a[alo:ahi]`` and once in
+    ``b[blo:bhi]``, the longest subsequence of them in the same order on both sides."""
+    count_a = Counter(a[alo:ahi])
+    count_b = Counter(b[blo:bhi])
+    where_b = {b[j]: j for j in range(blo, bhi)
+               if count_b[b[j]] == 1 and count_a.get(b[j]) == 1}
+    pairs = [(i, where_b[a[i]]) for i in range(alo, ahi) if a[i] in where_b]
+    # Longest increasing run of j (patience sorting): O(k log k).
+    tails: list[int] = []
+    tail_at: list[int] = []
+    back = [-1] * len(pairs)
+    for n, (_, j) in enumerate(pairs):
+        k = bisect.bisect_left(tails, j)
+        if k == len(tails):
+            tails.append(j)
+            tail_at.append(n)
+        else:
+            tails[k], tail_at[k] = j, n
+        back[n] = tail_at[k - 1] if k else -1
+    chain, n = [], tail_at[-1] if tail_at else -1
+    while n != -1:
+        chain.append(pairs[n])
+        n = back[n]
+    return chain[::-1]
+
+
+def _exact_matches(a, b, alo, ahi, blo, bhi) -> list[tuple[int, int, int]]:
+    """A longest common subsequence of two small gaps, by dynamic programming."""
+    la, lb = ahi - alo, bhi - blo
+    table = [[0] * (lb + 1) for _ in range(la + 1)]
+    for i in range(la - 1, -1, -1):
+        row, below, x = table[i], table[i + 1], a[alo + i]
+        for j in range(lb - 1, -1, -1):
+            row[j] = below[j + 1] + 1 if x == b[blo + j] else max(below[j], row[j + 1])
+    matches, i, j = [], 0, 0
+    while i < la and j < lb:
+        if a[alo + i] == b[blo + j]:
+            matches.append((alo + i, blo + j, 1))
+            i, j = i + 1, j + 1
+        elif table[i + 1][j] >= table[i][j + 1]:
+            i += 1
+        else:
+            j += 1
+    return matches
+
+
+def _matching_blocks(a: list[str], b: list[str]) -> list[tuple[int, int, int]]:
+    """Runs ``(i, j, n)`` of equal tokens, in order, as a patience diff finds them: the common
+    start and end are matched, then tokens found once on each side anchor the match in their
+    longest common order, and each gap between anchors is matched the same way; a gap with
+    no such token is matched exactly while ``_EXACT_CELLS`` lasts, else it is a replacement.
+
+    Unlike ``difflib``, whose cost on unrelated texts grows with the cube of their length,
+    this costs O(n log n) per level of gaps, with at most ``_LEVELS`` levels."""
+    blocks: list[tuple[int, int, int]] = []
+    cells = _EXACT_CELLS
+    gaps = [(0, len(a), 0, len(b), 0)]
+    while gaps:
+        alo, ahi, blo, bhi, level = gaps.pop()
+        n = 0
+        while alo + n < ahi and blo + n < bhi and a[alo + n] == b[blo + n]:
+            n += 1
+        if n:
+            blocks.append((alo, blo, n))
+            alo, blo = alo + n, blo + n
+        n = 0
+        while ahi - n > alo and bhi - n > blo and a[ahi - n - 1] == b[bhi - n - 1]:
+            n += 1
+        if n:
+            blocks.append((ahi - n, bhi - n, n))
+            ahi, bhi = ahi - n, bhi - n
+        if alo == ahi or blo == bhi:
+            continue
+        anchors = _unique_anchors(a, b, alo, ahi, blo, bhi) if level < _LEVELS else []
+        if not anchors:
+            size = (ahi - alo) * (bhi - blo)
+            if size <= cells and not set(a[alo:ahi]).isdisjoint(b[blo:bhi]):
+                cells -= size
+                blocks += _exact_matches(a, b, alo, ahi, blo, bhi)
+            continue
+        for i, j in anchors:
+            blocks.append((i, j, 1))
+            gaps.append((alo, i, blo, j, level + 1))
+            alo, blo = i + 1, j + 1
+        gaps.append((alo, ahi, blo, bhi, level + 1))
+    return sorted(blocks)
+
+
+_LEVELS = 16
+"""Nested levels of anchors at most (each costs at most O(n log n) over the whole text)."""
+
+
+def _opcodes(a: list[str], b: list[str]) -> list[tuple[str, int, int, int, int]]:
+    """``difflib``-style (tag, i1, i2, j1, j2) spans, with ``equal``, ``replace``, ``delete``
+    and ``insert`` tags."""
+    ops, i, j = [], 0, 0
+    for bi, bj, n in [*_matching_blocks(a, b), (len(a), len(b), 0)]:
+        if i < bi or j < bj:
+            tag = "replace" if i < bi and j < bj else "delete" if i < bi else "insert"
+            ops.append((tag, i, bi, j, bj))
+        if n:
+            if ops and ops[-1][0] == "equal" and ops[-1][2] == bi and ops[-1][4] == bj:
+                ops[-1] = ("equal", ops[-1][1], bi + n, ops[-1][3], bj + n)
+            else:
+                ops.append(("equal", bi, bi + n, bj, bj + n))
+        i, j = bi + n, bj + n
+    return ops
 
 
 def word_diff(a: str, b: str) -> list[tuple[str, str]]:
@@ -216,11 +375,8 @@ def word_diff(a: str, b: str) -> list[tuple[str, str]]:
     [('same', 'the '), ('del', 'cat'), ('ins', 'dog'), ('same', ' sat')]
     """
     ta, tb = _TOKEN.findall(a or ""), _TOKEN.findall(b or "")
-    if max(len(ta), len(tb)) > MAX_DIFF_TOKENS:
-        ta, tb = (a or "").splitlines(keepends=True), (b or "").splitlines(keepends=True)
     ops = []
-    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, ta, tb,
-                                                       autojunk=False).get_opcodes():
+    for tag, i1, i2, j1, j2 in _opcodes(ta, tb):
         if tag == "equal":
             ops.append(("same", "".join(ta[i1:i2])))
         else:
@@ -255,16 +411,24 @@ def word_diff(a: str, b: str) -> list[tuple[str, str]]:
 
 def word_diff_html(a: str, b: str, label_a: str, label_b: str) -> str:
     """The diff of two candidates as escaped text: words only in ``a`` struck through, words
-    only in ``b`` underlined, with a one-line summary."""
+    only in ``b`` underlined, with a one-line summary. Texts over ``MAX_DIFF_CHARS`` are not
+    compared; the view says why."""
+    la, lb = html.escape(label_a), html.escape(label_b)
+    longest = max(len(a or ""), len(b or ""))
+    if longest > MAX_DIFF_CHARS:
+        return (f'<div class="rl-diff"><h3>Differences between {la} and {lb}</h3>'
+                f'<p class="rl-diff-summary rl-diff-too-long">Not compared: '
+                f'{la if len(a or "") == longest else lb} has {longest:,} characters, and the '
+                f"differences are shown for texts of up to {MAX_DIFF_CHARS:,}. Read the two "
+                f"candidates side by side instead.</p></div>")
     runs = word_diff(a, b)
     changed = sum(len(_TOKEN.findall(t)) - len(re.findall(r"\s+", t))
                   for op, t in runs if op != "same")
     parts = []
     for op, text in runs:
-        escaped = html.escape(text)
+        escaped = breakable(html.escape(text))
         parts.append(escaped if op == "same" else
                      f'<span class="rl-diff-{op}">{escaped}</span>')
-    la, lb = html.escape(label_a), html.escape(label_b)
     summary = ("The two texts are identical." if changed == 0 else
                f"{plural(changed, 'word')} differ: <span class=\"rl-diff-del\">only in {la}"
                f"</span>, <span class=\"rl-diff-ins\">only in {lb}</span>.")
