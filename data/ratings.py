@@ -264,19 +264,24 @@ class _Design:
         u = np.r_[np.ones(k), 0.0] / math.sqrt(k)
         self.uu = np.outer(u, u)
 
-    def objective(self, theta, n, w, prior):
-        eta = (self.d @ theta.T).T
-        return (w * eta - n * np.logaddexp(0.0, eta)).sum(1) - 0.5 * prior * (theta ** 2).sum(1)
+    def eta(self, theta):
+        return (self.d @ theta.T).T
+
+    @staticmethod
+    def objective(eta, theta, n, w, prior):
+        """Penalised log-likelihood per row; softplus written out (twice as fast as logaddexp)."""
+        softplus = np.maximum(eta, 0.0) + np.log1p(np.exp(-np.abs(eta)))
+        return (w * eta - n * softplus).sum(1) - 0.5 * prior * (theta ** 2).sum(1)
 
     def fit(self, n, w, prior, theta=None, max_iter=200, tol=1e-11):
         """Penalised maximum likelihood for each row of ``n`` (votes per cell, (B, C)) and
         ``w`` (wins of the cell's first policy, ties as half): returns theta (B, k + 1)."""
         b = n.shape[0]
         theta = np.zeros((b, self.k + 1)) if theta is None else np.array(theta, dtype=float)
-        f = self.objective(theta, n, w, prior)
+        eta = self.eta(theta)
+        f = self.objective(eta, theta, n, w, prior)
         eye = prior * np.eye(self.k + 1)
         for _ in range(max_iter):
-            eta = (self.d @ theta.T).T
             p = expit(eta)
             grad = (self.dt @ (w - n * p).T).T - prior * theta
             v = n * p * (1.0 - p)
@@ -288,13 +293,14 @@ class _Design:
             # Damped: halve each resample's step until its penalised likelihood does not fall
             # (a plain Newton step can overshoot where the data nearly separate).
             for _ in range(40):
-                f_new = self.objective(theta + step, n, w, prior)
-                worse = f_new < f - 1e-12 * (1.0 + np.abs(f))
+                trial = theta + step
+                eta_trial = self.eta(trial)
+                f_trial = self.objective(eta_trial, trial, n, w, prior)
+                worse = f_trial < f - 1e-12 * (1.0 + np.abs(f))
                 if not worse.any():
                     break
                 step[worse] *= 0.5
-            theta = theta + step
-            f = f_new
+            theta, eta, f = trial, eta_trial, f_trial
             if np.abs(step).max() < tol:
                 break
         return theta
@@ -304,6 +310,24 @@ def _anchored(theta: np.ndarray, k: int, anchor: int | None) -> np.ndarray:
     s = theta[:, :k]
     ref = s.mean(1, keepdims=True) if anchor is None else s[:, anchor:anchor + 1]
     return INITIAL + SCALE * (s - ref)
+
+
+def _resample(rng: np.random.Generator, counts: np.ndarray, size: int) -> np.ndarray:
+    """``size`` resamples of the votes with replacement, as counts per cell (size, C, 3).
+
+    Both ways are exact: one multinomial draw over the cells (costs a binomial draw per cell),
+    or drawing the votes themselves (costs one draw per vote), whichever is cheaper; the
+    length-controlled fit has many cells, the plain one few."""
+    flat = counts.ravel()
+    total = int(flat.sum())
+    if total > 20 * flat.size:
+        return rng.multinomial(total, flat / total, size=size).reshape(size, *counts.shape) \
+            .astype(float)
+    category = np.repeat(np.arange(flat.size), flat.astype(np.int64))
+    picked = category[rng.integers(0, total, (size, total))]
+    picked += np.arange(size)[:, None] * flat.size
+    return np.bincount(picked.ravel(), minlength=size * flat.size) \
+        .reshape(size, *counts.shape).astype(float)
 
 
 def fit_ratings(votes: Iterable, *, policies: Sequence[str] | None = None,
@@ -357,13 +381,13 @@ def fit_ratings(votes: Iterable, *, policies: Sequence[str] | None = None,
     gamma_ci = (math.nan, math.nan)
     if resamples:
         rng = np.random.default_rng(seed)
-        total = int(cells.counts.sum())
-        flat = cells.counts.ravel() / total
-        chunk = max(1, 4_000_000 // flat.size)
+        # memory: a chunk holds (resamples, cells) floats, or (resamples, votes) draws
+        size = cells.counts.size
+        chunk = max(1, 4_000_000 // max(size, min(int(cells.counts.sum()), 20 * size)))
         draws = []
         for start in range(0, resamples, chunk):
             size = min(chunk, resamples - start)
-            counts = rng.multinomial(total, flat, size=size).reshape(size, -1, 3).astype(float)
+            counts = _resample(rng, cells.counts, size)
             theta = design.fit(*n_w(counts), prior, theta=np.repeat(point, size, axis=0))
             draws.append(np.hstack([_anchored(theta, k, anchor), theta[:, k:] * SCALE]))
         draws = np.vstack(draws)
