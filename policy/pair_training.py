@@ -99,13 +99,19 @@ class PairSummary:
     resumed_from_step: int | None = None
     main_process: bool = True
     """False on the other ranks of a distributed run, which should stay quiet."""
+    peak_memory: int | None = None
+    """This process's peak memory in bytes (the GPU allocator's on a GPU, else resident)."""
 
     def line(self) -> str:
+        from training.memory import peak_text
+
         parts = [f"{self.train_pairs} training pairs, {self.eval_pairs} held out",
                  f"{self.steps} steps"]
         if self.eval_description:
             parts.append(self.eval_description)
         parts.append(f"{self.tokens_per_second:.0f} tokens/s")
+        if self.peak_memory is not None:
+            parts.append(peak_text(self.peak_memory))
         return saved_line("policy", self.output, parts, dropped=self.dropped,
                           resumed_from_step=self.resumed_from_step)
 
@@ -142,6 +148,7 @@ def train_on_pairs(config: PairTrainingConfig, objective: PairObjective, *,
     """Trains the policy on the pairs; ``pairs`` (and held-out ``eval_pairs``) let a caller
     such as the loop pass pairs directly instead of reading ``config.data``/``config.db``."""
     from training.checkpoints import resume_checkpoint
+    from training.memory import check_training_memory, peak_bytes
     from training.metrics import MetricsLog
     from training.models import (
         LoraSettings,
@@ -168,7 +175,13 @@ def train_on_pairs(config: PairTrainingConfig, objective: PairObjective, *,
     accelerator, plan = plan_run(config, len(train), output)
     world = accelerator.num_processes
     say = accelerator.print
-    say(f"rankloop: {len(train)} training pairs, {len(held_out)} held out; {plan.describe()}")
+    longest = max(p.length for p in train + held_out)
+    memory = check_training_memory(
+        accelerator, model_path, micro_batch_tokens=2 * config.per_device_batch_size * longest,
+        gradient_checkpointing=config.gradient_checkpointing, lora=config.lora_r > 0,
+        logits=True, what=f"this {objective.name} training")
+    say(f"rankloop: {len(train)} training pairs, {len(held_out)} held out; {plan.describe()}; "
+        f"{memory}")
 
     # 2. π_θ = the starting policy, dropout off (π_θ and it must be the same function at
     #    step 0); optimizer and schedule.
@@ -232,5 +245,6 @@ def train_on_pairs(config: PairTrainingConfig, objective: PairObjective, *,
         eval_pairs=len(held_out), dropped=dropped, eval_metrics=eval_metrics,
         train_seconds=done.train_seconds, tokens_per_second=done.tokens_per_second,
         eval_description=objective.describe_eval(eval_metrics) if eval_metrics else "",
-        resumed_from_step=resumed_from, main_process=accelerator.is_main_process)
+        resumed_from_step=resumed_from, main_process=accelerator.is_main_process,
+        peak_memory=peak_bytes(accelerator.device))
 

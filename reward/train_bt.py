@@ -84,8 +84,12 @@ class TrainSummary:
     resumed_from_step: int | None = None
     main_process: bool = True
     """False on the other ranks of a distributed run, which should stay quiet."""
+    peak_memory: int | None = None
+    """This process's peak memory in bytes (the GPU allocator's on a GPU, else resident)."""
 
     def line(self) -> str:
+        from training.memory import peak_text
+
         parts = [f"{self.train_pairs} training pairs, {self.eval_pairs} held out",
                  f"{self.steps} steps"]
         if "eval/accuracy" in self.eval_metrics:
@@ -93,6 +97,8 @@ class TrainSummary:
                          f"loss {self.eval_metrics['eval/loss']:.4f}, "
                          f"margin {self.eval_metrics['eval/margin']:.3f}")
         parts.append(f"{self.pairs_per_second:.1f} pairs/s")
+        if self.peak_memory is not None:
+            parts.append(peak_text(self.peak_memory))
         return saved_line("reward model", self.output, parts, dropped=self.dropped,
                           resumed_from_step=self.resumed_from_step)
 
@@ -223,6 +229,7 @@ def train_reward_model(
     """
     from reward.modeling import load_reward_model, load_reward_tokenizer, write_model_card
     from training.checkpoints import resume_checkpoint
+    from training.memory import check_training_memory, peak_bytes
     from training.metrics import MetricsLog
     from training.models import LoraSettings, resolve_model, save_trained_model
     from training.steps import plan_run, prepare_optimization, run_steps
@@ -242,7 +249,13 @@ def train_reward_model(
     world = accelerator.num_processes
     say = accelerator.print
     eval_batch_size = config.eval_batch_size or config.per_device_batch_size
-    say(f"rankloop: {len(train)} training pairs, {len(held_out)} held out; {plan.describe()}")
+    longest = max(p.length for p in train + held_out)
+    memory = check_training_memory(
+        accelerator, model_path, micro_batch_tokens=2 * config.per_device_batch_size * longest,
+        gradient_checkpointing=config.gradient_checkpointing, lora=config.lora_r > 0,
+        logits=False, what="this reward model training")
+    say(f"rankloop: {len(train)} training pairs, {len(held_out)} held out; {plan.describe()}; "
+        f"{memory}")
 
     # 2. Model, optimizer, schedule.
     lora = LoraSettings.from_rank(config.lora_r, config.lora_alpha, config.lora_dropout)
@@ -295,4 +308,5 @@ def train_reward_model(
         eval_pairs=len(held_out), dropped=dropped, eval_metrics=eval_metrics,
         train_seconds=done.train_seconds, pairs_per_second=done.examples_per_second,
         resumed_from_step=resumed_from, main_process=accelerator.is_main_process,
+        peak_memory=peak_bytes(accelerator.device),
     )

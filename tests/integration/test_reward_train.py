@@ -258,3 +258,26 @@ def test_ties_are_excluded_by_default_and_trained_when_included(start_model):
     train, _, dropped = prepare_pairs(config("x", start_model, ties="include"), tokenizer, load,
                                       None)
     assert len(train) == 6 and sum(p.tie for p in train) == 1 and dropped == {}
+
+
+def test_a_run_that_cannot_fit_is_refused_before_the_model_loads(start_model, tmp_path,
+                                                                  monkeypatch):
+    import training.memory
+
+    loaded = []
+    monkeypatch.setattr("reward.modeling.load_reward_model",
+                        lambda *a, **k: loaded.append(1))
+    monkeypatch.setattr(training.memory, "available_bytes", lambda device: 2**20)  # 1 MiB free
+    pairs = PreferenceLoad(planted_pairs(8, seed=4), "planted")
+    with pytest.raises(ValueError, match=r"this reward model training needs about 0\.\d GiB of "
+                                         r"0\.0 GiB available: it would be killed"):
+        train_reward_model(config(tmp_path / "rm", start_model), pairs=pairs, progress=False)
+    assert loaded == [] and not (tmp_path / "rm" / "model.safetensors").exists()
+
+
+def test_the_closing_line_gives_the_peak_memory(start_model, tmp_path):
+    pairs = PreferenceLoad(planted_pairs(8, seed=5), "planted")
+    summary = train_reward_model(config(tmp_path / "rm", start_model, max_steps=1),
+                                 pairs=pairs, progress=False)
+    assert summary.peak_memory > 2**20
+    assert f"peak memory {summary.peak_memory / 2**30:.1f} GiB" in summary.line()

@@ -248,3 +248,24 @@ def test_the_closing_line_names_the_model_its_parts_a_resume_and_what_was_droppe
     assert saved_line("reward model", "rm", ["1 step"], dropped={}) == \
         "reward model saved to rm: 1 step; dropped: none"
     assert saved_line("x", "y", ["z"]) == "x saved to y: z"
+
+
+def test_the_memory_estimate_counts_the_weights_of_the_model_it_describes():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from training.memory import parameter_count, training_bytes
+
+    for tied in (True, False):
+        config = LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=160,
+                             num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                             tie_word_embeddings=tied)
+        model = LlamaForCausalLM(config)
+        assert parameter_count(config) == sum(p.numel() for p in model.parameters())
+    n = parameter_count(config)
+    # Weights + gradients + AdamW's moments, plus (6h + 3 × inner) activations a token a layer.
+    assert training_bytes(config, micro_batch_tokens=0) == 16 * n
+    assert training_bytes(config, micro_batch_tokens=10) == 16 * n + 10 * 3 * (6 * 64 + 3 * 160) * 4
+    assert training_bytes(config, micro_batch_tokens=10, gradient_checkpointing=True) < \
+        training_bytes(config, micro_batch_tokens=10)
+    assert training_bytes(config, micro_batch_tokens=0, world=2, zero3=True) == 8 * n
+    assert training_bytes(config, micro_batch_tokens=0, trainable_share=0.0) == 4 * n
