@@ -14,19 +14,21 @@ Ratings are ``1000 + SCALE * (s - s_anchor)``: 400 points is a factor of 10 in t
 the anchor is a named baseline or the mean strength.
 
 The prior. A ridge of ``PRIOR / 2 * |theta|^2`` on the logit scale (a Gaussian prior of
-variance 1e6, the same order as Arena's ``C=1e6``) is always applied. It moves a fit on data
-where every policy both wins and loses by less than 1e-6 logits, but it keeps the answer
-finite where maximum likelihood has none: a policy that won every vote, a policy compared with
-no one else, or two groups of policies never compared with each other (each group is then
-centred on the same mean, which says nothing about how the groups compare).
+variance 1e6, the same order as Arena's ``C=1e6``) is always applied. Where every policy both
+wins and loses it moves the fit by about 1e-6 logits at a dozen votes, less with more; where
+maximum likelihood has no answer it gives a finite one: a policy that won every vote sits far
+above the others (how far is the prior's doing, not the votes'), and two groups of policies
+never compared with each other are each centred on the same mean (which says nothing about how
+the groups compare).
 
 The bootstrap. Votes are aggregated into cells (an unordered pair of policies, a length-feature
-value, an outcome); resampling N votes with replacement is then exactly one multinomial draw of
-N over the cells, and each resample is refitted by damped Newton iterations on a
-(policies + 1)-square system, all resamples at once. Intervals are percentile intervals. Like
-any bootstrap it cannot see what the data never showed: a pair that always tied, or a policy
-that always won, gets an interval of width 0 (the second far from the others, held by the
-prior).
+value, an outcome); a resample of the N votes with replacement is then a count per cell (one
+multinomial draw of N over the cells, or N draws of a vote, whichever is cheaper), and all
+resamples are refitted at once by damped Newton iterations on a (policies + 1)-square system.
+Intervals are percentile intervals. Like any bootstrap it cannot see what the data never
+showed: a pair that always tied gets an interval of width 0, and a policy that always won an
+interval set by the prior. A policy that a resample happens to leave out is put at the mean
+by the prior there, which widens the interval of a policy with very few votes, as it should.
 """
 
 from __future__ import annotations

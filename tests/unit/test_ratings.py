@@ -204,12 +204,13 @@ def test_bootstrap_intervals_cover_the_true_strengths():
         covered += list((low <= truth) & (truth <= high))
         widths.append(high - low)
     coverage = np.mean(covered)
-    print(f"coverage of 95% intervals: {coverage:.3f}")
-    assert 0.90 <= coverage <= 0.99, coverage
+    print(f"coverage of 95% intervals: {coverage:.3f}, mean width {np.mean(widths):.1f}")
+    # 800 intervals, 4 to a dataset: the coverage's standard error is about 0.01
+    assert 0.92 <= coverage <= 0.98, coverage
     # and no wider than the sampling error: 2 * 1.96 standard errors, where one policy's
     # standard error (its 300 votes near even, against a mean it is a quarter of) is about
     # SCALE * 2 / sqrt(300) * 3 / 4 = 15 points
-    assert 50 < np.mean(widths) < 70
+    assert 53 < np.mean(widths) < 66
 
 
 def test_baseline_interval_is_relative_to_the_baseline():
@@ -281,6 +282,14 @@ def test_a_policy_that_always_wins_has_a_finite_rating():
     # the others are still measured by their own votes: a beat b 6:4
     assert (r.rating["a"] - r.rating["b"]) / SCALE == pytest.approx(math.log(1.5), abs=1e-3)
     assert fit_ratings(votes_of("x", "y", 1, 0), resamples=0).rating["x"] < 1e4
+
+
+def test_groups_never_compared_are_each_centred_on_the_mean():
+    votes = votes_of("a", "b", 3, 1) + votes_of("c", "d", 1, 1)
+    r = fit_ratings(votes, resamples=0, prior=EXACT)
+    assert r.rating["a"] + r.rating["b"] == pytest.approx(2000, abs=1e-6)
+    assert r.rating["c"] == pytest.approx(1000, abs=1e-6) == r.rating["d"]
+    assert (r.rating["a"] - r.rating["b"]) / SCALE == pytest.approx(math.log(3), abs=1e-6)
 
 
 @pytest.mark.parametrize("vote, message", [
