@@ -39,8 +39,6 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
-from scipy import sparse
-from scipy.special import expit
 
 from data.errors import ConfigError
 
@@ -108,12 +106,14 @@ def _read_votes(votes: Iterable, policies: Sequence[str] | None, lengths: bool) 
             raise ConfigError(f"vote {n}: {model_a!r} is compared with itself")
         a_names.append(model_a)
         b_names.append(model_b)
-        # both_bad is a tie: it prefers neither side, and saying both failed is evidence
-        # that they are alike, as Arena's leaderboard counts "tie (bothbad)".
+        # both_bad is a tie: it prefers neither side, and both failing is evidence against a
+        # wide gap between them; Arena's leaderboard counts "tie (bothbad)" the same way.
         outcomes.append({"model_a": 0, "model_b": 1}.get(winner, 2))
         if lengths:
             ta, tb = _field(vote, "tokens_a"), _field(vote, "tokens_b")
-            if ta is None or tb is None or ta < 0 or tb < 0 or ta + tb <= 0:
+            if not all(isinstance(t, (int, float, np.integer, np.floating))
+                       and not isinstance(t, bool) and t >= 0 for t in (ta, tb)) \
+                    or ta + tb <= 0:
                 raise ConfigError(f"vote {n}: the length-controlled rating needs tokens_a and "
                                   f"tokens_b (token counts, not both 0), got {ta!r}, {tb!r}")
             tokens.append((ta, tb))
@@ -234,22 +234,23 @@ def _cells(v: _Votes, rated: np.ndarray) -> _Cells:
 
 
 class _Design:
-    """The fixed matrices of one set of cells: parameters are k strengths then gamma."""
+    """The fixed structure of one set of cells: parameters are k strengths, then gamma.
+
+    Cells come sorted by pair (``_cells`` numbers them so), so sums over a pair's cells are
+    ``np.add.reduceat`` over contiguous runs and everything costs O(resamples x cells)."""
 
     def __init__(self, c: _Cells):
-        k, m = c.k, len(c.i)
-        rows = np.repeat(np.arange(m), 3)
-        cols = np.stack([c.i, c.j, np.full(m, k)], axis=1).ravel()
-        vals = np.stack([np.ones(m), -np.ones(m), c.x], axis=1).ravel()
-        self.d = sparse.csr_matrix((vals, (rows, cols)), shape=(m, k + 1))
-        self.dt = self.d.T.tocsr()
-        # Hessian = sum over cells of v * d d^T, gathered per pair first (v, v x, v x^2)
-        # and then spread onto the (k+1)^2 entries by one small dense map.
-        pairs, pair = np.unique(c.i * k + c.j, return_inverse=True)
+        k, kk = c.k, c.k + 1
+        pairs, self.starts, self.pair = np.unique(c.i * k + c.j, return_index=True,
+                                                  return_inverse=True)
         p = len(pairs)
-        self.to_pair = sparse.csr_matrix((np.ones(m), (pair, np.arange(m))), shape=(p, m))
         pi, pj = pairs // k, pairs % k
-        kk = k + 1
+        # strengths -> each pair's difference s_i - s_j, and back (the gradient's scatter)
+        self.incidence = np.zeros((p, kk))
+        self.incidence[np.arange(p), pi] = 1.0
+        self.incidence[np.arange(p), pj] = -1.0
+        # Hessian = sum over cells of v d d^T with d = e_i - e_j + x e_gamma: gathered per pair
+        # (sums of v, v x, v x^2), then spread onto the (k+1)^2 entries by one small map.
         spread = np.zeros((3 * p, kk * kk))
         r = np.arange(p)
         for (u, w), sign in (((pi, pi), 1), ((pj, pj), 1), ((pi, pj), -1), ((pj, pi), -1)):
@@ -266,8 +267,11 @@ class _Design:
         u = np.r_[np.ones(k), 0.0] / math.sqrt(k)
         self.uu = np.outer(u, u)
 
+    def per_pair(self, values):
+        return np.add.reduceat(values, self.starts, axis=1)
+
     def eta(self, theta):
-        return (self.d @ theta.T).T
+        return (theta @ self.incidence.T)[:, self.pair] + theta[:, self.k:] * self.x
 
     @staticmethod
     def objective(eta, theta, n, w, prior):
@@ -284,12 +288,14 @@ class _Design:
         f = self.objective(eta, theta, n, w, prior)
         eye = prior * np.eye(self.k + 1)
         for _ in range(max_iter):
-            p = expit(eta)
-            grad = (self.dt @ (w - n * p).T).T - prior * theta
+            p = 0.5 + 0.5 * np.tanh(0.5 * eta)  # the logistic function, without overflow
+            resid = w - n * p
+            grad = self.per_pair(resid) @ self.incidence - prior * theta
+            grad[:, self.k] += resid @ self.x
             v = n * p * (1.0 - p)
-            per_pair = np.hstack([(self.to_pair @ (v * s).T).T
-                                  for s in (1.0, self.x, self.x ** 2)])
-            hess = (per_pair @ self.spread).reshape(b, self.k + 1, self.k + 1)
+            vx = v * self.x
+            sums = np.hstack([self.per_pair(v), self.per_pair(vx), self.per_pair(vx * self.x)])
+            hess = (sums @ self.spread).reshape(b, self.k + 1, self.k + 1)
             scale = max(1.0, float(np.abs(hess).max()))
             step = np.linalg.solve(hess + eye + scale * self.uu, grad[:, :, None])[:, :, 0]
             # Damped: halve each resample's step until its penalised likelihood does not fall

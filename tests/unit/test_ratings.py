@@ -311,6 +311,8 @@ def test_other_invalid_inputs_are_refused():
         fit_ratings(votes, length_control=True)
     with pytest.raises(ConfigError, match="tokens_a and tokens_b"):
         fit_ratings([Vote("a", "b", "tie", 0, 0)], length_control=True)
+    with pytest.raises(ConfigError, match="tokens_a and tokens_b"):
+        fit_ratings([Vote("a", "b", "tie", "12", 30)], length_control=True)
     with pytest.raises(ConfigError, match="not in the list"):
         fit_ratings(votes, policies=["a"])
     with pytest.raises(ConfigError, match="baseline 'z'"):
