@@ -254,6 +254,8 @@ _TOKEN = re.compile(r"\s+|\w+|[^\w\s]")
 _EXACT_CELLS = 100_000
 """Token pairs the exact comparison may visit in one diff, over all the gaps that have no
 anchor; a gap beyond what is left is shown as a replacement."""
+_LEVELS = 16
+"""Nested levels of anchors at most (each costs at most O(n log n) over the whole text)."""
 
 
 def _unique_anchors(a, b, alo, ahi, blo, bhi) -> list[tuple[int, int]]:
@@ -343,10 +345,6 @@ def _matching_blocks(a: list[str], b: list[str]) -> list[tuple[int, int, int]]:
             alo, blo = i + 1, j + 1
         gaps.append((alo, ahi, blo, bhi, level + 1))
     return sorted(blocks)
-
-
-_LEVELS = 16
-"""Nested levels of anchors at most (each costs at most O(n log n) over the whole text)."""
 
 
 def _opcodes(a: list[str], b: list[str]) -> list[tuple[str, int, int, int, int]]:
