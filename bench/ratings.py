@@ -9,10 +9,10 @@ counts from 50 to 800. For each size the table shows the plain fit alone, the fi
 time from the list of vote dicts, reading included). The peer is the bootstrap as it is
 usually written (Arena's notebook does this with scikit-learn): resample the votes with
 replacement and refit a per-vote logistic regression, here scipy's L-BFGS with an analytic
-gradient on a sparse design (scipy comes with the test extra's choix). It runs ``--peer-resamples`` resamples and is extrapolated to
-``--resamples``; the ratio is its time over ours for the plain bootstrap. The last column is
-how far the peer's fit on all votes lands from ours (logits), a check that both fit the same
-model.
+gradient on a sparse design (scipy comes with the test extra's choix). It runs
+``--peer-resamples`` resamples and is extrapolated to ``--resamples``; the ratio is its time
+over ours for the plain bootstrap. The last column is how far the peer's fit on all votes
+lands from ours (logits), a check that both fit the same model.
 """
 
 from __future__ import annotations

@@ -213,6 +213,24 @@ def test_bootstrap_intervals_cover_the_true_strengths():
     assert 53 < np.mean(widths) < 66
 
 
+@pytest.mark.parametrize("counts", [
+    np.array([[300.0, 200.0, 50.0], [10.0, 400.0, 40.0]]),  # few cells: one multinomial draw
+    np.tile([3.0, 1.0, 2.0], (60, 1)),  # many cells (length control): votes drawn one by one
+])
+def test_a_resample_is_the_votes_drawn_with_replacement(counts):
+    from data.ratings import _resample
+
+    draws = _resample(np.random.default_rng(0), counts, 4000)
+    total = counts.sum()
+    assert draws.shape == (4000, *counts.shape)
+    assert (draws.sum(axis=(1, 2)) == total).all()
+    share = counts / total
+    # each cell's count is Binomial(N, share): its mean and variance
+    assert np.abs(draws.mean(0) - counts).max() < 4 * np.sqrt(total * share.max() / 4000)
+    var = total * share * (1 - share)
+    assert np.allclose(draws.var(0), var, rtol=0.15)
+
+
 def test_baseline_interval_is_relative_to_the_baseline():
     votes = simulate(STRENGTHS, 400, seed=5)
     r = fit_ratings(votes, baseline="base", resamples=200)
