@@ -817,6 +817,28 @@ def counts(db: sqlite_utils.Database) -> dict[str, int]:
     return {t: db[t].count for t in tables if db[t].exists()}
 
 
+def add_job(db: sqlite_utils.Database, kind: str, argv: list[str], started_by: str) -> int:
+    """Records a background job as running (``labeler.jobs`` starts its process); its id."""
+    return db.execute(
+        "INSERT INTO jobs (kind, argv, status, started_by, started_at) VALUES (?, ?, ?, ?, ?)",
+        [kind, json.dumps(argv), "running", started_by, time.time()]).lastrowid
+
+
+def set_job_process(db: sqlite_utils.Database, job_id: int, pid: int, log_path: str) -> None:
+    with transaction(db):
+        db.execute("UPDATE jobs SET pid = ?, log_path = ? WHERE id = ?", [pid, log_path, job_id])
+
+
+def finish_job(db: sqlite_utils.Database, job_id: int, status: str,
+               returncode: int | None) -> None:
+    """Records how a running job ended; only the first word counts, so a job stopped on
+    purpose stays "stopped" when its process then exits."""
+    with transaction(db):
+        db.execute("UPDATE jobs SET status = ?, returncode = ?, finished_at = ? "
+                   "WHERE id = ? AND status = 'running'",
+                   [status, returncode, time.time(), job_id])
+
+
 def jobs_overview(db: sqlite_utils.Database) -> tuple[list[dict], dict[str, int]]:
     """(the running background jobs, oldest first: id, kind, started_at, pid; how many jobs
     ended with each status)."""

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from data import agreement, browser, labeling, store
 from labeler.handlers import GENERATE_KIND, BadRequest, LabelerService, _as_bool, _as_int
+from labeler.auth import password_problem
 from labeler.jobs import JobError, JobRunner, confine_output, workspace_dir
 
 BACKENDS = ("auto", "vllm", "transformers")
@@ -66,7 +67,6 @@ _status_lock = threading.Lock()
 def dataset_status(svc: LabelerService, username: str) -> DatasetStatus:
     svc.require_admin(username)
     db = svc.db()
-    labeling.sync_items(db)
     version = tuple(db.execute(_STATUS_VERSION).fetchone())
     with _status_lock:
         cached = _status_cache.get(svc.db_path)
@@ -117,7 +117,6 @@ def live_counts(svc: LabelerService, username: str) -> str:
     """The console's headline counts, cheap enough to poll every few seconds at 100k items."""
     svc.require_admin(username)
     db = svc.db()
-    labeling.sync_items(db)
     votes = browser.vote_counts(db)
     c = store.counts(db)
     return (f"**{c.get('prompts', 0)}** prompts · **{c.get('candidates', 0)}** candidates · "
@@ -449,23 +448,6 @@ def users_table(svc: LabelerService, username: str) -> list[list]:
     svc.require_admin(username)
     return [[u.name, u.role, "disabled" if u.disabled else "active"]
             for u in labeling.list_users(svc.db())]
-
-
-def password_problem(password, name: str = "") -> str | None:
-    """Why ``password`` may not be used, or None."""
-    from labeler.auth import MIN_PASSWORD_LENGTH
-
-    if not isinstance(password, str) or not password.strip():
-        return "give a password"
-    if len(password) < MIN_PASSWORD_LENGTH:
-        return f"a password needs at least {MIN_PASSWORD_LENGTH} characters"
-    if len(set(password)) < 4:
-        return "the password repeats too few characters; choose a less guessable one"
-    if name and labeling.name_key(password) == labeling.name_key(name):
-        return "the password cannot be the user name"
-    if len(password) > 1024:
-        return "a password is at most 1024 characters"
-    return None
 
 
 def create_user(svc: LabelerService, username: str, *, name: str, password: str,

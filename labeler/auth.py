@@ -60,6 +60,24 @@ def _b64(raw: bytes) -> str:
 _DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
 
 
+def password_problem(password, name: str = "") -> str | None:
+    """Why ``password`` may not be used for the account ``name``, or None: the one rule for
+    new passwords, wherever they are set (the console, ``rankloop users``)."""
+    from data.labeling import name_key
+
+    if not isinstance(password, str) or not password.strip():
+        return "give a password"
+    if len(password) < MIN_PASSWORD_LENGTH:
+        return f"a password needs at least {MIN_PASSWORD_LENGTH} characters"
+    if len(set(password)) < 4:
+        return "the password repeats too few characters; choose a less guessable one"
+    if name and name_key(password) == name_key(name):
+        return "the password cannot be the user name"
+    if len(password) > 1024:
+        return "a password is at most 1024 characters"
+    return None
+
+
 def verify_password_or_dummy(password: str, stored: str | None) -> bool:
     """verify_password against ``stored``, or against a dummy hash (always False) when there
     is no such account, at the same cost."""

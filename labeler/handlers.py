@@ -175,7 +175,6 @@ def current_task(svc: LabelerService, username: str) -> TaskView:
     """The annotator's open assignment, or a new one from the queue, or a waiting screen."""
     user = svc.user(username)
     db = svc.db()
-    labeling.sync_items(db)
     for _ in range(_MAX_SET_ASIDE_PER_LOAD):
         assignment = labeling.next_assignment(db, user.id, svc.policy)
         if assignment is None:

@@ -92,11 +92,7 @@ class JobRunner:
                 if len(running) >= self.max_running:
                     raise JobError(f"{len(running)} jobs are running, the most at once; "
                                    "start this one when one has finished")
-                job_id = db.execute(
-                    "INSERT INTO jobs (kind, argv, status, started_by, started_at) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    [kind, json.dumps(argv), RUNNING, started_by, time.time()],
-                ).lastrowid
+                job_id = store.add_job(db, kind, argv, started_by)
             log_path = jobs_dir(self.db_path) / f"job-{job_id}-{kind}.log"
             # Logs may quote prompts and paths: readable by the owner only.
             log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -108,9 +104,7 @@ class JobRunner:
                     env={**os.environ, "PYTHONUNBUFFERED": "1"},
                     start_new_session=True,  # a Ctrl-C on the app does not kill the job midway
                 )
-            with store.transaction(db):
-                db.execute("UPDATE jobs SET pid = ?, log_path = ? WHERE id = ?",
-                           [process.pid, str(log_path), job_id])
+            store.set_job_process(db, job_id, process.pid, str(log_path))
         finally:
             db.close()
         watcher = threading.Thread(target=self._watch, args=(job_id, process), daemon=True,
@@ -127,12 +121,7 @@ class JobRunner:
     def _finish(self, job_id: int, status: str, returncode: int | None) -> None:
         db = store.connect(self.db_path)
         try:
-            with store.transaction(db):
-                # Only the first word counts: a job stopped on purpose stays "stopped".
-                db.execute(
-                    "UPDATE jobs SET status = ?, returncode = ?, finished_at = ? "
-                    "WHERE id = ? AND status = ?",
-                    [status, returncode, time.time(), job_id, RUNNING])
+            store.finish_job(db, job_id, status, returncode)
         finally:
             db.close()
 

@@ -150,7 +150,7 @@ def _read_password() -> str:
 
 def _checked_password(name: str) -> str:
     """A password read like `users add` does, refused by the same rule as the Admin tab's."""
-    from labeler.admin import password_problem
+    from labeler.auth import password_problem
 
     password = _read_password()
     problem = password_problem(password, name)

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from data import labeling, store
-from labeler import admin
+from labeler import admin, auth
 from labeler.auth import hash_password
 from labeler.handlers import LabelerService
 from tests.labeling_fixtures import PASSWORD, make_labeling_db
@@ -36,7 +36,7 @@ def test_the_command_line_refuses_what_the_console_refuses(svc):
         assert console.startswith("Not created"), console
         cli = _rankloop("users", "add", name, "--db", svc.db_path, password=password)
         assert cli.returncode != 0 and "Traceback" not in cli.stderr, (name, cli.stdout)
-        reason = admin.password_problem(password, name)
+        reason = auth.password_problem(password, name)
         assert reason in cli.stderr, (cli.stderr, reason)
     assert [u.name for u in labeling.list_users(svc.db())] == ["ann", "bob", "root"]
     reset = _rankloop("users", "reset-password", "ann", "--db", svc.db_path, password="ann")
