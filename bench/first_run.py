@@ -77,6 +77,7 @@ def one_run(browser, port: int, budget: float) -> dict:
             page.locator("input").nth(0).fill("admin")
             page.locator("input").nth(1).fill(password)
             page.get_by_role("button", name="Login").click()
+            page.wait_for_selector("#rl-user")  # logged in: the header names the user
             page.get_by_role("tab", name="Rank").click()
             waiting_text = ""
             deadline = loaded + max(budget * 3, 180)
