@@ -12,9 +12,11 @@ held-out accuracy both models reach (measured by the same code), and RankLoop / 
 on a GPU also MFU (6 · parameters · tokens/s over the bf16 peak).
 
 The pairs are synthetic: the chosen reply contains a planted word, the rejected one does not;
-reply lengths vary from a few words to ~60, as real candidates do. TRL runs with its
-gradient checkpointing and bf16 defaults turned off so both do the same arithmetic; it is
-installed with `pip install -e '.[bench]'` (TRL is not a RankLoop dependency).
+reply lengths vary from a few words to ``--reply-words`` (60; 200 gives replies of up to
+~260 tokens, the length `rankloop generate` writes by default). TRL runs with its gradient
+checkpointing and bf16 defaults turned off so both do the same arithmetic, unless
+``--trl-defaults`` keeps them; it is installed with `pip install -e '.[bench]'` (TRL is not a
+RankLoop dependency).
 """
 
 from __future__ import annotations
@@ -139,14 +141,19 @@ def run_worker(args) -> dict:
         dataset = datasets.Dataset.from_list(
             [{"chosen_ids": p.chosen_ids, "rejected_ids": p.rejected_ids} for p in train])
         with tempfile.TemporaryDirectory() as out:
+            # --trl-defaults: TRL's own precision and activation checkpointing (bf16 and
+            # gradient checkpointing on; on CPU bf16 needs use_cpu), as a user gets them.
+            same = {} if args.trl_defaults else dict(gradient_checkpointing=False, bf16=False,
+                                                     fp16=False)
+            if args.trl_defaults and not torch.cuda.is_available():
+                same["use_cpu"] = True
             trainer = RewardTrainer(model=model, processing_class=tokenizer, train_dataset=dataset,
                                     args=RewardConfig(
                 output_dir=out, per_device_train_batch_size=args.batch_size,
                 num_train_epochs=args.epochs, learning_rate=args.lr, warmup_steps=0.1,
                 lr_scheduler_type="linear", max_length=args.max_length, seed=args.seed,
-                gradient_checkpointing=False, bf16=False, fp16=False, report_to="none",
-                save_strategy="no", eval_strategy="no", logging_steps=10**6,
-                dataloader_num_workers=0, disable_tqdm=True))
+                report_to="none", save_strategy="no", eval_strategy="no",
+                logging_steps=10**6, dataloader_num_workers=0, disable_tqdm=True, **same))
             started = time.perf_counter()
             trainer.train()
             seconds = time.perf_counter() - started
@@ -186,6 +193,9 @@ def main() -> None:
                         help="longest reply in words (default: 60; 200 gives replies of up to "
                              "~256 tokens, as `rankloop generate` writes by default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--trl-defaults", action="store_true",
+                        help="TRL keeps its own defaults (bf16, gradient checkpointing) instead "
+                             "of RankLoop's arithmetic (fp32, none); RankLoop keeps its own")
     parser.add_argument("--worker", choices=("rankloop", "trl"), help=argparse.SUPPRESS)
     parser.add_argument("--model-path", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -214,6 +224,7 @@ def main() -> None:
                 for flag in ("pairs", "eval_pairs", "batch_size", "epochs", "max_length", "seed",
                              "reply_words"):
                     argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+                argv += ["--trl-defaults"] if args.trl_defaults else []
                 done = subprocess.run(argv, capture_output=True, text=True)
                 result_lines = [line for line in done.stdout.splitlines()
                                 if line.startswith("RESULT ")]
