@@ -179,3 +179,48 @@ class AdaptiveKLController:
     def update(self, kl: float, n_steps: int) -> None:
         error = min(max(kl / self.target - 1.0, -0.2), 0.2)
         self.value *= 1.0 + error * n_steps / self.horizon
+
+
+# --- listwise (whole rankings) ------------------------------------------------------------------
+# Shapes: B = rankings, K = the most candidates in a ranking of the batch; ranks 1 = best, equal
+# ranks tie; ``candidate_mask`` True on real candidates (padding's values are ignored).
+
+def plackett_luce_dpo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, ranks: torch.Tensor,
+                           candidate_mask: torch.Tensor, *, beta: float) -> torch.Tensor:
+    """Plackett-Luce DPO (Rafailov et al. 2023, appendix A.3), per ranking ``[B]``: the
+    negative log-likelihood of each ranking under Plackett-Luce over the implicit rewards
+    β·(log π_θ(y|x) − log π_ref(y|x)) of its candidates, ties as grouped stages
+    (``training.listwise``). For two candidates it equals ``dpo_loss`` (sigmoid); a tied pair
+    gives the 50/50 cross-entropy, which pulls the two implicit rewards together.
+
+    logp, ref_logp: ``[B, K]`` summed response log-probs; ranks ``[B, K]`` int; candidate_mask
+    ``[B, K]`` bool.
+    """
+    from training.listwise import plackett_luce_nll
+
+    return plackett_luce_nll(beta * (logp - ref_logp), ranks, candidate_mask)
+
+
+def rebel_listwise_loss(logp: torch.Tensor, ref_logp: torch.Tensor, rewards: torch.Tensor,
+                        ranks: torch.Tensor, candidate_mask: torch.Tensor, *,
+                        eta: float) -> torch.Tensor:
+    """REBEL over every pair of each ranking, per ranking ``[B]``: the mean over the ranking's
+    pairs (y, y') of ``rebel_loss``'s ((log π_θ/π_t)(y) − (log π_θ/π_t)(y') − η·(r(y) − r(y')))².
+
+    rewards ``[B, K]`` are the ranking's own rank-derived rewards
+    (``data.scored_pairs.ranks_to_rewards``). Tied candidates form a pair too, with reward gap
+    0: REBEL regresses their log-ratio gap onto 0, which is what a tie says. The mean (not the
+    sum) keeps one ranking worth one example whatever its size, so the learning rate means the
+    same as with pairs. For two candidates it equals ``rebel_loss``.
+
+    logp, ref_logp (π_t's), rewards: ``[B, K]``; ranks ``[B, K]`` int; candidate_mask
+    ``[B, K]`` bool.
+    """
+    from training.listwise import ranked_pairs
+
+    pairs = ranked_pairs(ranks, candidate_mask, include_ties=True)
+    ratio = logp - ref_logp
+    residual = (ratio[:, :, None] - ratio[:, None, :]
+                - eta * (rewards[:, :, None] - rewards[:, None, :]))
+    squared = torch.where(pairs, residual ** 2, torch.zeros_like(residual))
+    return squared.sum((1, 2)) / pairs.sum((1, 2)).clamp(min=1).to(squared.dtype)

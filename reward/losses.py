@@ -65,3 +65,18 @@ def preference_loss(
     if centering_coefficient:
         loss = loss + centering_coefficient * reward_centering_penalty(r_chosen, r_rejected)
     return loss
+
+
+def plackett_luce_loss(rewards: torch.Tensor, ranks: torch.Tensor,
+                       mask: torch.Tensor) -> torch.Tensor:
+    """Listwise reward-model loss, per ranking: the Plackett-Luce negative log-likelihood of
+    each ranking's whole order, ties as grouped stages (``training.listwise``, where the tie
+    rule is justified). For two candidates it equals ``bradley_terry_loss`` (strict) and
+    ``tie_loss`` (tied).
+
+    rewards ``[B, K]``; ranks ``[B, K]`` int, 1 = best, equal = tie; mask ``[B, K]`` bool, True
+    on real candidates (rankings of different sizes are padded). Returns ``[B]``.
+    """
+    from training.listwise import plackett_luce_nll
+
+    return plackett_luce_nll(rewards, ranks, mask)
