@@ -165,6 +165,8 @@ class RankingRecord:
     suggestion_scorer: str | None = None
     suggestion_accepted: bool | None = None
     """True: the suggestion submitted unchanged; False: changed; None: no suggestion shown."""
+    user_id: int | None = None
+    """The annotator's account (for per-annotator weights); exports show ``annotator``."""
 
     @property
     def is_latest(self) -> bool:
@@ -225,7 +227,7 @@ def read_rankings(db, *, keep_annotator_names: bool = False) -> list[RankingReco
             superseded_by=superseded_by,
             suggested_ranks=None if suggested_json is None else json.loads(suggested_json),
             suggestion_scorer=scorer, suggestion_accepted=None if accepted is None else
-            bool(accepted),
+            bool(accepted), user_id=user_id,
         ))
     return records
 
