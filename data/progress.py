@@ -11,12 +11,21 @@ together, with one timestamp. So, for the job:
 - the total is the prompts stored up to the run's start that are not gold-only; on the store
   the first run fills (the case this serves) those are exactly the job's prompts;
 - the rate is measured over this job's own stored prompts (from the first to the last one,
-  so the model's loading time is not counted), once two are stored.
+  so the model's loading time is not counted) once two are stored; with one stored, from the
+  job's start to it (loading included, so the first estimate errs long).
+
+Training progress comes from the recipe's ``metrics.jsonl`` (``training_progress``): each
+logged line has its step, ``train/epoch`` (steps done over steps per epoch) and the loss, so
+step of total follows from the epochs the job was started with.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import sqlite_utils
 
@@ -35,14 +44,21 @@ class GenerationProgress:
     """None until this job has stored two prompts."""
     seconds_left: float | None
 
-    def line(self) -> str:
-        """Plain words for the waiting screen."""
+    def line(self, now: float | None = None) -> str:
+        """Plain words for the waiting screen and the console."""
         if self.run_id is None or self.prompts_total is None:
-            return "Loading the model to generate the first candidates…"
+            elapsed = (time.time() if now is None else now) - self.started_at
+            return ("Loading the model to generate the first candidates… "
+                    f"({_duration(max(0.0, elapsed))} so far)")
         text = f"{self.prompts_done} of {self.prompts_total} prompts ready"
         if self.seconds_left is not None and self.prompts_done < self.prompts_total:
             text += f", about {_duration(self.seconds_left)} left"
         return text
+
+
+def duration(seconds: float) -> str:
+    """"40 s", "12 min", "1.5 h"."""
+    return _duration(seconds)
 
 
 def _duration(seconds: float) -> str:
@@ -85,6 +101,62 @@ def generation_progress(db: sqlite_utils.Database, job_id: int | None = None
     rate = None
     if len(mine) >= 2 and mine[-1] > mine[0]:
         rate = (len(mine) - 1) / (mine[-1] - mine[0])
+    elif len(mine) == 1 and mine[0] > started_at:
+        rate = 1 / (mine[0] - started_at)
     left = None if rate is None else max(0, total - len(stored)) / rate
     return GenerationProgress(job_id, run_id, len(stored), total, started_at, rate, left)
 
+
+
+@dataclass(frozen=True)
+class TrainingProgress:
+    step: int
+    """Optimizer steps done (0 before the first logged line)."""
+    total: int | None
+    """Steps the run will take; None until the first line is logged."""
+    loss: float | None
+    """The training loss of the last logged step."""
+    seconds_left: float | None
+
+    def line(self) -> str:
+        if not self.step:
+            return "Loading the model and the pairs…"
+        text = f"step {self.step}" + (f" of {self.total}" if self.total else "")
+        if self.loss is not None:
+            text += f", loss {self.loss:.4f}"
+        if self.seconds_left is not None and self.total and self.step < self.total:
+            text += f", about {_duration(self.seconds_left)} left"
+        return text
+
+
+def training_progress(metrics_path: str | os.PathLike, *, epochs: float, started_at: float,
+                      now: float | None = None) -> TrainingProgress:
+    """How far a training job is, from its ``metrics.jsonl``. The time left extrapolates the
+    time since the job started (model loading included) over the steps done."""
+    now = time.time() if now is None else now
+    step, epoch, loss, logged_at = 0, None, None, None
+    try:
+        with open(metrics_path, "rb") as f:
+            lines = f.read().decode("utf-8", errors="replace").splitlines()
+        logged_at = Path(metrics_path).stat().st_mtime
+    except OSError:
+        lines = []
+    for raw in lines:
+        try:
+            row = json.loads(raw)
+        except ValueError:  # a line being written right now
+            continue
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            continue
+        if "train/epoch" in row:
+            step, epoch = row["step"], row["train/epoch"]
+            loss = row.get("train/loss", loss)
+    total = None
+    if step and epoch:
+        total = max(step, round(epochs * step / epoch))
+    left = None
+    if step and total and logged_at is not None and logged_at > started_at:
+        left = (total - step) * (logged_at - started_at) / step - max(0.0, now - logged_at)
+        left = max(1.0, left)
+    return TrainingProgress(step, total, loss if isinstance(loss, (int, float)) else None,
+                            left)

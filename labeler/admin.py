@@ -343,12 +343,155 @@ def start_scoring(svc: LabelerService, username: str, *, scorer: str) -> str:
     return _start(svc, "score", ["score", "--scorer", f"{kind}:{local.resolve()}"], user)
 
 
+JOB_HEADERS = ["id", "kind", "status", "progress", "exit", "by", "time", "command"]
+STATUS_WORDS = {"stopped": "stopped by an admin", "interrupted": "interrupted (app stopped)",
+                "lost": "lost (its process is gone)"}
+
+
+def _flag(argv: list[str], flag: str) -> str | None:
+    return argv[argv.index(flag) + 1] if flag in argv[:-1] else None
+
+
+def job_progress(svc: LabelerService, job) -> str:
+    """How far a running job is, in plain words, from what the job itself records: a
+    generation's stored prompts (``data.progress.generation_progress``), a training's
+    ``metrics.jsonl`` (``data.progress.training_progress``). Empty for other jobs."""
+    from data import progress
+
+    if job.kind == GENERATE_KIND:
+        p = progress.generation_progress(svc.db(), job.id)
+        return p.line() if p else ""
+    if job.kind == "train-reward":
+        output = _flag(job.argv, "--output")
+        if not output:
+            return ""
+        try:
+            epochs = float(_flag(job.argv, "--epochs") or 1)
+        except ValueError:
+            epochs = 1.0
+        return progress.training_progress(Path(output) / "metrics.jsonl", epochs=epochs,
+                                          started_at=job.started_at).line()
+    return ""
+
+
 def jobs_table(svc: LabelerService, username: str) -> list[list]:
     svc.require_admin(username)
     now = time.time()
-    return [[j.id, j.kind, j.status, "" if j.returncode is None else j.returncode, j.started_by,
-             f"{((j.finished_at or now) - j.started_at):.0f} s", " ".join(j.argv)]
+    return [[j.id, j.kind, STATUS_WORDS.get(j.status, j.status),
+             job_progress(svc, j) if j.status == "running" else "",
+             "" if j.returncode is None else j.returncode, j.started_by,
+             _elapsed((j.finished_at or now) - j.started_at), " ".join(j.argv)]
             for j in svc.jobs.list()]
+
+
+def _elapsed(seconds: float) -> str:
+    from data.progress import duration
+
+    return duration(max(0.0, seconds))
+
+
+def running_jobs_md(svc: LabelerService, username: str) -> str:
+    """The overview's line on the jobs running now, each named with its progress."""
+    svc.require_admin(username)
+    running = svc.jobs.running()
+    if not running:
+        return "No job is running."
+    now = time.time()
+    return "Running now: " + "; ".join(
+        f"job {j.id} ({j.kind}, started by {j.started_by} {_elapsed(now - j.started_at)} ago)"
+        + (f": {p}" if (p := job_progress(svc, j)) else "") for j in running)
+
+
+def machine_has_gpu() -> bool:
+    """Whether this machine has an NVIDIA GPU a job could use, without importing torch (the
+    app never does): the driver's /proc entries, else ``nvidia-smi -L``."""
+    global _HAS_GPU
+    if _HAS_GPU is None:
+        gpus = Path("/proc/driver/nvidia/gpus")
+        found = gpus.is_dir() and any(gpus.iterdir())
+        if not found:
+            import shutil
+            import subprocess
+
+            smi = shutil.which("nvidia-smi")
+            if smi:
+                try:
+                    out = subprocess.run([smi, "-L"], capture_output=True, text=True,
+                                         timeout=10).stdout
+                    found = any(line.startswith("GPU ") for line in out.splitlines())
+                except (OSError, subprocess.SubprocessError):
+                    found = False
+        _HAS_GPU = found
+    return _HAS_GPU
+
+
+_HAS_GPU: bool | None = None
+
+
+def _count_prompts(svc: LabelerService, prompts) -> int | None:
+    """How many prompts a source holds, when that is cheap to know (bundled, a JSONL file)."""
+    from data.prompts import BUNDLED, BUNDLED_FILE
+
+    source = (prompts or "").strip() if isinstance(prompts, str) else None
+    path = BUNDLED_FILE if source in ("", BUNDLED) else None
+    if path is None and source:
+        local = _local_model_path(svc, source)
+        if local is not None and local.is_file() and local.suffix.lower() == ".jsonl":
+            path = local
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return sum(1 for line in f if line.strip())
+    except OSError:
+        return None
+
+
+def _tokens_per_second(db) -> float | None:
+    """New tokens per second of the latest generation run that stored two prompts or more."""
+    row = db.execute(
+        "SELECT SUM(token_count), MAX(created_at) - MIN(created_at), COUNT(DISTINCT prompt_id) "
+        "FROM candidates WHERE run_id = (SELECT run_id FROM candidates c JOIN generation_runs g "
+        "ON g.id = c.run_id WHERE g.backend NOT IN ('human', 'gold') GROUP BY run_id "
+        "HAVING COUNT(DISTINCT prompt_id) >= 2 ORDER BY MAX(c.id) DESC LIMIT 1)").fetchone()
+    tokens, seconds, prompts = row if row else (None, None, None)
+    if not tokens or not seconds or seconds <= 0 or not prompts:
+        return None
+    # The first prompt's candidates were stored at the start of the span: its tokens do not
+    # count in the rate.
+    return tokens * (prompts - 1) / prompts / seconds
+
+
+def generation_estimate(svc: LabelerService, username: str, *, prompts="bundled", k=4,
+                        limit=0, max_new_tokens=256) -> str:
+    """The work a generation job would start, said before it starts: prompts × candidates ×
+    the token limit, and the time at the speed of the last run on this machine."""
+    from data.progress import duration
+
+    svc.require_admin(username)
+    try:
+        k, limit = _as_int("k", k) or 0, _as_int("the limit", limit) or 0
+        tokens = _as_int("max new tokens", max_new_tokens) or 0
+    except BadRequest:
+        return "Fill in k, the limit and max new tokens to see the work this job starts."
+    n = _count_prompts(svc, prompts)
+    if n is not None and limit:
+        n = min(n, limit)
+    elif n is None and limit:
+        n = limit
+    if n is None:
+        return (f"Each prompt of the dataset gets {k} candidates of up to {tokens:,} new "
+                "tokens; set a limit to bound the work.")
+    work = n * k * tokens
+    text = (f"This job generates {n:,} prompts × {k} candidates × up to {tokens:,} new tokens "
+            f"= up to {work:,} tokens")
+    rate = _tokens_per_second(svc.db())
+    if rate:
+        text += (f"; at the last run's speed ({rate:,.0f} tokens/s) that is up to "
+                 f"{duration(work / rate)}")
+    else:
+        text += " (no earlier run on this machine to time it by)"
+    return text + "."
 
 
 def stop_job(svc: LabelerService, username: str, job_id: int | None = None) -> str:

@@ -73,7 +73,7 @@ def create_admin_tab(svc: LabelerService):
     slow = gr.Timer(PLOTS_S, active=False)
 
     def counts(name):
-        return admin.live_counts(svc, name)
+        return admin.live_counts(svc, name), admin.running_jobs_md(svc, name)
 
     def plots(name):
         st = admin.dataset_status(svc, name)
@@ -88,12 +88,13 @@ def create_admin_tab(svc: LabelerService):
     @guard
     def refresh_all(request: gr.Request):
         name = username(request)
-        return (counts(name), *plots(name))
+        return (*counts(name), *plots(name))
 
     with gr.Tabs():
         with gr.Tab("Overview", id="admin-overview"):
             overview = _overview_section()
-            overview.refresh.click(refresh_all, None, [overview.counts, overview.alpha,
+            overview.refresh.click(refresh_all, None, [overview.counts, overview.running,
+                                                       overview.alpha,
                                                        overview.labels_plot,
                                                        overview.agreement_plot,
                                                        overview.annotators, overview.pairs],
@@ -112,13 +113,13 @@ def create_admin_tab(svc: LabelerService):
     @guard
     def tick_live(job_id, request: gr.Request):
         name = username(request)
-        return counts(name), admin.jobs_table(svc, name), admin.job_log(svc, name, job_id)
+        return *counts(name), admin.jobs_table(svc, name), admin.job_log(svc, name, job_id)
 
     @guard
     def tick_slow(request: gr.Request):
         return plots(username(request))
 
-    live_outputs = [overview.counts, jobs.table, jobs.log]
+    live_outputs = [overview.counts, overview.running, jobs.table, jobs.log]
     slow_outputs = [overview.alpha, overview.labels_plot, overview.agreement_plot,
                     overview.annotators, overview.pairs]
     live.tick(tick_live, [jobs.job_id], live_outputs, api_visibility="undocumented",
@@ -130,12 +131,14 @@ def create_admin_tab(svc: LabelerService):
     def status(request: gr.Request):
         """Everything the tab shows, for the page load (admins only)."""
         name = username(request)
-        return (counts(name), *plots(name), admin.jobs_table(svc, name),
-                admin.job_log(svc, name, 0), *data.load(name), *users.load(name),
-                *project.load(name), gr.Timer(active=True), gr.Timer(active=True))
+        return (*counts(name), *plots(name), admin.jobs_table(svc, name),
+                admin.job_log(svc, name, 0), *jobs.load(name), *data.load(name),
+                *users.load(name), *project.load(name), gr.Timer(active=True),
+                gr.Timer(active=True))
 
-    outputs = [overview.counts, *slow_outputs, jobs.table, jobs.log, *data.load_outputs,
-               *users.load_outputs, *project.load_outputs, live, slow]
+    outputs = [overview.counts, overview.running, *slow_outputs, jobs.table, jobs.log,
+               *jobs.load_outputs, *data.load_outputs, *users.load_outputs,
+               *project.load_outputs, live, slow]
     return status, outputs
 
 
@@ -154,6 +157,7 @@ def _overview_section() -> Section:
     with gr.Row():
         o.counts = gr.Markdown(elem_id="rl-admin-counts")
         o.refresh = gr.Button("Refresh now", size="sm", scale=0)
+    o.running = gr.Markdown(elem_id="rl-admin-running")
     o.alpha = gr.Markdown(elem_id="rl-admin-alpha")
     with gr.Row():
         o.labels_plot = gr.LinePlot(
@@ -314,10 +318,15 @@ def _jobs_section(svc: LabelerService) -> Section:
         temperature = gr.Number(value=0.8, minimum=0, step=0.1, label="Temperature")
         top_p = gr.Number(value=0.9, step=0.05, label="Top p")
         seed = gr.Number(value=0, precision=0, label="Seed")
-        data_parallel = gr.Number(value=1, precision=0, minimum=1,
-                                  label="Data parallel (engines, e.g. one per GPU)")
-        tensor_parallel = gr.Number(value=1, precision=0, minimum=1,
-                                    label="Tensor parallel (GPUs per vLLM engine)")
+        # Parallel engines need GPUs: on a machine without one the fields are not offered.
+        gpu = admin.machine_has_gpu()
+        data_parallel = gr.Number(value=1, precision=0, minimum=1, visible=gpu,
+                                  label="Data parallel (engines, e.g. one per GPU)",
+                                  elem_id="rl-admin-gen-dp")
+        tensor_parallel = gr.Number(value=1, precision=0, minimum=1, visible=gpu,
+                                    label="Tensor parallel (GPUs per vLLM engine)",
+                                    elem_id="rl-admin-gen-tp")
+    j.estimate = gr.Markdown(elem_id="rl-admin-gen-estimate")
     with gr.Row():
         start = gr.Button("Start generation job", variant="primary", scale=0,
                           elem_id="rl-admin-gen-start")
@@ -339,7 +348,7 @@ def _jobs_section(svc: LabelerService) -> Section:
         score = gr.Button("Start scoring job", scale=0, elem_id="rl-admin-score-start")
         score_message = _message("rl-admin-score-message")
     gr.Markdown("#### Jobs")
-    j.table = gr.Dataframe(headers=["id", "kind", "status", "exit", "by", "time", "command"],
+    j.table = gr.Dataframe(headers=admin.JOB_HEADERS,
                            label="Jobs (newest first)", interactive=False, wrap=True,
                            elem_id="rl-admin-jobs")
     with gr.Row():
@@ -378,6 +387,20 @@ def _jobs_section(svc: LabelerService) -> Section:
     def jobs_now(job_id, request: gr.Request):
         name = username(request)
         return admin.jobs_table(svc, name), admin.job_log(svc, name, job_id)
+
+    def estimate(name, prompts, k, limit, max_new_tokens):
+        return admin.generation_estimate(svc, name, prompts=prompts, k=k, limit=limit,
+                                         max_new_tokens=max_new_tokens)
+
+    @guard
+    def show_estimate(prompts, k, limit, max_new_tokens, request: gr.Request):
+        return estimate(username(request), prompts, k, limit, max_new_tokens)
+
+    for control in (prompts, k, limit, max_new_tokens):
+        control.change(show_estimate, [prompts, k, limit, max_new_tokens], j.estimate,
+                       api_visibility="undocumented", show_progress="hidden")
+    j.load = lambda name: (estimate(name, "bundled", 4, 0, 256),)
+    j.load_outputs = [j.estimate]
 
     start.click(start_job, [prompts, model, backend, k, limit, max_new_tokens, temperature,
                             top_p, seed, data_parallel, tensor_parallel], gen_message,

@@ -20,7 +20,7 @@ from data.rankings import MAX_TEXT_CHARS, RankingError, candidate_letter, valida
 from data.suggestions import suggestion_for_assignment
 from labeler import render
 from labeler.auth import verify_password_or_dummy
-from labeler.jobs import LOST, STOPPED, JobError, JobRunner
+from labeler.jobs import INTERRUPTED, LOST, JobError, JobRunner
 from labeler.render import (CandidateView, Controls, Notice, candidate_badges, candidate_html,
                             conversation_html, letters_list, plural)
 
@@ -106,8 +106,9 @@ class LabelerService:
     def _autostart(self, db) -> bool:
         first_job = db.execute("SELECT status FROM jobs WHERE kind = ? AND started_by = ? "
                                "ORDER BY id DESC LIMIT 1", [GENERATE_KIND, AUTOSTART]).fetchone()
-        if first_job and first_job[0] in (STOPPED, LOST):
-            # The first run was cut short by stopping the app: carry on where it stopped.
+        if first_job and first_job[0] in (INTERRUPTED, LOST):
+            # The first run was cut short by stopping the app: carry on where it stopped. One
+            # an admin stopped ("stopped") stays stopped.
             self.jobs.start(GENERATE_KIND, self.first_run_args, started_by=AUTOSTART)
             return True
         if db.execute("SELECT 1 FROM candidates LIMIT 1").fetchone():

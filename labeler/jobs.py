@@ -20,6 +20,9 @@ from pathlib import Path
 from data import store
 
 RUNNING, SUCCEEDED, FAILED, STOPPED, LOST = "running", "succeeded", "failed", "stopped", "lost"
+INTERRUPTED = "interrupted"
+"""Stopped because the app itself stopped (a job an admin stops is STOPPED): the app's own
+first generation resumes after an interruption, never after an admin's stop."""
 MAX_RUNNING = 2
 """Jobs of one app running at once: each may load a model, and the machine also serves the
 annotators."""
@@ -126,12 +129,13 @@ class JobRunner:
             db.close()
 
     def stop_all(self, grace_s: float = 10.0) -> None:
-        """Stops the running jobs (SIGTERM to each job's process group, then SIGKILL).
+        """Stops the running jobs as the app stops (SIGTERM to each job's process group, then
+        SIGKILL); they are recorded as interrupted, not stopped by an admin.
 
         Generation resumes where it stopped when started again with the same settings."""
         jobs = self.running()
         for job in jobs:
-            self._finish(job.id, STOPPED, None)
+            self._finish(job.id, INTERRUPTED, None)
             _signal_group(job.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
         for job in jobs:
@@ -195,7 +199,7 @@ class JobRunner:
 
     @staticmethod
     def log_tail(job: Job, max_bytes: int = 6000, max_lines: int = 200) -> str:
-        """The end of a job's log as plain text (see ``clean_log``)."""
+        """The end of a job's log as plain text (see ``clean_log`` and ``plain_log``)."""
         if not job.log_path or not os.path.exists(job.log_path):
             return ""
         with open(job.log_path, "rb") as f:
@@ -205,7 +209,7 @@ class JobRunner:
             raw = f.read()
         if start:  # the first line was cut: drop it rather than show half a line
             raw = raw.split(b"\n", 1)[1] if b"\n" in raw else raw
-        lines = clean_log(raw.decode("utf-8", errors="replace")).split("\n")
+        lines = plain_log(clean_log(raw.decode("utf-8", errors="replace"))).split("\n")
         return "\n".join(lines[-max_lines:])
 
 
@@ -231,6 +235,49 @@ def clean_log(text: str) -> str:
         states = [s for s in line.split("\r") if s]
         lines.append(_CONTROL.sub("", states[-1] if states else ""))
     return "\n".join(lines)
+
+
+_LOAD_REPORT = re.compile(r"^(\S+) LOAD REPORT from: (.*)$")
+_HEAD_KEYS = re.compile(r"^(score|v_head|classifier|lm_head)\.(weight|bias)$")
+NEW_HEAD = ("{model} from {source}: a new reward head ({keys}) was initialised, as expected "
+            "when a reward model starts from a base model; training fits it.")
+
+
+def plain_log(text: str) -> str:
+    """Expected messages said in plain words: the transformers load report that only lists a
+    newly initialised reward head ("score.weight | MISSING", which reads like an error) becomes
+    one sentence; any other load report (unexpected or mismatched weights) stays as it is."""
+    lines = text.split("\n")
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        match = _LOAD_REPORT.match(lines[i].strip())
+        if not match:
+            out.append(lines[i])
+            i += 1
+            continue
+        end, statuses, in_notes = i + 1, [], False
+        while end < len(lines):
+            line = lines[end].strip()
+            if line == "Notes:":
+                in_notes = True
+            elif in_notes and not line.startswith("- "):
+                break
+            elif not in_notes and line and "|" not in line and set(line) - set("-+| "):
+                break
+            elif "|" in line and not in_notes:
+                cells = [c.strip() for c in line.split("|")]
+                if len(cells) >= 2 and cells[1] and cells[0] != "Key":
+                    statuses.append((cells[0], cells[1]))
+            end += 1
+        if statuses and all(s == "MISSING" and _HEAD_KEYS.match(k) for k, s in statuses):
+            out.append(NEW_HEAD.format(model=match.group(1), source=match.group(2),
+                                       keys=", ".join(k for k, _ in statuses)))
+            i = end
+        else:
+            out.extend(lines[i:end])
+            i = end
+    return "\n".join(out)
 
 
 def _signal_group(pid: int | None, sig: int) -> None:

@@ -88,7 +88,7 @@ def test_an_empty_store_generates_and_serves_real_candidates(tmp_path):
         time.sleep(0.2)
     assert not _alive(job_pid)
     db = store.open_store(db_path)
-    assert [r[0] for r in db.execute("SELECT status FROM jobs")] == ["stopped"]
+    assert [r[0] for r in db.execute("SELECT status FROM jobs")] == ["interrupted"]
 
     app, output = _start(db_path, port)
     try:

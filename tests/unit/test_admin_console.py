@@ -87,7 +87,7 @@ def test_a_running_job_is_stopped_with_its_process_group(svc):
     assert stopped.status == STOPPED
     with pytest.raises(ProcessLookupError):
         os.killpg(job.pid, 0)
-    assert admin.jobs_table(svc, "root")[0][2] == "stopped"
+    assert admin.jobs_table(svc, "root")[0][2] == "stopped by an admin"
     # The watcher's later word does not turn it into "failed".
     time.sleep(0.5)
     assert svc.jobs.get(job.id).status == STOPPED
@@ -457,3 +457,121 @@ def test_the_polled_status_is_recomputed_only_when_its_inputs_change(svc):
     assert second.counts["rankings"] == 1 and first.counts["rankings"] == 0
     admin.set_user_role(svc, "root", name="bob", role="admin")
     assert ["bob", "admin"] == admin.dataset_status(svc, "root").annotators[1][:2]
+
+
+# --- jobs you can watch and stop -------------------------------------------------------------
+
+def _empty_store_service(tmp_path):
+    """An app over a store with users but no candidates, whose first run is a real job that
+    runs until stopped."""
+    from labeler.auth import hash_password
+
+    db = store.open_store(tmp_path / "first.db")
+    labeling.add_user(db, "root", "admin", hash_password(PASSWORD))
+    svc = LabelerService(str(tmp_path / "first.db"), autogenerate=True)
+    svc.first_run_args = ["app", "--port", str(free_port()), "--no-autogenerate"]
+    return svc
+
+
+def test_an_admin_stop_of_the_first_run_sticks_and_only_an_app_stop_resumes_it(tmp_path):
+    from labeler.jobs import INTERRUPTED
+
+    svc = _empty_store_service(tmp_path)
+    try:
+        assert svc.ensure_candidates()  # the waiting screen's poll starts the first run
+        [first] = svc.jobs.running()
+        assert admin.stop_job(svc, "root", first.id).startswith(f"Stopped job {first.id}")
+        # The waiting screen keeps polling: the stopped job is not started again.
+        for _ in range(3):
+            assert not svc.ensure_candidates()
+        assert [j.status for j in svc.jobs.list()] == [STOPPED]
+        assert admin.jobs_table(svc, "root")[0][2] == "stopped by an admin"
+        # An app that stops while its first run runs resumes that run on the next poll.
+        svc.db().execute("UPDATE jobs SET status = 'interrupted' WHERE id = ?", [first.id])
+        assert svc.ensure_candidates()
+        assert [j.status for j in svc.jobs.list()][0] == "running"
+        svc.jobs.stop_all(grace_s=5)
+        assert svc.jobs.list()[0].status == INTERRUPTED
+        assert admin.jobs_table(svc, "root")[0][2] == "interrupted (app stopped)"
+    finally:
+        svc.jobs.stop_all(grace_s=5)
+
+
+def test_training_progress_is_read_from_its_metrics_file(tmp_path):
+    from data.progress import training_progress
+
+    metrics = tmp_path / "metrics.jsonl"
+    assert training_progress(metrics, epochs=1, started_at=0).line() == \
+        "Loading the model and the pairs…"
+    # 2 epochs of 15 steps; step 10 logged at t=100 s after the start, eval lines between.
+    metrics.write_text("".join(json.dumps(row) + "\n" for row in (
+        {"step": 5, "train/loss": 0.69, "train/epoch": 5 / 15},
+        {"step": 5, "eval/accuracy": 0.5},
+        {"step": 10, "train/loss": 0.4321, "train/epoch": 10 / 15}))
+        + '{"step": 1')  # a line being written
+    import os
+
+    os.utime(metrics, (1100, 1100))
+    got = training_progress(metrics, epochs=2, started_at=1000, now=1100)
+    # 20 steps left at 10 s a step (loading included).
+    assert (got.step, got.total, got.loss, got.seconds_left) == (10, 30, 0.4321, 200.0)
+    assert got.line() == "step 10 of 30, loss 0.4321, about 3 min left"
+
+
+def test_a_running_training_shows_its_step_in_the_jobs_table_and_the_overview(svc, tmp_path):
+    import os
+
+    out = workspace_dir(svc.db_path) / "models" / "reward-1"
+    out.mkdir(parents=True)
+    (out / "metrics.jsonl").write_text(json.dumps(
+        {"step": 3, "train/loss": 0.5, "train/epoch": 0.2}) + "\n")
+    # A running job: its pid is a live process (this one).
+    svc.db().execute(
+        "INSERT INTO jobs (kind, argv, status, started_by, started_at, pid) VALUES "
+        "('train-reward', ?, 'running', 'root', ?, ?)",
+        [json.dumps(["train", "reward", "--output", str(out), "--epochs", "1"]), time.time(),
+         os.getpid()])
+    row = admin.jobs_table(svc, "root")[0]
+    assert row[admin.JOB_HEADERS.index("progress")].startswith("step 3 of 15, loss 0.5000")
+    overview = admin.running_jobs_md(svc, "root")
+    assert overview.startswith("Running now: job ") and "(train-reward, started by root" in \
+        overview and "step 3 of 15" in overview
+    svc.db().execute("UPDATE jobs SET status = 'succeeded'")
+    assert admin.running_jobs_md(svc, "root") == "No job is running."
+
+
+def test_a_new_reward_head_is_said_in_plain_words():
+    from labeler.jobs import plain_log
+
+    report = ("loading\nRewardModel LOAD REPORT from: /m/base\nKey          | Status  | \n"
+              "-------------+---------+-\nscore.weight | MISSING | \n\nNotes:\n"
+              "- MISSING:\tthose params were newly initialized because missing from the "
+              "checkpoint. Consider training on your downstream task.\nstep 1")
+    shown = plain_log(report)
+    assert "MISSING" not in shown and "LOAD REPORT" not in shown
+    assert shown.splitlines()[0] == "loading" and shown.splitlines()[-1] == "step 1"
+    assert "a new reward head (score.weight) was initialised, as expected" in shown
+    # Weights that did not fit are news: that report stays whole.
+    odd = report.replace("score.weight | MISSING", "model.layers.0.w | UNEXPECTED")
+    assert plain_log(odd) == odd
+
+
+def test_the_generation_form_states_the_work_before_it_starts(svc):
+    from data.prompts import BUNDLED_FILE
+
+    bundled = sum(1 for line in BUNDLED_FILE.read_text().splitlines() if line.strip())
+    text = admin.generation_estimate(svc, "root", prompts="bundled", k=4, limit=0,
+                                     max_new_tokens=256)
+    assert text.startswith(f"This job generates {bundled:,} prompts × 4 candidates × up to "
+                           f"256 new tokens = up to {bundled * 4 * 256:,} tokens")
+    limited = admin.generation_estimate(svc, "root", prompts="bundled", k=2, limit=3,
+                                        max_new_tokens=10)
+    assert "3 prompts × 2 candidates × up to 10 new tokens = up to 60 tokens" in limited
+    # The fixture's run stored 32-token candidates: its speed times the job.
+    db = svc.db()
+    db.execute("UPDATE candidates SET token_count = 10, created_at = 100 + prompt_id * 10")
+    timed = admin.generation_estimate(svc, "root", prompts="bundled", k=2, limit=3,
+                                      max_new_tokens=10)
+    assert "tokens/s) that is up to" in timed
+    with pytest.raises(PermissionDenied):
+        admin.generation_estimate(svc, "ann")

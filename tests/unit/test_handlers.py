@@ -82,7 +82,7 @@ def test_empty_store_starts_one_background_generation(tmp_path):
     view = handlers.current_task(svc, "ann")
     assert view.waiting and "Generating candidates" in view.state_title
     # The first-run screen says how far generation is (data.progress), and has no controls.
-    assert view.state_detail == "Loading the model to generate the first candidates…"
+    assert view.state_detail.startswith("Loading the model to generate the first candidates… (")
     shown = handlers.screen(view)
     assert "Loading the model" in shown.html and 'id="rl-bar"' not in shown.html
     assert shown.status["waiting"] and shown.status["assignment_id"] is None

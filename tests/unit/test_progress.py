@@ -29,15 +29,18 @@ def test_prompts_done_of_total_and_time_left(tmp_path):
     db.execute("UPDATE prompts SET created_at = 1001")
     loading = progress.generation_progress(db)
     assert (loading.job_id, loading.run_id, loading.prompts_total) == (job, None, None)
-    assert loading.line() == "Loading the model to generate the first candidates…"
+    # From its first second the job says what it does and for how long.
+    assert loading.line(now=1012.0) == \
+        "Loading the model to generate the first candidates… (12 s so far)"
 
     run_id = _run(db, now=1002.0)
     # A gold item added meanwhile is not part of the job.
     labeling.add_gold_item(db, [{"role": "user", "content": "2+2?"}], ["4", "5"], [1, 2])
     _store_prompt(db, run_id, prompt_ids[0], at=1030.0)  # after ~28 s of model loading
     one = progress.generation_progress(db)
-    assert (one.prompts_done, one.prompts_total, one.seconds_left) == (1, 10, None)
-    assert one.line() == "1 of 10 prompts ready"
+    # One prompt in 30 s since the job started (loading included): 9 left → 270 s.
+    assert (one.prompts_done, one.prompts_total, one.seconds_left) == (1, 10, 270.0)
+    assert one.line() == "1 of 10 prompts ready, about 4 min left"
     for i, at in ((1, 1034.0), (2, 1038.0)):
         _store_prompt(db, run_id, prompt_ids[i], at=at)
     got = progress.generation_progress(db, job)
