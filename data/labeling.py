@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import sqlite_utils
 from precis_i18n import get_profile
 
-from data import queue_order, store, votes
+from data import queue_order, settings, store, votes
 from data.errors import ConfigError
 from data.rankings import Submission
 from data.votes import Stored
@@ -300,6 +300,17 @@ _AVAILABLE_WHERE = """
 _COUNT_AVAILABLE = f"SELECT COUNT(*) FROM items i WHERE {_AVAILABLE_WHERE}"
 
 
+def _kinds_in_order(db: sqlite_utils.Database, rng: random.Random) -> tuple:
+    """Which kind of item to look for first: a blind comparison item (1) with the project's
+    ``comparison_share``, else a ranking item (0); the other kind when the first has none
+    left. (None,): the store has no comparison items, any item will do."""
+    if not db.execute("SELECT 1 FROM items WHERE comparison = 1 AND is_gold = 0 "
+                      "LIMIT 1").fetchone():
+        return (None,)
+    share = settings.get_setting(db, "comparison_share")
+    return (1, 0) if rng.random() < share else (0, 1)
+
+
 def next_assignment(
     db: sqlite_utils.Database, user_id: int, policy: QueuePolicy, *,
     now: float | None = None, rng: random.Random | None = None,
@@ -313,12 +324,18 @@ def next_assignment(
         if row:
             return _load_assignment(db, row[0])
         want_gold = policy.gold_rate > 0 and rng.random() < policy.gold_rate
+        kinds = _kinds_in_order(db, rng)
         item = None
         for gold in ((1, 0) if want_gold else (0,)):
             # Gold items are checks, not labels: any number of annotators may see one.
             overlap = 1 << 30 if gold else policy.overlap
-            item = db.execute(queue_order.next_item_sql(db, _AVAILABLE_WHERE),
-                              [gold, user_id, user_id, now, overlap]).fetchone()
+            for comparison in ((None,) if gold else kinds):
+                where, params = _AVAILABLE_WHERE, [gold, user_id, user_id, now, overlap]
+                if comparison is not None:
+                    where, params = where + " AND i.comparison = ?", params + [comparison]
+                item = db.execute(queue_order.next_item_sql(db, where), params).fetchone()
+                if item:
+                    break
             if item:
                 break
         if not item:

@@ -13,6 +13,8 @@ too):
 - ``suggestions`` (bool): pre-fill rankings from reward-model scores (``data.suggestions``).
 - ``suggestion_scorer`` (str or None): the scorer whose scores suggestions use; None takes,
   per item, the scorer that most recently scored all of its candidates.
+- ``comparison_share`` (float in [0, 1]): how often the queue offers a blind comparison item
+  (``rankloop arena``) before a ranking item; either kind is served when the other runs out.
 
 Per-user keys (``user_settings`` table):
 
@@ -63,6 +65,12 @@ def _scorer(key: str, value: object) -> object:
     return value.strip()
 
 
+def _share(key: str, value: object) -> object:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise SettingsError(f"{key} is a share between 0 and 1, not {value!r}")
+    return float(value)
+
+
 def _choice(options: tuple[str, ...]) -> Callable[[str, object], object]:
     def check(key: str, value: object) -> object:
         if value not in options:
@@ -81,6 +89,7 @@ PROJECT_KEYS: dict[str, Key] = {
     "guidelines": Key("", _text(MAX_GUIDELINES_CHARS)),
     "suggestions": Key(False, _flag),
     "suggestion_scorer": Key(None, _scorer),
+    "comparison_share": Key(0.25, _share),
 }
 USER_KEYS: dict[str, Key] = {
     "layout": Key(LAYOUTS[0], _choice(LAYOUTS)),
@@ -92,6 +101,7 @@ class ProjectSettings:
     guidelines: str = ""
     suggestions: bool = False
     suggestion_scorer: str | None = None
+    comparison_share: float = 0.25
 
 
 @dataclass(frozen=True)

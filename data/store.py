@@ -476,6 +476,28 @@ def _m55_items_exist(db: sqlite_utils.Database) -> None:
         """)
 
 
+def _m70_policies(db: sqlite_utils.Database) -> None:
+    # A policy is a named source of candidates (the base model, a loop iteration, any model
+    # folder). A candidate knows its policy when its run mixes several (blind comparisons, a
+    # loop round with the previous policy's answers); NULL means the run's own model.
+    db["policies"].create(
+        {
+            "id": int,
+            "name": str,  # shown to admins only; never to annotators
+            "model": str,  # what it samples from: "default", a folder or a Hub id
+            "created_at": float,
+        },
+        pk="id",
+        not_null={"name", "model", "created_at"},
+    )
+    db["policies"].create_index(["name"], unique=True)
+    _add_reference_column(db, "candidates", "policy_id", "policies")
+    # A comparison item exists to compare policies on a held-out prompt (a run of backend
+    # "arena"); the queue serves them at the share an admin sets.
+    db.execute("ALTER TABLE items ADD COLUMN comparison INTEGER NOT NULL DEFAULT 0")
+    db.execute("CREATE INDEX idx_items_comparison ON items (comparison)")
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -500,6 +522,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(53, "item tags", _m53_item_tags),
     Migration(54, "item stats kept by triggers; item browser indexes", _m54_item_stats),
     Migration(55, "an item for every complete candidate set", _m55_items_exist),
+    Migration(70, "policies; the policy of each candidate; comparison items", _m70_policies),
 )
 SCHEMA_VERSION = max(m.version for m in MIGRATIONS)
 
@@ -754,6 +777,8 @@ def duplicate_targets(texts: Sequence[str]) -> list[int | None]:
 # items, which are made together with their candidates (data.labeling.add_gold_item).
 HUMAN_BACKEND = "human"
 _NOT_RANKED_BACKENDS = (HUMAN_BACKEND, "gold")
+ARENA_BACKEND = "arena"
+"""The backend of a run of blind comparisons: each candidate's policy says where it came from."""
 
 
 def add_items(db: sqlite_utils.Database, *, prompt_id: int | None = None,
@@ -768,11 +793,16 @@ def add_items(db: sqlite_utils.Database, *, prompt_id: int | None = None,
         if value is not None:
             where.append(f"AND c.{column} = ?")
             params.append(value)
+    # Runs of backend "arena" hold blind comparisons of policies (launch/cmd_arena.py).
+    flag_column = flag_value = ""
+    if "comparison" in db["items"].columns_dict:
+        flag_column, flag_value = ", comparison", ", MAX(r.backend = ?)"
+        params.insert(1, ARENA_BACKEND)
     with transaction(db):
         return db.execute(
             f"""
-            INSERT OR IGNORE INTO items (prompt_id, run_id, is_gold, created_at)
-            SELECT c.prompt_id, c.run_id, 0, ?
+            INSERT OR IGNORE INTO items (prompt_id, run_id, is_gold, created_at{flag_column})
+            SELECT c.prompt_id, c.run_id, 0, ?{flag_value}
             FROM candidates c JOIN generation_runs r ON r.id = c.run_id
             WHERE r.backend NOT IN (?, ?) {' '.join(where)}
               AND NOT EXISTS (SELECT 1 FROM items i
@@ -784,24 +814,57 @@ def add_items(db: sqlite_utils.Database, *, prompt_id: int | None = None,
 
 
 def add_candidates(
-    db: sqlite_utils.Database, prompt_id: int, run_id: int, samples: Sequence[CandidateIn]
+    db: sqlite_utils.Database, prompt_id: int, run_id: int, samples: Sequence[CandidateIn],
+    policy_ids: Sequence[int | None] | None = None,
 ) -> list[int]:
     """Stores one prompt's candidates atomically: all of them or none, with the item that
-    annotators rank once all k of the run's candidates are there. Returns their ids."""
+    annotators rank once all k of the run's candidates are there. ``policy_ids`` (aligned with
+    ``samples``) records which policy wrote each, for a run that mixes policies. Returns
+    their ids."""
     now = time.time()
     ids: list[int] = []
     duplicates = duplicate_targets([s.text for s in samples])
+    policies = list(policy_ids) if policy_ids is not None else [None] * len(samples)
+    if len(policies) != len(samples):
+        raise ValueError("one policy id per candidate")
     with transaction(db):
-        for idx, (sample, dup) in enumerate(zip(samples, duplicates)):
+        for idx, (sample, dup, policy) in enumerate(zip(samples, duplicates, policies)):
+            columns, values = "", []
+            if policy is not None:
+                columns, values = ", policy_id", [policy]
             cursor = db.execute(
                 "INSERT INTO candidates (prompt_id, run_id, idx, text, token_count, finish_reason, "
-                "created_at, duplicate_of) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                f"created_at, duplicate_of{columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?"
+                f"{', ?' * len(values)})",
                 [prompt_id, run_id, idx, sample.text, sample.token_count, sample.finish_reason,
-                 now, None if dup is None else ids[dup]],
+                 now, None if dup is None else ids[dup], *values],
             )
             ids.append(cursor.lastrowid)
         add_items(db, prompt_id=prompt_id, run_id=run_id)
     return ids
+
+
+def get_or_create_policy(db: sqlite_utils.Database, name: str, model: str) -> int:
+    """The id of the policy called ``name``, created with ``model`` on first use. A name
+    already bound to another model is refused: votes would mix two policies under one name."""
+    with transaction(db):
+        row = db.execute("SELECT id, model FROM policies WHERE name = ?", [name]).fetchone()
+        if row:
+            if row[1] != model:
+                raise StoreError(f"policy {name!r} already samples from {row[1]}, not {model}")
+            return row[0]
+        return db.execute("INSERT INTO policies (name, model, created_at) VALUES (?, ?, ?)",
+                          [name, model, time.time()]).lastrowid
+
+
+def candidate_policies(db: sqlite_utils.Database) -> dict[int, tuple[str, int]]:
+    """Candidate id -> (its policy's name, its token count), for every candidate: the stored
+    policy, else the model of its run (runs of one policy record none per candidate)."""
+    if "policy_id" not in db["candidates"].columns_dict:
+        return {}
+    return {r[0]: (r[1], r[2] or 0) for r in db.execute(
+        "SELECT c.id, COALESCE(p.name, g.model), c.token_count FROM candidates c "
+        "JOIN generation_runs g ON g.id = c.run_id LEFT JOIN policies p ON p.id = c.policy_id")}
 
 
 def candidates_for_run(db: sqlite_utils.Database, run_id: int) -> list[dict]:

@@ -10,12 +10,14 @@ import argparse
 import sys
 
 from data import store
-from launch import cmd_app, cmd_export, cmd_generate, cmd_policy, cmd_reward, cmd_simulate
+from launch import (cmd_app, cmd_arena, cmd_export, cmd_generate, cmd_policy, cmd_reward,
+                    cmd_simulate)
 from launch.common import UserError
 
 EXIT_USAGE = 2
 # Each module adds its subcommands with `register(commands)`.
-COMMAND_MODULES = (cmd_generate, cmd_app, cmd_reward, cmd_export, cmd_policy, cmd_simulate)
+COMMAND_MODULES = (cmd_generate, cmd_app, cmd_reward, cmd_export, cmd_policy, cmd_simulate,
+                   cmd_arena)
 
 
 def _build_parser() -> argparse.ArgumentParser:

@@ -30,10 +30,12 @@ def register(commands) -> None:
     add_db(export)
     export.add_argument("--to", required=True, metavar="DIR|hub:OWNER/NAME",
                         help="an output folder (new or empty), or hub:OWNER/NAME")
-    export.add_argument("--format", choices=("conversational", "standard"),
+    export.add_argument("--format", choices=("conversational", "standard", "arena"),
                         default="conversational",
                         help="conversational (chat messages, default) or standard (text; the "
-                             "prompt rendered with --model's chat template)")
+                             "prompt rendered with --model's chat template); arena: the votes "
+                             "between policies as one JSON lines file (--to FILE.jsonl) in "
+                             "Chatbot Arena's layout (model_a, model_b, winner, conversations)")
     export.add_argument("--model", default="default",
                         help="tokenizer whose chat template renders standard-format prompts "
                              "(default: the embedded SmolLM2-135M-Instruct)")
@@ -127,6 +129,13 @@ def register(commands) -> None:
 def _export(args: argparse.Namespace) -> int:
     from data import export, store
 
+    if args.format == "arena":
+        from data.arena import export_arena
+
+        n = export_arena(store.open_store(existing_db_path(args)), args.to,
+                         overwrite=args.overwrite)
+        print(f"exported {n} votes between policies to {args.to} (Arena layout)")
+        return 0
     config = export.ExportConfig(
         format=args.format, pairs=args.pairs, ties=args.ties, min_agreement=args.min_agreement,
         keep_annotator_names=args.keep_annotator_names, test_fraction=args.test_fraction,
