@@ -46,6 +46,12 @@ pre-filled from a reward model's scores unchanged, false when they changed it, n
 suggestion was shown (``data.suggestions``); both configurations carry it, and ``rankings``
 also the ``suggested_ranks`` and their ``suggestion_scorer``.
 
+Who gave it: both configurations carry each item's ``item_status`` (``unanimous``,
+``adjudicated`` or ``unresolved``, ``data.adjudication``) and the annotator's reliability
+weight (``annotator_weight``, ``data.reliability``); ``rankings`` also ``active_seconds``, the
+fitted ``annotator_temperature``, the item's ``adjudication_id`` and whether it ``overruled``
+the vote.
+
 Annotators appear as stable pseudonyms (``annotator-<user id>``) unless ``keep_annotator_names``.
 """
 
@@ -61,8 +67,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from data.adjudication import item_statuses
 from data.errors import ConfigError
 from data.rankings import Pair, ranking_to_pairs
+from data.reliability import fit_reliability
 from data.splits import held_out_groups
 from data.votes import LABEL_RANKINGS, RankingRecord, labels, latest, read_rankings
 
@@ -259,6 +267,7 @@ def preference_features(format: str):
         "chosen_is_demonstration": Value("bool"), "ranking_id": Value("int64"),
         "prompt_id": Value("int64"), "chosen_id": Value("int64"), "rejected_id": Value("int64"),
         "suggestion_accepted": Value("bool"),
+        "item_status": Value("string"), "annotator_weight": Value("float64"),
     })
 
 
@@ -275,6 +284,10 @@ def ranking_features():
         "demonstration_id": Value("int64"), "demonstration": Value("string"),
         "shown_at": Value("float64"), "submitted_at": Value("float64"),
         "supersedes": Value("int64"), "superseded_by": Value("int64"),
+        "user_id": Value("int64"), "active_seconds": Value("float64"),
+        "adjudication_id": Value("int64"), "overruled": Value("bool"),
+        "item_status": Value("string"), "annotator_weight": Value("float64"),
+        "annotator_temperature": Value("float64"),
         "suggested_ranks": List(Value("int64")), "suggestion_scorer": Value("string"),
         "suggestion_accepted": Value("bool"),
     })
@@ -307,8 +320,18 @@ def preference_row(row: PairRow, format: str, tokenizer=None) -> dict:
     }
 
 
-def ranking_row(record: RankingRecord) -> dict:
-    return asdict(record)
+def item_status_of(record: RankingRecord, statuses: dict) -> str | None:
+    return statuses.get(record.item_id if record.item_id is not None
+                        else (record.prompt_id, record.source_run))
+
+
+def ranking_row(record: RankingRecord, statuses: dict | None = None, fit=None) -> dict:
+    """The record, its item's status (``data.adjudication``) and its annotator's reliability
+    (``data.reliability``)."""
+    who = fit.annotators.get(record.annotator) if fit is not None else None
+    return {**asdict(record), "item_status": item_status_of(record, statuses or {}),
+            "annotator_weight": who and who.weight,
+            "annotator_temperature": who and who.temperature}
 
 
 def rankings_from_rows(rows: Iterable[dict]) -> list[RankingRecord]:
@@ -376,9 +399,13 @@ def build_export(db, config: ExportConfig, *, tokenizer=None, db_label: str = ""
             for name in SPLITS})
 
     preference_rows = [preference_row(row, config.format, tokenizer) for row in selection.rows]
+    statuses, fit = item_statuses(records), fit_reliability(records)
+    for out, row in zip(preference_rows, selection.rows):
+        out["item_status"] = item_status_of(row.record, statuses)
+        out["annotator_weight"] = fit.annotators[row.record.annotator].weight
     export = Export(
         preferences=split(preference_rows, preference_features(config.format)),
-        rankings=split([ranking_row(r) for r in records], ranking_features()),
+        rankings=split([ranking_row(r, statuses, fit) for r in records], ranking_features()),
         config=config, dropped=selection.dropped,
         stats=card_stats(db, records, preference_rows),
     )
@@ -518,11 +545,19 @@ else 'left out'}; minimum agreement {_number(config.min_agreement, 2)}.
   `agreement` is the share of their judgments matching this row (null when judged once).
 - `tie`, `source_run` (generation run above), `chosen_is_demonstration`, and the ids
   `ranking_id`, `prompt_id`, `chosen_id`, `rejected_id` linking to `rankings`.
+- `item_status`: `unanimous` (no two votes on the item order a pair differently),
+  `adjudicated` (a reviewer decided which votes are its labels) or `unresolved`.
+  `annotator_weight`: the annotator's reliability weight in [0, 1], fitted from overlap and
+  gold (near 0 for someone ranking at random).
 
 `rankings` holds every submission as made: `candidate_ids` and `candidates` in the order
 shown, `ranks` (1 = best, equal = tie; null for skips and unranked "all bad"), `has_tie`,
 `all_bad`, `skipped`, `rationale`, `demonstration`, `is_gold`/`gold_ranks`, `shown_at`,
-`submitted_at` (Unix seconds). A revised submission is a new row with `supersedes` set; the
+`submitted_at` (Unix seconds), `active_seconds` (time the task was visible and in use, when
+the page measured it). `item_status`, `annotator_weight` and `annotator_temperature` (the
+fitted inverse noise) as above; `adjudication_id` names the reviewer's decision on the item
+and `overruled` marks a vote that decision took out of the labels.
+A revised submission is a new row with `supersedes` set; the
 row it replaced has `superseded_by` and is not used for pairs. `suggested_ranks`,
 `suggestion_scorer` and `suggestion_accepted` (also in `default`) tell a ranking pre-filled
 from a reward model and kept unchanged from an independent judgment.

@@ -498,6 +498,35 @@ def _m70_policies(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX idx_items_comparison ON items (comparison)")
 
 
+LATEST_ADJUDICATIONS = "latest_adjudications"
+
+
+def _m60_adjudication_and_active_time(db: sqlite_utils.Database) -> None:
+    # Seconds the task was visible and in use before it was submitted, as the page measured
+    # them (wall time, shown_at to submitted_at, also counts a lunch break); NULL when unknown.
+    db.execute("ALTER TABLE rankings ADD COLUMN active_seconds REAL")
+    # A reviewer may settle disputed items without being an admin.
+    db.execute("ALTER TABLE users ADD COLUMN reviewer INTEGER NOT NULL DEFAULT 0")
+    # A reviewer's decision on a disputed item, append-only: a later decision on the same item
+    # replaces the earlier one for labels, and both stay. outcome: "vote" (the vote named by
+    # ranking_id is the item's label, the others are not), "votes_stand" (every vote stays a
+    # label), "discard" (no vote of the item is a label).
+    db.execute("""
+        CREATE TABLE adjudications (
+            id INTEGER PRIMARY KEY,
+            item_id INTEGER NOT NULL REFERENCES items(id),
+            reviewer_id INTEGER NOT NULL REFERENCES users(id),
+            outcome TEXT NOT NULL CHECK (outcome IN ('vote', 'votes_stand', 'discard')),
+            ranking_id INTEGER REFERENCES rankings(id),
+            note TEXT,
+            created_at REAL NOT NULL,
+            CHECK ((outcome = 'vote') = (ranking_id IS NOT NULL))
+        )""")
+    db.execute("CREATE INDEX idx_adjudications_item ON adjudications (item_id, id)")
+    db.execute(f"CREATE VIEW {LATEST_ADJUDICATIONS} AS SELECT a.* FROM adjudications a "
+               "WHERE a.id = (SELECT MAX(b.id) FROM adjudications b WHERE b.item_id = a.item_id)")
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -522,6 +551,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(53, "item tags", _m53_item_tags),
     Migration(54, "item stats kept by triggers; item browser indexes", _m54_item_stats),
     Migration(55, "an item for every complete candidate set", _m55_items_exist),
+    Migration(60, "active seconds of each vote; reviewers; adjudications",
+              _m60_adjudication_and_active_time),
     Migration(70, "policies; the policy of each candidate; comparison items", _m70_policies),
 )
 SCHEMA_VERSION = max(m.version for m in MIGRATIONS)

@@ -25,6 +25,13 @@ reward model, SFT) and for the exported preference pairs alike, is decided once:
   bad" vote without ranks gives no pairs, and SFT takes no "chosen" answer from any "all
   bad" vote.
 - *Demonstrations*: the annotator's own answer, ranked above every candidate.
+- *Adjudication*: a reviewer's latest decision on an item (``data.adjudication``) settles
+  which of its votes are labels: "vote" keeps only the vote it names (the others are
+  *overruled*), "discard" keeps none, "votes_stand" keeps them all. The decision picks among
+  the annotators' votes rather than adding a judgment of its own, so every label is still a
+  vote in the log, with its annotator, order shown and time, and the SQL below can apply the
+  rule too. A decision names one version of a vote: if that vote is revised afterwards, the
+  item has no label until it is adjudicated again.
 
 ``labels`` applies these rules to records; ``LABEL_RANKINGS`` and ``LABEL_COMPARISONS`` are the
 same rules for readers that query SQLite directly.
@@ -70,6 +77,8 @@ class Vote:
     suggested_ranks: list[int] | None = None
     """The model suggestion the task opened with, if any (``data.suggestions``)."""
     suggestion_scorer: str | None = None
+    active_seconds: float | None = None
+    """Seconds the task was visible and in use, as the page measured them; None if unknown."""
 
 
 def stored_vote(db: sqlite_utils.Database, submission_key: str) -> Stored | None:
@@ -93,7 +102,8 @@ def append_vote(db: sqlite_utils.Database, vote: Vote) -> Stored:
         "INSERT INTO rankings (submission_key, user_id, prompt_id, item_id, assignment_id, "
         "candidate_ids, ranks, has_tie, all_bad, skipped, rationale, demonstration_id, "
         "shown_at, submitted_at, supersedes, suggested_ranks, suggestion_scorer, "
-        "suggestion_accepted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "suggestion_accepted, active_seconds) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [vote.submission_key, vote.user_id, vote.prompt_id, vote.item_id, vote.assignment_id,
          json.dumps(list(submission.candidate_ids)),
          None if submission.ranks is None else json.dumps(list(submission.ranks)),
@@ -101,7 +111,8 @@ def append_vote(db: sqlite_utils.Database, vote: Vote) -> Stored:
          submission.rationale or None, vote.demonstration_id, vote.shown_at,
          vote.submitted_at, vote.supersedes,
          None if vote.suggested_ranks is None else json.dumps(list(vote.suggested_ranks)),
-         vote.suggestion_scorer, accepted_flag(vote.suggested_ranks, submission)],
+         vote.suggestion_scorer, accepted_flag(vote.suggested_ranks, submission),
+         vote.active_seconds],
     ).lastrowid
     pairs = [] if submission.skipped else ranking_to_pairs(
         submission.candidate_ids, submission.ranks, vote.demonstration_id)
@@ -122,7 +133,9 @@ def append_vote(db: sqlite_utils.Database, vote: Vote) -> Stored:
 # The label votes as SQL, for readers that query directly (the rules in the module docstring).
 LABEL_RANKINGS = (
     "(SELECT lr.* FROM latest_rankings lr LEFT JOIN items li ON li.id = lr.item_id "
-    "WHERE lr.skipped = 0 AND COALESCE(li.is_gold, 0) = 0)")
+    "WHERE lr.skipped = 0 AND COALESCE(li.is_gold, 0) = 0 AND NOT EXISTS (SELECT 1 FROM "
+    "latest_adjudications la WHERE la.item_id = lr.item_id AND (la.outcome = 'discard' OR "
+    "(la.outcome = 'vote' AND la.ranking_id != lr.id))))")
 LABEL_COMPARISONS = (
     "(SELECT lc.* FROM latest_comparisons lc WHERE lc.ranking_id IN "
     f"(SELECT id FROM {LABEL_RANKINGS}))")
@@ -167,6 +180,12 @@ class RankingRecord:
     """True: the suggestion submitted unchanged; False: changed; None: no suggestion shown."""
     user_id: int | None = None
     """The annotator's account (for per-annotator weights); exports show ``annotator``."""
+    active_seconds: float | None = None
+    """Seconds the task was visible and in use before submitting; None if not measured."""
+    adjudication_id: int | None = None
+    """The latest reviewer's decision on this vote's item, if any (``data.adjudication``)."""
+    overruled: bool = False
+    """That decision takes this vote out of the labels (it named another vote, or none)."""
 
     @property
     def is_latest(self) -> bool:
@@ -193,15 +212,18 @@ def read_rankings(db, *, keep_annotator_names: bool = False) -> list[RankingReco
         "SELECT r.id, r.user_id, u.name, r.prompt_id, p.messages, r.item_id, i.run_id, "
         "i.is_gold, i.gold_ranks, r.candidate_ids, r.ranks, r.has_tie, r.all_bad, r.skipped, "
         "r.rationale, r.demonstration_id, r.shown_at, r.submitted_at, r.supersedes, s.id, "
-        "r.suggested_ranks, r.suggestion_scorer, r.suggestion_accepted "
+        "r.suggested_ranks, r.suggestion_scorer, r.suggestion_accepted, r.active_seconds, "
+        "la.id, la.outcome, la.ranking_id "
         "FROM rankings r JOIN users u ON u.id = r.user_id JOIN prompts p ON p.id = r.prompt_id "
         "LEFT JOIN items i ON i.id = r.item_id LEFT JOIN rankings s ON s.supersedes = r.id "
+        "LEFT JOIN latest_adjudications la ON la.item_id = r.item_id "
         "ORDER BY r.id").fetchall()
     gold_order: dict[int, list[int]] = {}
     records = []
     for (ranking_id, user_id, name, prompt_id, messages, item_id, run_id, is_gold, gold_json,
          ids_json, ranks_json, has_tie, all_bad, skipped, rationale, demo_id, shown_at,
-         submitted_at, supersedes, superseded_by, suggested_json, scorer, accepted) in rows:
+         submitted_at, supersedes, superseded_by, suggested_json, scorer, accepted,
+         active_seconds, adjudication_id, outcome, chosen) in rows:
         candidate_ids = json.loads(ids_json)
         if run_id is None and candidate_ids:  # a vote stored before items existed
             run_id = db.execute("SELECT run_id FROM candidates WHERE id = ?",
@@ -227,11 +249,14 @@ def read_rankings(db, *, keep_annotator_names: bool = False) -> list[RankingReco
             superseded_by=superseded_by,
             suggested_ranks=None if suggested_json is None else json.loads(suggested_json),
             suggestion_scorer=scorer, suggestion_accepted=None if accepted is None else
-            bool(accepted), user_id=user_id,
+            bool(accepted), user_id=user_id, active_seconds=active_seconds,
+            adjudication_id=adjudication_id, overruled=outcome == "discard" or (
+                outcome == "vote" and chosen != ranking_id),
         ))
     return records
 
 
 def labels(records: Iterable[RankingRecord]) -> list[RankingRecord]:
-    """The records that are labels: latest versions, not skipped, not on gold items."""
-    return [r for r in latest(records) if not r.skipped and not r.is_gold]
+    """The records that are labels: latest versions, not skipped, not on gold items, not
+    overruled by an adjudication."""
+    return [r for r in latest(records) if not r.skipped and not r.is_gold and not r.overruled]
