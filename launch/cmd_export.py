@@ -5,14 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from launch.common import add_db, existing_db_path, positive_int, subcommand_group
-from launch.training_options import (
-    add_optimizer_options,
-    add_tracking_options,
-    optimizer_settings,
-    tracking_settings,
-)
+from launch.common import add_db, add_progress, add_subcommand_db, existing_db_path, train_group
+from launch.config_args import ConfigSpec, add_config_options, config_from_args
 
+SFT = ConfigSpec("policy.sft", "SFTConfig", title="SFT", exclude=("db",),
+                 choices={"db_source": "policy.sft:DB_SOURCES"})
 HUB_PREFIX = "hub:"
 
 
@@ -59,10 +56,7 @@ def register(commands) -> None:
                         help="replace the contents of a non-empty output folder")
     export.set_defaults(handler=_export)
 
-    train = subcommand_group(commands, "train", "train a model on the collected preferences")
-    parent = commands.choices["train"]
-    if not any(a.dest == "db" for a in parent._actions):
-        add_db(parent)  # `rankloop train --db X sft` works as well as `... sft --db X`
+    train = train_group(commands)
     sft = train.add_parser(
         "sft", help="supervised fine-tuning on demonstrations or chat data",
         description="Fine-tune a causal LM on the app's demonstrations (--from demonstrations), "
@@ -71,58 +65,9 @@ def register(commands) -> None:
                     "plain text packed into blocks (--raw-text). Runs under `accelerate launch` "
                     "too. The output folder is a Hugging Face model usable as --model.",
     )
-    add_db(sft)
-    for action in sft._actions:  # a subcommand default would overwrite a --db given on `train`
-        if action.dest == "db":
-            action.default = argparse.SUPPRESS
-    data = sft.add_argument_group("data")
-    data.add_argument("--from", dest="db_source", choices=("demonstrations", "chosen"),
-                      default="demonstrations",
-                      help="what to read from --db when there is no --data "
-                           "(default: demonstrations)")
-    data.add_argument("--data", default=None, metavar="SOURCE",
-                      help=".jsonl/.json/.parquet/.csv file, save_to_disk folder or Hub id with "
-                           "'messages' (or 'prompt' + 'chosen'); with --raw-text a text column "
-                           "or a .txt file")
-    data.add_argument("--split", default="train", help="dataset split (default: train)")
-    data.add_argument("--raw-text", action="store_true",
-                      help="causal LM on plain text packed into --block-size blocks")
-    data.add_argument("--text-column", default="text", help="raw text column (default: text)")
-    data.add_argument("--block-size", type=positive_int, default=512,
-                      help="tokens per packed block (default: 512)")
-    data.add_argument("--max-length", type=positive_int, default=1024,
-                      help="drop conversations longer than this many tokens (default: 1024)")
-    data.add_argument("--eval-fraction", type=float, default=0.1,
-                      help="share of prompts/documents held out (default: 0.1)")
-    model = sft.add_argument_group("model")
-    model.add_argument("--model", default="default",
-                       help="'default' (embedded SmolLM2-135M-Instruct), a local Hugging Face "
-                            "folder, or a Hub id")
-    model.add_argument("--output", required=True, metavar="DIR",
-                       help="folder for the fine-tuned model and metrics.jsonl")
-    model.add_argument("--gradient-checkpointing", action="store_true",
-                       help="recompute activations to save memory")
-    model.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                       help="bf16 mixed precision (default: the accelerate config, else on a GPU)")
-    optim = sft.add_argument_group("optimization")
-    optim.add_argument("--batch-size", type=positive_int, default=4,
-                       help="sequences per micro-batch per process (default: 4)")
-    optim.add_argument("--grad-accum", type=positive_int, default=1,
-                       help="micro-batches per optimizer step (default: 1)")
-    optim.add_argument("--epochs", type=positive_int, default=1, help="default: 1")
-    optim.add_argument("--max-steps", type=positive_int, default=None,
-                       help="optimizer steps (overrides --epochs)")
-    optim.add_argument("--learning-rate", "--lr", type=float, default=2e-5, help="default: 2e-5")
-    optim.add_argument("--lr-schedule", choices=("cosine", "linear", "constant"),
-                       default="cosine", help="after warm-up (default: cosine)")
-    optim.add_argument("--warmup-ratio", type=float, default=0.03, help="default: 0.03")
-    add_optimizer_options(optim)
-    optim.add_argument("--seed", type=int, default=0, help="default: 0")
-    optim.add_argument("--log-every", type=positive_int, default=10, help="steps (default: 10)")
-    optim.add_argument("--eval-every", type=positive_int, default=None,
-                       help="steps (default: before training and once per epoch)")
-    optim.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    add_tracking_options(optim)
+    add_subcommand_db(sft)
+    add_config_options(sft, SFT)
+    add_progress(sft)
     sft.set_defaults(handler=_train_sft)
 
 
@@ -165,20 +110,10 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _train_sft(args: argparse.Namespace) -> int:
-    from policy.sft import SFTConfig, train_sft
+    from policy.sft import train_sft
 
-    db = None if args.data else existing_db_path(args)
-    config = SFTConfig(
-        output=args.output, model=args.model, data=args.data, db=db, db_source=args.db_source,
-        split=args.split, raw_text=args.raw_text, text_column=args.text_column,
-        block_size=args.block_size, max_length=args.max_length, eval_fraction=args.eval_fraction,
-        per_device_batch_size=args.batch_size, gradient_accumulation_steps=args.grad_accum,
-        epochs=args.epochs, max_steps=args.max_steps, learning_rate=args.learning_rate,
-        warmup_ratio=args.warmup_ratio, lr_schedule=args.lr_schedule,
-        gradient_checkpointing=args.gradient_checkpointing, bf16=args.bf16, seed=args.seed,
-        log_every=args.log_every, eval_every=args.eval_every, **optimizer_settings(args),
-        **tracking_settings(args),
-    )
+    db = None if getattr(args, "data", None) else existing_db_path(args)
+    config = config_from_args(SFT, args, db=db)
     summary = train_sft(config, progress=not args.no_progress)
     if summary.main_process:
         print(summary.line())

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import argparse
 
-from launch.common import add_db, db_path, existing_db_path, positive_int, subcommand_group
-from launch.training_options import (
-    add_optimizer_options,
-    add_tracking_options,
-    optimizer_settings,
-    tracking_settings,
-)
+from launch.common import (add_db, add_progress, add_subcommand_db, db_path, existing_db_path,
+                           positive_int, train_group)
+from launch.config_args import ConfigSpec, add_config_options, config_from_args
+
+_PAIR_CHOICES = {"pair_mode": "data.scored_pairs:MODES",
+                 "objective": "data.scored_pairs:OBJECTIVES",
+                 "annotator_weights": "data.scored_pairs:ANNOTATOR_WEIGHTS"}
+REBEL = ConfigSpec("policy.rebel", "RebelConfig", title="REBEL", exclude=("db",),
+                   choices=_PAIR_CHOICES)
+DPO = ConfigSpec("policy.dpo", "DPOConfig", title="DPO", exclude=("db",),
+                 choices={**_PAIR_CHOICES, "loss_type": "policy.losses:DPO_LOSSES"})
+PPO = ConfigSpec("policy.ppo", "PPOConfig", title="PPO",
+                 choices={"backend": ("transformers", "vllm")})
 
 
 def register(commands) -> None:
     from policy.loop import TRAINERS
 
-    train = _group(commands)
+    train = train_group(commands)
     rebel = train.add_parser(
         "rebel", help="train a policy with REBEL on preference pairs",
         description="Train a policy with REBEL: regress the policy's log-ratio gap between the "
@@ -26,13 +32,7 @@ def register(commands) -> None:
                     "the human rankings. Runs under `accelerate launch` too; rerunning the same "
                     "command resumes from the last checkpoint in --output.",
     )
-    _add_pair_source(rebel)
-    _add_model_options(rebel, default_lr=3e-7)
-    algo = rebel.add_argument_group("REBEL")
-    algo.add_argument("--eta", type=float, default=1.0,
-                      help="target log-ratio gap per unit of reward gap (default: 1.0)")
-    algo.add_argument("--temperature", type=float, default=1.0,
-                      help="temperature the responses were sampled at (default: 1.0)")
+    _add_recipe_options(rebel, REBEL)
     rebel.set_defaults(handler=_train_rebel)
 
     dpo = train.add_parser(
@@ -46,13 +46,7 @@ def register(commands) -> None:
                     "under `accelerate launch` too; rerunning the same command resumes from "
                     "the last checkpoint in --output.",
     )
-    _add_pair_source(dpo)
-    _add_model_options(dpo, default_lr=1e-6)
-    algo = dpo.add_argument_group("DPO")
-    algo.add_argument("--loss", choices=("sigmoid", "ipo"), default="sigmoid",
-                      help="sigmoid (DPO) or ipo (default: sigmoid)")
-    algo.add_argument("--beta", type=float, default=0.1,
-                      help="strength of the pull toward the reference model (default: 0.1)")
+    _add_recipe_options(dpo, DPO)
     dpo.set_defaults(handler=_train_dpo)
 
     ppo = train.add_parser(
@@ -64,46 +58,14 @@ def register(commands) -> None:
                     "under `accelerate launch` too (each process rolls out its share of every "
                     "batch); rerunning the same command resumes from the last checkpoint.",
     )
-    add_db(ppo)
-    reward = ppo.add_mutually_exclusive_group(required=True)
+    add_subcommand_db(ppo)
+    reward = ppo.add_argument_group("reward").add_mutually_exclusive_group(required=True)
     reward.add_argument("--scorer", metavar="KIND:DIR", help="reward model: bt:DIR or armorm:DIR")
     reward.add_argument("--reward-fn", metavar="MODULE:FUNCTION",
                         help="a Python reward, called as FUNCTION(prompts, responses) -> list of "
                              "floats; MODULE is imported from the working directory")
-    ppo.add_argument("--prompts", default=None, metavar="SOURCE",
-                     help="prompt source (default: the bundled prompts)")
-    ppo.add_argument("--limit", type=positive_int, default=None, help="use at most N prompts")
-    ppo.add_argument("--model", default="default", help="starting policy (default: SmolLM2)")
-    ppo.add_argument("--output", required=True, metavar="DIR", help="folder for the policy")
-    ppo.add_argument("--backend", choices=("transformers", "vllm"), default="transformers",
-                     help="rollout sampler; vllm gets the new weights after every update "
-                          "(default: transformers)")
-    ppo.add_argument("--steps", type=positive_int, default=100,
-                     help="rollout/update iterations (default: 100)")
-    ppo.add_argument("--rollout-batch", type=positive_int, default=16,
-                     help="prompts per rollout over all processes (default: 16)")
-    ppo.add_argument("--minibatch", type=positive_int, default=4,
-                     help="responses per gradient step over all processes (default: 4)")
-    ppo.add_argument("--ppo-epochs", type=positive_int, default=4, help="default: 4")
-    ppo.add_argument("--max-new-tokens", type=positive_int, default=64, help="default: 64")
-    ppo.add_argument("--temperature", type=float, default=0.7, help="default: 0.7")
-    ppo.add_argument("--kl-coef", type=float, default=0.05, help="default: 0.05")
-    ppo.add_argument("--target-kl", type=float, default=None,
-                     help="adapt the KL coefficient toward this KL per sequence (default: fixed)")
-    ppo.add_argument("--missing-eos-penalty", type=float, default=None,
-                     help="subtract this from the reward of responses cut by --max-new-tokens")
-    ppo.add_argument("--learning-rate", "--lr", type=float, default=1e-6, help="default: 1e-6")
-    add_optimizer_options(ppo, adam_eps=1e-5)
-    ppo.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                     help="bf16 mixed precision (default: on with a GPU)")
-    ppo.add_argument("--seed", type=int, default=0, help="default: 0")
-    ppo.add_argument("--log-every", type=positive_int, default=1, help="steps (default: 1)")
-    ppo.add_argument("--save-every", type=positive_int, default=50,
-                     help="checkpoint every N steps (default: 50)")
-    ppo.add_argument("--no-resume", action="store_true",
-                     help="start over even if --output has a checkpoint")
-    ppo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    add_tracking_options(ppo)
+    add_config_options(ppo, PPO)
+    add_progress(ppo)
     ppo.set_defaults(handler=_train_ppo)
 
     loop = commands.add_parser(
@@ -167,128 +129,103 @@ def register(commands) -> None:
     loop.add_argument("--temperature", type=float, default=0.8, help="default: 0.8")
     loop.add_argument("--eval-fraction", type=float, default=0.1,
                       help="share of prompts held out for the report (default: 0.1)")
-    loop.add_argument("--learning-rate", "--lr", type=float, default=None,
-                      help="default: the algorithm's own, as `rankloop train ALGORITHM` has it "
-                           "(REBEL 3e-7, DPO 1e-6, PPO 1e-6)")
-    loop.add_argument("--eta", type=float, default=1.0, help="REBEL eta (default: 1.0)")
-    loop.add_argument("--beta", type=float, default=0.1, help="DPO beta (default: 0.1)")
-    loop.add_argument("--dpo-loss", choices=("sigmoid", "ipo"), default="sigmoid",
-                      help="DPO loss (default: sigmoid)")
-    loop.add_argument("--epochs", type=positive_int, default=1, help="REBEL and DPO: passes over the pairs (default: 1)")
-    loop.add_argument("--batch-size", type=positive_int, default=4,
-                      help="REBEL and DPO: pairs per micro-batch (default: 4)")
-    loop.add_argument("--ppo-steps", type=positive_int, default=20, help="PPO (default: 20)")
-    loop.add_argument("--rollout-batch", type=positive_int, default=16,
-                      help="PPO prompts per rollout (default: 16)")
-    loop.add_argument("--minibatch", type=positive_int, default=4,
-                      help="PPO responses per gradient step (default: 4)")
-    loop.add_argument("--ppo-epochs", type=positive_int, default=4, help="PPO (default: 4)")
-    loop.add_argument("--kl-coef", type=float, default=0.05, help="PPO (default: 0.05)")
     loop.add_argument("--seed", type=int, default=0, help="default: 0")
+    _add_loop_algorithm_options(loop)
     loop.set_defaults(handler=_loop)
 
 
-def _group(commands):
-    group = subcommand_group(commands, "train", "train a model on the collected preferences")
-    parent = commands.choices["train"]
-    if not any(a.dest == "db" for a in parent._actions):
-        add_db(parent)
-    return group
+def _add_loop_algorithm_options(loop) -> None:
+    """Each algorithm's own settings (``policy.loop.ALGORITHM_SETTINGS``); unset ones keep the
+    --recipe's value, and a setting of another algorithm is refused."""
+    from policy.loop import RECIPES
+
+    group = loop.add_argument_group(
+        "algorithm settings", "each algorithm has its own defaults (--recipe default: sized to "
+        "the model, with a KL budget per iteration; reference-8b: the 8B reference values)")
+    group.add_argument("--recipe", choices=tuple(RECIPES), default="default",
+                       help="where the algorithm's settings come from (default: default)")
+    group.add_argument("--learning-rate", "--lr", type=float, default=None,
+                       help="default: from the model's size, per algorithm (SmolLM2-135M: "
+                            "REBEL 2e-5, DPO 1e-5, PPO 1e-5; 8B: 3e-7, 1e-6, 1e-6)")
+    group.add_argument("--kl-budget", type=float, default=None, metavar="NATS",
+                       help="how far one iteration may move the policy, KL per response: "
+                            "REBEL and DPO stop training there, PPO's KL coefficient adapts "
+                            "toward it (default: 0.8)")
+    group.add_argument("--no-kl-budget", action="store_true",
+                       help="run every planned step (REBEL, DPO) or keep --kl-coef fixed (PPO)")
+    group.add_argument("--eta", type=float, default=None, help="REBEL eta (default: 4.0)")
+    group.add_argument("--beta", type=float, default=None, help="DPO beta (default: 0.1)")
+    group.add_argument("--dpo-loss", choices=("sigmoid", "ipo"), default=None,
+                       help="DPO loss (default: sigmoid)")
+    group.add_argument("--epochs", type=positive_int, default=None,
+                       help="REBEL and DPO: passes over the pairs at most (default: 2)")
+    group.add_argument("--batch-size", type=positive_int, default=None,
+                       help="REBEL and DPO: pairs per micro-batch (default: 4)")
+    group.add_argument("--ppo-steps", type=positive_int, default=None, help="PPO (default: 6)")
+    group.add_argument("--rollout-batch", type=positive_int, default=None,
+                       help="PPO prompts per rollout (default: 16)")
+    group.add_argument("--minibatch", type=positive_int, default=None,
+                       help="PPO responses per gradient step (default: 8)")
+    group.add_argument("--ppo-epochs", type=positive_int, default=None, help="PPO (default: 2)")
+    group.add_argument("--kl-coef", type=float, default=None,
+                       help="PPO: starting KL coefficient (default: 0.05)")
 
 
-def _add_db(parser: argparse.ArgumentParser) -> None:
-    add_db(parser)
-    for action in parser._actions:  # a --db given on `rankloop train` must survive
-        if action.dest == "db":
-            action.default = argparse.SUPPRESS
+def loop_settings(args: argparse.Namespace):
+    """The chosen algorithm's settings from the loop's options."""
+    from data.errors import ConfigError
+    from policy.loop import algorithm_settings
+
+    given = {"learning_rate": args.learning_rate, "eta": args.eta, "beta": args.beta,
+             "loss": args.dpo_loss, "per_device_batch_size": args.batch_size,
+             "rollout_batch_size": args.rollout_batch, "minibatch_size": args.minibatch,
+             "kl_coef": args.kl_coef}
+    if args.algorithm == "ppo":
+        given.update(steps=args.ppo_steps, epochs=args.ppo_epochs, target_kl=args.kl_budget)
+        other = {"--epochs": args.epochs}
+    else:
+        given.update(epochs=args.epochs, kl_budget=args.kl_budget)
+        other = {"--ppo-steps": args.ppo_steps, "--ppo-epochs": args.ppo_epochs}
+    settings = algorithm_settings(args.algorithm, args.recipe, **{
+        k: v for k, v in given.items() if v is not None and k in _fields(args.algorithm)})
+    flags = {"loss": "--dpo-loss", "per_device_batch_size": "--batch-size",
+             "rollout_batch_size": "--rollout-batch", "minibatch_size": "--minibatch"}
+    stray = [flag for flag, v in other.items() if v is not None] + [
+        flags.get(k, "--" + k.replace("_", "-")) for k, v in given.items()
+        if v is not None and k not in _fields(args.algorithm)]
+    if stray:
+        raise ConfigError(f"{', '.join(sorted(stray))} not used by --algorithm {args.algorithm}")
+    if args.no_kl_budget:
+        if args.kl_budget is not None:
+            raise ConfigError("--kl-budget and --no-kl-budget contradict each other")
+        setattr(settings, "target_kl" if args.algorithm == "ppo" else "kl_budget", None)
+    return settings
 
 
-def _add_pair_source(parser) -> None:
-    _add_db(parser)
-    source = parser.add_argument_group("data")
-    source.add_argument("--data", default=None, metavar="SOURCE",
-                        help="TRL-format preferences: .jsonl/.json/.parquet/.csv file, save_to_disk "
-                             "folder or Hub id; or the app's database file (default: --db)")
-    source.add_argument("--split", default="train", help="dataset split (default: train)")
-    source.add_argument("--scorer", default=None, metavar="KIND:DIR",
-                        help="database only: rewards from this reward model's stored scores "
-                             "(default: human rankings, mapped best=1 .. worst=0)")
-    source.add_argument("--run", type=positive_int, default=None, metavar="ID",
-                        help="database only: candidates of this generation run")
-    source.add_argument("--pairs", choices=("best_worst", "all"), default="best_worst",
-                        help="per prompt: best vs worst (default) or every pair")
-    source.add_argument("--limit", type=positive_int, default=None, help="read at most N pairs")
-    source.add_argument("--max-prompt-tokens", type=positive_int, default=1024,
-                        help="drop pairs with a longer prompt (default: 1024)")
-    source.add_argument("--max-response-tokens", type=positive_int, default=2048,
-                        help="drop pairs with a longer response (default: 2048)")
-    source.add_argument("--eval-fraction", type=float, default=0.1,
-                        help="share of prompts held out (default: 0.1)")
+def _fields(algorithm: str) -> set[str]:
+    from dataclasses import fields
+
+    from policy.loop import ALGORITHM_SETTINGS
+
+    return {f.name for f in fields(ALGORITHM_SETTINGS[algorithm])}
 
 
-def _add_model_options(parser, *, default_lr: float) -> None:
-    model = parser.add_argument_group("model")
-    model.add_argument("--model", default="default",
-                       help="the policy that sampled the pairs, and the starting weights: "
-                            "'default' (SmolLM2-135M-Instruct), a folder or a Hub id")
-    model.add_argument("--output", required=True, metavar="DIR",
-                       help="folder for the trained policy, metrics.jsonl and checkpoints")
-    model.add_argument("--lora-r", type=int, default=0, help="LoRA rank; 0 (default) trains all")
-    model.add_argument("--lora-alpha", type=float, default=None, help="default: 2 x --lora-r")
-    model.add_argument("--gradient-checkpointing", action="store_true",
-                       help="recompute activations to save memory")
-    model.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                       help="bf16 mixed precision (default: the accelerate config, else on a GPU)")
-    optim = parser.add_argument_group("optimization")
-    optim.add_argument("--batch-size", type=positive_int, default=4,
-                       help="pairs per micro-batch per process (default: 4)")
-    optim.add_argument("--grad-accum", type=positive_int, default=1,
-                       help="micro-batches per optimizer step (default: 1)")
-    optim.add_argument("--epochs", type=positive_int, default=1, help="default: 1")
-    optim.add_argument("--max-steps", type=positive_int, default=None,
-                       help="optimizer steps (overrides --epochs)")
-    optim.add_argument("--learning-rate", "--lr", type=float, default=default_lr,
-                       help=f"default: {default_lr:g}")
-    optim.add_argument("--lr-schedule", choices=("cosine", "linear", "constant"),
-                       default="cosine", help="after warm-up (default: cosine)")
-    optim.add_argument("--warmup-ratio", type=float, default=0.1, help="default: 0.1")
-    add_optimizer_options(optim)
-    optim.add_argument("--seed", type=int, default=0, help="default: 0")
-    run = parser.add_argument_group("logging and checkpoints")
-    run.add_argument("--log-every", type=positive_int, default=10, help="steps (default: 10)")
-    run.add_argument("--eval-every", type=positive_int, default=None,
-                     help="steps (default: once per epoch)")
-    run.add_argument("--save-every", type=positive_int, default=200,
-                     help="steps between checkpoints (default: 200)")
-    run.add_argument("--no-resume", action="store_true",
-                     help="start over even if --output holds a checkpoint")
-    run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    add_tracking_options(run)
+def _add_recipe_options(parser, spec: ConfigSpec) -> None:
+    add_subcommand_db(parser)
+    add_config_options(parser, spec)
+    add_progress(parser)
 
 
-def _pair_training_settings(args: argparse.Namespace) -> dict:
-    """The options REBEL and DPO share: pairs, batching, schedule, LoRA, logging, resume."""
-    return dict(
-        output=args.output, model=args.model, data=args.data,
-        db=None if args.data else existing_db_path(args), scorer=args.scorer,
-        run_id=args.run, pair_mode=args.pairs, split=args.split, limit=args.limit,
-        max_prompt_tokens=args.max_prompt_tokens, max_response_tokens=args.max_response_tokens,
-        eval_fraction=args.eval_fraction,
-        per_device_batch_size=args.batch_size, gradient_accumulation_steps=args.grad_accum,
-        epochs=args.epochs, max_steps=args.max_steps, learning_rate=args.learning_rate,
-        warmup_ratio=args.warmup_ratio, lr_schedule=args.lr_schedule, lora_r=args.lora_r,
-        lora_alpha=args.lora_alpha, gradient_checkpointing=args.gradient_checkpointing,
-        bf16=args.bf16, seed=args.seed, log_every=args.log_every, eval_every=args.eval_every,
-        save_every=args.save_every, resume=not args.no_resume, **optimizer_settings(args),
-        **tracking_settings(args),
-    )
+def _pair_config(spec: ConfigSpec, args: argparse.Namespace):
+    """REBEL's or DPO's config: pairs from --data, else from the database."""
+    db = None if getattr(args, "data", None) else existing_db_path(args)
+    return config_from_args(spec, args, db=db)
 
 
 def _train_rebel(args: argparse.Namespace) -> int:
-    from policy.rebel import RebelConfig, train_rebel
+    from policy.rebel import train_rebel
 
-    config = RebelConfig(**_pair_training_settings(args), eta=args.eta,
-                         temperature=args.temperature)
+    config = _pair_config(REBEL, args)
     summary = train_rebel(config, progress=not args.no_progress)
     if summary.main_process:
         print(summary.line())
@@ -296,9 +233,9 @@ def _train_rebel(args: argparse.Namespace) -> int:
 
 
 def _train_dpo(args: argparse.Namespace) -> int:
-    from policy.dpo import DPOConfig, train_dpo
+    from policy.dpo import train_dpo
 
-    config = DPOConfig(**_pair_training_settings(args), loss_type=args.loss, beta=args.beta)
+    config = _pair_config(DPO, args)
     summary = train_dpo(config, progress=not args.no_progress)
     if summary.main_process:
         print(summary.line())
@@ -306,18 +243,9 @@ def _train_dpo(args: argparse.Namespace) -> int:
 
 
 def _train_ppo(args: argparse.Namespace) -> int:
-    from policy.ppo import PPOConfig, function_reward, scorer_reward, train_ppo
+    from policy.ppo import function_reward, scorer_reward, train_ppo
 
-    config = PPOConfig(
-        output=args.output, model=args.model, prompts=args.prompts, limit=args.limit,
-        backend=args.backend, total_steps=args.steps, rollout_batch_size=args.rollout_batch,
-        minibatch_size=args.minibatch, ppo_epochs=args.ppo_epochs,
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-        kl_coef=args.kl_coef, target_kl=args.target_kl,
-        missing_eos_penalty=args.missing_eos_penalty, learning_rate=args.learning_rate,
-        bf16=args.bf16, seed=args.seed, log_every=args.log_every, save_every=args.save_every,
-        resume=not args.no_resume, **optimizer_settings(args), **tracking_settings(args),
-    )
+    config = config_from_args(PPO, args)
     reward = scorer_reward(args.scorer) if args.scorer else function_reward(args.reward_fn)
     summary = train_ppo(config, reward_fn=reward, progress=not args.no_progress)
     if summary.main_process:
@@ -333,12 +261,9 @@ def _loop(args: argparse.Namespace) -> int:
         feedback=args.feedback, min_ranked=args.min_ranked, wait_minutes=args.wait_minutes,
         model=args.model, prompts=args.prompts, limit=args.limit, k=args.k,
         backend=args.backend, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-        eval_fraction=args.eval_fraction, eta=args.eta, beta=args.beta, dpo_loss=args.dpo_loss,
-        learning_rate=args.learning_rate,
-        epochs=args.epochs, per_device_batch_size=args.batch_size, ppo_steps=args.ppo_steps,
-        rollout_batch_size=args.rollout_batch, minibatch_size=args.minibatch,
-        kl_coef=args.kl_coef, seed=args.seed, tensor_parallel_size=args.tensor_parallel_size,
-        data_parallel_size=args.data_parallel_size, ppo_epochs=args.ppo_epochs,
+        eval_fraction=args.eval_fraction, recipe=args.recipe, settings=loop_settings(args),
+        seed=args.seed, tensor_parallel_size=args.tensor_parallel_size,
+        data_parallel_size=args.data_parallel_size,
         iterations=args.iterations, sim_annotators=args.sim_annotators,
         sim_overlap=args.sim_overlap, sim_noise=args.sim_noise,
     )

@@ -39,6 +39,33 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_subcommand_db(parser: argparse.ArgumentParser) -> None:
+    """``--db`` on a subcommand of a group that has it too (``rankloop train --db X reward``
+    and ``rankloop train reward --db X`` both work): the subcommand's own default would
+    overwrite a --db given on the group, so it has none."""
+    add_db(parser)
+    for action in parser._actions:
+        if action.dest == "db":
+            action.default = argparse.SUPPRESS
+
+
+def add_progress(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def train_group(commands):
+    """The sub-parsers of ``rankloop train``, which takes ``--db`` for all of them."""
+    return group_with_db(commands, "train", "train a model on the collected preferences")
+
+
+def group_with_db(commands, name: str, help: str):
+    group = subcommand_group(commands, name, help)
+    parent = commands.choices[name]
+    if not any(a.dest == "db" for a in parent._actions):
+        add_db(parent)
+    return group
+
+
 def subcommand_group(commands, name: str, help: str):
     """The sub-parsers of a grouping command such as ``train``, created on first use, so that
     each stage's module can add ``rankloop train <algorithm>`` without knowing the others."""

@@ -64,6 +64,7 @@ class PPOConfig:
     ppo_epochs: int = 4
     """Passes over each rollout."""
     max_new_tokens: int = 64
+    """Longest response sampled, in tokens."""
     temperature: float = 0.7
     """Sampling temperature; logits are divided by it when scoring log-probs."""
     top_p: float = 1.0
@@ -81,7 +82,9 @@ class PPOConfig:
     kl_horizon: int = 10_000
     """Adaptive β: responses over which β can change by 20%."""
     gamma: float = 1.0
+    """GAE discount per token."""
     lam: float = 0.95
+    """GAE λ: how far advantages look ahead (1: Monte Carlo, 0: one step)."""
     clip_range: float = 0.2
     """ε of the clipped policy objective."""
     value_clip_range: float = 0.2
@@ -93,6 +96,7 @@ class PPOConfig:
     missing_eos_penalty: float | None = None
     """Subtracted from the score of responses cut by ``max_new_tokens``."""
     learning_rate: float = 1e-6
+    """AdamW learning rate (constant)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     adam_betas: tuple[float, float] = (0.9, 0.999)
@@ -107,10 +111,13 @@ class PPOConfig:
     """Trackers that receive the metrics too: ``tensorboard`` and/or ``wandb``
     (``metrics.jsonl`` is always written)."""
     seed: int = 0
+    """Seeds the value head, the prompt order and sampling."""
     log_every: int = 1
+    """Log metrics every this many steps."""
     save_every: int = 50
     """Write a resumable checkpoint every this many steps (and at the end)."""
     keep_checkpoints: int = 1
+    """How many of the newest complete checkpoints to keep."""
     resume: bool = True
     """Continue from the newest checkpoint in ``output/checkpoints`` when there is one."""
 

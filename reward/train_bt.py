@@ -63,6 +63,7 @@ class RewardTrainConfig(ResumableTrainingSettings):
     """Weight of mean((r_chosen + r_rejected)²), which keeps rewards centred on 0 (0 = off;
     0.01 is the usual value)."""
     lora_dropout: float = 0.0
+    """Dropout on the LoRA adapters' input."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -47,6 +47,7 @@ class TrainingSettings:
     max_steps: int | None = None
     """Optimizer steps to run; overrides ``epochs``."""
     learning_rate: float = 1e-6
+    """Peak AdamW learning rate, reached after the warm-up."""
     weight_decay: float = 0.0
     """AdamW weight decay (the REBEL reference: 1e-6)."""
     adam_betas: tuple[float, float] = (0.9, 0.999)
@@ -68,6 +69,7 @@ class TrainingSettings:
     """Trackers that receive the metrics too: ``tensorboard`` and/or ``wandb``
     (``metrics.jsonl`` is always written)."""
     seed: int = 0
+    """Seeds the weights of new layers, the held-out split and the batch order."""
     log_every: int = 10
     """Log training metrics every this many steps."""
     eval_every: int | None = None
