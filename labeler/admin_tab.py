@@ -17,6 +17,7 @@ from data.labeling import MAX_CANDIDATES, ROLES
 from data.queue_order import ORDERS as QUEUE_ORDERS
 from labeler import admin
 from labeler.handlers import LabelerService
+from labeler.leaderboard import create_leaderboard_section
 from labeler.render import render_untrusted_markdown
 from labeler.ui import guard, username
 
@@ -109,6 +110,8 @@ def create_admin_tab(svc: LabelerService):
             users = _users_section(svc)
         with gr.Tab("Project", id="admin-project"):
             project = _project_section(svc)
+        with gr.Tab("Leaderboard", id="admin-leaderboard"):
+            board = create_leaderboard_section(svc)
 
     @guard
     def tick_live(job_id, request: gr.Request):
@@ -133,12 +136,12 @@ def create_admin_tab(svc: LabelerService):
         name = username(request)
         return (*counts(name), *plots(name), admin.jobs_table(svc, name),
                 admin.job_log(svc, name, 0), *jobs.load(name), *data.load(name),
-                *users.load(name), *project.load(name), gr.Timer(active=True),
-                gr.Timer(active=True))
+                *users.load(name), *project.load(name), *board.load(name),
+                gr.Timer(active=True), gr.Timer(active=True))
 
     outputs = [overview.counts, overview.running, *slow_outputs, jobs.table, jobs.log,
                *jobs.load_outputs, *data.load_outputs, *users.load_outputs,
-               *project.load_outputs, live, slow]
+               *project.load_outputs, *board.load_outputs, live, slow]
     return status, outputs
 
 

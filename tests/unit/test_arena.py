@@ -213,3 +213,35 @@ def test_leaderboard_and_arena_rows(db):
         "0" if row["model_a"] == "base" else "1")
     assert row["judge"].startswith("annotator-")  # the pseudonym, never a name
     json.dumps(out)
+
+
+def test_the_admin_leaderboard_and_comparison_share(tmp_path):
+    from labeler.handlers import LabelerService, PermissionDenied
+    from labeler.leaderboard import leaderboard_tables, save_comparison_share
+    from tests.labeling_fixtures import make_labeling_db
+
+    path = make_labeling_db(tmp_path / "app.db", n_prompts=0, k=2)
+    db = store.open_store(path)
+    items = add_arena_items(db, 8)
+    for n, item in enumerate(items):
+        _vote(db, "ann", item, {"base": 1, "tuned": 2} if n % 4 else {"base": 2, "tuned": 1})
+    svc = LabelerService(path, policy=labeling.QueuePolicy(overlap=1), autogenerate=False)
+    summary, ratings, matrix = leaderboard_tables(svc, "root", resamples=100)
+    assert "**8** votes between **2** policies" in summary
+    assert list(ratings["policy"]) == ["base", "tuned"]
+    assert list(ratings["mean tokens"]) == ["3.0", "9.0"]
+    assert ratings["95% interval"][0].startswith("[")
+    assert list(matrix.columns) == ["policy", "base", "tuned"]
+    assert matrix.iloc[0].tolist() == ["base", "–", "0.75 (8)"]
+    with pytest.raises(PermissionDenied):
+        leaderboard_tables(svc, "ann")
+    with pytest.raises(PermissionDenied):
+        save_comparison_share(svc, "ann", 0.5)
+    assert "Not saved" in save_comparison_share(svc, "root", 2)
+    assert "50%" in save_comparison_share(svc, "root", "0.5")
+    assert settings.get_setting(store.open_store(path), "comparison_share") == 0.5
+    # A store with no comparisons says how to get some.
+    empty = make_labeling_db(tmp_path / "empty.db", n_prompts=1, k=2)
+    summary, ratings, _ = leaderboard_tables(
+        LabelerService(empty, policy=labeling.QueuePolicy(), autogenerate=False), "root")
+    assert "No votes between policies yet" in summary and ratings.empty
