@@ -108,3 +108,52 @@ def gold_accuracy(rows: Iterable[dict]) -> dict[str, tuple[int, int]]:
 def ratio(pair: Sequence[int]) -> float | None:
     right, total = pair
     return right / total if total else None
+
+
+# --- speed --------------------------------------------------------------------------------------
+
+READING_CHARS_PER_SECOND = 60.0
+"""About 600 words a minute: faster than people read to compare, at the edge of skimming."""
+BASE_SECONDS = 2.0
+"""Time to look at a task and press submit, whatever its length."""
+
+
+def min_plausible_seconds(chars: int) -> float:
+    """The least time a considered ranking of candidates holding ``chars`` characters takes:
+    ``BASE_SECONDS`` plus reading them all at ``READING_CHARS_PER_SECOND``. A vote made faster
+    is flagged as implausibly fast (not dropped: the reliability model judges its content)."""
+    return BASE_SECONDS + max(0, chars) / READING_CHARS_PER_SECOND
+
+
+def speed(rows: Iterable[dict]) -> dict[str, tuple[float | None, int, int]]:
+    """Per annotator: (median active seconds per vote, votes timed, votes implausibly fast).
+
+    Rows carry ``annotator``, ``active_seconds`` (None when the page measured none),
+    ``shown_at``, ``submitted_at`` and ``chars`` (the candidates' characters). A vote's time is
+    its active seconds, else its wall time (showing to submitting, which is never less), so a
+    vote fast by the wall clock is fast; the median is over active seconds only, since wall
+    time counts breaks."""
+    active: dict[str, list[float]] = defaultdict(list)
+    fast: dict[str, int] = defaultdict(int)
+    names: list[str] = []
+    for row in current(rows):
+        name = row["annotator"]
+        if name not in active:
+            names.append(name)
+        seconds = row.get("active_seconds")
+        if seconds is not None:
+            active[name].append(seconds)
+        elif row.get("shown_at") is not None:
+            seconds = row["submitted_at"] - row["shown_at"]
+        if seconds is not None and seconds < min_plausible_seconds(row.get("chars") or 0):
+            fast[name] += 1
+        active.setdefault(name, [])
+    out = {}
+    for name in names:
+        times = sorted(active[name])
+        median = None
+        if times:
+            mid = len(times) // 2
+            median = times[mid] if len(times) % 2 else (times[mid - 1] + times[mid]) / 2
+        out[name] = (median, len(times), fast[name])
+    return out

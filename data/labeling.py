@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import time
 import unicodedata
@@ -410,9 +411,21 @@ class AssignmentExpired(LabelingError):
     """A late submission that would give its item more rankings than the overlap allows."""
 
 
+def active_time(seconds: float | None, shown_at: float | None, now: float) -> float | None:
+    """What the page measured as active time on a task, at most the wall time since the task
+    was shown: a larger figure is the browser's clock, not effort, so it is cut to the wall
+    time rather than refused (refusing would lose the vote). None stays None (not measured)."""
+    if seconds is None:
+        return None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise LabelingError("the active time must be a number of seconds, 0 or more")
+    return seconds if shown_at is None else min(float(seconds), max(0.0, now - shown_at))
+
+
 def submit_assignment(
     db: sqlite_utils.Database, assignment_id: int, user_id: int, submission: Submission,
     *, overlap: int | None = None, now: float | None = None,
+    active_seconds: float | None = None,
 ) -> Stored:
     """Appends the vote and its pairs in one transaction. Idempotent per assignment.
 
@@ -420,6 +433,7 @@ def submit_assignment(
     (rankings by others plus their live assignments); otherwise it raises AssignmentExpired
     and stores nothing. Skips never count against the overlap, so a late skip is kept.
     ``overlap=None`` accepts late submissions unconditionally (imports, tests).
+    ``active_seconds``: the time the page saw the task visible and in use (``active_time``).
     """
     now = time.time() if now is None else now
     key = f"assignment:{assignment_id}"
@@ -462,7 +476,8 @@ def submit_assignment(
             assignment_id=assignment_id, submission=submission,
             demonstration_id=demonstration_id, shown_at=shown_at, submitted_at=now,
             suggested_ranks=suggested and suggested["ranks"],
-            suggestion_scorer=suggested and suggested["scorer"]))
+            suggestion_scorer=suggested and suggested["scorer"],
+            active_seconds=active_time(active_seconds, shown_at, now)))
 
 
 def _add_demonstration(db, prompt_id: int, user_id: int, text: str, now: float) -> int:
@@ -523,10 +538,13 @@ def overview(db: sqlite_utils.Database, now: float | None = None) -> dict[str, i
 
 
 def rankings_for_agreement(db: sqlite_utils.Database) -> list[dict]:
-    """Non-skipped ranked submissions (latest versions): item, annotator, candidate ids, ranks."""
+    """Non-skipped ranked submissions (latest versions): item, annotator, candidate ids, ranks,
+    times (shown, submitted, active seconds) and the candidates' characters."""
     rows = db.query(
         "SELECT r.item_id, u.name AS annotator, r.candidate_ids, r.ranks, i.is_gold, "
-        "i.gold_ranks, r.submitted_at FROM latest_rankings r JOIN users u ON u.id = r.user_id "
+        "i.gold_ranks, r.submitted_at, r.shown_at, r.active_seconds, (SELECT SUM(LENGTH(c.text)) "
+        "FROM candidates c WHERE c.id IN (SELECT value FROM json_each(r.candidate_ids))) AS chars "
+        "FROM latest_rankings r JOIN users u ON u.id = r.user_id "
         "JOIN items i ON i.id = r.item_id WHERE r.skipped = 0 AND r.ranks IS NOT NULL "
         "ORDER BY r.id")
     out = []

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import sqlite_utils
 
 from data import store, votes
-from data.labeling import LabelingError, _add_demonstration
+from data.labeling import LabelingError, _add_demonstration, active_time
 from data.rankings import Submission
 from data.votes import Stored
 
@@ -84,25 +84,30 @@ def recent_submissions(db: sqlite_utils.Database, user_id: int, limit: int = REC
 
 def revise_submission(db: sqlite_utils.Database, ranking_id: int, user_id: int,
                       submission: Submission, *, now: float | None = None,
-                      recent: int = RECENT) -> Stored:
+                      recent: int = RECENT, active_seconds: float | None = None) -> Stored:
     """Stores ``submission`` as the new version of the vote ``ranking_id``.
 
     Only the annotator's own latest version of one of their last ``recent`` submissions can be
     revised, with the candidates in the order they were shown. Idempotent: the same revision
     sent twice (a double click) stores one row, and the second call returns it with
     ``created=False``.
+
+    ``active_seconds``, the time the page measured while revising, adds to the earlier
+    version's: a vote's active time is all the time spent on it (unknown if either is).
     """
     now = time.time() if now is None else now
+    mine = active_time(active_seconds, None, now)  # checked before anything is read
     key = f"revision:{ranking_id}"
     with store.transaction(db):
         old = db.execute(
             "SELECT user_id, prompt_id, item_id, assignment_id, candidate_ids, demonstration_id, "
-            "shown_at, suggested_ranks, suggestion_scorer FROM rankings WHERE id = ?",
+            "shown_at, suggested_ranks, suggestion_scorer, active_seconds FROM rankings "
+            "WHERE id = ?",
             [ranking_id]).fetchone()
         if old is None or old[0] != user_id:
             raise LabelingError("this is not one of your submissions; reload the page")
         (_, prompt_id, item_id, assignment_id, ids_json, old_demo, shown_at, suggested_json,
-         scorer) = old
+         scorer, old_active) = old
         done = votes.stored_vote(db, key)
         if done:
             return done
@@ -131,7 +136,9 @@ def revise_submission(db: sqlite_utils.Database, ranking_id: int, user_id: int,
             demonstration_id=demonstration_id, shown_at=shown_at, submitted_at=now,
             supersedes=ranking_id,
             suggested_ranks=None if suggested_json is None else json.loads(suggested_json),
-            suggestion_scorer=scorer))
+            suggestion_scorer=scorer,
+            active_seconds=None if mine is None or old_active is None else
+            active_time(old_active + mine, shown_at, now)))
 
 
 def history(db: sqlite_utils.Database, ranking_id: int) -> list[int]:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data import agreement, browser, labeling, store
+from data.reliability import fit_reliability
+from data.votes import read_rankings
 from labeler.handlers import GENERATE_KIND, BadRequest, LabelerService, _as_bool, _as_int
 from labeler.auth import password_problem
 from labeler.jobs import JobError, JobRunner, confine_output, workspace_dir
@@ -33,7 +35,8 @@ def _as_float(name: str, value) -> float | None:
 class DatasetStatus:
     counts: dict[str, int]
     annotators: list[list]
-    """Rows: annotator, role, ranked, skipped, all bad, demonstrations, gold accuracy."""
+    """Rows: annotator, role, ranked, skipped, all bad, demonstrations, gold accuracy,
+    reliability weight, temperature, median active seconds, implausibly fast votes."""
     alpha: float | None
     agreement_pairs: list[list]
     """Rows: annotator, annotator, agreement, candidate pairs compared."""
@@ -85,17 +88,39 @@ def _compute_status(db) -> DatasetStatus:
     rows = labeling.rankings_for_agreement(db)
     regular = [r for r in rows if not r["is_gold"]]
     gold = agreement.gold_accuracy([r for r in rows if r["is_gold"]])
+    speeds = agreement.speed(rows)
+    fit = fit_reliability(read_rankings(db, keep_annotator_names=True)).annotators
     annotators = []
     for row in labeling.per_annotator_counts(db):
         accuracy = agreement.ratio(gold.get(row["annotator"], (0, 0)))
         annotators.append([row["annotator"], row["role"], row["ranked"] or 0,
                            row["skipped"] or 0, row["all_bad"] or 0, row["demonstrations"] or 0,
-                           "" if accuracy is None else f"{accuracy:.0%}"])
+                           "" if accuracy is None else f"{accuracy:.0%}",
+                           *_reliability_cells(fit.get(row["annotator"])),
+                           *_speed_cells(speeds.get(row["annotator"]))])
     pairs = [[a, b, f"{agree / total:.0%}", total]
              for (a, b), (agree, total) in sorted(agreement.pairwise_agreement(regular).items())]
     times = labeling.submission_times(db)
     return DatasetStatus(counts, annotators, agreement.krippendorff_alpha_ordinal(regular), pairs,
                          thin_cumulative(times))
+
+
+def _reliability_cells(who) -> list[str]:
+    """Weight and temperature; an annotator with no vote checked by overlap or gold shows the
+    weight they are given, marked as not checked."""
+    if who is None:
+        return ["", ""]
+    if who.temperature is None:
+        return [f"{who.weight:.2f} (not checked)", ""]
+    return [f"{who.weight:.2f}", f"{who.temperature:.2f}"]
+
+
+def _speed_cells(speed) -> list:
+    if speed is None:
+        return ["", 0]
+    median, timed, fast = speed
+    shown = "" if median is None else f"{median:.1f} s" if median < 10 else f"{median:.0f} s"
+    return [shown, fast]
 
 
 MAX_PLOT_POINTS = 500

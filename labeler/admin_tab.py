@@ -172,7 +172,11 @@ def _overview_section() -> Section:
                                       elem_id="rl-admin-agreement-plot")
     o.annotators = gr.Dataframe(
         headers=["annotator", "role", "ranked", "skipped", "all bad", "demonstrations",
-                 "gold accuracy"], label="Annotators", interactive=False)
+                 "gold accuracy", "weight", "reliability", "median active time",
+                 "too fast"], interactive=False,
+        label="Annotators · weight: training weight from overlap and gold, 0 = ranks at random · "
+              "reliability: its inverse noise · too fast: votes quicker than 2 s plus 1 s per "
+              "60 characters of the candidates")
     o.pairs = gr.Dataframe(headers=["annotator", "annotator", "agreement", "candidate pairs"],
                            label="Agreement between annotators (items ranked by both)",
                            interactive=False)

@@ -332,7 +332,20 @@ def _as_ranks(value) -> list[str | None]:
     return [_as_rank(r) for r in value]
 
 
-SUBMIT_KEYS = {"assignment_id", "ranks", "all_bad", "rationale", "demonstration", "revises"}
+SUBMIT_KEYS = {"assignment_id", "ranks", "all_bad", "rationale", "demonstration", "revises",
+               "active_seconds"}
+
+
+def _as_seconds(name: str, value) -> float | None:
+    """A non-negative finite number of seconds, or None when the page sent none. Beyond the
+    wall time since the task was shown it is cut to that (``labeling.active_time``)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadRequest(f"{name} must be a number of seconds")
+    if not math.isfinite(value) or value < 0:
+        raise BadRequest(f"{name} must be a finite number of seconds, 0 or more")
+    return float(value)
 
 
 def _payload(value, allowed: set[str]) -> dict:
@@ -355,6 +368,8 @@ class _Entry:
     rationale: str
     demonstration: str
     revises: int | None
+    active_seconds: float | None = None
+    """Seconds the page saw the task visible and in use (not counting time in the background)."""
 
 
 def _entry(payload) -> _Entry:
@@ -364,7 +379,8 @@ def _entry(payload) -> _Entry:
         _as_bool("all_bad", p.get("all_bad")),
         _as_text("the rationale", p.get("rationale"), MAX_TEXT_CHARS),
         _as_text("the answer", p.get("demonstration"), MAX_TEXT_CHARS),
-        _as_int("revises", p.get("revises")))
+        _as_int("revises", p.get("revises")),
+        _as_seconds("active_seconds", p.get("active_seconds")))
 
 
 # --- submit, skip, revise -----------------------------------------------------------------------
@@ -423,7 +439,8 @@ def submit(svc: LabelerService, username: str, payload) -> Screen:
             assignment.candidate_ids, entry.ranks[:k], all_bad=entry.all_bad,
             rationale=entry.rationale, demonstration=entry.demonstration)
         stored = labeling.submit_assignment(db, assignment.id, user.id, submission,
-                                            overlap=svc.policy.overlap)
+                                            overlap=svc.policy.overlap,
+                                            active_seconds=entry.active_seconds)
     except labeling.AssignmentExpired as exc:
         return screen(current_task(svc, username),
                       Notice("error", f"Not saved: {exc}. Here is your next task."),
@@ -530,7 +547,8 @@ def _revise(svc, user, username: str, entry: _Entry) -> Screen:
         submission = validate_submission(
             row.candidate_ids, entry.ranks[:k], all_bad=entry.all_bad,
             rationale=entry.rationale, demonstration=entry.demonstration)
-        stored = revisions.revise_submission(db, row.ranking_id, user.id, submission)
+        stored = revisions.revise_submission(db, row.ranking_id, user.id, submission,
+                                             active_seconds=entry.active_seconds)
     except (RankingError, LabelingError) as exc:
         text, missing = _refusal(k, entry.ranks, entry.all_bad, exc)
         view = _revision_view(svc, user, row, _controls_from(entry, k))
