@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from data.errors import ConfigError
 from data.preferences import PreferenceSourceError
@@ -282,8 +282,10 @@ def ranked_prompts(db, run_id: int) -> int:
 
 
 def pairs_from_db(db, *, scorer: str | None = None, run_id: int | None = None,
-                  mode: str = "best_worst") -> PairSet:
-    """Pairs from the app's database: ``scorer``'s scores when given, else human rankings."""
+                  mode: str = "best_worst", exclude: set[int] | None = None) -> PairSet:
+    """Pairs from the app's database: ``scorer``'s scores when given, else human rankings.
+    Candidates in ``exclude`` are left out before pairs are built (a loop round's
+    previous-policy answers, there for the people's verdict only)."""
     label = f"database {_db_file(db)}"
     if "candidates" not in db.table_names():
         raise PreferenceSourceError(f"{label} is not a RankLoop store")
@@ -296,6 +298,10 @@ def pairs_from_db(db, *, scorer: str | None = None, run_id: int | None = None,
     if not groups:
         raise PreferenceSourceError(f"{label} has no {what}; rank candidates in the app, score "
                                     "them with `rankloop score`, or pass --data")
+    if exclude:
+        groups = [replace(g, candidates=tuple(c for c in g.candidates
+                                              if c.candidate_id not in exclude))
+                  for g in groups]
     return build_pairs(groups, mode=mode, source=f"{label} ({what})")
 
 

@@ -147,6 +147,14 @@ def register(commands) -> None:
     loop.add_argument("--ppo-epochs", type=positive_int, default=4, help="PPO (default: 4)")
     loop.add_argument("--kl-coef", type=float, default=0.05, help="PPO (default: 0.05)")
     loop.add_argument("--seed", type=int, default=0, help="default: 0")
+    loop.add_argument("--previous-share", type=float, default=None, metavar="X",
+                      help="share of each prompt's k candidates sampled from the previous "
+                           "policy, blind, so the rankings also judge new against previous "
+                           "(human_win_rate in the report; never trained on; default: 0.5 with "
+                           "human or simulated feedback, 0 with reward-model feedback; k >= 3)")
+    loop.add_argument("--stop-when-not-preferred", action="store_true",
+                      help="stop when the rankings show people no longer prefer the new policy "
+                           "to the previous one (human_win_rate <= 0.5)")
     loop.set_defaults(handler=_loop)
 
 
@@ -209,6 +217,8 @@ def _loop(args: argparse.Namespace) -> int:
         data_parallel_size=args.data_parallel_size, ppo_epochs=args.ppo_epochs,
         iterations=args.iterations, sim_annotators=args.sim_annotators,
         sim_overlap=args.sim_overlap, sim_noise=args.sim_noise,
+        previous_share=args.previous_share,
+        stop_when_not_preferred=args.stop_when_not_preferred,
     )
     run_loop(config)
     return 0

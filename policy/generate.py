@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from data import store
 from data.errors import ConfigError
@@ -55,6 +55,11 @@ class GenerateConfig:
     shard: str | None = None
     """``i/n``: only the prompts of shard i (0 .. n-1) of n, split by prompt hash, so n
     machines can each sample a disjoint part of one source."""
+    previous_model: str | None = None
+    """An earlier policy that samples ``previous_count`` of each prompt's k candidates (the
+    loop's people's verdict, new against previous); each candidate then records its policy."""
+    previous_count: int = 0
+    """Candidates per prompt from ``previous_model``, stored after ``model``'s."""
 
     def __post_init__(self):
         if self.limit is not None and self.limit < 1:
@@ -67,6 +72,10 @@ class GenerateConfig:
             raise ConfigError("tensor and data parallel sizes must be at least 1")
         if self.shard is not None:
             parse_shard(self.shard)
+        if self.previous_count and not (self.previous_model
+                                        and 0 < self.previous_count < self.sampling.k):
+            raise ConfigError("previous_count needs previous_model and must leave the current "
+                              f"policy at least one of the k = {self.sampling.k} candidates")
 
 
 @dataclass
@@ -145,6 +154,9 @@ def run_generation(
         max_new_tokens=config.sampling.max_new_tokens,
         seed=config.sampling.seed,
     )
+    mix = _mix(db, config, settings)
+    if mix is not None:
+        settings = mix.settings
     prompt_ids = store.upsert_prompts(
         db, ((f.prompt.messages, f.prompt.source, f.prompt.source_id) for f in formatted)
     )
@@ -171,6 +183,8 @@ def run_generation(
         sampler = make_sampler(backend, model_path, config.sampling,
                                tensor_parallel_size=config.tensor_parallel_size,
                                data_parallel_size=config.data_parallel_size)
+    earlier = {} if mix is None else _sample_previous(config, mix, backend, todo)
+    sampling = config.sampling if mix is None else mix.current_sampling
     step = config.batch_size * getattr(sampler, "data_parallel_size", 1)
     bar = tqdm(total=len(todo), unit="prompt", desc="generate", disable=not progress,
                file=sys.stderr)
@@ -178,11 +192,16 @@ def run_generation(
     try:
         for start in range(0, len(todo), step):
             batch = todo[start:start + step]
-            samples = sampler.generate([item.text for _, item in batch], config.sampling)
+            samples = sampler.generate([item.text for _, item in batch], sampling)
             for (prompt_id, _), prompt_samples in zip(batch, samples):
+                policy_ids = None
+                if mix is not None:
+                    policy_ids = [mix.current_id] * len(prompt_samples)
+                    prompt_samples = list(prompt_samples) + list(earlier[prompt_id])
+                    policy_ids += [mix.previous_id] * config.previous_count
                 rows = [store.CandidateIn(s.text, s.token_count, s.finish_reason)
                         for s in prompt_samples]
-                store.add_candidates(db, prompt_id, run_id, rows)
+                store.add_candidates(db, prompt_id, run_id, rows, policy_ids=policy_ids)
                 summary.candidates += len(rows)
                 summary.tokens += sum(s.token_count for s in prompt_samples)
                 summary.duplicates += sum(
@@ -198,3 +217,58 @@ def run_generation(
             sampler.close()
         db.close()
     return summary
+
+
+# --- a round that mixes in the previous policy's answers -------------------------------------------
+
+@dataclass(frozen=True)
+class _Mix:
+    settings: store.RunSettings
+    """The run's settings, naming both policies (a mixed run is not the plain run)."""
+    current_id: int
+    previous_id: int
+    previous_path: str
+    current_sampling: SamplingConfig
+    previous_sampling: SamplingConfig
+
+
+def policy_name(model: str) -> str:
+    """The name a model's candidates carry as a policy: as a run records its model."""
+    return DEFAULT_MODEL if is_default(model) else resolve_model(model)
+
+
+def _mix(db, config: GenerateConfig, settings: store.RunSettings) -> _Mix | None:
+    if not config.previous_count:
+        return None
+    current, previous = settings.model, policy_name(config.previous_model)
+    k, n = config.sampling.k, config.previous_count
+    return _Mix(
+        settings=replace(settings, model=f"{current} + {n} of {k} from {previous}"),
+        current_id=store.get_or_create_policy(db, current, current),
+        previous_id=store.get_or_create_policy(db, previous, previous),
+        previous_path=resolve_model(config.previous_model),
+        current_sampling=replace(config.sampling, k=k - n),
+        # Its own seed stream: an unchanged policy must not repeat the current one's samples.
+        previous_sampling=replace(config.sampling, k=n, seed=config.sampling.seed + 7919))
+
+
+def _sample_previous(config: GenerateConfig, mix: _Mix, backend: str, todo):
+    """The previous policy's candidates for every prompt still to do (prompt id -> samples),
+    from an engine of its own that is closed before the current policy samples."""
+    from data.chat import format_chat
+
+    tokenizer = load_tokenizer(mix.previous_path)
+    texts = [format_chat(tokenizer, item.prompt.messages) for _, item in todo]
+    # Beside an engine already started for the current policy, take a modest share of a GPU.
+    options = {"gpu_memory_utilization": 0.3} if backend == "vllm" else {}
+    sampler = make_sampler(backend, mix.previous_path, mix.previous_sampling, **options)
+    out = {}
+    try:
+        for start in range(0, len(todo), config.batch_size):
+            batch = todo[start:start + config.batch_size]
+            samples = sampler.generate(texts[start:start + config.batch_size],
+                                       mix.previous_sampling)
+            out.update((prompt_id, s) for (prompt_id, _), s in zip(batch, samples))
+    finally:
+        sampler.close()
+    return out

@@ -123,6 +123,14 @@ class LoopConfig:
     kl_coef: float = 0.05
     """PPO: β of the per-token KL penalty."""
     seed: int = 0
+    previous_share: float | None = None
+    """Share of each prompt's k candidates sampled from the previous policy (blind, like the
+    rest), so the rankings people give anyway also judge new against previous; they are not
+    trained on. None: 0.5 when people or simulated annotators rank, 0 with reward-model
+    feedback. Needs k >= 3 (two current-policy candidates are left for a training pair)."""
+    stop_when_not_preferred: bool = False
+    """Stop after an iteration whose rankings show people no longer prefer the new policy to
+    the previous one (``human_win_rate`` at or below 0.5)."""
 
     @property
     def algorithm_learning_rate(self) -> float:
@@ -162,6 +170,8 @@ class LoopConfig:
                 or self.poll_seconds <= 0:
             raise ConfigError("min ranked must be at least 1, wait minutes at least 0 and poll "
                              "seconds above 0")
+        if self.previous_share is not None and not 0 <= self.previous_share < 1:
+            raise ConfigError("previous share must be at least 0 and below 1")
 
 
 @dataclass
@@ -193,6 +203,19 @@ class IterationReport:
     """Set when the iteration changed almost nothing; each names the setting to change."""
     rankings: int | None = None
     """Simulated feedback: rankings the simulated annotators stored this iteration."""
+    human_win_rate: float | None = None
+    """People's (or simulated annotators') win rate of this iteration's starting policy (the
+    one iteration ``verdict_on`` trained) over the policy before it, from this iteration's
+    rankings of mixed candidates (ties half); None without such votes."""
+    ci_low: float | None = None
+    ci_high: float | None = None
+    """95% bootstrap interval of ``human_win_rate`` (rankings resampled)."""
+    human_votes: int | None = None
+    """New-vs-previous candidate pairs behind ``human_win_rate``."""
+    verdict_on: int | None = None
+    """The iteration whose trained policy ``human_win_rate`` judges."""
+    judge_win_rate: float | None = None
+    """That iteration's own win rate by its judge (reward model or scoring function)."""
 
     def line(self) -> str:
         trained_on = (f"PPO on {self.train_pairs} prompts" if self.algorithm == "ppo"
@@ -309,6 +332,12 @@ def run_loop(config: LoopConfig, *, progress: bool = False,
         write_loop_report(Path(config.output), store.iteration_reports(db))
         db.close()
         reports.append(report)
+        if config.stop_when_not_preferred and report.human_win_rate is not None \
+                and report.human_win_rate <= 0.5:
+            say(f"rankloop: stopping: people preferred iteration {report.verdict_on}'s policy "
+                f"to the one before it in only {report.human_win_rate:.3f} of "
+                f"{report.human_votes} comparisons (--stop-when-not-preferred)")
+            break
     return reports
 
 
@@ -469,6 +498,9 @@ class TrainContext:
     progress: bool
     resume: bool
     """Continue from a checkpoint an interrupted attempt left in ``output``."""
+    verdict_only: set[int] = field(default_factory=set)
+    """The previous policy's candidates: ranked for the verdict, never trained on (REBEL and
+    DPO regress on samples of the policy they start from)."""
 
 
 @dataclass
@@ -483,7 +515,8 @@ def _scored_pairs(ctx: TrainContext):
     there are none) for evaluation."""
     from data.scored_pairs import pairs_from_db
 
-    pairs = pairs_from_db(ctx.db, scorer=ctx.scorer_name, run_id=ctx.run_id)
+    pairs = pairs_from_db(ctx.db, scorer=ctx.scorer_name, run_id=ctx.run_id,
+                          exclude=ctx.verdict_only)
     require_pairs(pairs)
     train_pairs, held_pairs = _held_out(pairs, ctx.held_keys)
     require_pairs(train_pairs)
@@ -583,9 +616,11 @@ def _iteration(config: LoopConfig, db, iteration: int, base_model: str, output: 
 
     # 1. Generate k candidates per prompt with the current policy (a rerun of an interrupted
     #    generation samples only the prompts still missing).
+    previous, n_previous = previous_mix(config, db, base_model)
     if not state.done("generate"):
         generated = run_generation(GenerateConfig(
             db=config.db, prompts=config.prompts, limit=config.limit, model=base_model,
+            previous_model=previous, previous_count=n_previous,
             backend=pick_backend(config.backend), sampling=SamplingConfig(
                 k=config.k, temperature=config.temperature, top_p=1.0,
                 max_new_tokens=config.max_new_tokens, seed=config.seed + iteration)),
@@ -640,7 +675,8 @@ def _iteration(config: LoopConfig, db, iteration: int, base_model: str, output: 
             config=config, db=db, run_id=run_id, base_model=base_model, output=output,
             scorer_name=spec.name if from_scores else None, reward_fn=reward_fn,
             train_prompts=[m for pid, m in prompt_of.items() if keys[pid] not in held_keys],
-            held_keys=held_keys, progress=progress, resume=state.resumed))
+            held_keys=held_keys, progress=progress, resume=state.resumed,
+            verdict_only=_previous_candidates(db, run_id, previous)))
         state.mark("train", train={"trained_on": result.trained_on,
                                    "diagnosis": asdict(result.diagnosis)})
         # The saved policy is what later steps need; optimizer state is several times its size.
@@ -690,8 +726,61 @@ def _iteration(config: LoopConfig, db, iteration: int, base_model: str, output: 
         held = held_out_diagnosis(report.kl, learning_rate=config.algorithm_learning_rate)
         if held is not None and held.warning:
             report.warnings.append(held.warning)
+    if previous is not None:
+        _people_verdict(db, report, base_model, previous, config)
     state.mark("report")
     return report
+
+
+def previous_mix(config: LoopConfig, db, base_model: str) -> tuple[str | None, int]:
+    """(the policy before ``base_model``, how many of each prompt's k candidates it samples
+    this round): (None, 0) on the first iteration, with reward-model feedback by default, or
+    when k leaves too few candidates."""
+    share = config.previous_share
+    if share is None:
+        share = 0.0 if config.feedback == "reward-model" else 0.5
+    reports = store.iteration_reports(db)
+    if not share or not reports or reports[-1].get("model") != base_model:
+        return None, 0
+    count = min(max(1, round(config.k * share)), config.k - 2)
+    return (reports[-1]["base_model"], count) if count >= 1 else (None, 0)
+
+
+def _previous_candidates(db, run_id: int, previous: str | None) -> set[int]:
+    if previous is None:
+        return set()
+    from policy.generate import policy_name
+
+    name = policy_name(previous)
+    return {c for c, (policy, _) in store.candidate_policies(db).items()
+            if policy == name and c in {row["id"] for row in store.candidates_for_run(db, run_id)}}
+
+
+def _people_verdict(db, report: IterationReport, base_model: str, previous: str,
+                    config: LoopConfig) -> None:
+    """Fills the report's people's verdict: this round's rankings of new against previous
+    candidates, beside the judged iteration's own judge, and warns when they disagree."""
+    from data.arena import votes_from_db, win_rate
+    from policy.generate import policy_name
+
+    verdict = win_rate(votes_from_db(db, run_id=report.run_id), policy_name(base_model),
+                       policy_name(previous), seed=config.seed)
+    if verdict is None:
+        return
+    judged = store.iteration_reports(db)[-1]
+    report.human_win_rate, report.ci_low, report.ci_high = (verdict.win_rate, verdict.ci_low,
+                                                            verdict.ci_high)
+    report.human_votes, report.verdict_on = verdict.votes, judged["iteration"]
+    report.judge_win_rate = judged.get("win_rate")
+    if report.judge_win_rate is not None and report.judge_win_rate > 0.5 \
+            and verdict.win_rate < 0.5:
+        report.warnings.append(
+            f"people and the judge disagree on iteration {judged['iteration']}'s policy: "
+            f"{judged.get('judge') or 'its judge'} gave it a win rate of "
+            f"{report.judge_win_rate:.3f} over the policy before it, people "
+            f"{verdict.win_rate:.3f} [{verdict.ci_low:.3f}, {verdict.ci_high:.3f}] in "
+            f"{verdict.votes} comparisons: the policy may be over-optimising its reward; "
+            "lower the learning rate or train the reward model on the new rankings")
 
 
 def _score_run(db, scorer, scorer_name: str, run_id: int) -> None:
@@ -714,6 +803,10 @@ _COLUMNS = (("iteration", "iter"), ("algorithm", "algorithm"), ("train_pairs", "
             ("reward_old", "reward old"), ("reward_new", "reward new"), ("win_rate", "win rate"),
             ("kl", "KL"), ("length_old", "length old"), ("length_new", "length new"),
             ("seconds", "seconds"))
+
+# The people's verdict on the policy each iteration started from (``human_win_rate``).
+_COLUMNS += (("human_win_rate", "people: new vs previous"), ("ci_low", "low"),
+             ("ci_high", "high"))
 
 
 def _cell(value) -> str:
@@ -748,6 +841,10 @@ def report_svg(reports: list[dict], *, width: int = 640, panel_height: int = 150
     panels = [("held-out reward", ("reward_old", "reward_new")), ("win rate", ("win_rate",)),
               ("KL(new ‖ old)", ("kl",)), ("length (tokens)", ("length_old", "length_new"))]
     colors = {"reward_old": "#999999", "length_old": "#999999"}
+    if any(r.get("human_win_rate") is not None for r in reports):
+        panels.insert(2, ("people's win rate, new over previous (95% interval)",
+                          ("human_win_rate", "ci_low", "ci_high")))
+        colors.update(ci_low="#bbbbbb", ci_high="#bbbbbb")
     left, right, top = 60, 20, 24
     height = len(panels) * (panel_height + top) + 30
     xs = [r["iteration"] for r in reports]
