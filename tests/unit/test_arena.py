@@ -245,3 +245,59 @@ def test_the_admin_leaderboard_and_comparison_share(tmp_path):
     summary, ratings, _ = leaderboard_tables(
         LabelerService(empty, policy=labeling.QueuePolicy(), autogenerate=False), "root")
     assert "No votes between policies yet" in summary and ratings.empty
+
+
+def _record(db, iteration, base, model, win_rate):
+    store.record_iteration(db, iteration=iteration, algorithm="rebel", base_model=base,
+                           model=model, run_id=None, scorer=None,
+                           report={"iteration": iteration, "base_model": base, "model": model,
+                                   "win_rate": win_rate, "judge": "bt:/rm"})
+
+
+def test_the_loop_mixes_in_the_previous_policy_when_people_rank(tmp_path):
+    from policy.loop import LoopConfig, previous_mix
+
+    db = store.open_store(tmp_path / "l.db")
+
+    def mix(**kw):
+        kw.setdefault("feedback", "human")
+        return previous_mix(LoopConfig(db="l.db", output="o", **kw), db, "/runs/iter-1")
+
+    assert mix() == (None, 0)  # the first iteration has no previous policy
+    _record(db, 1, "default", "/runs/iter-1", 0.7)
+    assert mix() == ("default", 2) and mix(k=3) == ("default", 1) and mix(k=8) == ("default", 4)
+    assert mix(k=2) == (None, 0)  # two current candidates are needed for a training pair
+    assert mix(previous_share=0.0) == (None, 0)
+    assert mix(previous_share=0.9, k=5) == ("default", 3)
+    assert mix(feedback="reward-model", scorer="bt:rm") == (None, 0)  # off by default there
+    assert mix(feedback="reward-model", scorer="bt:rm", previous_share=0.25) == ("default", 1)
+    with pytest.raises(Exception, match="previous share"):
+        LoopConfig(db="l.db", output="o", feedback="human", previous_share=1.0)
+
+
+def test_the_verdict_warns_when_people_and_the_judge_disagree(tmp_path, tiny_model_dir):
+    import shutil
+
+    from policy.generate import policy_name
+    from policy.loop import IterationReport, LoopConfig, _people_verdict
+
+    base = str(tmp_path / "base")
+    shutil.copytree(tiny_model_dir, base)
+    new = tiny_model_dir
+    db = store.open_store(tmp_path / "l.db")
+    for name in ("ann", "bob"):
+        labeling.add_user(db, name, "annotator", "!x")
+    _record(db, 1, base, new, 0.8)  # the judge liked iteration 1's policy
+    items = add_arena_items(db, 10, policies=((policy_name(new), policy_name(new)),
+                                              (policy_name(base), policy_name(base))))
+    run_id = db["items"].get(items[0])["run_id"]
+    for item in items:  # people prefer the previous policy's answers
+        _vote(db, "ann", item, {policy_name(new): 2, policy_name(base): 1})
+    report = IterationReport(2, "rebel", "human", new, "/runs/iter-2", run_id, 4, 0, None, None,
+                             None, None, None, None, 0.0)
+    _people_verdict(db, report, new, base, LoopConfig(db="l.db", output="o", feedback="human"))
+    assert (report.human_win_rate, report.ci_low, report.ci_high) == (0.0, 0.0, 0.0)
+    assert report.verdict_on == 1 and report.human_votes == 10 and report.judge_win_rate == 0.8
+    [warning] = report.warnings
+    assert "people and the judge disagree on iteration 1's policy" in warning
+    assert "over-optimising" in warning
