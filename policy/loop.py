@@ -752,8 +752,9 @@ def _previous_candidates(db, run_id: int, previous: str | None) -> set[int]:
     from policy.generate import policy_name
 
     name = policy_name(previous)
+    in_run = {row["id"] for row in store.candidates_for_run(db, run_id)}
     return {c for c, (policy, _) in store.candidate_policies(db).items()
-            if policy == name and c in {row["id"] for row in store.candidates_for_run(db, run_id)}}
+            if policy == name and c in in_run}
 
 
 def _people_verdict(db, report: IterationReport, base_model: str, previous: str,
