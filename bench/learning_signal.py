@@ -184,8 +184,15 @@ def main() -> None:
         db = store.open_store(config.db)
         reports = store.iteration_reports(db)
         db.close()
+        # The simulated annotators' verdict on each iteration's policy against the one before
+        # it, from the next iteration's mixed candidates (the last policy has none).
+        verdicts = {r["verdict_on"]: r for r in reports if r.get("human_win_rate") is not None}
         for report in reports:
             result = evaluate(report["model"], base, held, args)
+            verdict = verdicts.get(report["iteration"])
+            if verdict is not None:
+                result["sim_win_rate"] = verdict["human_win_rate"]
+                result["sim_win_ci"] = [verdict["ci_low"], verdict["ci_high"]]
             rows.append((algorithm, report["iteration"], result, report["seconds"]))
             print(f"{algorithm} iteration {report['iteration']}: {result['success']:.3f} "
                   f"success, KL {result['kl']:.3f}", flush=True)
@@ -198,12 +205,13 @@ def main() -> None:
           f"new tokens, temperature {args.temperature:g}; preference: opening sentence ≤ "
           f"{MAX_OPENING_WORDS} words")
     print("| policy | iteration | held-out success | Δ vs base (points) | mean score | "
-          "KL to base | length (tokens) | iteration seconds |")
-    print("|---|---|---|---|---|---|---|---|")
+          "KL to base | length (tokens) | iteration seconds | annotators' win rate vs previous "
+          "[95%] |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, iteration, r, seconds in rows:
         print(f"| {name} | {iteration} | {r['success']:.3f} | "
               f"{100 * (r['success'] - base_success):+.1f} | {r['score']:.3f} | {r['kl']:.3f} | "
-              f"{r['length']:.1f} | {seconds:.0f} |")
+              f"{r['length']:.1f} | {seconds:.0f} | {_verdict(r)} |")
     print(f"\ntotal {total / 60:.1f} min (work folder {work})")
     if args.json:
         Path(args.json).write_text(json.dumps(
@@ -211,6 +219,13 @@ def main() -> None:
                                                "iteration_seconds": s}
                                               for n, i, r, s in rows],
              "total_seconds": total}, indent=2) + "\n")
+
+
+def _verdict(result: dict) -> str:
+    if "sim_win_rate" not in result:
+        return "–"
+    low, high = result["sim_win_ci"]
+    return f"{result['sim_win_rate']:.3f} [{low:.3f}, {high:.3f}]"
 
 
 if __name__ == "__main__":
