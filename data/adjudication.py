@@ -142,16 +142,38 @@ def _gold_agreement(db: sqlite_utils.Database) -> dict[int, float]:
     return out
 
 
-def review_queue(db: sqlite_utils.Database, *, limit: int = 20) -> list[ReviewItem]:
-    """Undecided disputed items, lowest agreement first (ties: lower item id first)."""
+def queue_entries(db: sqlite_utils.Database, *, limit: int = 20) -> list[tuple[int, float]]:
+    """(item id, agreement) of undecided disputed items, lowest agreement first (ties: lower
+    item id first)."""
     disputed = {item_id: 1.0 - disagreement for item_id, disagreement in db.execute(
         "SELECT s.item_id, s.disagreement FROM item_stats s JOIN items i ON i.id = s.item_id "
         "WHERE s.disagreement > 0 AND i.is_gold = 0 AND NOT EXISTS (SELECT 1 FROM "
         "adjudications a WHERE a.item_id = s.item_id) ORDER BY s.disagreement DESC, s.item_id "
         "LIMIT ?", [limit])}
     disputed.update(_gold_agreement(db))
-    chosen = sorted(disputed.items(), key=lambda kv: (kv[1], kv[0]))[:limit]
-    return [review_item(db, item_id, agreement) for item_id, agreement in chosen]
+    return sorted(disputed.items(), key=lambda kv: (kv[1], kv[0]))[:limit]
+
+
+def review_queue(db: sqlite_utils.Database, *, limit: int = 20) -> list[ReviewItem]:
+    """The queue's first ``limit`` items with their candidates and votes."""
+    return [review_item(db, item_id, agreement)
+            for item_id, agreement in queue_entries(db, limit=limit)]
+
+
+def queued_item(db: sqlite_utils.Database, item_id: int) -> ReviewItem | None:
+    """One item of the queue, or None when it is not in it (decided, or its votes agree)."""
+    if db.execute("SELECT 1 FROM adjudications WHERE item_id = ?", [item_id]).fetchone():
+        return None
+    row = db.execute("SELECT s.disagreement, i.is_gold FROM items i LEFT JOIN item_stats s "
+                     "ON s.item_id = i.id WHERE i.id = ?", [item_id]).fetchone()
+    if row is None:
+        return None
+    disagreement, is_gold = row
+    if is_gold:
+        agreement = _gold_agreement(db).get(item_id)
+    else:
+        agreement = 1.0 - disagreement if disagreement else None
+    return None if agreement is None else review_item(db, item_id, agreement)
 
 
 def queue_size(db: sqlite_utils.Database) -> int:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import gradio as gr
 
 from data import settings
+from data.adjudication import can_review
 from labeler import server
 from labeler.admin_tab import ADMIN_CSS, create_admin_tab
 from labeler.handlers import LabelerService
 from labeler.rank_tab import CSS, RANK_JS, create_rank_tab
 from labeler.render import header_html
+from labeler.review_tab import create_review_tab
 from labeler.server import DEFAULT_SESSION_HOURS
 from labeler.ui import guard, username
 
@@ -30,21 +32,29 @@ def build_app(svc: LabelerService) -> gr.Blocks:
                 create_rank_tab(svc)
             with gr.Tab("Admin", id="admin", visible=False) as admin_tab:
                 admin_status, admin_outputs = create_admin_tab(svc)
+            with gr.Tab("Review", id="review", visible=False) as review_tab:
+                review_load, review_outputs = create_review_tab(svc)
 
         @guard
         def on_load(request: gr.Request):
             name = username(request)
             user = svc.user(name)
+            # Admins and named reviewers settle disputed items (labeler/review_tab.py).
+            review = ([gr.Tab(visible=True), *review_load(request)]
+                      if can_review(svc.db(), user.id) else
+                      [gr.Tab(visible=False), *[gr.skip()] * len(review_outputs)])
             top = header_html(user.name, settings.get_setting(svc.db(), "guidelines"))
             # The Rank tab's screen is the page script's to fetch (labeler/rank_api.py).
             if user.is_admin:
                 # An admin lands on the console; their Rank tab takes a task only once opened.
                 svc.ensure_candidates()
                 return [gr.Tab(visible=True), gr.Tabs(selected="admin"), top,
-                        *admin_status(request)]
-            return [gr.Tab(visible=False), gr.skip(), top, *[gr.skip()] * len(admin_outputs)]
+                        *admin_status(request), *review]
+            return [gr.Tab(visible=False), gr.skip(), top, *[gr.skip()] * len(admin_outputs),
+                    *review]
 
-        demo.load(on_load, None, [admin_tab, tabs, header, *admin_outputs],
+        demo.load(on_load, None, [admin_tab, tabs, header, *admin_outputs, review_tab,
+                                  *review_outputs],
                   api_visibility="private", show_progress="hidden")
     return demo
 

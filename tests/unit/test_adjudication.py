@@ -167,3 +167,15 @@ def test_exports_mark_each_item_and_carry_weights(db):
     assert votes["bob"][one] not in set(pairs["ranking_id"])
     assert set(pairs["item_status"]) == {"adjudicated", "unresolved", "unanimous"}
     assert export.rankings_from_rows(raw.to_list()) == read_rankings(db)
+
+
+def test_one_queued_item_is_found_alone(db):
+    one, two, _ = [r[0] for r in db.execute("SELECT id FROM items ORDER BY id")]
+    rank_all(db, "ann", {})
+    rank_all(db, "bob", {one: [3, 2, 1]})
+    assert adjudication.queued_item(db, two) is None  # its votes agree
+    found = adjudication.queued_item(db, one)
+    assert found == adjudication.review_queue(db)[0]
+    root = labeling.get_user(db, "root")
+    adjudication.record_decision(db, item_id=one, reviewer_id=root.id, outcome="votes_stand")
+    assert adjudication.queued_item(db, one) is None and adjudication.queued_item(db, 99) is None

@@ -301,3 +301,45 @@ def test_the_verdict_warns_when_people_and_the_judge_disagree(tmp_path, tiny_mod
     [warning] = report.warnings
     assert "people and the judge disagree on iteration 1's policy" in warning
     assert "over-optimising" in warning
+
+
+def test_the_loop_stops_when_people_no_longer_prefer_the_new_policy(tmp_path, monkeypatch):
+    import policy.loop as loop
+
+    verdicts = iter([None, 0.62, 0.45, 0.7])
+    ran = []
+
+    def one_iteration(config, *, progress=False, say=print):
+        ran.append(len(ran) + 1)
+        report = loop.IterationReport(len(ran), "rebel", "human", "a", "b", 1, 1, 0, None, None,
+                                      None, None, None, None, 0.0)
+        report.human_win_rate = next(verdicts)
+        report.verdict_on, report.human_votes = len(ran) - 1, 40
+        return report
+
+    monkeypatch.setattr(loop, "run_iteration", one_iteration)
+    said = []
+    config = loop.LoopConfig(db=str(tmp_path / "l.db"), output=str(tmp_path / "out"),
+                             feedback="human", iterations=4, stop_when_not_preferred=True)
+    reports = loop.run_loop(config, say=said.append)
+    assert ran == [1, 2, 3] and len(reports) == 3
+    assert any("stopping: people preferred iteration 2's policy to the one before it in only "
+               "0.450 of 40 comparisons" in line for line in said)
+    # Without the option every planned iteration runs.
+    ran.clear()
+    verdicts = iter([0.3, 0.3, 0.3, 0.3])
+    config = loop.LoopConfig(db=str(tmp_path / "m.db"), output=str(tmp_path / "out2"),
+                             feedback="human", iterations=4)
+    assert len(loop.run_loop(config, say=said.append)) == 4
+
+
+def test_pairwise_arena_plans_every_pair_equally_often():
+    from collections import Counter
+
+    from launch.cmd_arena import parse_policies, plan_pairs
+
+    plan = plan_pairs(60, 4, "pairwise", seed=3)
+    assert set(Counter(plan).values()) == {10} and len(Counter(plan)) == 6
+    assert plan_pairs(5, 3, "all", seed=0) == [(0, 1, 2)] * 5
+    assert parse_policies(["base=default", " it1 = runs/iter-1 "]) == [
+        ("base", "default"), ("it1", "runs/iter-1")]
