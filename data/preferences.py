@@ -81,6 +81,8 @@ class PreferenceLoad:
     source: str
     dropped: dict[str, int] = field(default_factory=dict)
     """Rows left out, by reason."""
+    weights: list[float] | None = None
+    """Per-pair training weights (their annotators'), aligned with ``pairs``; None: all 1."""
 
     @property
     def ties(self) -> int:

@@ -64,6 +64,8 @@ class PromptCandidates:
     prompt: Messages | str
     candidates: tuple[ScoredCandidate, ...]
     prompt_id: int | None = None
+    weight: float = 1.0
+    """The mean annotator weight of the votes behind the rewards (1.0 = unweighted)."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,8 @@ class ScoredPair:
     reward_rejected: float
     chosen_candidate_id: int | None = None
     rejected_candidate_id: int | None = None
+    weight: float = 1.0
+    """Training weight (its votes' annotators'); 1.0 = unweighted."""
 
     @property
     def reward_gap(self) -> float:
@@ -140,7 +144,7 @@ def build_pairs(groups: Sequence[PromptCandidates], *, mode: str = "best_worst",
                 out.drop(DROP_IDENTICAL)
             else:
                 out.pairs.append(ScoredPair(group.prompt, a.text, b.text, a.reward, b.reward,
-                                            a.candidate_id, b.candidate_id))
+                                            a.candidate_id, b.candidate_id, group.weight))
     return out
 
 
@@ -246,14 +250,17 @@ def _run_candidate_ids(db, run_id: int) -> set[int]:
     return {row[0] for row in db.execute("SELECT id FROM candidates WHERE run_id = ?", [run_id])}
 
 
-def groups_from_rankings(db, *, run_id: int | None = None) -> list[PromptCandidates]:
+def groups_from_rankings(db, *, run_id: int | None = None,
+                         weights: dict[int, float] | None = None) -> list[PromptCandidates]:
     """Each ranked candidate set with the mean of its annotators' rewards on the
     ``ranks_to_rewards`` scale, from the label votes (``data.votes``); with ``run_id``, only
-    sets of that generation run."""
+    sets of that generation run. With ``weights`` (user id → weight ≥ 0, 1.0 for one
+    missing) the mean is weighted by annotator, and the set carries its votes' mean weight."""
     in_run = _run_candidate_ids(db, run_id) if run_id is not None else None
     sums: dict[tuple[int, tuple[int, ...]], dict[int, list[float]]] = {}
-    for prompt_id, ids_json, ranks_json in db.execute(
-            f"SELECT prompt_id, candidate_ids, ranks FROM {LABEL_RANKINGS} "
+    vote_weights: dict[tuple[int, tuple[int, ...]], list[float]] = defaultdict(list)
+    for prompt_id, ids_json, ranks_json, user_id in db.execute(
+            f"SELECT prompt_id, candidate_ids, ranks, user_id FROM {LABEL_RANKINGS} "
             "WHERE ranks IS NOT NULL ORDER BY id"):
         ids, ranks = json.loads(ids_json), json.loads(ranks_json)
         if not ranks or any(r is None for r in ranks):
@@ -262,10 +269,19 @@ def groups_from_rankings(db, *, run_id: int | None = None) -> list[PromptCandida
             continue
         key = (prompt_id, tuple(sorted(ids)))
         per_candidate = sums.setdefault(key, defaultdict(list))
+        weight = 1.0 if weights is None else float(weights.get(user_id, 1.0))
+        vote_weights[key].append(weight)
         for cid, reward in zip(ids, ranks_to_rewards(ranks)):
             per_candidate[cid].append(reward)
     groups = []
     for (prompt_id, ids), rewards in sums.items():
+        w = vote_weights[(prompt_id, ids)]
+        total = sum(w)
+        if weights is not None:
+            if total <= 0:  # only weight-0 votes: nothing to learn from this set
+                continue
+            groups.append(_weighted_group(db, prompt_id, ids, rewards, w))
+            continue
         texts = dict(db.execute(
             f"SELECT id, text FROM candidates WHERE id IN ({','.join('?' * len(ids))})",
             list(ids)).fetchall())
@@ -276,16 +292,30 @@ def groups_from_rankings(db, *, run_id: int | None = None) -> list[PromptCandida
     return groups
 
 
+def _weighted_group(db, prompt_id: int, ids: tuple[int, ...], rewards: dict[int, list[float]],
+                    w: list[float]) -> PromptCandidates:
+    texts = dict(db.execute(
+        f"SELECT id, text FROM candidates WHERE id IN ({','.join('?' * len(ids))})",
+        list(ids)).fetchall())
+    messages = json.loads(db["prompts"].get(prompt_id)["messages"])
+    total = sum(w)
+    return PromptCandidates(messages, tuple(
+        ScoredCandidate(texts[c], sum(x * y for x, y in zip(rewards[c], w)) / total, c)
+        for c in ids), prompt_id, weight=total / len(w))
+
+
 def ranked_prompts(db, run_id: int) -> int:
     """Prompts of generation run ``run_id`` with at least one complete human ranking."""
     return len({g.prompt_id for g in groups_from_rankings(db, run_id=run_id)})
 
 
 def pairs_from_db(db, *, scorer: str | None = None, run_id: int | None = None,
-                  mode: str = "best_worst", exclude: set[int] | None = None) -> PairSet:
-    """Pairs from the app's database: ``scorer``'s scores when given, else human rankings.
-    Candidates in ``exclude`` are left out before pairs are built (a loop round's
-    previous-policy answers, there for the people's verdict only)."""
+                  mode: str = "best_worst", weights: dict[int, float] | None = None,
+                  exclude: set[int] | None = None) -> PairSet:
+    """Pairs from the app's database: ``scorer``'s scores when given, else human rankings
+    (weighted by annotator with ``weights``, see ``groups_from_rankings``). Candidates in
+    ``exclude`` are left out before pairs are built (a loop round's previous-policy answers,
+    there for the people's verdict only)."""
     label = f"database {_db_file(db)}"
     if "candidates" not in db.table_names():
         raise PreferenceSourceError(f"{label} is not a RankLoop store")
@@ -293,7 +323,7 @@ def pairs_from_db(db, *, scorer: str | None = None, run_id: int | None = None,
         groups = groups_from_scores(db, scorer, run_id=run_id)
         what = f"candidates scored by {scorer}" + (f" in run {run_id}" if run_id else "")
     else:
-        groups = groups_from_rankings(db, run_id=run_id)
+        groups = groups_from_rankings(db, run_id=run_id, weights=weights)
         what = "ranked candidates" + (f" in run {run_id}" if run_id else "")
     if not groups:
         raise PreferenceSourceError(f"{label} has no {what}; rank candidates in the app, score "
@@ -310,8 +340,139 @@ def _db_file(db) -> str:
     return (row[2] if row else "") or ":memory:"
 
 
-def require_pairs(pairs: PairSet) -> None:
+def require_pairs(pairs: PairSet | RankingSet) -> None:
     """Raises the one-line error for a source that left nothing to train on."""
+    if isinstance(pairs, RankingSet):
+        if not pairs.groups:
+            raise PreferenceSourceError(
+                f"no usable rankings in {pairs.source} (dropped: {pairs.describe_drops()})")
+        return
     if not pairs.pairs:
         raise PreferenceSourceError(
             f"no usable preference pairs in {pairs.source} (dropped: {pairs.describe_drops()})")
+
+
+# --- whole rankings (listwise objectives) -------------------------------------------------------
+
+OBJECTIVES = ("pairwise", "listwise")
+ANNOTATOR_WEIGHTS = ("none", "reliability")
+DROP_UNRANKED = "votes without ranks"
+
+
+@dataclass(frozen=True)
+class RankedGroup:
+    """One label vote's full ranking of its item's candidates, ties kept: the example of the
+    listwise objectives."""
+
+    prompt: Messages | str
+    texts: tuple[str, ...]
+    ranks: tuple[int, ...]
+    """Aligned with ``texts``; 1 = best, equal ranks tie (a demonstration, when kept, is 0)."""
+    rewards: tuple[float, ...]
+    """This vote's own ``ranks_to_rewards`` (REBEL's targets); a demonstration gets 1.0."""
+    user_id: int
+    ranking_id: int
+    candidate_ids: tuple[int, ...]
+    weight: float = 1.0
+    """The annotator's training weight (``with_weights``); 1.0 = unweighted."""
+
+    def prompt_key(self) -> str:
+        if isinstance(self.prompt, str):
+            return self.prompt
+        return json.dumps(self.prompt, sort_keys=True, ensure_ascii=False)
+
+
+@dataclass
+class RankingSet:
+    groups: list[RankedGroup]
+    source: str
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def drop(self, reason: str, count: int = 1) -> None:
+        if count:
+            self.dropped[reason] = self.dropped.get(reason, 0) + count
+
+    def describe_drops(self) -> str:
+        return ", ".join(f"{n} {why}" for why, n in sorted(self.dropped.items()) if n) or "none"
+
+
+def rankings_from_db(db, *, run_id: int | None = None,
+                     demonstrations: bool = False) -> RankingSet:
+    """Every label vote (``data.votes``: latest version, not skipped, not gold) that ranks at
+    least two candidates, as one ``RankedGroup``; an all-bad vote without ranks gives nothing
+    (counted). ``demonstrations`` keeps the annotator's own answer as a candidate ranked above
+    every other (the reward model's reading; policies train only on their own samples)."""
+    label = f"database {_db_file(db)}"
+    if "candidates" not in db.table_names():
+        raise PreferenceSourceError(f"{label} is not a RankLoop store")
+    in_run = _run_candidate_ids(db, run_id) if run_id is not None else None
+    out = RankingSet([], f"{label} (whole rankings" + (f" in run {run_id})" if run_id else ")"))
+    rows = db.execute(
+        f"SELECT id, user_id, prompt_id, candidate_ids, ranks, demonstration_id "
+        f"FROM {LABEL_RANKINGS} ORDER BY id").fetchall()
+    texts: dict[int, str] = {}
+    messages: dict[int, Messages] = {}
+    for ranking_id, user_id, prompt_id, ids_json, ranks_json, demo_id in rows:
+        ids = json.loads(ids_json)
+        ranks = json.loads(ranks_json) if ranks_json else None
+        if not ranks or any(r is None for r in ranks):
+            out.drop(DROP_UNRANKED)
+            continue
+        if in_run is not None and not set(ids) <= in_run:
+            continue
+        rewards = ranks_to_rewards(ranks)
+        if demonstrations and demo_id is not None:
+            ids, ranks, rewards = [demo_id, *ids], [0, *ranks], [1.0, *rewards]
+        if len(ids) < 2:
+            out.drop(DROP_SINGLE)
+            continue
+        missing = [c for c in ids if c not in texts]
+        if missing:
+            texts.update(db.execute(
+                f"SELECT id, text FROM candidates WHERE id IN ({','.join('?' * len(missing))})",
+                missing).fetchall())
+        if prompt_id not in messages:
+            messages[prompt_id] = json.loads(db["prompts"].get(prompt_id)["messages"])
+        out.groups.append(RankedGroup(
+            messages[prompt_id], tuple(texts[c] for c in ids), tuple(ranks), tuple(rewards),
+            user_id, ranking_id, tuple(ids)))
+    if not out.groups:
+        raise PreferenceSourceError(f"{label} has no ranked votes to train on; rank candidates "
+                                    "in the app first")
+    return out
+
+
+def with_weights(rankings: RankingSet, weights: dict[int, float]) -> RankingSet:
+    """The same rankings, each weighted by its annotator's weight (``weights``: user id →
+    weight ≥ 0, e.g. ``data.reliability.annotator_weights``); an annotator missing from
+    ``weights`` keeps 1.0."""
+    from dataclasses import replace
+
+    return RankingSet([replace(g, weight=float(weights.get(g.user_id, 1.0)))
+                       for g in rankings.groups], rankings.source, dict(rankings.dropped))
+
+
+def read_annotator_weights(db, kind: str) -> dict[int, float] | None:
+    """user id → training weight for ``kind`` (``ANNOTATOR_WEIGHTS``): None for ``none``,
+    the joint reliability model's weights (``data.reliability``) for ``reliability``."""
+    if kind not in ANNOTATOR_WEIGHTS:
+        raise ConfigError(f"annotator weights must be one of {', '.join(ANNOTATOR_WEIGHTS)}, "
+                          f"not {kind!r}")
+    if kind == "none":
+        return None
+    from data.reliability import annotator_weights
+
+    return annotator_weights(db)
+
+
+def comparison_weights(db, source_ids, weights: dict[int, float]) -> list[float]:
+    """Each database pair's weight: its vote's annotator's weight from ``weights`` (user id →
+    weight; 1.0 for one missing). ``source_ids``: the pairs' ``comparison:<id>``."""
+    users = dict(db.execute(
+        "SELECT c.id, r.user_id FROM comparisons c JOIN rankings r ON r.id = c.ranking_id"))
+    out = []
+    for source_id in source_ids:
+        if not (source_id or "").startswith("comparison:"):
+            raise ConfigError("annotator weights need pairs from the app's database")
+        out.append(float(weights.get(users[int(source_id.split(":", 1)[1])], 1.0)))
+    return out

@@ -16,6 +16,10 @@ off, so π_θ equals π_ref at step 0 (loss log 2 for sigmoid).
 
 The loop (batching, checkpoints, resume, saving) is ``policy.pair_training``'s, shared with
 REBEL: this module is DPO's loss and what it reports.
+
+``objective="listwise"`` is Plackett-Luce DPO (the DPO paper's appendix A.3): each vote's whole
+ranking is one example, its loss the Plackett-Luce likelihood of the order over the implicit
+rewards β·log π_θ/π_ref, ties as grouped stages (``policy.losses.plackett_luce_dpo_loss``).
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ class DPOConfig(PairTrainingConfig):
             raise ConfigError(f"loss type must be one of {', '.join(DPO_LOSSES)}")
         if self.beta <= 0:
             raise ConfigError("beta must be above 0")
+        if self.objective == "listwise" and self.loss_type != "sigmoid":
+            raise ConfigError("the listwise objective is Plackett-Luce DPO: use --loss sigmoid")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -53,8 +59,16 @@ class DPOConfig(PairTrainingConfig):
 
 def batch_loss(model, batch: PairBatch, config: DPOConfig):
     """(per-pair loss ``[B]``, policy log-probs of chosen and rejected ``[B]`` each): one
-    forward for chosen and rejected together."""
-    from policy.losses import dpo_loss
+    forward for chosen and rejected together. Rankings: (per-ranking loss ``[B]``, log-probs
+    ``[B, K]``, None)."""
+    from policy.losses import dpo_loss, plackett_luce_dpo_loss
+    from policy.pair_batches import RankingPairBatch
+
+    if isinstance(batch, RankingPairBatch):
+        logp = batch.gather(sequence_logprobs(model, batch.tokens))
+        loss = plackett_luce_dpo_loss(logp, batch.ref_logp, batch.ranks, batch.candidate_mask,
+                                      beta=config.beta)
+        return loss, logp, None
 
     logp_chosen, logp_rejected = batch.split(sequence_logprobs(model, batch.tokens))
     lengths_chosen, lengths_rejected = batch.split(batch.tokens.response_mask.sum(-1).float())
@@ -72,6 +86,10 @@ _STATS = 8
 def batch_stats(per_pair_loss, logp_chosen, logp_rejected, batch: PairBatch,
                 beta: float) -> torch.Tensor:
     from policy.losses import dpo_implicit_rewards
+    from policy.pair_batches import RankingPairBatch
+
+    if isinstance(batch, RankingPairBatch):
+        return ranking_stats(per_pair_loss, logp_chosen, batch, beta)
 
     reward_chosen = dpo_implicit_rewards(logp_chosen.detach().float(), batch.ref_logp_chosen, beta)
     reward_rejected = dpo_implicit_rewards(logp_rejected.detach().float(),
@@ -86,6 +104,33 @@ def batch_stats(per_pair_loss, logp_chosen, logp_rejected, batch: PairBatch,
         # k1 estimate of KL(π_ref ‖ π_θ) on the pair's responses, −mean log-ratio: exact in
         # expectation when π_ref sampled them (pairs from `rankloop generate`).
         (-(reward_chosen + reward_rejected) / (2 * beta)).sum(),
+        batch.tokens.attention_mask.sum().float(),
+    ]).cpu()
+
+
+def ranking_stats(per_ranking_loss, logp, batch, beta: float) -> torch.Tensor:
+    """The same sums per ranking: accuracy over its strictly ordered pairs, the margin and
+    "chosen"/"rejected" rewards of its best and worst group, KL over its responses."""
+    from training.listwise import ranked_pairs
+
+    mask = batch.candidate_mask
+    reward = beta * (logp.detach().float() - batch.ref_logp) * mask
+    strict = ranked_pairs(batch.ranks, mask, include_ties=False)
+    gap = reward[:, :, None] - reward[:, None, :]
+    correct = ((gap > 0) & strict).sum((1, 2)).float() / strict.sum((1, 2)).clamp(min=1)
+    ranks = batch.ranks.masked_fill(~mask, -1)
+    best = mask & (batch.ranks == batch.ranks.min(-1, keepdim=True).values)
+    worst = mask & (ranks == ranks.max(-1, keepdim=True).values)
+    chosen = (reward * best).sum(-1) / best.sum(-1)
+    rejected = (reward * worst).sum(-1) / worst.sum(-1)
+    return torch.stack([
+        per_ranking_loss.detach().float().sum(),
+        torch.tensor(float(batch.num_pairs), device=reward.device),
+        correct.sum(),
+        (chosen - rejected).sum(),
+        chosen.sum(),
+        rejected.sum(),
+        (-reward.sum(-1) / (beta * mask.sum(-1))).sum(),
         batch.tokens.attention_mask.sum().float(),
     ]).cpu()
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from data.errors import ConfigError
-from data.scored_pairs import MODES, PairSet, require_pairs
+from data.scored_pairs import ANNOTATOR_WEIGHTS, MODES, OBJECTIVES, PairSet, require_pairs
 from policy.pair_batches import collate, prepare_pairs, read_pairs, reference_logprobs
 from training.metrics import saved_line
 from training.plan import StepPlan
@@ -54,11 +54,22 @@ class PairTrainingConfig(ResumableTrainingSettings):
     """Pairs whose chat-formatted prompt is longer are dropped (and counted)."""
     max_response_tokens: int = 2048
     """Pairs with a response longer than this (EOS included) are dropped (and counted)."""
+    objective: str = "pairwise"
+    """``pairwise``: the recipe's pairs (``pair_mode``); ``listwise``: each vote's whole
+    ranking of a prompt's responses, ties kept, as one example (the database's human rankings
+    only; the recipe's module says what its listwise loss is)."""
+    annotator_weights: str = "none"
+    """``none``: every vote counts the same; ``reliability``: each example's loss is weighted
+    by its annotators' estimated reliability (``data.reliability``; database rankings only)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.pair_mode not in MODES:
             raise ConfigError(f"pair mode must be one of {', '.join(MODES)}")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}")
+        if self.annotator_weights not in ANNOTATOR_WEIGHTS:
+            raise ConfigError(f"annotator weights must be one of {', '.join(ANNOTATOR_WEIGHTS)}")
         require_at_least_one(self, "max_prompt_tokens", "max_response_tokens")
 
 
@@ -176,8 +187,11 @@ def train_on_pairs(config: PairTrainingConfig, objective: PairObjective, *,
     world = accelerator.num_processes
     say = accelerator.print
     longest = max(p.length for p in train + held_out)
+    # Sequences per example: a pair's two, a ranking's k (the largest).
+    sequences = max(getattr(p, "size", 2) for p in train + held_out)
     memory = check_training_memory(
-        accelerator, model_path, micro_batch_tokens=2 * config.per_device_batch_size * longest,
+        accelerator, model_path,
+        micro_batch_tokens=sequences * config.per_device_batch_size * longest,
         gradient_checkpointing=config.gradient_checkpointing, lora=config.lora_r > 0,
         logits=True, what=f"this {objective.name} training")
     say(f"rankloop: {len(train)} training pairs, {len(held_out)} held out; {plan.describe()}; "
@@ -218,7 +232,9 @@ def train_on_pairs(config: PairTrainingConfig, objective: PairObjective, *,
         batch = collate([train[i] for i in indices], train_ref[indices], pad_id)
         batch = batch.to(accelerator.device)
         per_pair, logp_chosen, logp_rejected = objective.loss(model, batch)
-        return per_pair, objective.stats(per_pair, logp_chosen, logp_rejected, batch)
+        stats = objective.stats(per_pair, logp_chosen, logp_rejected, batch)
+        # Weights have mean 1 over the training set: all-1 weights leave the loss as it was.
+        return per_pair * batch.weight, stats
 
     done = run_steps(
         accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,

@@ -19,6 +19,10 @@ micro-batch (no fixed-width padding).
 Pairs are read and tokenized by ``policy.pair_batches``, and the loop (batching, checkpoints, resume,
 saving) is ``policy.pair_training``'s, both shared with DPO: this module is REBEL's loss and
 what it reports.
+
+``objective="listwise"`` regresses every pair of each vote's ranking at once, with the vote's
+own rank-derived rewards (``policy.losses.rebel_listwise_loss``: tied responses are a pair
+with reward gap 0), one example per ranking.
 """
 
 from __future__ import annotations
@@ -57,8 +61,16 @@ class RebelConfig(PairTrainingConfig):
 
 def batch_loss(model, batch: PairBatch, config: RebelConfig):
     """(per-pair loss ``[B]``, policy log-probs of chosen and rejected ``[B]`` each): one
-    forward for chosen and rejected together."""
-    from policy.losses import rebel_loss
+    forward for chosen and rejected together. Rankings: (per-ranking loss ``[B]``, log-probs
+    ``[B, K]``, None)."""
+    from policy.losses import rebel_listwise_loss, rebel_loss
+    from policy.pair_batches import RankingPairBatch
+
+    if isinstance(batch, RankingPairBatch):
+        logp = batch.gather(sequence_logprobs(model, batch.tokens, config.temperature))
+        loss = rebel_listwise_loss(logp, batch.ref_logp, batch.rewards, batch.ranks,
+                                   batch.candidate_mask, eta=config.eta)
+        return loss, logp, None
 
     logp_chosen, logp_rejected = batch.split(
         sequence_logprobs(model, batch.tokens, config.temperature))
@@ -73,6 +85,10 @@ _STATS = 7
 
 
 def batch_stats(per_pair_loss, logp_chosen, logp_rejected, batch: PairBatch) -> torch.Tensor:
+    from policy.pair_batches import RankingPairBatch
+
+    if isinstance(batch, RankingPairBatch):
+        return ranking_stats(per_pair_loss, logp_chosen, batch)
     ratio_chosen = (logp_chosen - batch.ref_logp_chosen).detach().float()
     ratio_rejected = (logp_rejected - batch.ref_logp_rejected).detach().float()
     gap = ratio_chosen - ratio_rejected
@@ -86,6 +102,31 @@ def batch_stats(per_pair_loss, logp_chosen, logp_rejected, batch: PairBatch) -> 
         (-(ratio_chosen + ratio_rejected) / 2).sum(),
         ratio_chosen.sum(),
         ratio_rejected.sum(),
+        batch.tokens.attention_mask.sum().float(),
+    ]).cpu()
+
+
+def ranking_stats(per_ranking_loss, logp, batch) -> torch.Tensor:
+    """The same sums per ranking: sign agreement over its strictly ordered pairs, KL over its
+    responses, "chosen"/"rejected" the mean log-ratio of its best and worst group."""
+    from training.listwise import ranked_pairs
+
+    mask = batch.candidate_mask
+    ratio = (logp.detach().float() - batch.ref_logp) * mask
+    strict = ranked_pairs(batch.ranks, mask, include_ties=False)
+    gap = ratio[:, :, None] - ratio[:, None, :]
+    agree = ((gap > 0) & strict).sum((1, 2)).float() / strict.sum((1, 2)).clamp(min=1)
+    ranks = batch.ranks.masked_fill(~mask, -1)
+    best = mask & (batch.ranks == batch.ranks.min(-1, keepdim=True).values)
+    worst = mask & (ranks == ranks.max(-1, keepdim=True).values)
+    n = mask.sum(-1).float()
+    return torch.stack([
+        per_ranking_loss.detach().float().sum(),
+        torch.tensor(float(batch.num_pairs), device=ratio.device),
+        agree.sum(),
+        (-ratio.sum(-1) / n).sum(),
+        ((ratio * best).sum(-1) / best.sum(-1)).sum(),
+        ((ratio * worst).sum(-1) / worst.sum(-1)).sum(),
         batch.tokens.attention_mask.sum().float(),
     ]).cpu()
 

@@ -50,6 +50,8 @@ class EncodedPair:
     tie: bool
     group: str
     """The prompt's key: pairs of one prompt stay on the same side of the held-out split."""
+    weight: float = 1.0
+    """The judging annotator's training weight (1.0 = unweighted)."""
 
     @property
     def length(self) -> int:
@@ -58,11 +60,13 @@ class EncodedPair:
 
 
 def encode_pairs(
-    tokenizer, pairs: Sequence[PreferencePair], max_length: int
+    tokenizer, pairs: Sequence[PreferencePair], max_length: int,
+    weights: Sequence[float] | None = None,
 ) -> tuple[list[EncodedPair], int]:
     """Tokenizes every pair; returns those whose two sides fit in ``max_length`` tokens, and how
     many were dropped for being longer. Dropping (not truncating) keeps the read-out token on
-    each response's real last token and both sides of a pair whole."""
+    each response's real last token and both sides of a pair whole. ``weights`` (one per pair)
+    go with the pairs; None weighs each 1.0."""
     conversations = []
     for pair in pairs:
         conversations += [pair.chosen_conversation(), pair.rejected_conversation()]
@@ -74,7 +78,7 @@ def encode_pairs(
             too_long += 1
             continue
         encoded.append(EncodedPair(chosen, rejected, pair.margin or 0.0, pair.tie,
-                                   pair.prompt_key()))
+                                   pair.prompt_key(), 1.0 if weights is None else weights[n]))
     return encoded, too_long
 
 
@@ -87,12 +91,14 @@ class PreferenceBatch:
     input_ids, attention_mask: ``[2B, T]``, right-padded to the longest of all 2B sequences;
     rows ``0..B-1`` are the chosen responses and rows ``B..2B-1`` the rejected ones, pair i's
     in rows i and B+i. margin: ``[B]`` float (0 where none). is_tie: ``[B]`` bool.
+    weight: ``[B]`` float, each pair's training weight (1.0 = unweighted).
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     margin: torch.Tensor
     is_tie: torch.Tensor
+    weight: torch.Tensor | None = None
 
     @property
     def num_pairs(self) -> int:
@@ -104,7 +110,8 @@ class PreferenceBatch:
 
     def to(self, device) -> PreferenceBatch:
         return PreferenceBatch(self.input_ids.to(device), self.attention_mask.to(device),
-                               self.margin.to(device), self.is_tie.to(device))
+                               self.margin.to(device), self.is_tie.to(device),
+                               None if self.weight is None else self.weight.to(device))
 
 
 def pad_sequences(sequences: Sequence[Sequence[int]], pad_token_id: int,
@@ -127,6 +134,7 @@ def collate(pairs: Sequence[EncodedPair], pad_token_id: int) -> PreferenceBatch:
         input_ids, attention_mask,
         margin=torch.tensor([p.margin for p in pairs], dtype=torch.float32),
         is_tie=torch.tensor([p.tie for p in pairs], dtype=torch.bool),
+        weight=torch.tensor([p.weight for p in pairs], dtype=torch.float32),
     )
 
 
@@ -135,3 +143,94 @@ def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     rightmost non-pad token, as ``AutoModelForSequenceClassification`` itself does)."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
     return logits[:, 0].float()
+
+
+# --- whole rankings (the listwise objective) ------------------------------------------------
+
+@dataclass(frozen=True)
+class EncodedRanking:
+    """One vote's ranking, tokenized: each candidate's whole conversation."""
+
+    sequences: list[list[int]]
+    ranks: list[int]
+    """Aligned with ``sequences``; 1 = best, equal = tie."""
+    weight: float
+    group: str
+    """The prompt's key: rankings of one prompt stay on the same side of the held-out split."""
+
+    @property
+    def length(self) -> int:
+        """Padded width of this ranking's sequences in a batch."""
+        return max(len(s) for s in self.sequences)
+
+    @property
+    def size(self) -> int:
+        return len(self.sequences)
+
+
+def encode_rankings(tokenizer, groups, max_length: int) -> tuple[list[EncodedRanking], int]:
+    """Tokenizes each ``data.scored_pairs.RankedGroup`` (prompt + each candidate as one
+    conversation); returns those whose every candidate fits ``max_length`` tokens, and how many
+    rankings were dropped for a longer one (never truncated, as for pairs)."""
+    conversations, spans = [], []
+    for group in groups:
+        start = len(conversations)
+        for text in group.texts:
+            # As the database's pairs are read: the prompt, then the response as one turn.
+            conversations.append(group.prompt + text if isinstance(group.prompt, str) else
+                                 [*group.prompt, {"role": "assistant", "content": text}])
+        spans.append((start, len(conversations)))
+    ids = tokenize_conversations(tokenizer, conversations)
+    encoded, too_long = [], 0
+    for group, (start, end) in zip(groups, spans):
+        sequences = ids[start:end]
+        if max(len(s) for s in sequences) > max_length:
+            too_long += 1
+            continue
+        encoded.append(EncodedRanking(sequences, list(group.ranks), group.weight,
+                                      group.prompt_key()))
+    return encoded, too_long
+
+
+@dataclass
+class RankingBatch:
+    """B rankings of up to K candidates as one forward pass over their N = Σ kᵦ sequences.
+
+    input_ids, attention_mask: ``[N, T]``, right-padded, ranking b's candidates in consecutive
+    rows. index: ``[B, K]`` long, the row of ranking b's k-th candidate (0 on padding).
+    ranks: ``[B, K]`` long (1 = best, equal = tie; padding holds a large rank). candidate_mask:
+    ``[B, K]`` bool, True on real candidates (rankings of fewer than K are padded).
+    weight: ``[B]`` float, each ranking's training weight (1.0 = unweighted).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    index: torch.Tensor
+    ranks: torch.Tensor
+    candidate_mask: torch.Tensor
+    weight: torch.Tensor
+
+    @property
+    def num_rankings(self) -> int:
+        return self.ranks.shape[0]
+
+    def gather(self, per_sequence: torch.Tensor) -> torch.Tensor:
+        """``[N]`` per-sequence values → ``[B, K]`` (padding gets sequence 0's value, to be
+        masked)."""
+        return per_sequence[self.index]
+
+    def to(self, device) -> RankingBatch:
+        return RankingBatch(*(t.to(device) for t in (
+            self.input_ids, self.attention_mask, self.index, self.ranks, self.candidate_mask,
+            self.weight)))
+
+
+def collate_rankings(rankings: Sequence[EncodedRanking], pad_token_id: int) -> RankingBatch:
+    from training.listwise import padded_ranks, ranking_layout
+
+    input_ids, attention_mask = pad_sequences(
+        [s for r in rankings for s in r.sequences], pad_token_id)
+    index, mask = ranking_layout([r.size for r in rankings])
+    return RankingBatch(input_ids, attention_mask, index,
+                        padded_ranks([r.ranks for r in rankings], index.shape[1]), mask,
+                        torch.tensor([r.weight for r in rankings], dtype=torch.float32))

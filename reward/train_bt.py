@@ -9,6 +9,12 @@ Ties are left out by default (``ties="exclude"``); ``ties="include"`` trains the
 Bradley-Terry cross-entropy (``reward.losses.tie_loss``), which pulls the two rewards together.
 Pairs longer than ``max_length`` are dropped and counted, never truncated.
 
+``objective="listwise"`` trains instead on each vote's whole ranking (the database's): the
+Plackett-Luce likelihood of its order, ties as grouped stages (``reward.losses.
+plackett_luce_loss``), one example per ranking. ``annotator_weights="reliability"`` multiplies
+each pair's or ranking's loss by its annotator's reliability weight (``data.reliability``),
+rescaled to mean 1 over the training set; held-out metrics stay unweighted.
+
 Every optimizer step sums the per-pair loss over its micro-batches and divides by the pairs in
 the whole step (all ranks, all accumulation steps), so the update does not depend on how the
 step is split. Checkpoints hold model, optimizer, scheduler and RNG state; the data position
@@ -64,11 +70,28 @@ class RewardTrainConfig(ResumableTrainingSettings):
     0.01 is the usual value)."""
     lora_dropout: float = 0.0
     """Dropout on the LoRA adapters' input."""
+    objective: str = "pairwise"
+    """``pairwise``: Bradley-Terry on each vote's pairs; ``listwise``: Plackett-Luce on each
+    vote's whole ranking, ties as grouped stages (database only; ``ties`` does not apply)."""
+    annotator_weights: str = "none"
+    """``none``: every vote counts the same; ``reliability``: each vote's loss is weighted by
+    its annotator's estimated reliability (``data.reliability``; database only)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.ties not in TIES:
             raise ConfigError(f"ties must be one of {', '.join(TIES)}, not {self.ties!r}")
+        from data.scored_pairs import ANNOTATOR_WEIGHTS, OBJECTIVES
+
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, "
+                              f"not {self.objective!r}")
+        if self.annotator_weights not in ANNOTATOR_WEIGHTS:
+            raise ConfigError(f"annotator weights must be one of {', '.join(ANNOTATOR_WEIGHTS)}"
+                              f", not {self.annotator_weights!r}")
+        if self.data and (self.objective != "pairwise" or self.annotator_weights != "none"):
+            raise ConfigError("the listwise objective and annotator weights read the app's "
+                              "database: use --db instead of --data")
         require_at_least_one(self, "max_length")
 
 
@@ -108,14 +131,58 @@ class TrainSummary:
 # Data
 # ---------------------------------------------------------------------------------------------
 
-def read_pairs(config: RewardTrainConfig) -> PreferenceLoad:
+def read_pairs(config: RewardTrainConfig):
+    """A ``PreferenceLoad`` (pairwise), or a ``data.scored_pairs.RankingSet`` (listwise), with
+    the annotators' weights when asked for."""
     from data.preferences import load_db_pairs, load_preference_file
 
     if config.data:
         return load_preference_file(config.data, split=config.split, limit=config.limit)
     from data import store
+    from data.scored_pairs import read_annotator_weights, rankings_from_db, with_weights
 
-    return load_db_pairs(store.open_store(config.db), agreed_only=config.agreed_only)
+    db = store.open_store(config.db)
+    weights = read_annotator_weights(db, config.annotator_weights)
+    if config.objective == "listwise":
+        rankings = rankings_from_db(db, demonstrations=True)
+        return rankings if weights is None else with_weights(rankings, weights)
+    load = load_db_pairs(db, agreed_only=config.agreed_only)
+    if weights is not None:
+        from data.scored_pairs import comparison_weights
+
+        load.weights = comparison_weights(db, [p.source_id for p in load.pairs], weights)
+    return load
+
+
+def _normalised(examples: list) -> list:
+    """The examples with weights rescaled to mean 1 (``training.listwise.normalise_weights``)."""
+    from dataclasses import replace
+
+    from training.listwise import normalise_weights
+
+    if all(e.weight == 1.0 for e in examples):
+        return examples
+    try:
+        weights = normalise_weights([e.weight for e in examples])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return [replace(e, weight=w) for e, w in zip(examples, weights)]
+
+
+def prepare_rankings(config: RewardTrainConfig, tokenizer, rankings
+                     ) -> tuple[list, list, dict[str, int]]:
+    """(train, held-out, dropped counts) for the listwise objective: ``EncodedRanking``s."""
+    from reward.batches import encode_rankings
+
+    dropped = dict(rankings.dropped)
+    encoded, too_long = encode_rankings(tokenizer, rankings.groups, config.max_length)
+    dropped[f"rankings longer than {config.max_length} tokens"] = too_long
+    train, held_out = split_held_out(encoded, config.eval_fraction, config.seed)
+    if not train:
+        raise PreferenceSourceError(
+            f"no training rankings left from {rankings.source} "
+            f"(dropped: {', '.join(f'{n} {k}' for k, n in dropped.items() if n) or 'none'})")
+    return _normalised(train), held_out, {k: v for k, v in dropped.items() if v}
 
 
 def prepare_pairs(
@@ -124,10 +191,13 @@ def prepare_pairs(
     """(train, held-out, dropped counts by reason)."""
     dropped = dict(load.dropped)
     pairs = load.pairs
+    weights = load.weights
     if config.ties == "exclude":
         dropped["ties (--ties exclude)"] = sum(p.tie for p in pairs)
+        if weights is not None:
+            weights = [w for p, w in zip(pairs, weights) if not p.tie]
         pairs = [p for p in pairs if not p.tie]
-    encoded, too_long = encode_pairs(tokenizer, pairs, config.max_length)
+    encoded, too_long = encode_pairs(tokenizer, pairs, config.max_length, weights)
     dropped[f"longer than {config.max_length} tokens"] = too_long
     if eval_load is not None:
         eval_pairs = [p for p in eval_load.pairs if config.ties == "include" or not p.tie]
@@ -141,7 +211,16 @@ def prepare_pairs(
             f"no training pairs left from {load.source} "
             f"(dropped: {', '.join(f'{n} {k}' for k, n in dropped.items() if n) or 'none'})"
         )
-    return train, held_out, {k: v for k, v in dropped.items() if v}
+    return _normalised(train), held_out, {k: v for k, v in dropped.items() if v}
+
+
+def _collate(examples: list, pad_token_id: int):
+    """A ``PreferenceBatch`` of pairs or a ``RankingBatch`` of rankings."""
+    from reward.batches import EncodedRanking, collate_rankings
+
+    if isinstance(examples[0], EncodedRanking):
+        return collate_rankings(examples, pad_token_id)
+    return collate(examples, pad_token_id)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,6 +234,10 @@ _STATS = 6
 def batch_stats(per_pair_loss, r_chosen, r_rejected, batch: PreferenceBatch):
     import torch
 
+    from reward.batches import RankingBatch
+
+    if isinstance(batch, RankingBatch):
+        return ranking_stats(per_pair_loss, r_chosen, batch)
     preference = ~batch.is_tie
     margin = (r_chosen - r_rejected).detach().float()
     return torch.stack([
@@ -164,6 +247,27 @@ def batch_stats(per_pair_loss, r_chosen, r_rejected, batch: PreferenceBatch):
         preference.sum().float(),
         margin[preference].sum(),
         ((r_chosen + r_rejected).detach().float() / 2).sum(),
+    ]).cpu()
+
+
+def ranking_stats(per_ranking_loss, rewards, batch):
+    """The same sums for rankings (``rewards`` ``[B, K]``): rankings count as the examples;
+    accuracy and margin are over every strictly ordered pair of each ranking."""
+    import torch
+
+    from training.listwise import ranked_pairs
+
+    rewards = rewards.detach().float()
+    strict = ranked_pairs(batch.ranks, batch.candidate_mask, include_ties=False)
+    margin = rewards[:, :, None] - rewards[:, None, :]
+    mask = batch.candidate_mask
+    return torch.stack([
+        per_ranking_loss.detach().float().sum(),
+        torch.tensor(float(batch.num_rankings), device=rewards.device),
+        ((margin > 0) & strict).sum().float(),
+        strict.sum().float(),
+        margin[strict].sum(),
+        ((rewards * mask).sum(-1) / mask.sum(-1)).sum(),
     ]).cpu()
 
 
@@ -180,8 +284,12 @@ def stats_to_metrics(stats, prefix: str) -> dict[str, float]:
 def batch_loss(model, batch: PreferenceBatch, config: RewardTrainConfig):
     """(per-pair loss ``[B]``, rewards of chosen and rejected ``[B]`` each): one forward for
     chosen and rejected together."""
-    from reward.losses import preference_loss
+    from reward.batches import RankingBatch
+    from reward.losses import plackett_luce_loss, preference_loss
 
+    if isinstance(batch, RankingBatch):  # (per-ranking loss [B], rewards [B, K], None)
+        rewards = batch.gather(sequence_rewards(model, batch.input_ids, batch.attention_mask))
+        return plackett_luce_loss(rewards, batch.ranks, batch.candidate_mask), rewards, None
     r_chosen, r_rejected = batch.split(
         sequence_rewards(model, batch.input_ids, batch.attention_mask))
     loss = preference_loss(r_chosen, r_rejected, is_tie=batch.is_tie, margin=batch.margin,
@@ -198,7 +306,7 @@ def evaluate(model, accelerator, pairs: list[EncodedPair], *, batch_size: int, p
         return {}
 
     def stats_of(indices: list[int]):
-        batch = collate([pairs[i] for i in indices], pad_token_id).to(accelerator.device)
+        batch = _collate([pairs[i] for i in indices], pad_token_id).to(accelerator.device)
         return batch_stats(*batch_loss(model, batch, config), batch)
 
     stats = held_out_stats(model, accelerator, [p.length for p in pairs], batch_size=batch_size,
@@ -245,14 +353,23 @@ def train_reward_model(
         eval_pairs = load_preference_file(config.eval_data, split=config.split)
     model_path = resolve_model(config.model)
     tokenizer = load_reward_tokenizer(model_path)
-    train, held_out, dropped = prepare_pairs(config, tokenizer, load, eval_pairs)
+    if config.objective == "listwise":
+        if eval_pairs is not None:
+            raise ConfigError("the listwise objective holds out prompts of the database; "
+                              "unset --eval-data")
+        train, held_out, dropped = prepare_rankings(config, tokenizer, load)
+    else:
+        train, held_out, dropped = prepare_pairs(config, tokenizer, load, eval_pairs)
     accelerator, plan = plan_run(config, len(train), output)
     world = accelerator.num_processes
     say = accelerator.print
     eval_batch_size = config.eval_batch_size or config.per_device_batch_size
     longest = max(p.length for p in train + held_out)
+    # Sequences per example: a pair's two, a ranking's k (the largest).
+    sequences = max(getattr(p, "size", 2) for p in train + held_out)
     memory = check_training_memory(
-        accelerator, model_path, micro_batch_tokens=2 * config.per_device_batch_size * longest,
+        accelerator, model_path,
+        micro_batch_tokens=sequences * config.per_device_batch_size * longest,
         gradient_checkpointing=config.gradient_checkpointing, lora=config.lora_r > 0,
         logits=False, what="this reward model training")
     say(f"rankloop: {len(train)} training pairs, {len(held_out)} held out; {plan.describe()}; "
@@ -278,9 +395,10 @@ def train_reward_model(
     pad_id = tokenizer.pad_token_id
 
     def forward(indices: list[int]):
-        batch = collate([train[i] for i in indices], pad_id).to(accelerator.device)
+        batch = _collate([train[i] for i in indices], pad_id).to(accelerator.device)
         per_pair, r_chosen, r_rejected = batch_loss(model, batch, config)
-        return per_pair, batch_stats(per_pair, r_chosen, r_rejected, batch)
+        # Weights have mean 1 over the training set, so all-1 weights leave the loss as it was.
+        return per_pair * batch.weight, batch_stats(per_pair, r_chosen, r_rejected, batch)
 
     def held_out_metrics() -> dict[str, float]:
         return evaluate(model, accelerator, held_out, batch_size=eval_batch_size,

@@ -34,6 +34,8 @@ group still asks its members to be equal.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 
@@ -92,3 +94,30 @@ def normalise_weights(weights: list[float]) -> list[float]:
         raise ValueError("annotator weights are all zero: nothing would be learnt")
     mean = total / len(weights) if weights else 1.0
     return [w / mean for w in weights]
+
+
+# --- layout of a batch of rankings ---------------------------------------------------------
+
+PADDING_RANK = 1_000_000
+"""The rank padding candidates hold: below every real one (masked out in any case)."""
+
+
+def ranking_layout(sizes: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(index ``[B, K]``, mask ``[B, K]``) for rankings of ``sizes`` candidates laid out in
+    consecutive rows."""
+    width = max(sizes)
+    index = torch.zeros(len(sizes), width, dtype=torch.long)
+    mask = torch.zeros(len(sizes), width, dtype=torch.bool)
+    row = 0
+    for b, k in enumerate(sizes):
+        index[b, :k] = torch.arange(row, row + k)
+        mask[b, :k] = True
+        row += k
+    return index, mask
+
+
+def padded_ranks(ranks: Sequence[Sequence[int]], width: int) -> torch.Tensor:
+    out = torch.full((len(ranks), width), PADDING_RANK, dtype=torch.long)
+    for b, r in enumerate(ranks):
+        out[b, :len(r)] = torch.tensor(list(r), dtype=torch.long)
+    return out
