@@ -142,3 +142,20 @@ def test_equal_weights_give_exactly_the_unweighted_run(ranked_db, tiny_model_dir
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=0, rtol=0)
     assert any(not torch.equal(a[key], c[key]) for key in a)
+
+
+def test_reliability_weights_train_pairs_from_the_command(ranked_db, tiny_model_dir, tmp_path,
+                                                          capsys):
+    from launch.cli import main
+
+    common = ["--db", ranked_db, "--model", tiny_model_dir, "--eval-fraction", "0",
+              "--no-progress", "--annotator-weights", "reliability"]
+    assert main(["train", "reward", "--output", str(tmp_path / "rm"), *common]) == 0
+    assert "training pairs" in capsys.readouterr().out
+    assert main(["train", "rebel", "--data", ranked_db, "--output", str(tmp_path / "rebel"),
+                 "--lr", "1e-3", *common[2:]]) == 0
+    # A preference file has no annotators to weigh.
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
+    assert main(["train", "reward", "--data", str(tmp_path / "p.jsonl"), "--output",
+                 str(tmp_path / "x"), "--annotator-weights", "reliability"]) != 0
+    assert "use --db instead of --data" in capsys.readouterr().err

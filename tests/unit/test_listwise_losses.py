@@ -155,3 +155,13 @@ def test_weights_of_one_give_the_unweighted_mean_and_zero_drops_an_example():
         normalise_weights([1.0, -0.1])
     with pytest.raises(ValueError, match="all zero"):
         normalise_weights([0.0, 0.0])
+
+
+def test_ranking_layout_pads_rankings_of_different_sizes():
+    from training.listwise import PADDING_RANK, padded_ranks, ranking_layout
+
+    index, mask = ranking_layout([2, 3, 1])
+    assert index.tolist() == [[0, 1, 0], [2, 3, 4], [5, 0, 0]]
+    assert mask.tolist() == [[True, True, False], [True, True, True], [True, False, False]]
+    assert padded_ranks([[2, 1], [1, 1, 3], [1]], 3).tolist() == [
+        [2, 1, PADDING_RANK], [1, 1, 3], [1, PADDING_RANK, PADDING_RANK]]
