@@ -94,28 +94,28 @@ def evaluate(model: str, base: str, prompts: list[list[dict]], args) -> dict:
 # --- the loop, per algorithm -----------------------------------------------------------------------
 
 def loop_config(algorithm: str, work: Path, train_file: Path, base: str, args):
-    from policy.loop import LoopConfig
+    """The loop's own defaults for ``algorithm`` (``--recipe``), with only the training
+    settings given on the command line changed."""
+    from policy.loop import LoopConfig, algorithm_settings
 
-    common = dict(
+    given = {"rebel": {"learning_rate": args.lr, "eta": args.eta, "epochs": args.epochs,
+                       "kl_budget": args.kl_budget},
+             "dpo": {"learning_rate": args.lr, "beta": args.dpo_beta, "epochs": args.epochs,
+                     "kl_budget": args.kl_budget},
+             "ppo": {"learning_rate": args.lr, "steps": args.ppo_steps,
+                     "target_kl": args.kl_budget}}
+    if algorithm not in given:
+        # Another algorithm: add its settings' options here, beside its entry in policy.loop's
+        # TRAINERS.
+        raise SystemExit(f"no benchmark options for algorithm {algorithm!r}")
+    return LoopConfig(
         db=str(work / "loop.db"), output=str(work / "policy"), algorithm=algorithm,
         feedback="simulated:bench.learning_signal:opening_score", iterations=args.iterations,
         sim_annotators=3, sim_overlap=2, sim_noise=args.noise, model=base,
         prompts=str(train_file), backend="transformers", max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature, eval_fraction=0.0, seed=args.seed)
-    if algorithm == "rebel":
-        return LoopConfig(**common, k=args.k, learning_rate=args.rebel_lr, eta=args.eta,
-                          epochs=args.rebel_epochs, per_device_batch_size=4)
-    if algorithm == "ppo":
-        return LoopConfig(**common, k=args.ppo_k, learning_rate=args.ppo_lr,
-                          ppo_steps=args.ppo_steps, rollout_batch_size=args.ppo_rollout,
-                          minibatch_size=args.ppo_minibatch, ppo_epochs=args.ppo_epochs,
-                          kl_coef=args.kl_coef)
-    if algorithm == "dpo":
-        return LoopConfig(**common, k=args.k, learning_rate=args.dpo_lr, beta=args.dpo_beta,
-                          epochs=args.rebel_epochs, per_device_batch_size=4)
-    # Another algorithm: add its LoopConfig settings here, beside its entry in policy.loop's
-    # TRAINERS.
-    raise SystemExit(f"no benchmark settings for algorithm {algorithm!r}")
+        temperature=args.temperature, eval_fraction=0.0, seed=args.seed,
+        k=args.ppo_k if algorithm == "ppo" else args.k, recipe=args.recipe,
+        settings=algorithm_settings(algorithm, args.recipe, **given[algorithm]))
 
 
 def main() -> None:
@@ -130,19 +130,16 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--noise", type=float, default=1.0, help="annotators' Gumbel noise")
     parser.add_argument("--k", type=int, default=4, help="REBEL: candidates per prompt")
-    parser.add_argument("--rebel-lr", type=float, default=2e-5)
-    parser.add_argument("--dpo-lr", type=float, default=5e-6)
-    parser.add_argument("--dpo-beta", type=float, default=0.1)
-    parser.add_argument("--rebel-epochs", type=int, default=2)
-    parser.add_argument("--eta", type=float, default=4.0)
+    # Training settings: unset, each algorithm trains with the loop's defaults.
+    parser.add_argument("--recipe", default="default", help="the loop's --recipe")
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--eta", type=float, default=None, help="REBEL")
+    parser.add_argument("--dpo-beta", type=float, default=None)
+    parser.add_argument("--epochs", type=int, default=None, help="REBEL and DPO")
+    parser.add_argument("--ppo-steps", type=int, default=None)
+    parser.add_argument("--kl-budget", type=float, default=None)
     parser.add_argument("--ppo-k", type=int, default=2, help="PPO: candidates per prompt for "
                         "the queue (PPO itself trains on fresh rollouts)")
-    parser.add_argument("--ppo-lr", type=float, default=1e-5)
-    parser.add_argument("--ppo-steps", type=int, default=5)
-    parser.add_argument("--ppo-rollout", type=int, default=16)
-    parser.add_argument("--ppo-minibatch", type=int, default=8)
-    parser.add_argument("--ppo-epochs", type=int, default=2)
-    parser.add_argument("--kl-coef", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default=None, help="folder for databases and policies "
                         "(default: a new temporary folder)")

@@ -14,8 +14,10 @@ on a GPU also MFU (6 · parameters · tokens/s over the bf16 peak).
 The pairs are synthetic: the chosen reply contains a planted word, the rejected one does not;
 reply lengths vary from a few words to ``--reply-words`` (60; 200 gives replies of up to
 ~260 tokens, the length `rankloop generate` writes by default). TRL runs with its gradient
-checkpointing and bf16 defaults turned off so both do the same arithmetic, unless
-``--trl-defaults`` keeps them; it is installed with `pip install -e '.[bench]'` (TRL is not a
+checkpointing and bf16 defaults turned off so both do the same arithmetic (RankLoop likewise in
+fp32 without checkpointing), unless ``--trl-defaults`` gives each trainer its own defaults as a
+user gets them (both: bf16 and gradient checkpointing for SmolLM2 on a CPU with bf16
+instructions); it is installed with `pip install -e '.[bench]'` (TRL is not a
 RankLoop dependency).
 """
 
@@ -125,7 +127,10 @@ def run_worker(args) -> dict:
                 output=out, model=args.model_path, per_device_batch_size=args.batch_size,
                 epochs=args.epochs, learning_rate=args.lr, warmup_ratio=0.1,
                 lr_schedule="linear", eval_fraction=0.0, max_length=args.max_length,
-                seed=args.seed, log_every=10**6, save_every=10**6, bf16=False,
+                seed=args.seed, log_every=10**6, save_every=10**6,
+                # --trl-defaults: RankLoop's own defaults too (bf16 and gradient
+                # checkpointing from 50M weights, training.memory.efficient_defaults).
+                **({} if args.trl_defaults else dict(bf16=False, gradient_checkpointing=False)),
             ), pairs=PreferenceLoad(train_pairs, "synthetic"),
                 eval_pairs=PreferenceLoad(eval_pairs, "synthetic"), progress=False)
             model = AutoModelForSequenceClassification.from_pretrained(out)

@@ -129,23 +129,6 @@ def register(commands) -> None:
     loop.add_argument("--temperature", type=float, default=0.8, help="default: 0.8")
     loop.add_argument("--eval-fraction", type=float, default=0.1,
                       help="share of prompts held out for the report (default: 0.1)")
-    loop.add_argument("--learning-rate", "--lr", type=float, default=None,
-                      help="default: the algorithm's own, as `rankloop train ALGORITHM` has it "
-                           "(REBEL 3e-7, DPO 1e-6, PPO 1e-6)")
-    loop.add_argument("--eta", type=float, default=1.0, help="REBEL eta (default: 1.0)")
-    loop.add_argument("--beta", type=float, default=0.1, help="DPO beta (default: 0.1)")
-    loop.add_argument("--dpo-loss", choices=("sigmoid", "ipo"), default="sigmoid",
-                      help="DPO loss (default: sigmoid)")
-    loop.add_argument("--epochs", type=positive_int, default=1, help="REBEL and DPO: passes over the pairs (default: 1)")
-    loop.add_argument("--batch-size", type=positive_int, default=4,
-                      help="REBEL and DPO: pairs per micro-batch (default: 4)")
-    loop.add_argument("--ppo-steps", type=positive_int, default=20, help="PPO (default: 20)")
-    loop.add_argument("--rollout-batch", type=positive_int, default=16,
-                      help="PPO prompts per rollout (default: 16)")
-    loop.add_argument("--minibatch", type=positive_int, default=4,
-                      help="PPO responses per gradient step (default: 4)")
-    loop.add_argument("--ppo-epochs", type=positive_int, default=4, help="PPO (default: 4)")
-    loop.add_argument("--kl-coef", type=float, default=0.05, help="PPO (default: 0.05)")
     loop.add_argument("--seed", type=int, default=0, help="default: 0")
     loop.add_argument("--previous-share", type=float, default=None, metavar="X",
                       help="share of each prompt's k candidates sampled from the previous "
@@ -155,7 +138,84 @@ def register(commands) -> None:
     loop.add_argument("--stop-when-not-preferred", action="store_true",
                       help="stop when the rankings show people no longer prefer the new policy "
                            "to the previous one (human_win_rate <= 0.5)")
+    _add_loop_algorithm_options(loop)
     loop.set_defaults(handler=_loop)
+
+
+def _add_loop_algorithm_options(loop) -> None:
+    """Each algorithm's own settings (``policy.loop.ALGORITHM_SETTINGS``); unset ones keep the
+    --recipe's value, and a setting of another algorithm is refused."""
+    from policy.loop import RECIPES
+
+    group = loop.add_argument_group(
+        "algorithm settings", "each algorithm has its own defaults (--recipe default: sized to "
+        "the model, with a KL budget per iteration; reference-8b: the 8B reference values)")
+    group.add_argument("--recipe", choices=tuple(RECIPES), default="default",
+                       help="where the algorithm's settings come from (default: default)")
+    group.add_argument("--learning-rate", "--lr", type=float, default=None,
+                       help="default: from the model's size, per algorithm (SmolLM2-135M: "
+                            "REBEL 2e-5, DPO 1e-5, PPO 1e-5; 8B: 3e-7, 1e-6, 1e-6)")
+    group.add_argument("--kl-budget", type=float, default=None, metavar="NATS",
+                       help="how far one iteration may move the policy, KL per response: "
+                            "REBEL and DPO stop training there, PPO's KL coefficient adapts "
+                            "toward it (default: 0.8)")
+    group.add_argument("--no-kl-budget", action="store_true",
+                       help="run every planned step (REBEL, DPO) or keep --kl-coef fixed (PPO)")
+    group.add_argument("--eta", type=float, default=None, help="REBEL eta (default: 4.0)")
+    group.add_argument("--beta", type=float, default=None, help="DPO beta (default: 0.1)")
+    group.add_argument("--dpo-loss", choices=("sigmoid", "ipo"), default=None,
+                       help="DPO loss (default: sigmoid)")
+    group.add_argument("--epochs", type=positive_int, default=None,
+                       help="REBEL and DPO: passes over the pairs at most (default: 2)")
+    group.add_argument("--batch-size", type=positive_int, default=None,
+                       help="REBEL and DPO: pairs per micro-batch (default: 4)")
+    group.add_argument("--ppo-steps", type=positive_int, default=None, help="PPO (default: 6)")
+    group.add_argument("--rollout-batch", type=positive_int, default=None,
+                       help="PPO prompts per rollout (default: 16)")
+    group.add_argument("--minibatch", type=positive_int, default=None,
+                       help="PPO responses per gradient step (default: 8)")
+    group.add_argument("--ppo-epochs", type=positive_int, default=None, help="PPO (default: 2)")
+    group.add_argument("--kl-coef", type=float, default=None,
+                       help="PPO: starting KL coefficient (default: 0.05)")
+
+
+def loop_settings(args: argparse.Namespace):
+    """The chosen algorithm's settings from the loop's options."""
+    from data.errors import ConfigError
+    from policy.loop import algorithm_settings
+
+    given = {"learning_rate": args.learning_rate, "eta": args.eta, "beta": args.beta,
+             "loss": args.dpo_loss, "per_device_batch_size": args.batch_size,
+             "rollout_batch_size": args.rollout_batch, "minibatch_size": args.minibatch,
+             "kl_coef": args.kl_coef}
+    if args.algorithm == "ppo":
+        given.update(steps=args.ppo_steps, epochs=args.ppo_epochs, target_kl=args.kl_budget)
+        other = {"--epochs": args.epochs}
+    else:
+        given.update(epochs=args.epochs, kl_budget=args.kl_budget)
+        other = {"--ppo-steps": args.ppo_steps, "--ppo-epochs": args.ppo_epochs}
+    settings = algorithm_settings(args.algorithm, args.recipe, **{
+        k: v for k, v in given.items() if v is not None and k in _fields(args.algorithm)})
+    flags = {"loss": "--dpo-loss", "per_device_batch_size": "--batch-size",
+             "rollout_batch_size": "--rollout-batch", "minibatch_size": "--minibatch"}
+    stray = [flag for flag, v in other.items() if v is not None] + [
+        flags.get(k, "--" + k.replace("_", "-")) for k, v in given.items()
+        if v is not None and k not in _fields(args.algorithm)]
+    if stray:
+        raise ConfigError(f"{', '.join(sorted(stray))} not used by --algorithm {args.algorithm}")
+    if args.no_kl_budget:
+        if args.kl_budget is not None:
+            raise ConfigError("--kl-budget and --no-kl-budget contradict each other")
+        setattr(settings, "target_kl" if args.algorithm == "ppo" else "kl_budget", None)
+    return settings
+
+
+def _fields(algorithm: str) -> set[str]:
+    from dataclasses import fields
+
+    from policy.loop import ALGORITHM_SETTINGS
+
+    return {f.name for f in fields(ALGORITHM_SETTINGS[algorithm])}
 
 
 def _add_recipe_options(parser, spec: ConfigSpec) -> None:
@@ -209,12 +269,9 @@ def _loop(args: argparse.Namespace) -> int:
         feedback=args.feedback, min_ranked=args.min_ranked, wait_minutes=args.wait_minutes,
         model=args.model, prompts=args.prompts, limit=args.limit, k=args.k,
         backend=args.backend, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-        eval_fraction=args.eval_fraction, eta=args.eta, beta=args.beta, dpo_loss=args.dpo_loss,
-        learning_rate=args.learning_rate,
-        epochs=args.epochs, per_device_batch_size=args.batch_size, ppo_steps=args.ppo_steps,
-        rollout_batch_size=args.rollout_batch, minibatch_size=args.minibatch,
-        kl_coef=args.kl_coef, seed=args.seed, tensor_parallel_size=args.tensor_parallel_size,
-        data_parallel_size=args.data_parallel_size, ppo_epochs=args.ppo_epochs,
+        eval_fraction=args.eval_fraction, recipe=args.recipe, settings=loop_settings(args),
+        seed=args.seed, tensor_parallel_size=args.tensor_parallel_size,
+        data_parallel_size=args.data_parallel_size,
         iterations=args.iterations, sim_annotators=args.sim_annotators,
         sim_overlap=args.sim_overlap, sim_noise=args.sim_noise,
         previous_share=args.previous_share,

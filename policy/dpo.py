@@ -36,6 +36,12 @@ from policy.pair_training import PairObjective, PairSummary, PairTrainingConfig,
 from policy.pair_batches import PairBatch
 
 
+# Default learning rate by model size (weights, rate): the recipe's 8B value 1e-6 (the DPO
+# stages of Zephyr-7B and Tülu 3 8B use 5e-7 to 1e-6), and 1e-5 for SmolLM2-135M, which reaches
+# the loop's KL budget within its steps.
+LEARNING_RATES = ((134.5e6, 1e-5), (8.03e9, 1e-6))
+
+
 @dataclass
 class DPOConfig(PairTrainingConfig):
     loss_type: str = "sigmoid"
@@ -156,7 +162,8 @@ def dpo_objective(config: DPOConfig) -> PairObjective:
         stats=lambda loss, chosen, rejected, batch: batch_stats(loss, chosen, rejected, batch,
                                                                 config.beta),
         num_stats=_STATS, metrics=stats_to_metrics, describe_eval=_describe_eval,
-        fingerprint={"loss_type": config.loss_type, "beta": config.beta})
+        fingerprint={"loss_type": config.loss_type, "beta": config.beta}, kl_stat=6,
+        learning_rates=LEARNING_RATES)
 
 
 def train_dpo(config: DPOConfig, *, pairs: PairSet | None = None,

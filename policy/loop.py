@@ -37,7 +37,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from data import store
@@ -46,6 +46,100 @@ from data.scored_pairs import PairSet, require_pairs, split_held_out
 from data.simulate import SIMULATED_PREFIX
 
 ALGORITHMS = ("rebel", "ppo")
+
+
+# --- each algorithm's settings in the loop --------------------------------------------------------
+
+@dataclass
+class RebelLoopSettings:
+    """REBEL in the loop. The defaults move a small model (SmolLM2-135M) within a KL budget per
+    iteration; ``--recipe reference-8b`` gives the 8B reference values."""
+
+    eta: float = 4.0
+    """Target log-ratio gap per unit of reward gap. Rank rewards lie in [0, 1], so η = 1 asks
+    the best candidate to gain at most 1 nat on the worst over a whole reply; 4 lets an
+    iteration make the preferred replies several times likelier, within the KL budget."""
+    learning_rate: float | None = None
+    """None: from the model's size (``policy.rebel.LEARNING_RATES``: 2e-5 at 135M, 3e-7 at
+    8B, interpolated log-log between)."""
+    epochs: int = 2
+    """Passes over the pairs at most; the KL budget usually ends training sooner."""
+    per_device_batch_size: int = 4
+    """Pairs per micro-batch."""
+    kl_budget: float | None = 0.8
+    """Nats per response one iteration may move the policy from where it started (see
+    ``PairTrainingConfig.kl_budget``); None: every planned step runs."""
+
+
+@dataclass
+class DPOLoopSettings:
+    """DPO in the loop (defaults as for REBEL: a KL budget per iteration)."""
+
+    beta: float = 0.1
+    """β: the strength of the pull toward the iteration's starting policy."""
+    loss: str = "sigmoid"
+    """``sigmoid`` (DPO) or ``ipo``."""
+    learning_rate: float | None = None
+    """None: from the model's size (``policy.dpo.LEARNING_RATES``: 1e-5 at 135M, 1e-6 at 8B)."""
+    epochs: int = 2
+    """Passes over the pairs at most; the KL budget usually ends training sooner."""
+    per_device_batch_size: int = 4
+    """Pairs per micro-batch."""
+    kl_budget: float | None = 0.8
+    """Nats per response one iteration may move the policy (see REBEL's)."""
+
+
+@dataclass
+class PPOLoopSettings:
+    """PPO in the loop: fresh rollouts rewarded by the reward model or scoring function."""
+
+    learning_rate: float | None = None
+    """None: from the model's size (``policy.ppo.LEARNING_RATES``: 1e-5 at 135M, 1e-6 at 8B)."""
+    steps: int = 6
+    """Rollout-and-update steps per iteration."""
+    rollout_batch_size: int = 16
+    """Prompts per rollout."""
+    minibatch_size: int = 8
+    """Responses per gradient step."""
+    epochs: int = 2
+    """Passes over each rollout."""
+    kl_coef: float = 0.05
+    """Starting β of the per-token KL penalty."""
+    target_kl: float | None = 0.8
+    """β adapts so the KL per response to the iteration's start tracks this (PPO's own
+    budget); None: β stays at ``kl_coef``."""
+
+
+ALGORITHM_SETTINGS = {"rebel": RebelLoopSettings, "dpo": DPOLoopSettings,
+                      "ppo": PPOLoopSettings}
+
+# Named sets of per-algorithm settings (``--recipe``). ``default`` moves the model the loop
+# starts with by a bounded KL each iteration; ``reference-8b`` is the 8B reference recipes'
+# values (REBEL's paper, DPO's and PPO's recipes at 8B), with no KL budget.
+RECIPES: dict[str, dict[str, dict]] = {
+    "default": {"rebel": {}, "dpo": {}, "ppo": {}},
+    "reference-8b": {
+        "rebel": {"eta": 1.0, "learning_rate": 3e-7, "epochs": 1, "kl_budget": None},
+        "dpo": {"learning_rate": 1e-6, "epochs": 1, "kl_budget": None},
+        "ppo": {"learning_rate": 1e-6, "steps": 20, "minibatch_size": 4, "epochs": 4,
+                "target_kl": None},
+    },
+}
+
+
+def algorithm_settings(algorithm: str, recipe: str = "default", **overrides):
+    """The ``recipe``'s settings for ``algorithm``, with ``overrides`` (None values ignored:
+    an option left unset keeps the recipe's value)."""
+    if recipe not in RECIPES:
+        raise ConfigError(f"recipe must be one of {', '.join(RECIPES)}")
+    cls = ALGORITHM_SETTINGS[algorithm]
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(k for k, v in overrides.items() if v is not None and k not in names)
+    if unknown:
+        raise ConfigError(f"{algorithm} has no setting {', '.join(unknown)}")
+    values = {**RECIPES[recipe][algorithm],
+              **{k: v for k, v in overrides.items() if v is not None}}
+    return cls(**values)
 FEEDBACK = ("reward-model", "human", "simulated:MODULE:FUNCTION")
 STEPS = ("generate", "feedback", "train", "report")
 
@@ -99,29 +193,12 @@ class LoopConfig:
     temperature: float = 0.8
     eval_fraction: float = 0.1
     """Share of prompts held out of training, for the report."""
-    eta: float = 1.0
-    """REBEL's η."""
-    beta: float = 0.1
-    """DPO's β."""
-    dpo_loss: str = "sigmoid"
-    """DPO's loss: ``sigmoid`` (DPO) or ``ipo``."""
-    learning_rate: float | None = None
-    """None: the algorithm's own default, as its recipe has it (``rankloop train rebel``,
-    ``dpo`` or ``ppo``): the algorithms' scales differ, so no one value suits all three."""
-    epochs: int = 1
-    """REBEL and DPO: passes over the pairs."""
-    per_device_batch_size: int = 4
-    """REBEL and DPO: pairs per micro-batch."""
-    ppo_steps: int = 20
-    """PPO: rollout-and-update steps."""
-    rollout_batch_size: int = 16
-    """PPO: prompts per rollout."""
-    minibatch_size: int = 4
-    """PPO: responses per gradient step."""
-    ppo_epochs: int = 4
-    """PPO: passes over each rollout."""
-    kl_coef: float = 0.05
-    """PPO: β of the per-token KL penalty."""
+    recipe: str = "default"
+    """A key of ``RECIPES``: where the algorithm's settings come from when ``settings`` is
+    None (``default``: sized to the model, a KL budget per iteration; ``reference-8b``: the
+    8B reference values)."""
+    settings: RebelLoopSettings | DPOLoopSettings | PPOLoopSettings | None = None
+    """The algorithm's own settings (``ALGORITHM_SETTINGS``); None: the recipe's."""
     seed: int = 0
     previous_share: float | None = None
     """Share of each prompt's k candidates sampled from the previous policy (blind, like the
@@ -132,17 +209,19 @@ class LoopConfig:
     """Stop after an iteration whose rankings show people no longer prefer the new policy to
     the previous one (``human_win_rate`` at or below 0.5)."""
 
-    @property
-    def algorithm_learning_rate(self) -> float:
-        """The learning rate this loop trains with: the one set, else the algorithm's own."""
-        if self.learning_rate is not None:
-            return self.learning_rate
-        import dataclasses
+    def learning_rate_for(self, model_path: str) -> tuple[float, str]:
+        """(learning rate, why): the one set, else the algorithm's default for the size of
+        the model at ``model_path``."""
+        if self.settings.learning_rate is not None:
+            return self.settings.learning_rate, "set"
         import importlib
 
-        module, config = RECIPE_CONFIGS[self.algorithm]
-        recipe = getattr(importlib.import_module(module), config)
-        return next(f.default for f in dataclasses.fields(recipe) if f.name == "learning_rate")
+        from training.models import model_parameters, size_scaled_learning_rate
+
+        module = importlib.import_module(RECIPE_CONFIGS[self.algorithm][0])
+        weights = model_parameters(model_path)
+        rate = size_scaled_learning_rate(module.LEARNING_RATES, weights)
+        return rate, f"from the model's size ({weights / 1e6:.0f}M weights)"
 
     @property
     def simulated(self) -> str | None:
@@ -154,6 +233,10 @@ class LoopConfig:
     def __post_init__(self) -> None:
         if self.algorithm not in TRAINERS:
             raise ConfigError(f"algorithm must be one of {', '.join(TRAINERS)}")
+        if self.settings is None:
+            self.settings = algorithm_settings(self.algorithm, self.recipe)
+        elif not isinstance(self.settings, ALGORITHM_SETTINGS[self.algorithm]):
+            raise ConfigError(f"{self.algorithm} needs {ALGORITHM_SETTINGS[self.algorithm].__name__}")
         if self.feedback not in FEEDBACK[:2] and self.simulated is None:
             raise ConfigError("feedback must be reward-model, human or simulated:MODULE:FUNCTION")
         if self.simulated is not None and ":" not in self.simulated:
@@ -216,6 +299,10 @@ class IterationReport:
     """The iteration whose trained policy ``human_win_rate`` judges."""
     judge_win_rate: float | None = None
     """That iteration's own win rate by its judge (reward model or scoring function)."""
+    settings: dict = field(default_factory=dict)
+    """The algorithm's settings this iteration trained with (learning rate resolved)."""
+    settings_note: str = ""
+    """Which settings those were and why: the recipe, and where the learning rate came from."""
 
     def line(self) -> str:
         trained_on = (f"PPO on {self.train_pairs} prompts" if self.algorithm == "ppo"
@@ -508,6 +595,10 @@ class TrainResult:
     trained_on: int
     diagnosis: object
     """A ``policy.diagnostics.Diagnosis``."""
+    settings: dict = field(default_factory=dict)
+    """The algorithm's settings as trained with (the learning rate resolved)."""
+    settings_note: str = ""
+    """Which settings were used and why (recipe, the learning rate's source)."""
 
 
 def _scored_pairs(ctx: TrainContext):
@@ -523,25 +614,43 @@ def _scored_pairs(ctx: TrainContext):
     return train_pairs, held_pairs if held_pairs.pairs else None
 
 
+def _used_settings(ctx: TrainContext) -> tuple[float, dict, str]:
+    """(learning rate, the algorithm's settings as trained with, why): for the report."""
+    from training.models import resolve_model
+
+    config = ctx.config
+    rate, why = config.learning_rate_for(resolve_model(ctx.base_model))
+    used = {**asdict(config.settings), "learning_rate": rate}
+    note = (f"{config.algorithm.upper()} settings of the {config.recipe} recipe"
+            f"{' with changes' if config.settings != algorithm_settings(config.algorithm, config.recipe) else ''}"
+            f"; learning rate {rate:.3g} {why}")
+    return rate, used, note
+
+
+def _budget_line(summary) -> str:
+    return f"; {summary.stopped_early}" if summary.stopped_early else ""
+
+
 def _train_rebel(ctx: TrainContext) -> TrainResult:
     from policy.diagnostics import rebel_diagnosis
     from policy.rebel import RebelConfig, train_rebel
     from training.metrics import read_metrics
 
-    config = ctx.config
+    config, settings = ctx.config, ctx.config.settings
+    rate, used, note = _used_settings(ctx)
     train_pairs, eval_pairs = _scored_pairs(ctx)
     summary = train_rebel(RebelConfig(
-        output=str(ctx.output), model=ctx.base_model, eta=config.eta,
-        temperature=config.temperature, learning_rate=config.algorithm_learning_rate,
-        epochs=config.epochs, per_device_batch_size=config.per_device_batch_size,
+        output=str(ctx.output), model=ctx.base_model, eta=settings.eta,
+        temperature=config.temperature, learning_rate=rate, epochs=settings.epochs,
+        per_device_batch_size=settings.per_device_batch_size, kl_budget=settings.kl_budget,
         eval_fraction=0.0, seed=config.seed, log_every=1, resume=ctx.resume),
         pairs=train_pairs, eval_pairs=eval_pairs, progress=ctx.progress)
     gaps = [p.reward_gap for p in train_pairs.pairs]
     diagnosis = rebel_diagnosis(
-        read_metrics(ctx.output / "metrics.jsonl"), eta=config.eta,
-        mean_reward_gap=sum(gaps) / len(gaps), learning_rate=config.algorithm_learning_rate,
-        epochs=config.epochs)
-    return TrainResult(summary.train_pairs, diagnosis)
+        read_metrics(ctx.output / "metrics.jsonl"), eta=settings.eta,
+        mean_reward_gap=sum(gaps) / len(gaps), learning_rate=rate, epochs=settings.epochs)
+    diagnosis.summary += _budget_line(summary)
+    return TrainResult(summary.train_pairs, diagnosis, used, note)
 
 
 def _train_dpo(ctx: TrainContext) -> TrainResult:
@@ -549,21 +658,22 @@ def _train_dpo(ctx: TrainContext) -> TrainResult:
     from policy.dpo import DPOConfig, train_dpo
     from training.metrics import read_metrics
 
-    config = ctx.config
+    config, settings = ctx.config, ctx.config.settings
+    rate, used, note = _used_settings(ctx)
     train_pairs, eval_pairs = _scored_pairs(ctx)
     summary = train_dpo(DPOConfig(
-        output=str(ctx.output), model=ctx.base_model, beta=config.beta,
-        loss_type=config.dpo_loss, learning_rate=config.algorithm_learning_rate,
-        epochs=config.epochs,
-        per_device_batch_size=config.per_device_batch_size, eval_fraction=0.0,
-        seed=config.seed, log_every=1, resume=ctx.resume),
+        output=str(ctx.output), model=ctx.base_model, beta=settings.beta,
+        loss_type=settings.loss, learning_rate=rate, epochs=settings.epochs,
+        per_device_batch_size=settings.per_device_batch_size, kl_budget=settings.kl_budget,
+        eval_fraction=0.0, seed=config.seed, log_every=1, resume=ctx.resume),
         pairs=train_pairs, eval_pairs=eval_pairs, progress=ctx.progress)
     logged = [m for m in read_metrics(ctx.output / "metrics.jsonl")
               if "train/reward_margin" in m]
     diagnosis = dpo_diagnosis([m["train/reward_margin"] for m in logged],
                               [m["train/kl"] for m in logged if "train/kl" in m],
-                              learning_rate=config.algorithm_learning_rate)
-    return TrainResult(summary.train_pairs, diagnosis)
+                              learning_rate=rate)
+    diagnosis.summary += _budget_line(summary)
+    return TrainResult(summary.train_pairs, diagnosis, used, note)
 
 
 def _train_ppo(ctx: TrainContext) -> TrainResult:
@@ -571,22 +681,23 @@ def _train_ppo(ctx: TrainContext) -> TrainResult:
     from policy.ppo import PPOConfig, train_ppo
     from training.metrics import read_metrics
 
-    config = ctx.config
+    config, settings = ctx.config, ctx.config.settings
+    rate, used, note = _used_settings(ctx)
     if not ctx.train_prompts:
         raise ConfigError("no prompts left to train on after holding out the report's")
-    batch = min(config.rollout_batch_size, len(ctx.train_prompts))
-    minibatch = min(config.minibatch_size, batch)
+    batch = min(settings.rollout_batch_size, len(ctx.train_prompts))
+    minibatch = min(settings.minibatch_size, batch)
     batch -= batch % minibatch
     train_ppo(PPOConfig(
-        output=str(ctx.output), model=ctx.base_model, total_steps=config.ppo_steps,
-        rollout_batch_size=batch, minibatch_size=minibatch, ppo_epochs=config.ppo_epochs,
+        output=str(ctx.output), model=ctx.base_model, total_steps=settings.steps,
+        rollout_batch_size=batch, minibatch_size=minibatch, ppo_epochs=settings.epochs,
         max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-        kl_coef=config.kl_coef, learning_rate=config.algorithm_learning_rate, seed=config.seed,
-        resume=ctx.resume),
+        kl_coef=settings.kl_coef, target_kl=settings.target_kl, learning_rate=rate,
+        seed=config.seed, resume=ctx.resume),
         reward_fn=ctx.reward_fn, prompts=ctx.train_prompts, progress=ctx.progress)
     diagnosis = ppo_diagnosis(read_metrics(ctx.output / "metrics.jsonl"),
-                              learning_rate=config.algorithm_learning_rate, steps=config.ppo_steps)
-    return TrainResult(len(ctx.train_prompts), diagnosis)
+                              learning_rate=rate, steps=settings.steps)
+    return TrainResult(len(ctx.train_prompts), diagnosis, used, note)
 
 
 # Each algorithm's recipe config, whose defaults the loop keeps (module, class).
@@ -678,7 +789,9 @@ def _iteration(config: LoopConfig, db, iteration: int, base_model: str, output: 
             held_keys=held_keys, progress=progress, resume=state.resumed,
             verdict_only=_previous_candidates(db, run_id, previous)))
         state.mark("train", train={"trained_on": result.trained_on,
-                                   "diagnosis": asdict(result.diagnosis)})
+                                   "diagnosis": asdict(result.diagnosis),
+                                   "settings": result.settings,
+                                   "settings_note": result.settings_note})
         # The saved policy is what later steps need; optimizer state is several times its size.
         shutil.rmtree(output / "checkpoints", ignore_errors=True)
     trained = state.data["train"]
@@ -693,7 +806,8 @@ def _iteration(config: LoopConfig, db, iteration: int, base_model: str, output: 
         judge=spec.name if spec else (f"{SIMULATED_PREFIX}{config.simulated}"
                                       if config.simulated else None),
         diagnosis=diagnosis["summary"], diagnostics=diagnosis["values"],
-        rankings=state.data.get("rankings"))
+        rankings=state.data.get("rankings"), settings=trained.get("settings") or {},
+        settings_note=trained.get("settings_note") or "")
     if diagnosis["warning"]:
         report.warnings.append(diagnosis["warning"])
     if held_ids:
@@ -723,7 +837,8 @@ def _iteration(config: LoopConfig, db, iteration: int, base_model: str, output: 
                                config.temperature)
         report.length_old = sum(old[p]["token_count"] for p in held_ids) / n
         report.length_new = sum(s.token_count for s in new) / n
-        held = held_out_diagnosis(report.kl, learning_rate=config.algorithm_learning_rate)
+        held = held_out_diagnosis(report.kl, learning_rate=report.settings.get(
+            "learning_rate", 0.0))
         if held is not None and held.warning:
             report.warnings.append(held.warning)
     if previous is not None:
@@ -827,6 +942,10 @@ def report_markdown(reports: list[dict]) -> str:
         lines.append("| " + " | ".join(_cell(r.get(key)) for key, _ in _COLUMNS) + " |")
     notes = []
     for r in reports:
+        if r.get("settings_note"):
+            shown = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                              for k, v in (r.get("settings") or {}).items())
+            notes.append(f"- iteration {r['iteration']}: {r['settings_note']} ({shown})")
         if r.get("diagnosis"):
             notes.append(f"- iteration {r['iteration']}: {r['diagnosis']}")
         for warning in r.get("warnings") or []:

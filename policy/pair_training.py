@@ -54,6 +54,23 @@ class PairTrainingConfig(ResumableTrainingSettings):
     """Pairs whose chat-formatted prompt is longer are dropped (and counted)."""
     max_response_tokens: int = 2048
     """Pairs with a response longer than this (EOS included) are dropped (and counted)."""
+    learning_rate: float | None = None
+    """None: from the model's size, interpolated between the recipe's anchors
+    (``LEARNING_RATES`` in its module: its reference value at 8B, and the value that moves
+    SmolLM2-135M within a KL budget of 0.8 nats in the loop's steps)."""
+    kl_budget: float | None = None
+    """How far training may move the policy, in nats per response: KL(start ‖ policy),
+    estimated on the responses of the last ``kl_window`` pairs the steps read (sampled by the
+    starting policy, log-ratios taken before each update). Training stops at the step that
+    reaches it, and says so. None: no budget, every planned step runs."""
+    kl_window: int = 16
+    """Pairs the KL estimate averages over (at least one step's)."""
+    gradient_checkpointing: bool | None = None
+    """Recompute activations in the backward pass: less memory, about a third more time.
+    None: on for models of 50M weights or more (``training.memory.efficient_defaults``)."""
+    bf16: bool | None = None
+    """bf16 mixed precision; None follows the accelerate config, else on for models of 50M
+    weights or more on a GPU or a CPU with bf16 instructions (AMX, AVX-512 BF16)."""
     objective: str = "pairwise"
     """``pairwise``: the recipe's pairs (``pair_mode``); ``listwise``: each vote's whole
     ranking of a prompt's responses, ties kept, as one example (the database's human rankings
@@ -70,7 +87,11 @@ class PairTrainingConfig(ResumableTrainingSettings):
             raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}")
         if self.annotator_weights not in ANNOTATOR_WEIGHTS:
             raise ConfigError(f"annotator weights must be one of {', '.join(ANNOTATOR_WEIGHTS)}")
-        require_at_least_one(self, "max_prompt_tokens", "max_response_tokens")
+        require_at_least_one(self, "max_prompt_tokens", "max_response_tokens", "kl_window")
+        if self.learning_rate is not None and self.learning_rate < 0:
+            raise ConfigError("learning rate must be 0 or more")
+        if self.kl_budget is not None and self.kl_budget <= 0:
+            raise ConfigError("kl budget must be above 0 (or unset: no budget)")
 
 
 @dataclass(frozen=True)
@@ -94,6 +115,36 @@ class PairObjective:
     """Logits are divided by this for every log-prob, the starting policy's included."""
     fingerprint: dict = field(default_factory=dict)
     """The objective's settings that must match for a checkpoint to be resumed."""
+    kl_stat: int | None = None
+    """Index of the stats' KL sum (per pair, k1 estimate on the pair's two responses); the
+    pair count is always index 1. Needed for a KL budget."""
+    learning_rates: tuple[tuple[float, float], ...] = ()
+    """(weights, learning rate) anchors the default learning rate is interpolated between."""
+
+
+class KLBudget:
+    """``run_steps``'s ``should_stop`` for a KL budget: the mean of the KL estimate over the
+    last ``window`` pairs of training steps; a reason to stop once it reaches ``budget``."""
+
+    def __init__(self, budget: float, window: int, kl_stat: int):
+        from collections import deque
+
+        self.budget, self.window, self.kl_stat = budget, window, kl_stat
+        self.recent: deque[tuple[float, float]] = deque()
+        self.reached: float | None = None
+
+    def __call__(self, step: int, stats: torch.Tensor) -> str | None:
+        self.recent.append((float(stats[self.kl_stat]), float(stats[1])))
+        while len(self.recent) > 1 and sum(n for _, n in list(self.recent)[1:]) >= self.window:
+            self.recent.popleft()
+        pairs = sum(n for _, n in self.recent)
+        if pairs < self.window:
+            return None
+        kl = sum(k for k, _ in self.recent) / pairs
+        if kl < self.budget:
+            return None
+        self.reached = kl
+        return f"stopped at step {step}: KL {kl:.3f} reached the budget of {self.budget:g} nats"
 
 
 @dataclass
@@ -112,12 +163,18 @@ class PairSummary:
     """False on the other ranks of a distributed run, which should stay quiet."""
     peak_memory: int | None = None
     """This process's peak memory in bytes (the GPU allocator's on a GPU, else resident)."""
+    learning_rate: float | None = None
+    """The learning rate trained with (the set one, or the model size's default)."""
+    stopped_early: str | None = None
+    """Set when the KL budget ended training before its planned steps: at which step, why."""
+    planned_steps: int | None = None
 
     def line(self) -> str:
         from training.memory import peak_text
 
         parts = [f"{self.train_pairs} training pairs, {self.eval_pairs} held out",
-                 f"{self.steps} steps"]
+                 f"{self.steps} steps" + (f" of {self.planned_steps} planned ("
+                                          f"{self.stopped_early})" if self.stopped_early else "")]
         if self.eval_description:
             parts.append(self.eval_description)
         parts.append(f"{self.tokens_per_second:.0f} tokens/s")
@@ -159,7 +216,7 @@ def train_on_pairs(config: PairTrainingConfig, objective: PairObjective, *,
     """Trains the policy on the pairs; ``pairs`` (and held-out ``eval_pairs``) let a caller
     such as the loop pass pairs directly instead of reading ``config.data``/``config.db``."""
     from training.checkpoints import resume_checkpoint
-    from training.memory import check_training_memory, peak_bytes
+    from training.memory import check_training_memory, efficient_defaults, peak_bytes
     from training.metrics import MetricsLog
     from training.models import (
         LoraSettings,
@@ -183,6 +240,14 @@ def train_on_pairs(config: PairTrainingConfig, objective: PairObjective, *,
     tokenizer = load_tokenizer(model_path, padding_side="right")
     check_tokenizer_matches(model_path, tokenizer)
     train, held_out, dropped = prepare_pairs(config, tokenizer, pairs, eval_pairs)
+    if config.learning_rate is None:
+        from dataclasses import replace
+
+        from training.models import model_parameters, size_scaled_learning_rate
+
+        config = replace(config, learning_rate=size_scaled_learning_rate(
+            objective.learning_rates, model_parameters(model_path)))
+    config = efficient_defaults(config, model_path)
     accelerator, plan = plan_run(config, len(train), output)
     world = accelerator.num_processes
     say = accelerator.print
@@ -222,6 +287,8 @@ def train_on_pairs(config: PairTrainingConfig, objective: PairObjective, *,
     fingerprint = plan_fingerprint(config, plan, objective)
     state = resume_checkpoint(accelerator, output, fingerprint, resume=config.resume, say=say)
     start_step = state["step"] if state else 0
+    if state and state.get("stopped_early"):
+        start_step = plan.total_steps  # the budget ended that run: nothing is left to train
     resumed_from = state["step"] if state else None
     log = MetricsLog(output / "metrics.jsonl", enabled=accelerator.is_main_process,
                      keep_up_to_step=resumed_from, accelerator=accelerator,
@@ -236,31 +303,43 @@ def train_on_pairs(config: PairTrainingConfig, objective: PairObjective, *,
         # Weights have mean 1 over the training set: all-1 weights leave the loss as it was.
         return per_pair * batch.weight, stats
 
+    budget = None
+    if config.kl_budget is not None:
+        if objective.kl_stat is None:
+            raise ConfigError(f"{objective.name} does not estimate a KL: unset --kl-budget")
+        budget = KLBudget(config.kl_budget, config.kl_window, objective.kl_stat)
     done = run_steps(
         accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
         plan=plan, config=config, lengths=[p.length for p in train], start_step=start_step,
         forward=forward, num_stats=objective.num_stats, metrics=objective.metrics,
         evaluate=held_out_metrics if held_out else None, log=log, output=output,
         fingerprint=fingerprint, desc=objective.name, progress=progress,
-        tokens_stat=objective.num_stats - 1)
+        tokens_stat=objective.num_stats - 1, should_stop=budget)
     eval_metrics = done.eval_metrics
+    stopped_early = done.stopped_early or (state or {}).get("stopped_early")
+    steps_taken = done.last_step or (state["step"] if state else plan.total_steps)
+    if done.stopped_early:
+        log.log(steps_taken, {"train/kl_budget_reached": budget.reached,
+                              "train/kl_budget": config.kl_budget})
 
     # 6. Save a plain Hugging Face folder (gathered from ZeRO-3 shards, LoRA merged in), left
     #    padded for batched generation.
     if save_trained_model(accelerator, model, tokenizer, output, lora=lora, padding_side="left"):
         settings = {k: v for k, v in asdict(config).items() if k != "output"}
         settings.update(train_pairs=len(train), eval_pairs=len(held_out),
-                        steps=plan.total_steps, world_size=world, dropped=dropped)
+                        steps=steps_taken, planned_steps=plan.total_steps,
+                        stopped_early=stopped_early, world_size=world, dropped=dropped)
         (output / f"{objective.name}_training.json").write_text(json.dumps(
             {"base_model": config.model, "metrics": eval_metrics, "settings": settings},
             indent=2, sort_keys=True, default=str) + "\n")
     accelerator.wait_for_everyone()
     log.close()
     return PairSummary(
-        output=str(output), steps=plan.total_steps, train_pairs=len(train),
+        output=str(output), steps=steps_taken, train_pairs=len(train),
         eval_pairs=len(held_out), dropped=dropped, eval_metrics=eval_metrics,
         train_seconds=done.train_seconds, tokens_per_second=done.tokens_per_second,
         eval_description=objective.describe_eval(eval_metrics) if eval_metrics else "",
         resumed_from_step=resumed_from, main_process=accelerator.is_main_process,
-        peak_memory=peak_bytes(accelerator.device))
+        peak_memory=peak_bytes(accelerator.device), learning_rate=config.learning_rate,
+        stopped_early=stopped_early, planned_steps=plan.total_steps)
 

@@ -70,6 +70,12 @@ class RewardTrainConfig(ResumableTrainingSettings):
     0.01 is the usual value)."""
     lora_dropout: float = 0.0
     """Dropout on the LoRA adapters' input."""
+    gradient_checkpointing: bool | None = None
+    """Recompute activations in the backward pass: less memory, about a third more time.
+    None: on for models of 50M weights or more (``training.memory.efficient_defaults``)."""
+    bf16: bool | None = None
+    """bf16 mixed precision; None follows the accelerate config, else on for models of 50M
+    weights or more on a GPU or a CPU with bf16 instructions (AMX, AVX-512 BF16)."""
     objective: str = "pairwise"
     """``pairwise``: Bradley-Terry on each vote's pairs; ``listwise``: Plackett-Luce on each
     vote's whole ranking, ties as grouped stages (database only; ``ties`` does not apply)."""
@@ -338,7 +344,7 @@ def train_reward_model(
     """
     from reward.modeling import load_reward_model, load_reward_tokenizer, write_model_card
     from training.checkpoints import resume_checkpoint
-    from training.memory import check_training_memory, peak_bytes
+    from training.memory import check_training_memory, efficient_defaults, peak_bytes
     from training.metrics import MetricsLog
     from training.models import LoraSettings, resolve_model, save_trained_model
     from training.steps import plan_run, prepare_optimization, run_steps
@@ -360,6 +366,7 @@ def train_reward_model(
         train, held_out, dropped = prepare_rankings(config, tokenizer, load)
     else:
         train, held_out, dropped = prepare_pairs(config, tokenizer, load, eval_pairs)
+    config = efficient_defaults(config, model_path)
     accelerator, plan = plan_run(config, len(train), output)
     world = accelerator.num_processes
     say = accelerator.print

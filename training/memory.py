@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import resource
+from pathlib import Path
 
 from data.errors import ConfigError
 
@@ -109,6 +110,42 @@ def check_fits(needed: int, available: int, *, what: str) -> str:
             f"{what} {line}: it would be killed for lack of memory. Lower --batch-size or "
             "--max-length, add --gradient-checkpointing or --lora-r, or free memory")
     return line
+
+
+PAYS_FROM_WEIGHTS = 50_000_000
+"""From this many weights (SmolLM2-135M has 135M), bf16 autocast and gradient checkpointing
+are the defaults: activations then dominate memory and bf16 matrix units pay for the casts.
+Below it (the test suite's tiny models) fp32 without checkpointing is as fast and exact."""
+
+
+def cpu_has_bf16() -> bool:
+    """True when this CPU computes bf16 natively (AMX or AVX-512 BF16); elsewhere bf16 autocast
+    would emulate it, slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("amx_bf16", "avx512_bf16"))
+
+
+def efficient_defaults(config, model_path: str):
+    """``config`` with ``bf16`` and ``gradient_checkpointing`` left at None decided for the
+    model: both on for a model of ``PAYS_FROM_WEIGHTS`` or more (bf16 where the GPU or CPU
+    computes it natively), off below. A value set by hand, or a launcher's mixed-precision
+    setting, is kept."""
+    import dataclasses
+
+    import torch
+
+    from training.models import model_parameters
+
+    large = model_parameters(model_path) >= PAYS_FROM_WEIGHTS
+    changes = {}
+    if getattr(config, "gradient_checkpointing", False) is None:
+        changes["gradient_checkpointing"] = large
+    if config.bf16 is None and not os.environ.get("ACCELERATE_MIXED_PRECISION"):
+        changes["bf16"] = large and (torch.cuda.is_available() or cpu_has_bf16())
+    return dataclasses.replace(config, **changes) if changes else config
 
 
 def peak_bytes(device=None) -> int:

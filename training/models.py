@@ -267,3 +267,30 @@ def save_trained_model(accelerator, model, tokenizer, output: Path, *,
         tokenizer.padding_side = padding_side
     tokenizer.save_pretrained(output)
     return True
+
+
+def model_parameters(model_path: str) -> int:
+    """The model's weight count, from its config alone (nothing is loaded)."""
+    from transformers import AutoConfig
+
+    from training.memory import parameter_count
+
+    return parameter_count(AutoConfig.from_pretrained(model_path))
+
+
+def size_scaled_learning_rate(anchors: tuple[tuple[float, float], ...], parameters: int) -> float:
+    """A learning rate for a model of ``parameters`` weights, interpolated log-log between
+    ``anchors`` ((weights, learning rate) pairs, ascending in weights) and held at the nearest
+    anchor outside them. Smaller models take larger steps before a change of the same KL; a
+    recipe's anchors are its reference value at 8B and the value measured to move
+    SmolLM2-135M within the loop's KL budget."""
+    import math
+
+    points = sorted(anchors)
+    if parameters <= points[0][0]:
+        return points[0][1]
+    for (n0, lr0), (n1, lr1) in zip(points, points[1:]):
+        if parameters <= n1:
+            t = math.log(parameters / n0) / math.log(n1 / n0)
+            return float(math.exp(math.log(lr0) + t * math.log(lr1 / lr0)))
+    return points[-1][1]

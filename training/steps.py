@@ -45,6 +45,10 @@ class StepsDone:
     trained_tokens: float
     eval_metrics: dict[str, float]
     """The last held-out metrics ({} without a held-out set)."""
+    stopped_early: str | None = None
+    """Why ``should_stop`` ended the run before its last planned step (None: it ran them all)."""
+    last_step: int | None = None
+    """The step the run ended at (None: resumed after its last step)."""
 
     @property
     def examples_per_second(self) -> float:
@@ -62,6 +66,7 @@ def run_steps(
     num_stats: int, metrics: Callable[[torch.Tensor, str], dict[str, float]],
     evaluate: Callable[[], dict[str, float]] | None, log, output: Path, fingerprint: dict,
     desc: str, progress: bool, tokens_stat: int | None = None,
+    should_stop: Callable[[int, torch.Tensor], str | None] | None = None,
 ) -> StepsDone:
     """Runs steps ``start_step`` … ``plan.total_steps - 1``.
 
@@ -70,6 +75,8 @@ def run_steps(
     the logging window and turned into ``train/…`` values by ``metrics(stats, "train")``.
     ``tokens_stat`` is the index of the stats' token count, for a tokens/s figure.
     ``evaluate()`` gives the held-out metrics (None: no held-out set).
+    ``should_stop(step, step_stats)``, after each step: a reason to end the run there (it is
+    logged, evaluated and checkpointed as a last step), or None to go on.
     """
     from tqdm.auto import tqdm
 
@@ -83,6 +90,7 @@ def run_steps(
     window = torch.zeros(num_stats)
     train_seconds, trained_examples, trained_tokens = 0.0, 0, 0.0
     eval_metrics: dict[str, float] = {}
+    stopped, last_step = None, None
     bar = tqdm(total=plan.total_steps, initial=start_step, desc=desc,
                disable=not (progress and accelerator.is_main_process))
     for step in range(start_step, plan.total_steps):
@@ -118,11 +126,13 @@ def run_steps(
         if tokens_stat is not None:
             trained_tokens += float(step_stats[tokens_stat])
         train_seconds += time.perf_counter() - started
-        done = step + 1
+        done = last_step = step + 1
         bar.update(1)
+        stopped = should_stop(done, step_stats) if should_stop is not None else None
+        last = done == plan.total_steps or stopped is not None
 
         # c. Log, evaluate, checkpoint.
-        if done % config.log_every == 0 or done == plan.total_steps:
+        if done % config.log_every == 0 or last:
             values = metrics(window, "train")
             values.update({"train/epoch": done / plan.steps_per_epoch,
                            "train/learning_rate": scheduler.get_last_lr()[0],
@@ -134,18 +144,21 @@ def run_steps(
             log.log(done, values)
             bar.set_postfix(loss=f"{values['train/loss']:.4f}")
             window.zero_()
-        if evaluate is not None and (done % eval_every == 0 or done == plan.total_steps):
+        if evaluate is not None and (done % eval_every == 0 or last):
             eval_metrics = evaluate()
             log.log(done, eval_metrics)
-        if done % config.save_every == 0 or done == plan.total_steps:
+        if done % config.save_every == 0 or last:
             save_checkpoint(accelerator, output, done,
                             {"plan": fingerprint, "epoch": epoch,
-                             "position_in_epoch": position + 1},
+                             "position_in_epoch": position + 1, "stopped_early": stopped},
                             keep=config.keep_checkpoints)
+        if stopped is not None:
+            break
     bar.close()
     if evaluate is not None and not eval_metrics:  # resumed after the last step
         eval_metrics = evaluate()
-    return StepsDone(train_seconds, trained_examples, trained_tokens, eval_metrics)
+    return StepsDone(train_seconds, trained_examples, trained_tokens, eval_metrics, stopped,
+                     last_step)
 
 
 def held_out_stats(model, accelerator, lengths: Sequence[int], *, batch_size: int,

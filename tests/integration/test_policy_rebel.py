@@ -343,3 +343,34 @@ def test_the_reference_optimizer_settings_give_the_reference_update(tiny_model_d
                 pairs=pairs, progress=False)
     clipped = load_file(str(tmp_path / "clipped" / "model.safetensors"))
     assert largest_difference(clipped) > 1e-5
+
+
+def test_a_kl_budget_ends_training_at_the_step_that_reaches_it(tiny_model_dir, tmp_path):
+    """The budget is checked on the KL estimate the steps log; training stops there, says so
+    in the closing line and metrics, and a rerun trains no further."""
+    from data.scored_pairs import pairs_from_file
+    from policy.rebel import train_rebel
+
+    pairs = pairs_from_file(scored_pairs_file(tmp_path / "pairs.jsonl", 16))
+    settings = dict(learning_rate=3e-3, epochs=2, per_device_batch_size=2, eval_fraction=0.0,
+                    lr_schedule="constant", kl_window=2)
+    whole = train_rebel(rebel_config(tmp_path / "whole", tiny_model_dir, **settings),
+                        pairs=pairs, progress=False)
+    kls = [m["train/kl"] for m in read_metrics(tmp_path / "whole" / "metrics.jsonl")
+           if "train/kl" in m]
+    assert whole.steps == 16 and whole.stopped_early is None
+    budget = max(kls[:8]) / 2  # reached within the first epoch, not at its first step
+    first = next(i for i, kl in enumerate(kls) if kl >= budget) + 1
+    out = tmp_path / "budget"
+    summary = train_rebel(rebel_config(out, tiny_model_dir, kl_budget=budget, **settings),
+                          pairs=pairs, progress=False)
+    assert summary.steps == first < 16 and summary.planned_steps == 16
+    assert f"stopped at step {first}: KL" in summary.line()
+    assert f"{first} steps of 16 planned" in summary.line()
+    logged = read_metrics(out / "metrics.jsonl")
+    assert [m["train/kl_budget_reached"] for m in logged if "train/kl_budget_reached" in m] \
+        == [pytest.approx(kls[first - 1], rel=1e-4)]
+    assert losses(out) == pytest.approx(losses(tmp_path / "whole")[:first], abs=1e-6)
+    again = train_rebel(rebel_config(out, tiny_model_dir, kl_budget=budget, **settings),
+                        pairs=pairs, progress=False)
+    assert again.steps == first and again.stopped_early == summary.stopped_early

@@ -101,23 +101,3 @@ def test_wait_for_rankings_gives_up_at_the_deadline(tmp_path):
     assert wait_for_rankings(db, run_id, 2, config, say=said.append, clock=clock,
                              sleep=clock.sleep) == 1
     assert clock.now >= 30 and "stopped waiting after 0.5 minutes with 1 of 2" in said[-1]
-
-
-def test_the_loop_trains_each_algorithm_at_its_own_learning_rate_unless_one_is_set():
-    from policy.dpo import DPOConfig
-    from policy.loop import LoopConfig
-    from policy.ppo import PPOConfig
-    from policy.rebel import RebelConfig
-
-    def loop(algorithm, **kw):
-        feedback = {"feedback": "reward-model", "scorer": "bt:rm"} if algorithm == "ppo" else \
-            {"feedback": "human"}
-        return LoopConfig(db="r.db", output="out", algorithm=algorithm, **feedback, **kw)
-
-    own = {"rebel": RebelConfig(output="o").learning_rate,
-           "dpo": DPOConfig(output="o").learning_rate,
-           "ppo": PPOConfig(output="o").learning_rate}
-    assert own["rebel"] != own["dpo"]  # the scales differ: one shared default cannot fit
-    for algorithm, rate in own.items():
-        assert loop(algorithm).algorithm_learning_rate == rate
-        assert loop(algorithm, learning_rate=2e-5).algorithm_learning_rate == 2e-5
