@@ -130,9 +130,11 @@ def test_comparison_items_are_served_blind(tmp_path):
             status = screen.json()["status"]
             assert status["candidates"] == 2
             seen.append(screen.text)
-            for _ in range(3):
+            # A tie, a tie, then "both bad": the two-answer screen takes each.
+            for payload in ({"ranks": ["1", "1"]}, {"ranks": ["1", "1"]},
+                            {"ranks": [], "all_bad": True}):
                 answer = client.post("rank/api/submit", json={
-                    "assignment_id": status["assignment_id"], "ranks": ["1", "1"]})
+                    "assignment_id": status["assignment_id"], **payload})
                 assert answer.status_code == 200, answer.text
                 seen.append(answer.text)
                 status = answer.json()["status"]
@@ -146,4 +148,5 @@ def test_comparison_items_are_served_blind(tmp_path):
     for secret in (*SECRET_NAMES, "-folder", "arena:"):  # ... their sources are not
         assert secret not in everything, secret
     db = store.open_store(db_path)
-    assert db.execute("SELECT COUNT(*) FROM rankings WHERE has_tie = 1").fetchone()[0] == 3
+    assert db.execute("SELECT COUNT(*) FROM rankings WHERE has_tie = 1").fetchone()[0] == 2
+    assert db.execute("SELECT COUNT(*) FROM rankings WHERE all_bad = 1").fetchone()[0] == 1
