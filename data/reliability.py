@@ -38,6 +38,7 @@ Uses numpy and scipy only.
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections import defaultdict
 from collections.abc import Hashable, Iterable
@@ -46,7 +47,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import minimize
 
-from data.votes import RankingRecord, latest, read_rankings
+from data.votes import RankingRecord, latest, pseudonym
 
 
 @dataclass(frozen=True)
@@ -233,9 +234,39 @@ def fit_reliability(records: Iterable[RankingRecord], *, strength_prior_sd: floa
                           converged=converged, log_posterior=log_posterior)
 
 
-def reliability(db) -> ReliabilityFit:
+def fit_records(db, *, keep_annotator_names: bool = False) -> list[RankingRecord]:
+    """The latest ranked votes as records holding what the fit reads (ids, ranks, gold), without
+    the texts ``read_rankings`` loads: the console refits on every new vote."""
+    order: dict[int, list[int]] = {}
+    out = []
+    for (ranking_id, user_id, name, prompt_id, item_id, run_id, is_gold, gold_json, ids_json,
+         ranks_json) in db.execute(
+            "SELECT r.id, r.user_id, u.name, r.prompt_id, r.item_id, i.run_id, i.is_gold, "
+            "i.gold_ranks, r.candidate_ids, r.ranks FROM latest_rankings r "
+            "JOIN users u ON u.id = r.user_id LEFT JOIN items i ON i.id = r.item_id "
+            "WHERE r.skipped = 0 AND r.ranks IS NOT NULL ORDER BY r.id"):
+        ids = json.loads(ids_json)
+        gold = None
+        if gold_json:
+            if item_id not in order:
+                order[item_id] = [c for (c,) in db.execute(
+                    "SELECT c.id FROM candidates c JOIN items i ON c.prompt_id = i.prompt_id "
+                    "AND c.run_id = i.run_id WHERE i.id = ? ORDER BY c.idx", [item_id])]
+            by_id = dict(zip(order[item_id], json.loads(gold_json)))
+            gold = [by_id[c] for c in ids]
+        out.append(RankingRecord(
+            ranking_id=ranking_id, annotator=name if keep_annotator_names else pseudonym(user_id),
+            prompt_id=prompt_id, prompt=[], item_id=item_id, source_run=run_id,
+            is_gold=bool(is_gold), gold_ranks=gold, candidate_ids=ids, candidates=[],
+            ranks=json.loads(ranks_json), has_tie=False, all_bad=False, skipped=False,
+            rationale=None, demonstration_id=None, demonstration=None, shown_at=None,
+            submitted_at=0.0, user_id=user_id))
+    return out
+
+
+def reliability(db, *, keep_annotator_names: bool = False) -> ReliabilityFit:
     """``fit_reliability`` over every vote in the store."""
-    return fit_reliability(read_rankings(db))
+    return fit_reliability(fit_records(db, keep_annotator_names=keep_annotator_names))
 
 
 def annotator_weights(db) -> dict[int, float]:

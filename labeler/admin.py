@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data import agreement, browser, labeling, store
-from data.reliability import fit_reliability
-from data.votes import read_rankings
+from data.reliability import reliability
 from labeler.handlers import GENERATE_KIND, BadRequest, LabelerService, _as_bool, _as_int
 from labeler.auth import password_problem
 from labeler.jobs import JobError, JobRunner, confine_output, workspace_dir
@@ -89,7 +88,7 @@ def _compute_status(db) -> DatasetStatus:
     regular = [r for r in rows if not r["is_gold"]]
     gold = agreement.gold_accuracy([r for r in rows if r["is_gold"]])
     speeds = agreement.speed(rows)
-    fit = fit_reliability(read_rankings(db, keep_annotator_names=True)).annotators
+    fit = reliability(db, keep_annotator_names=True).annotators
     annotators = []
     for row in labeling.per_annotator_counts(db):
         accuracy = agreement.ratio(gold.get(row["annotator"], (0, 0)))

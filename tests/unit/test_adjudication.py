@@ -179,3 +179,25 @@ def test_one_queued_item_is_found_alone(db):
     root = labeling.get_user(db, "root")
     adjudication.record_decision(db, item_id=one, reviewer_id=root.id, outcome="votes_stand")
     assert adjudication.queued_item(db, one) is None and adjudication.queued_item(db, 99) is None
+
+
+def test_review_functions_are_for_admins_and_named_reviewers(tmp_path):
+    from labeler import review_tab
+    from labeler.handlers import BadRequest, LabelerService, PermissionDenied
+
+    path = make_labeling_db(tmp_path / "svc.db", n_prompts=2, k=3, users=USERS)
+    svc = LabelerService(path, policy=labeling.QueuePolicy(overlap=2), autogenerate=False)
+    for call in (lambda: review_tab.queue_choices(svc, "ann"),
+                 lambda: review_tab.item_view(svc, "ann", 1),
+                 lambda: review_tab.decide(svc, "ann", 1, "discard", None, "")):
+        with pytest.raises(PermissionDenied, match="admins and named reviewers"):
+            call()
+    with pytest.raises(PermissionDenied, match="admins only"):
+        review_tab.set_reviewer(svc, "rev", "ann", True)
+    assert review_tab.set_reviewer(svc, "root", "rev", True) == "rev is now a reviewer."
+    assert review_tab.queue_choices(svc, "rev")[1] == []  # nothing disputed yet
+    assert review_tab.decide(svc, "rev", 1, "vote", None, "") == (
+        "Not recorded: choose the vote to keep.")
+    with pytest.raises(BadRequest, match="item is one from the list"):
+        review_tab.item_view(svc, "rev", "1; DROP TABLE items")
+    assert review_tab.set_reviewer(svc, "root", "nobody", True).startswith("Not changed")

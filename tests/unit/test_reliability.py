@@ -14,7 +14,7 @@ from scipy.stats import spearmanr
 from data import labeling, store
 from data.rankings import validate_submission
 from data.reliability import annotator_weights, expected_weight, fit_reliability
-from data.votes import RankingRecord
+from data.votes import RankingRecord, read_rankings
 from tests.labeling_fixtures import make_labeling_db
 
 PRIOR_SD = 5.0  # fit_reliability's default temperature prior
@@ -162,6 +162,8 @@ def test_annotator_weights_from_the_store(tmp_path):
             labeling.submit_assignment(db, task.id, user.id,
                                        validate_submission(task.candidate_ids, ranks))
     weights = annotator_weights(db)
+    # The store's light reader fits exactly what the full records give.
+    assert weights == fit_reliability(read_rankings(db)).weights_by_user()
     assert set(weights) == {u.id for u in users.values()}
     steady = [weights[users[n].id] for n in names[:3]]
     assert weights[users["random-1"].id] < 0.2 < min(steady)
