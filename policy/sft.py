@@ -17,15 +17,15 @@ token is trained. Held-out documents are chosen before packing, so no block stra
 
 The loss of a step is the sum of token losses over all its micro-batches (all ranks, all
 accumulation steps) divided by the trained tokens of the whole step: the update does not
-depend on how the step is split. The output folder is a plain Hugging Face causal LM with its
+depend on how the step is split. The steps run on the training layer's loop
+(``training.steps.run_steps``, as for the reward model, REBEL and DPO), which batches, clips,
+logs and evaluates; SFT writes no resumable checkpoints. The output folder is a plain Hugging Face causal LM with its
 tokenizer, usable as ``--model`` for generation and the next training stage.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -307,10 +307,10 @@ def collate(examples: Sequence[SFTExample], pad_token_id: int) -> SFTBatch:
     return SFTBatch(input_ids, mask, labels)
 
 
-def token_nll_sum(logits, labels):
-    """Summed next-token negative log-likelihood and the number of trained tokens.
+def token_nll(logits, labels):
+    """Each example's summed next-token negative log-likelihood.
 
-    logits ``[B, T, V]``, labels ``[B, T]`` (-100 = not trained) → (scalar, scalar): position t
+    logits ``[B, T, V]``, labels ``[B, T]`` (-100 = not trained) → ``[B]``: position t
     predicts label t+1.
     """
     import torch.nn.functional as F
@@ -318,37 +318,50 @@ def token_nll_sum(logits, labels):
     shifted_logits = logits[:, :-1, :].float()
     shifted_labels = labels[:, 1:]
     loss = F.cross_entropy(shifted_logits.reshape(-1, shifted_logits.shape[-1]),
-                           shifted_labels.reshape(-1), ignore_index=IGNORE, reduction="sum")
-    return loss, (shifted_labels != IGNORE).sum()
+                           shifted_labels.reshape(-1), ignore_index=IGNORE, reduction="none")
+    return loss.view(shifted_labels.shape).sum(-1)
+
+
+def token_nll_sum(logits, labels):
+    """Summed next-token negative log-likelihood and the number of trained tokens (scalars)."""
+    return token_nll(logits, labels).sum(), (labels[:, 1:] != IGNORE).sum()
+
+
+def batch_stats(model, batch: SFTBatch):
+    """(per-example summed token loss ``[B]``, stats ``[3]``: summed loss, trained tokens,
+    all tokens) of a batch already on the model's device."""
+    import torch
+
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    per_example = token_nll(logits, batch.labels)
+    trained = (batch.labels[:, 1:] != IGNORE).sum()
+    stats = torch.stack([per_example.detach().float().sum(), trained.float(),
+                         batch.attention_mask.sum().float()]).cpu()
+    return per_example, stats
+
+
+def stats_to_metrics(stats, prefix: str) -> dict[str, float]:
+    """Summed (loss, trained tokens, all tokens) → loss per trained token."""
+    loss, trained = float(stats[0]), float(stats[1])
+    return {f"{prefix}/loss": loss / max(trained, 1), f"{prefix}/tokens": trained}
 
 
 def evaluate(model, accelerator, examples: Sequence[SFTExample], *, batch_size: int,
              pad_token_id: int) -> dict[str, float]:
-    """Held-out loss per trained token. Batches are spread over processes; a process with no
-    batch left runs a copy of the first and discards it, since ZeRO-3 needs every rank in
-    every forward pass."""
-    import torch
+    """Held-out loss per trained token, over every process (``training.steps.held_out_stats``
+    spreads the batches)."""
+    from training.steps import held_out_stats
 
     if not examples:
         return {}
-    ordered = sorted(examples, key=lambda e: e.length, reverse=True)
-    chunks = [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
-    world, rank = accelerator.num_processes, accelerator.process_index
-    totals = torch.zeros(2)
-    model.eval()
-    with torch.no_grad():
-        for k in range(math.ceil(len(chunks) / world)):
-            index = k * world + rank
-            batch = collate(chunks[index if index < len(chunks) else 0], pad_token_id)
-            batch = batch.to(accelerator.device)
-            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-            if index < len(chunks):
-                loss, tokens = token_nll_sum(logits, batch.labels)
-                totals += torch.stack([loss.detach().float().cpu(), tokens.float().cpu()])
-    model.train()
-    totals = accelerator.reduce(totals.to(accelerator.device), reduction="sum").cpu()
-    loss, tokens = (float(x) for x in totals)
-    return {"eval/loss": loss / max(tokens, 1), "eval/tokens": tokens}
+
+    def stats_of(indices: list[int]):
+        batch = collate([examples[i] for i in indices], pad_token_id).to(accelerator.device)
+        return batch_stats(model, batch)[1]
+
+    totals = held_out_stats(model, accelerator, [e.length for e in examples],
+                            batch_size=batch_size, num_stats=3, stats_of=stats_of)
+    return stats_to_metrics(totals, "eval")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -382,15 +395,13 @@ def train_sft(config: SFTConfig, *, progress: bool = True) -> SFTSummary:
     """Fine-tunes, evaluates and saves a causal LM; see the module docstring."""
     import torch
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM
 
     from training.accel import make_accelerator
     from training.metrics import MetricsLog
     from training.models import ModelNotFoundError, load_tokenizer, resolve_model
-    from training.optim import clip_gradients
-    from training.plan import global_batches, micro_batches, steps_per_epoch
-    from training.steps import prepare_optimization
+    from training.plan import StepPlan
+    from training.steps import prepare_optimization, run_steps
 
     output = Path(config.output)
     # 1. Data: read and tokenize (bad input fails here, before anything heavy starts), hold
@@ -400,21 +411,17 @@ def train_sft(config: SFTConfig, *, progress: bool = True) -> SFTSummary:
     train, held_out, dropped, source = prepare_examples(config, tokenizer)
     accelerator = make_accelerator(gradient_accumulation_steps=config.gradient_accumulation_steps,
                                    bf16=config.bf16, report_to=config.report_to, output=output)
-    rank, world = accelerator.process_index, accelerator.num_processes
+    world = accelerator.num_processes
     say = accelerator.print
     set_seed(config.seed)
-    micro_per_step = world * config.gradient_accumulation_steps
-    global_batch_size = micro_per_step * config.per_device_batch_size
-    if len(train) < micro_per_step:
-        raise SFTDataError(f"only {len(train)} training examples for {micro_per_step} "
-                           f"micro-batches per step ({world} processes × "
-                           f"{config.gradient_accumulation_steps} accumulation steps)")
-    per_epoch = steps_per_epoch(len(train), global_batch_size, micro_per_step)
-    total_steps = config.max_steps or per_epoch * config.epochs
-    eval_every = config.eval_every or per_epoch
-    lengths = [e.length for e in train]
-    say(f"rankloop: {len(train)} training examples, {len(held_out)} held out; {total_steps} "
-        f"steps of {global_batch_size} examples ({world} processes × "
+    plan = StepPlan(len(train), world, config.per_device_batch_size,
+                    config.gradient_accumulation_steps, config.epochs, config.max_steps)
+    if len(train) < plan.micro_batches_per_step:
+        raise SFTDataError(f"only {len(train)} training examples for "
+                           f"{plan.micro_batches_per_step} micro-batches per step ({world} "
+                           f"processes × {config.gradient_accumulation_steps} accumulation steps)")
+    say(f"rankloop: {len(train)} training examples, {len(held_out)} held out; {plan.total_steps} "
+        f"steps of {plan.global_batch_size} examples ({world} processes × "
         f"{config.per_device_batch_size} × {config.gradient_accumulation_steps} accumulation)")
 
     # 2. Model (after the accelerator, so ZeRO-3 can partition it as it loads), optimizer.
@@ -426,77 +433,35 @@ def train_sft(config: SFTConfig, *, progress: bool = True) -> SFTSummary:
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
-    model, optimizer, scheduler = prepare_optimization(accelerator, model, config, total_steps)
+    model, optimizer, scheduler = prepare_optimization(accelerator, model, config,
+                                                       plan.total_steps)
     log = MetricsLog(output / "metrics.jsonl", enabled=accelerator.is_main_process,
                      accelerator=accelerator, settings=asdict(config))
     pad_id = tokenizer.pad_token_id
 
-    def run_eval(step: int) -> dict[str, float]:
-        metrics = evaluate(model, accelerator, held_out, batch_size=config.per_device_batch_size,
-                           pad_token_id=pad_id)
-        if metrics:
-            log.log(step, metrics)
-        return metrics
+    def held_out_metrics() -> dict[str, float]:
+        return evaluate(model, accelerator, held_out, batch_size=config.per_device_batch_size,
+                        pad_token_id=pad_id)
 
-    first_eval = run_eval(0)  # the starting point the held-out loss is compared with
-    eval_metrics = first_eval
+    first_eval = held_out_metrics()  # the starting point the held-out loss is compared with
+    if first_eval:
+        log.log(0, first_eval)
 
-    # 3. Train: each step is one global batch, cut into world × accumulation micro-batches.
-    model.train()
-    trained_tokens = [e.trained_tokens for e in train]
-    epoch_batches: tuple[int, list[list[int]]] | None = None
-    window = torch.zeros(2)
-    seconds, seen_tokens = 0.0, 0
-    bar = tqdm(total=total_steps, desc="sft", disable=not (progress and accelerator.is_main_process))
-    for step in range(total_steps):
-        started = time.perf_counter()
-        epoch, position = divmod(step, per_epoch)
-        if epoch_batches is None or epoch_batches[0] != epoch:
-            epoch_batches = (epoch, global_batches(lengths, global_batch_size, config.seed, epoch,
-                                                   micro_per_step))
-        global_batch = epoch_batches[1][position]
-        chunks = micro_batches(global_batch, lengths, micro_per_step)
-        # Backends average gradients over processes and accumulation steps; this factor turns
-        # that average into the mean over every trained token of the step.
-        step_tokens = sum(trained_tokens[i] for i in global_batch)
-        loss_scale = micro_per_step / max(step_tokens, 1)
+    # 3. Train on the shared step loop: each step is one global batch, its loss the mean over
+    #    every trained token of the step.
+    def forward(indices: list[int]):
+        batch = collate([train[i] for i in indices], pad_id).to(accelerator.device)
+        return batch_stats(model, batch)
 
-        # 3a. Forward and backward each micro-batch.
-        for accumulation_step in range(config.gradient_accumulation_steps):
-            batch = collate([train[i] for i in chunks[accumulation_step * world + rank]],
-                            pad_id).to(accelerator.device)
-            with accelerator.accumulate(model):
-                logits = model(input_ids=batch.input_ids,
-                               attention_mask=batch.attention_mask).logits
-                loss_sum, tokens = token_nll_sum(logits, batch.labels)
-                accelerator.backward(loss_sum * loss_scale)
-            window += torch.stack([loss_sum.detach().float().cpu(), tokens.float().cpu()])
-
-        # 3b. Clip, update, advance the schedule.
-        grad_norm = clip_gradients(accelerator, model.parameters(), config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
-        seconds += time.perf_counter() - started
-        seen_tokens += sum(lengths[i] for i in global_batch)
-        done = step + 1
-        bar.update(1)
-
-        # 3c. Log and evaluate.
-        if done % config.log_every == 0 or done == total_steps:
-            totals = accelerator.reduce(window.to(accelerator.device), reduction="sum").cpu()
-            metrics = {"train/loss": float(totals[0]) / max(float(totals[1]), 1),
-                       "train/tokens": float(totals[1]), "train/epoch": done / per_epoch,
-                       "train/learning_rate": scheduler.get_last_lr()[0],
-                       "train/tokens_per_second": seen_tokens / max(seconds, 1e-9)}
-            if grad_norm is not None:
-                metrics["train/grad_norm"] = float(grad_norm)
-            log.log(done, metrics)
-            bar.set_postfix(loss=f"{metrics['train/loss']:.4f}")
-            window.zero_()
-        if held_out and (done % eval_every == 0 or done == total_steps):
-            eval_metrics = run_eval(done)
-    bar.close()
+    done = run_steps(
+        accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
+        plan=plan, config=config, lengths=[e.length for e in train], start_step=0,
+        forward=forward, num_stats=3, metrics=stats_to_metrics,
+        evaluate=held_out_metrics if held_out else None, log=log, output=output,
+        fingerprint={}, desc="sft", progress=progress, tokens_stat=2,
+        example_sizes=[e.trained_tokens for e in train], unit="examples")
+    eval_metrics = done.eval_metrics or first_eval
+    total_steps = plan.total_steps
 
     # 4. Save a plain Hugging Face folder with the tokenizer and the settings used.
     accelerator.wait_for_everyone()
@@ -517,6 +482,5 @@ def train_sft(config: SFTConfig, *, progress: bool = True) -> SFTSummary:
         output=str(output), steps=total_steps, train_examples=len(train),
         eval_examples=len(held_out), source=source, dropped=dropped,
         first_eval_loss=first_eval.get("eval/loss"), eval_loss=eval_metrics.get("eval/loss"),
-        tokens_per_second=seen_tokens / seconds if seconds else 0.0,
-        main_process=accelerator.is_main_process,
+        tokens_per_second=done.tokens_per_second, main_process=accelerator.is_main_process,
     )

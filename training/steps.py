@@ -1,13 +1,15 @@
-"""The optimizer-step loop of the recipes that train on pairs (reward model, REBEL, DPO).
+"""The optimizer-step loop of the training recipes (reward model, REBEL, DPO, SFT).
 
 Each step takes one global batch of ``world × per_device × accumulation`` examples from the
 epoch's batches (a function of seed and epoch, so the data position follows from the step
 number on resume), cuts it into micro-batches, runs the recipe's forward and backward on this
 process's share, then clips, updates and advances the schedule. The loss is normalised by the
 examples of the whole step, so the update does not depend on how the step is split over
-processes and accumulation steps. Metrics are logged every ``log_every`` steps, the held-out
-set evaluated every ``eval_every`` steps (default: each epoch) and a resumable checkpoint
-written every ``save_every`` steps, each also at the last step.
+processes and accumulation steps (SFT normalises by the trained tokens of the step instead,
+through ``example_sizes``). Metrics are logged every ``log_every`` steps, the held-out set
+evaluated every ``eval_every`` steps (default: each epoch) and a resumable checkpoint written
+every ``save_every`` steps, each also at the last step (a recipe whose config has no
+``save_every`` writes none).
 
 What differs between recipes, the forward pass and what it reports, comes in as functions.
 """
@@ -34,6 +36,7 @@ class StepSettings(Protocol):
     log_every: int
     eval_every: int | None
     save_every: int
+    """Absent or None: no checkpoints (SFT)."""
     keep_checkpoints: int
 
 
@@ -67,6 +70,7 @@ def run_steps(
     evaluate: Callable[[], dict[str, float]] | None, log, output: Path, fingerprint: dict,
     desc: str, progress: bool, tokens_stat: int | None = None,
     should_stop: Callable[[int, torch.Tensor], str | None] | None = None,
+    example_sizes: Sequence[float] | None = None, unit: str = "pairs",
 ) -> StepsDone:
     """Runs steps ``start_step`` … ``plan.total_steps - 1``.
 
@@ -75,6 +79,9 @@ def run_steps(
     the logging window and turned into ``train/…`` values by ``metrics(stats, "train")``.
     ``tokens_stat`` is the index of the stats' token count, for a tokens/s figure.
     ``evaluate()`` gives the held-out metrics (None: no held-out set).
+    ``example_sizes``: what each training example's loss is a sum over (SFT: its trained
+    tokens); the step's loss is divided by their sum over the global batch (None: one per
+    example, the mean over examples). ``unit`` names the examples in ``train/<unit>_per_second``.
     ``should_stop(step, step_stats)``, after each step: a reason to end the run there (it is
     logged, evaluated and checkpointed as a last step), or None to go on.
     """
@@ -103,7 +110,9 @@ def run_steps(
         chunks = micro_batches(global_batch, lengths, plan.micro_batches_per_step)
         # Backends average gradients over processes and accumulation steps; this factor turns
         # that average into the mean over every example of the step.
-        loss_scale = plan.micro_batches_per_step / len(global_batch)
+        step_size = (len(global_batch) if example_sizes is None
+                     else sum(example_sizes[i] for i in global_batch))
+        loss_scale = plan.micro_batches_per_step / max(step_size, 1)
 
         # a. Forward and backward this process's micro-batches.
         step_stats = torch.zeros(num_stats)
@@ -136,7 +145,8 @@ def run_steps(
             values = metrics(window, "train")
             values.update({"train/epoch": done / plan.steps_per_epoch,
                            "train/learning_rate": scheduler.get_last_lr()[0],
-                           "train/pairs_per_second": trained_examples / max(train_seconds, 1e-9)})
+                           f"train/{unit}_per_second": trained_examples / max(train_seconds,
+                                                                              1e-9)})
             if tokens_stat is not None:
                 values["train/tokens_per_second"] = trained_tokens / max(train_seconds, 1e-9)
             if grad_norm is not None:
@@ -147,7 +157,8 @@ def run_steps(
         if evaluate is not None and (done % eval_every == 0 or last):
             eval_metrics = evaluate()
             log.log(done, eval_metrics)
-        if done % config.save_every == 0 or last:
+        save_every = getattr(config, "save_every", None)
+        if save_every and (done % save_every == 0 or last):
             save_checkpoint(accelerator, output, done,
                             {"plan": fingerprint, "epoch": epoch,
                              "position_in_epoch": position + 1, "stopped_early": stopped},
