@@ -69,7 +69,7 @@ from pathlib import Path
 
 from data.adjudication import item_statuses
 from data.errors import ConfigError
-from data.rankings import Pair, ranking_to_pairs
+from data.rankings import RankedPair, ranking_to_pairs
 from data.reliability import fit_reliability
 from data.splits import held_out_groups
 from data.votes import LABEL_RANKINGS, RankingRecord, labels, latest, read_rankings
@@ -153,7 +153,7 @@ def response_scores(candidate_ids: Sequence[int], ranks: Sequence[int] | None,
 
 
 def best_worst_pairs(candidate_ids: Sequence[int], ranks: Sequence[int] | None,
-                     demonstration_id: int | None = None) -> list[Pair]:
+                     demonstration_id: int | None = None) -> list[RankedPair]:
     """Every response at the best rank against every response at the worst rank (shown order).
     A demonstration is the only best response; unranked candidates are all worst. A ranking
     that is one big tie gives nothing."""
@@ -164,10 +164,10 @@ def best_worst_pairs(candidate_ids: Sequence[int], ranks: Sequence[int] | None,
         worst = [c for c, r in zip(candidate_ids, ranks) if r == max(ranks)]
         best = ([demonstration_id] if demonstration_id is not None
                 else [c for c, r in zip(candidate_ids, ranks) if r == min(ranks)])
-    return [Pair(b, w) for b in best for w in worst if b not in worst]
+    return [RankedPair(b, w) for b in best for w in worst if b not in worst]
 
 
-def record_pairs(record: RankingRecord, mode: str) -> list[Pair]:
+def record_pairs(record: RankingRecord, mode: str) -> list[RankedPair]:
     if record.skipped:
         return []
     if mode == "best-worst":
@@ -175,21 +175,22 @@ def record_pairs(record: RankingRecord, mode: str) -> list[Pair]:
     return ranking_to_pairs(record.candidate_ids, record.ranks, record.demonstration_id)
 
 
-def _pair_key(pair: Pair) -> tuple[int, int]:
+def _pair_key(pair: RankedPair) -> tuple[int, int]:
     return min(pair.chosen, pair.rejected), max(pair.chosen, pair.rejected)
 
 
-def _outcome(pair: Pair) -> int | None:
+def _outcome(pair: RankedPair) -> int | None:
     """The winning response, or None for a tie."""
     return None if pair.tie else pair.chosen
 
 
 @dataclass
-class PairRow:
-    """One judgment of one pair of responses, before formatting."""
+class ExportedPair:
+    """One judged pair of responses as the export will write it (a row of the ``default``
+    configuration), before formatting: its ranking, the ``RankedPair``, scores and agreement."""
 
     record: RankingRecord
-    pair: Pair
+    pair: RankedPair
     score_chosen: float
     score_rejected: float
     annotators: list[str]
@@ -198,7 +199,7 @@ class PairRow:
 
 @dataclass
 class PairSelection:
-    rows: list[PairRow]
+    rows: list[ExportedPair]
     dropped: dict[str, int] = field(default_factory=dict)
 
 
@@ -238,7 +239,7 @@ def select_pairs(records: Sequence[RankingRecord], config: ExportConfig) -> Pair
                 if agreement < config.min_agreement:
                     drop(DROP_DISAGREED)
                     continue
-            selection.rows.append(PairRow(
+            selection.rows.append(ExportedPair(
                 record, pair, scores[pair.chosen], scores[pair.rejected],
                 sorted({name for name, _ in judged}), agreement))
     return selection
@@ -293,7 +294,7 @@ def ranking_features():
     })
 
 
-def preference_row(row: PairRow, format: str, tokenizer=None) -> dict:
+def preference_row(row: ExportedPair, format: str, tokenizer=None) -> dict:
     record, pair = row.record, row.pair
     texts = dict(zip(record.candidate_ids, record.candidates))
     if record.demonstration_id is not None:

@@ -44,7 +44,10 @@ class Submission:
 
 
 @dataclass(frozen=True)
-class Pair:
+class RankedPair:
+    """Two candidates of one ranking by their ids, chosen ranked above rejected: the pairs the
+    vote log's ``comparisons`` rows store (``ranking_to_pairs``), before any text is read."""
+
     chosen: int
     rejected: int
     tie: bool = False
@@ -113,25 +116,25 @@ def candidate_letter(index: int) -> str:
 
 def ranking_to_pairs(
     candidate_ids: Sequence[int], ranks: Sequence[int] | None, demonstration_id: int | None = None
-) -> list[Pair]:
+) -> list[RankedPair]:
     """Pairwise comparisons implied by a ranking.
 
     k fully ranked candidates give k(k-1)/2 pairs in shown order, ties marked; a demonstration
     adds k pairs in which it is chosen. No ranks (skip, unranked all-bad) gives only the
     demonstration's pairs.
     """
-    pairs: list[Pair] = []
+    pairs: list[RankedPair] = []
     if demonstration_id is not None:
-        pairs.extend(Pair(demonstration_id, c) for c in candidate_ids)
+        pairs.extend(RankedPair(demonstration_id, c) for c in candidate_ids)
     if ranks is None:
         return pairs
     for i in range(len(candidate_ids)):
         for j in range(i + 1, len(candidate_ids)):
             a, b = candidate_ids[i], candidate_ids[j]
             if ranks[i] == ranks[j]:
-                pairs.append(Pair(a, b, tie=True))
+                pairs.append(RankedPair(a, b, tie=True))
             elif ranks[i] < ranks[j]:
-                pairs.append(Pair(a, b))
+                pairs.append(RankedPair(a, b))
             else:
-                pairs.append(Pair(b, a))
+                pairs.append(RankedPair(b, a))
     return pairs

@@ -1,9 +1,11 @@
 """Scored pairs for policy training (REBEL, DPO): per prompt, a chosen and a rejected response
 with a reward for each (``ScoredPair``).
 
-The project's pair types, from the vote to the tensors: ``data.rankings.Pair`` (two candidate
-ids of one ranking, as the vote log's comparisons store them); ``data.preferences.PreferencePair``
-(prompt, chosen and rejected texts, for the reward model and TRL-format files);
+The project's pair types, from the vote to the tensors: ``data.rankings.RankedPair`` (two
+candidate ids of one ranking, as the vote log's comparisons store them);
+``data.export.ExportedPair`` (one judged pair as the published dataset has it);
+``data.preferences.PreferencePair`` (prompt, chosen and rejected texts, for the reward model
+and TRL-format files);
 ``ScoredPair`` here (the same texts with a reward each, for the policy); then the tokenized
 ``reward.batches.EncodedPair`` and ``policy.pair_batches.EncodedScoredPair``.
 

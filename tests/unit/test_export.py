@@ -10,7 +10,7 @@ import pytest
 
 from data import export, labeling, store
 from data.export import ExportConfig, ExportError
-from data.rankings import Pair, validate_submission
+from data.rankings import RankedPair, validate_submission
 
 A, B, C = 0, 1, 2  # candidate idx within an item
 
@@ -93,10 +93,10 @@ def test_response_scores_by_hand():
 
 
 def test_best_worst_pairs_by_hand():
-    assert export.best_worst_pairs([7, 8, 9], [2, 1, 3]) == [Pair(8, 9)]
-    assert export.best_worst_pairs([7, 8, 9], [1, 1, 3]) == [Pair(7, 9), Pair(8, 9)]
-    assert export.best_worst_pairs([7, 8, 9], [2, 1, 2], 50) == [Pair(50, 7), Pair(50, 9)]
-    assert export.best_worst_pairs([7, 8], None, 50) == [Pair(50, 7), Pair(50, 8)]
+    assert export.best_worst_pairs([7, 8, 9], [2, 1, 3]) == [RankedPair(8, 9)]
+    assert export.best_worst_pairs([7, 8, 9], [1, 1, 3]) == [RankedPair(7, 9), RankedPair(8, 9)]
+    assert export.best_worst_pairs([7, 8, 9], [2, 1, 2], 50) == [RankedPair(50, 7), RankedPair(50, 9)]
+    assert export.best_worst_pairs([7, 8], None, 50) == [RankedPair(50, 7), RankedPair(50, 8)]
     assert export.best_worst_pairs([7, 8], [1, 1]) == []  # one big tie: no preference
     assert export.best_worst_pairs([7, 8], None) == []
 

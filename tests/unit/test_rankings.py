@@ -1,31 +1,31 @@
 import pytest
 
-from data.rankings import Pair, RankingError, ranking_to_pairs, validate_submission
+from data.rankings import RankedPair, RankingError, ranking_to_pairs, validate_submission
 
 
 def test_full_ranking_gives_k_choose_2_pairs_in_shown_order():
     # Shown order 10, 20, 30, 40 with ranks 2, 1, 4, 3.
     assert ranking_to_pairs([10, 20, 30, 40], [2, 1, 4, 3]) == [
-        Pair(20, 10), Pair(10, 30), Pair(10, 40), Pair(20, 30), Pair(20, 40), Pair(40, 30),
+        RankedPair(20, 10), RankedPair(10, 30), RankedPair(10, 40), RankedPair(20, 30), RankedPair(20, 40), RankedPair(40, 30),
     ]
 
 
 def test_ties_are_marked_and_keep_shown_order():
     assert ranking_to_pairs([1, 2, 3], [1, 1, 2]) == [
-        Pair(1, 2, tie=True), Pair(1, 3), Pair(2, 3),
+        RankedPair(1, 2, tie=True), RankedPair(1, 3), RankedPair(2, 3),
     ]
     assert all(p.tie for p in ranking_to_pairs([5, 6, 7], [2, 2, 2]))
 
 
 def test_demonstration_beats_every_candidate_and_adds_k_pairs():
     pairs = ranking_to_pairs([1, 2, 3], [1, 2, 3], demonstration_id=99)
-    assert pairs[:3] == [Pair(99, 1), Pair(99, 2), Pair(99, 3)]
+    assert pairs[:3] == [RankedPair(99, 1), RankedPair(99, 2), RankedPair(99, 3)]
     assert len(pairs) == 3 + 3
 
 
 def test_unranked_all_bad_gives_only_demonstration_pairs():
     assert ranking_to_pairs([1, 2], None) == []
-    assert ranking_to_pairs([1, 2], None, demonstration_id=7) == [Pair(7, 1), Pair(7, 2)]
+    assert ranking_to_pairs([1, 2], None, demonstration_id=7) == [RankedPair(7, 1), RankedPair(7, 2)]
 
 
 def test_validation_accepts_complete_rankings_with_ties():
