@@ -290,7 +290,7 @@ def ranking_features():
         "item_status": Value("string"), "annotator_weight": Value("float64"),
         "annotator_temperature": Value("float64"),
         "suggested_ranks": List(Value("int64")), "suggestion_scorer": Value("string"),
-        "suggestion_accepted": Value("bool"),
+        "suggestion_accepted": Value("bool"), "guidelines_version": Value("string"),
     })
 
 
@@ -561,7 +561,8 @@ and `overruled` marks a vote that decision took out of the labels.
 A revised submission is a new row with `supersedes` set; the
 row it replaced has `superseded_by` and is not used for pairs. `suggested_ranks`,
 `suggestion_scorer` and `suggestion_accepted` (also in `default`) tell a ranking pre-filled
-from a reward model and kept unchanged from an independent judgment.
+from a reward model and kept unchanged from an independent judgment. `guidelines_version`
+names the annotators' guidelines in force when the ranking was made (a hash of their text).
 
 ```python
 from datasets import load_dataset

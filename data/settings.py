@@ -19,10 +19,13 @@ too):
 Per-user keys (``user_settings`` table):
 
 - ``layout`` (str): how candidates are laid out, one of ``LAYOUTS``.
+- ``guidelines_read`` (str or None): the guidelines version (``guidelines_version``) the
+  annotator last opened; the Rank screen marks the guidelines as changed until it matches.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -91,8 +94,19 @@ PROJECT_KEYS: dict[str, Key] = {
     "suggestion_scorer": Key(None, _scorer),
     "comparison_share": Key(0.25, _share),
 }
+def _version(key: str, value: object) -> object:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) != VERSION_CHARS or not all(
+            c in "0123456789abcdef" for c in value):
+        raise SettingsError(f"{key} is a guidelines version ({VERSION_CHARS} hex digits)")
+    return value
+
+
+VERSION_CHARS = 12
 USER_KEYS: dict[str, Key] = {
     "layout": Key(LAYOUTS[0], _choice(LAYOUTS)),
+    "guidelines_read": Key(None, _version),
 }
 
 
@@ -133,6 +147,20 @@ def set_setting(db: sqlite_utils.Database, key: str, value: object, *,
             "updated_at = excluded.updated_at, updated_by = excluded.updated_by",
             [key, json.dumps(value), time.time() if now is None else now, by])
     return value
+
+
+def guidelines_version(text: str) -> str | None:
+    """The version of a guidelines text: the first ``VERSION_CHARS`` hex digits of its SHA-256
+    (the same text always has the same version); None for no guidelines."""
+    if not (text or "").strip():
+        return None
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:VERSION_CHARS]
+
+
+def current_guidelines(db: sqlite_utils.Database) -> tuple[str, str | None]:
+    """The guidelines in force and their version."""
+    text = get_setting(db, "guidelines")
+    return text, guidelines_version(text)
 
 
 def project_settings(db: sqlite_utils.Database) -> ProjectSettings:

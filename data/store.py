@@ -534,6 +534,12 @@ class Migration:
     apply: Callable[[sqlite_utils.Database], None]
 
 
+def _m80_vote_guidelines(db: sqlite_utils.Database) -> None:
+    # The version of the annotators' guidelines in force when a vote was stored (a short hash
+    # of their text, ``data.settings.guidelines_version``); NULL when there were none.
+    db.execute("ALTER TABLE rankings ADD COLUMN guidelines_version TEXT")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "prompts, generation runs, candidates", _m1_generation),
     Migration(2, "users, rankings, comparisons; duplicate flag on candidates", _m2_labeling),
@@ -554,6 +560,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(60, "active seconds of each vote; reviewers; adjudications",
               _m60_adjudication_and_active_time),
     Migration(70, "policies; the policy of each candidate; comparison items", _m70_policies),
+    Migration(80, "the guidelines version of each vote", _m80_vote_guidelines),
 )
 SCHEMA_VERSION = max(m.version for m in MIGRATIONS)
 

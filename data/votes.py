@@ -45,6 +45,7 @@ from dataclasses import dataclass
 
 import sqlite_utils
 
+from data import settings
 from data.rankings import Submission, ranking_to_pairs
 from data.suggestions import accepted_flag
 
@@ -77,6 +78,9 @@ class Vote:
     suggested_ranks: list[int] | None = None
     """The model suggestion the task opened with, if any (``data.suggestions``)."""
     suggestion_scorer: str | None = None
+    guidelines_version: str | None = None
+    """The guidelines it was made under (``data.settings.guidelines_version``); None takes
+    the version in force when it is appended."""
     active_seconds: float | None = None
     """Seconds the task was visible and in use, as the page measured them; None if unknown."""
 
@@ -102,8 +106,8 @@ def append_vote(db: sqlite_utils.Database, vote: Vote) -> Stored:
         "INSERT INTO rankings (submission_key, user_id, prompt_id, item_id, assignment_id, "
         "candidate_ids, ranks, has_tie, all_bad, skipped, rationale, demonstration_id, "
         "shown_at, submitted_at, supersedes, suggested_ranks, suggestion_scorer, "
-        "suggestion_accepted, active_seconds) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "suggestion_accepted, active_seconds, guidelines_version) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [vote.submission_key, vote.user_id, vote.prompt_id, vote.item_id, vote.assignment_id,
          json.dumps(list(submission.candidate_ids)),
          None if submission.ranks is None else json.dumps(list(submission.ranks)),
@@ -112,7 +116,8 @@ def append_vote(db: sqlite_utils.Database, vote: Vote) -> Stored:
          vote.submitted_at, vote.supersedes,
          None if vote.suggested_ranks is None else json.dumps(list(vote.suggested_ranks)),
          vote.suggestion_scorer, accepted_flag(vote.suggested_ranks, submission),
-         vote.active_seconds],
+         vote.active_seconds,
+         vote.guidelines_version or settings.current_guidelines(db)[1]],
     ).lastrowid
     pairs = [] if submission.skipped else ranking_to_pairs(
         submission.candidate_ids, submission.ranks, vote.demonstration_id)
@@ -186,6 +191,8 @@ class RankingRecord:
     """The latest reviewer's decision on this vote's item, if any (``data.adjudication``)."""
     overruled: bool = False
     """That decision takes this vote out of the labels (it named another vote, or none)."""
+    guidelines_version: str | None = None
+    """The guidelines in force when it was stored (``data.settings.guidelines_version``)."""
 
     @property
     def is_latest(self) -> bool:
@@ -213,7 +220,7 @@ def read_rankings(db, *, keep_annotator_names: bool = False) -> list[RankingReco
         "i.is_gold, i.gold_ranks, r.candidate_ids, r.ranks, r.has_tie, r.all_bad, r.skipped, "
         "r.rationale, r.demonstration_id, r.shown_at, r.submitted_at, r.supersedes, s.id, "
         "r.suggested_ranks, r.suggestion_scorer, r.suggestion_accepted, r.active_seconds, "
-        "la.id, la.outcome, la.ranking_id "
+        "la.id, la.outcome, la.ranking_id, r.guidelines_version "
         "FROM rankings r JOIN users u ON u.id = r.user_id JOIN prompts p ON p.id = r.prompt_id "
         "LEFT JOIN items i ON i.id = r.item_id LEFT JOIN rankings s ON s.supersedes = r.id "
         "LEFT JOIN latest_adjudications la ON la.item_id = r.item_id "
@@ -223,7 +230,8 @@ def read_rankings(db, *, keep_annotator_names: bool = False) -> list[RankingReco
     for (ranking_id, user_id, name, prompt_id, messages, item_id, run_id, is_gold, gold_json,
          ids_json, ranks_json, has_tie, all_bad, skipped, rationale, demo_id, shown_at,
          submitted_at, supersedes, superseded_by, suggested_json, scorer, accepted,
-         active_seconds, adjudication_id, outcome, chosen) in rows:
+         active_seconds, adjudication_id, outcome, chosen,
+         guidelines_version) in rows:
         candidate_ids = json.loads(ids_json)
         if run_id is None and candidate_ids:  # a vote stored before items existed
             run_id = db.execute("SELECT run_id FROM candidates WHERE id = ?",
@@ -252,6 +260,7 @@ def read_rankings(db, *, keep_annotator_names: bool = False) -> list[RankingReco
             bool(accepted), user_id=user_id, active_seconds=active_seconds,
             adjudication_id=adjudication_id, overruled=outcome == "discard" or (
                 outcome == "vote" and chosen != ranking_id),
+            guidelines_version=guidelines_version,
         ))
     return records
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gradio as gr
 
-from data import settings
 from data.adjudication import can_review
 from labeler import server
 from labeler.admin_tab import ADMIN_CSS, create_admin_tab
@@ -25,7 +24,9 @@ from labeler.ui import guard, username
 def build_app(svc: LabelerService) -> gr.Blocks:
     with gr.Blocks(title="RankLoop") as demo:
         with gr.Row(equal_height=False):
-            gr.Markdown("## RankLoop — rank the candidate responses")
+            # On a phone only the name shows: the title stays one line.
+            gr.HTML('<h2 id="rl-title">RankLoop<span class="rl-title-rest"> — rank the '
+                    'candidate responses</span></h2>', js_on_load=None)
             header = gr.HTML(elem_id="rl-header-box", js_on_load=None)
         with gr.Tabs() as tabs:
             with gr.Tab("Rank", id="rank"):
@@ -43,7 +44,7 @@ def build_app(svc: LabelerService) -> gr.Blocks:
             review = ([gr.Tab(visible=True), *review_load(request)]
                       if can_review(svc.db(), user.id) else
                       [gr.Tab(visible=False), *[gr.skip()] * len(review_outputs)])
-            top = header_html(user.name, settings.get_setting(svc.db(), "guidelines"))
+            top = header_html(user.name)
             # The Rank tab's screen is the page script's to fetch (labeler/rank_api.py).
             if user.is_admin:
                 # An admin lands on the console; their Rank tab takes a task only once opened.

@@ -6,6 +6,7 @@ these directly against a real SQLite file. Every piece of state lives in SQLite.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -143,6 +144,9 @@ class TaskView:
     """For a screen without a task: what is happening (generation progress, an empty queue)."""
     revises: int | None = None
     """The vote this screen changes (a reopened submission), else None."""
+    guide: render.Guidelines = render.NO_GUIDELINES
+    """The project's guidelines, delivered with every screen (an admin's change shows on the
+    next one)."""
 
     @property
     def candidates_html(self) -> list[str]:
@@ -172,9 +176,27 @@ def _progress(db, user_id: int, policy: QueuePolicy) -> str:
     return f"{done} done by you · {left} left in the queue"
 
 
+@functools.lru_cache(maxsize=4)
+def _guidelines_html(text: str) -> str:
+    return render.guidelines_html(text)  # rendered once per version, not once per screen
+
+
+def guidelines_for(db, user_id: int) -> render.Guidelines:
+    """The guidelines in force, marked ``changed`` until this user opens that version."""
+    text, version = settings.current_guidelines(db)
+    if version is None:
+        return render.NO_GUIDELINES
+    read = settings.get_user_setting(db, user_id, "guidelines_read")
+    return render.Guidelines(_guidelines_html(text), version, changed=read != version)
+
+
 def current_task(svc: LabelerService, username: str) -> TaskView:
     """The annotator's open assignment, or a new one from the queue, or a waiting screen."""
     user = svc.user(username)
+    return replace(_current_task(svc, user), guide=guidelines_for(svc.db(), user.id))
+
+
+def _current_task(svc: LabelerService, user: labeling.User) -> TaskView:
     db = svc.db()
     for _ in range(_MAX_SET_ASIDE_PER_LOAD):
         assignment = labeling.next_assignment(db, user.id, svc.policy)
@@ -229,13 +251,13 @@ def screen(view: TaskView, notice: Notice | None = None, *, unranked=(), outcome
     if view.assignment_id is None:
         html = render.message_screen_html(
             mode="waiting" if view.waiting else "empty", title=view.state_title,
-            detail=view.state_detail, progress=view.progress, notice=notice)
+            detail=view.state_detail, progress=view.progress, notice=notice, guide=view.guide)
     else:
         html = render.task_screen_html(
             assignment_id=view.assignment_id, prompt_html=view.prompt_html,
             candidates=view.candidates, controls=view.controls, layout=view.layout,
             progress=view.progress, notice=notice, suggestion=view.suggestion,
-            unranked=unranked, revises=view.revises)
+            unranked=unranked, revises=view.revises, guide=view.guide)
     status = {
         "assignment_id": view.assignment_id, "candidates": len(view.candidates),
         "revises": view.revises, "waiting": view.waiting, "outcome": outcome,
@@ -532,7 +554,8 @@ def _revision_view(svc, user, row: revisions.RecentSubmission, controls: Control
         row.assignment_id, conversation_html(row.messages),
         _candidate_views(row.texts, _finish_reasons(db, row.candidate_ids)),
         _progress(db, user.id, svc.policy), waiting=False, controls=controls,
-        layout=settings.get_user_setting(db, user.id, "layout"), revises=row.ranking_id)
+        layout=settings.get_user_setting(db, user.id, "layout"), revises=row.ranking_id,
+        guide=guidelines_for(db, user.id))
 
 
 def _revise(svc, user, username: str, entry: _Entry) -> Screen:
@@ -625,6 +648,21 @@ def save_draft(svc: LabelerService, username: str, payload) -> str:
     except LabelingError as exc:
         raise BadRequest(str(exc)) from None
     return "saved"
+
+
+def guidelines_read(svc: LabelerService, username: str, payload) -> str | None:
+    """``{"version": V}``: the annotator opened the guidelines of version V (the screen's
+    ``data-version``); they are no longer marked as changed for them. Returns the version
+    in force (null when there are none)."""
+    user = svc.user(username)
+    p = _payload(payload, {"version"})
+    db = svc.db()
+    current = settings.current_guidelines(db)[1]
+    if p.get("version") != current:
+        raise BadRequest("the guidelines changed since this screen was shown; reload the page")
+    if current is not None:
+        settings.set_user_setting(db, user.id, "guidelines_read", current)
+    return current
 
 
 def set_layout(svc: LabelerService, username: str, payload) -> str:

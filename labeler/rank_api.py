@@ -59,6 +59,7 @@ def _actions(svc: LabelerService) -> dict[str, Callable[[str, object], dict]]:
         "reopen": lambda name, p: _screen(handlers.reopen(svc, name, p)),
         "draft": lambda name, p: {"draft": handlers.save_draft(svc, name, p)},
         "layout": lambda name, p: {"layout": handlers.set_layout(svc, name, p)},
+        "guidelines": lambda name, p: {"read": handlers.guidelines_read(svc, name, p)},
         "diff": lambda name, p: {"html": overlay_html(handlers.differences(svc, name, p))},
     }
 

@@ -212,11 +212,18 @@ def conversation_html(messages: list[dict]) -> str:
     if len(messages) == 1:
         return render_untrusted_markdown(messages[0]["content"],
                                          heading_offset=CONTENT_HEADING_OFFSET)
-    earlier, last = messages[:-1], messages[-1]
-    turns = "s" if len(earlier) != 1 else ""
-    return (f'<div class="rl-chat"><details class="rl-earlier"><summary>Earlier in the '
-            f'conversation ({len(earlier)} turn{turns})</summary>'
-            f'{"".join(_bubble(m) for m in earlier)}</details>{_bubble(last)}</div>')
+    # The system prompt sets the rules the answers follow: always in view, above the fold.
+    system = [m for m in messages[:-1] if m.get("role") == "system"]
+    earlier = [m for m in messages[:-1] if m.get("role") != "system"]
+    last = messages[-1]
+    fold = ""
+    if earlier:
+        turns = "s" if len(earlier) != 1 else ""
+        fold = (f'<details class="rl-earlier"><summary>Earlier in the conversation '
+                f'({len(earlier)} turn{turns})</summary>'
+                f'{"".join(_bubble(m) for m in earlier)}</details>')
+    return (f'<div class="rl-chat">{"".join(_bubble(m) for m in system)}{fold}'
+            f'{_bubble(last)}</div>')
 
 
 def message_html(text: str) -> str:
@@ -439,9 +446,15 @@ def word_diff_html(a: str, b: str, label_a: str, label_b: str) -> str:
 
 BADGES = {"cut": "Cut off at the token limit", "empty": "Empty answer"}
 LAYOUT_NAMES = {"side-by-side": "Side by side", "two-up": "Two per row", "stacked": "Stacked"}
-KEYS_LEGEND = (("1–9", "rank the highlighted candidate"), ("← → / J K", "move the highlight"),
-               ("Enter", "submit"), ("S", "skip"), ("X", "all bad"), ("R", "write why"),
-               ("E", "expand"), ("D", "differences with the next"), ("Esc", "close"))
+
+def keys_legend(k: int, revise: bool) -> tuple[tuple[str, str], ...]:
+    """The keys the task screen answers, with the real rank range; no skip when revising."""
+    keys = [(f"1–{min(k, 9)}", "rank the highlighted candidate (1 = best)"),
+            ("← → / J K", "move the highlight"), ("Enter", "submit"),
+            ("Ctrl+Enter", "submit from a text field"), ("S", "skip"), ("X", "all bad"),
+            ("R", "write why"), ("E", "expand"), ("D", "differences with the next"),
+            ("?", "guidelines"), ("Esc", "close, or leave a text field")]
+    return tuple(kv for kv in keys if not (revise and kv[0] == "S"))
 
 
 def candidate_badges(text: str, finish_reason: str | None) -> tuple[str, ...]:
@@ -487,6 +500,44 @@ def _attr(value) -> str:
     return html.escape(str(value), quote=True)
 
 
+@dataclass(frozen=True)
+class Guidelines:
+    """The project's guidelines as one screen carries them."""
+    html: str
+    """Rendered by ``render_untrusted_markdown`` (the admin's markdown, raw HTML escaped)."""
+    version: str | None
+    changed: bool = False
+    """True when they changed since this annotator last opened them (or never opened)."""
+
+
+NO_GUIDELINES = Guidelines("", None)
+
+
+def guidelines_html(text: str) -> str:
+    return render_untrusted_markdown(text, heading_offset=2)
+
+
+def _guide_button(guide: Guidelines) -> str:
+    if guide.version is None:
+        return ""
+    mark = ('<span class="rl-guide-new" id="rl-guide-new"> · updated</span>'
+            if guide.changed else "")
+    return (f'<button type="button" class="rl-link-btn" id="rl-guide-btn" '
+            f'data-rl-action="guidelines" aria-controls="rl-guidelines" aria-expanded="false">'
+            f'Guidelines{mark}<span class="rl-key-hint"> (?)</span></button>')
+
+
+def _guide_panel(guide: Guidelines) -> str:
+    """A side panel over the page (opened with ``?``): the task under it does not move."""
+    if guide.version is None:
+        return ""
+    return (f'<aside class="rl-guide rl-closed" id="rl-guidelines" role="dialog" '
+            f'aria-label="Guidelines" data-version="{_attr(guide.version)}">'
+            f'<div class="rl-guide-head"><strong>Guidelines</strong>'
+            f'<button type="button" data-rl-action="guidelines">Close'
+            f'<span class="rl-key-hint"> (Esc)</span></button></div>{guide.html}</aside>')
+
+
 def _notice_html(notice: Notice | None) -> str:
     if notice is None:
         return '<div id="rl-message" class="rl-msg rl-msg-none" role="status"></div>'
@@ -499,7 +550,7 @@ def _notice_html(notice: Notice | None) -> str:
             f'{html.escape(notice.text)}{change}</div>')
 
 
-def _topline(progress: str, layout: str | None) -> str:
+def _topline(progress: str, layout: str | None, guide: Guidelines = NO_GUIDELINES) -> str:
     layouts = ""
     if layout is not None:
         buttons = "".join(
@@ -509,7 +560,7 @@ def _topline(progress: str, layout: str | None) -> str:
         layouts = f'<span class="rl-layouts" role="group" aria-label="Layout">{buttons}</span>'
     return (f'<div class="rl-topline"><span id="rl-progress">{html.escape(progress)}</span>'
             f'<button type="button" class="rl-link-btn" data-rl-action="recent">'
-            f'Your last submissions</button>{layouts}</div>')
+            f'Your last submissions</button>{_guide_button(guide)}{layouts}</div>')
 
 
 def _rank_buttons(index: int, k: int, rank: int | None) -> str:
@@ -519,8 +570,9 @@ def _rank_buttons(index: int, k: int, rank: int | None) -> str:
         f'title="Rank {r}">{r}</button>' for r in range(1, k + 1))
 
 
-def _legend() -> str:
-    keys = " · ".join(f"<kbd>{html.escape(k)}</kbd> {html.escape(v)}" for k, v in KEYS_LEGEND)
+def _legend(k: int, revise: bool) -> str:
+    keys = " · ".join(f"<kbd>{html.escape(key)}</kbd> {html.escape(v)}"
+                      for key, v in keys_legend(k, revise))
     return f'<div class="rl-legend" id="rl-legend"><strong>Keys:</strong> {keys}</div>'
 
 
@@ -528,14 +580,15 @@ def task_screen_html(*, assignment_id: int, prompt_html: str,
                      candidates: Sequence[CandidateView], controls: Controls, layout: str,
                      progress: str, notice: Notice | None = None,
                      suggestion: str | None = None, unranked: Sequence[int] = (),
-                     revises: int | None = None) -> str:
+                     revises: int | None = None, guide: Guidelines = NO_GUIDELINES) -> str:
     """One task as the annotator sees it, controls included; the page's script
     (labeler/static/rank.js) keeps the ranks in the browser until submit.
 
     ``prompt_html`` and each candidate's ``html`` come from this module's renderers; every
     other text here is escaped. ``suggestion`` names the scorer the pre-filled ranks come from.
     ``unranked`` marks candidates a refused submission left without a rank. ``revises`` is the
-    vote being changed (a revision screen: no skip, a cancel instead).
+    vote being changed (a revision screen: no skip, a cancel instead). ``guide`` is the
+    project's guidelines, in a side panel that ``?`` opens.
     """
     k = len(candidates)
     state = {"ranks": list(controls.ranks), "all_bad": controls.all_bad,
@@ -552,7 +605,8 @@ def task_screen_html(*, assignment_id: int, prompt_html: str,
             f'<article class="rl-candidate{flag}" id="rl-cand-{i}" data-index="{i}">'
             f'<header class="rl-cand-head"><h3 class="rl-cand-title">{candidate_title(i)}</h3>'
             f'{badges}<span class="rl-rank-pill" data-index="{i}"></span>'
-            f'<span class="rl-cand-tools"><span class="rl-head-ranks">'
+            f'<span class="rl-cand-tools"><span class="rl-head-ranks" role="group" '
+            f'aria-label="Rank of {candidate_title(i)}, 1 = best" title="1 = best">'
             f'{_rank_buttons(i, k, rank)}</span>'
             f'<button type="button" class="rl-tool-btn" data-rl-action="expand" '
             f'data-index="{i}" aria-expanded="false">Expand</button></span></header>'
@@ -579,14 +633,16 @@ def task_screen_html(*, assignment_id: int, prompt_html: str,
         submit_label = "Save the change"
     checked = " checked" if controls.all_bad else ""
     mode = "task" if revises is None else "revise"
+    keys = f"Keys: 1–{min(k, 9)} rank · ←→ move · Enter submit" + (
+        " · S skip" if revises is None else "") + " · ? guidelines"
     return (
         f'<div class="rl-task rl-layout-{_attr(layout)}{" rl-many" if k > 4 else ""}" '
         f'data-mode="{mode}" '
         f'data-n="{next(_SCREEN_NUMBERS)}" '
         f'data-assignment="{assignment_id}" data-k="{k}" '
         f'data-revises="{"" if revises is None else revises}" '
-        f'data-state="{_attr(json.dumps(state))}">'
-        f'{_topline(progress, layout)}{_notice_html(notice)}'
+        f'data-state="{_attr(json.dumps(state))}" tabindex="-1">'
+        f'{_topline(progress, layout, guide)}{_notice_html(notice)}'
         f'<section class="rl-prompt-block"><h3 class="rl-section-title">Prompt</h3>'
         f'<div id="rl-prompt">{prompt_html}</div></section>{suggestion_note}'
         f'<div class="rl-candidates" id="rl-candidates">{"".join(cards)}</div>'
@@ -604,26 +660,34 @@ def task_screen_html(*, assignment_id: int, prompt_html: str,
         f'<div class="rl-compare"><label>Show the differences between '
         f'<select id="rl-diff-a">{options(0)}</select> and <select id="rl-diff-b">{options(1)}'
         f'</select></label> <button type="button" data-rl-action="diff">Compare</button></div>'
-        f'{_legend()}</section>'
-        f'<div class="rl-bar" id="rl-bar"><div class="rl-bar-ranks">{"".join(bar)}</div>'
-        f'<div class="rl-bar-actions"><button type="button" id="rl-submit" class="rl-primary" '
+        f'{_legend(k, revises is not None)}</section>'
+        f'<div class="rl-bar" id="rl-bar"><div class="rl-bar-state" id="rl-bar-state" '
+        f'aria-live="polite"><span class="rl-bar-label">Ranks: 1 = best</span> '
+        f'<span id="rl-order" class="rl-order"></span>'
+        f'<span id="rl-tie-note" class="rl-tie-note"></span>'
+        f'<span id="rl-draft-state" class="rl-draft-state"></span></div>'
+        f'<div class="rl-bar-ranks">{"".join(bar)}</div>'
+        f'<div class="rl-bar-actions"><button type="button" id="rl-bar-all-bad" '
+        f'class="rl-all-bad-btn" data-rl-action="all-bad" aria-pressed="'
+        f'{str(controls.all_bad).lower()}" title="All candidates are bad (X)">All bad'
+        f'<span class="rl-key-hint"> (X)</span></button>'
+        f'<button type="button" id="rl-submit" class="rl-primary" '
         f'data-rl-action="submit">{submit_label}</button>{second}</div>'
-        f'<div class="rl-bar-keys">Keys: 1–{min(k, 9)} rank · ←→ move · Enter submit · '
-        f'S skip</div></div></div>')
+        f'<div class="rl-bar-keys">{keys}</div></div>{_guide_panel(guide)}</div>')
 
 
 def message_screen_html(*, mode: str, title: str, detail: str = "", progress: str = "",
-                        notice: Notice | None = None) -> str:
+                        notice: Notice | None = None, guide: Guidelines = NO_GUIDELINES) -> str:
     """A screen with nothing to rank (``waiting``, ``empty``, ``idle``): what is happening, and
     no control that could not act."""
-    top = _topline(progress, None) if progress else ""
+    top = _topline(progress, None, guide) if progress or guide.version else ""
     extra = f'<p class="rl-state-detail" id="rl-state-detail">{html.escape(detail)}</p>' \
         if detail else ""
     return (f'<div class="rl-task rl-state" data-mode="{_attr(mode)}" '
             f'data-n="{next(_SCREEN_NUMBERS)}">{top}'
             f'{_notice_html(notice)}<div id="rl-prompt" class="rl-state-box">'
             f'<div class="rl-md"><p class="rl-state-title">{html.escape(title)}</p></div>'
-            f'{extra}</div></div>')
+            f'{extra}</div>{_guide_panel(guide)}</div>')
 
 
 @dataclass(frozen=True)
@@ -656,18 +720,14 @@ def recent_screen_html(rows: Sequence[RecentRow], *, progress: str) -> str:
 def overlay_html(content: str) -> str:
     """A panel over the page (the differences view) with its close button."""
     return (f'<div class="rl-diff-overlay" role="dialog" data-n="{next(_SCREEN_NUMBERS)}">'
-            f'<button type="button" data-rl-action="close-diff">Close (Esc)</button>'
+            f'<button type="button" data-rl-action="close-diff">Close'
+            f'<span class="rl-key-hint"> (Esc)</span></button>'
             f'{content}</div>')
 
 
-def header_html(user_name: str, guidelines: str) -> str:
-    """Who is logged in, the log-out link, and the project's guidelines (the admin's
-    markdown) in a panel that opens on demand."""
-    panel = ""
-    if guidelines.strip():
-        panel = (f'<details class="rl-guidelines" id="rl-guidelines"><summary>Guidelines'
-                 f'</summary>{render_untrusted_markdown(guidelines, heading_offset=2)}'
-                 f'</details>')
+def header_html(user_name: str) -> str:
+    """Who is logged in, and the log-out link. (The guidelines come with each Rank screen,
+    so that an admin's change reaches annotators on their next task.)"""
     return (f'<div class="rl-header"><span class="rl-user">Logged in as <strong id="rl-user">'
             f'{html.escape(user_name)}</strong></span> <a href="/logout" id="rl-logout">'
-            f'Log out</a></div>{panel}')
+            f'Log out</a></div>')

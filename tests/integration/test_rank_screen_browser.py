@@ -225,14 +225,16 @@ def test_a_conversation_shows_bubbles_and_folds_the_earlier_turns(
     wait_task(page, first)
     earlier = page.locator("#rl-prompt details.rl-earlier")
     assert earlier.count() == 1 and earlier.get_attribute("open") is None
-    assert "3 turns" in earlier.locator("summary").inner_text()
-    assert not page.locator(".rl-role-system").is_visible()
-    last = page.locator("#rl-prompt .rl-chat > .rl-bubble")
-    assert last.count() == 1 and "Is 91 prime?" in last.inner_text()
-    assert "rl-role-user" in last.get_attribute("class")
+    # The system prompt stays in view above the fold; the other earlier turns fold away.
+    assert "2 turns" in earlier.locator("summary").inner_text()
+    assert page.locator(".rl-role-system").is_visible()
+    outside = page.locator("#rl-prompt .rl-chat > .rl-bubble")
+    assert outside.count() == 2 and "Is 91 prime?" in outside.last.inner_text()
+    assert "rl-role-user" in outside.last.get_attribute("class")
+    assert not page.locator(".rl-earlier .rl-role-assistant").is_visible()
     shot(page, "rank-chat-phone")
     earlier.locator("summary").click()
-    assert page.locator(".rl-role-system").is_visible()
+    assert page.locator(".rl-earlier .rl-role-assistant").is_visible()
     assert page.locator("#rl-prompt .rl-bubble").count() == 4
     # The empty answer is marked as such.
     assert page.locator(".rl-badge-empty").count() == 1

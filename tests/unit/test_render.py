@@ -84,15 +84,17 @@ def test_long_text_collapses_without_losing_any_of_it():
     assert "<details>" not in short
 
 
-def test_conversations_are_bubbles_with_the_earlier_turns_folded():
+def test_conversations_are_bubbles_with_the_system_prompt_shown_and_earlier_turns_folded():
     out = conversation_html([{"role": "system", "content": "Be <brief>"},
                              {"role": "user", "content": "Hi"},
                              {"role": "assistant", "content": "Hello"},
                              {"role": "<b>odd</b>", "content": "Last one"}])
     assert "Be &lt;brief&gt;" in out and "&lt;b&gt;odd&lt;/b&gt;" in out
-    earlier, last = out.split("</details>")
-    assert "<details" in earlier and "(3 turns)" in earlier and "Last one" in last
-    assert "rl-role-system" in earlier and "rl-role-assistant" in earlier
+    system, earlier = out.split("<details")[0], out.split("<details")[1].split("</details>")[0]
+    last = out.split("</details>")[1]
+    # The system prompt stays above the fold; the other earlier turns fold away.
+    assert "rl-role-system" in system and "rl-role-system" not in earlier
+    assert "(2 turns)" in earlier and "rl-role-assistant" in earlier and "Last one" in last
     assert "rl-role-other" in last  # an unknown role gets no class of its own
     assert "(empty response)" in candidate_html("  \n")
     single = conversation_html([{"role": "user", "content": "Just this"}])
