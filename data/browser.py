@@ -239,6 +239,8 @@ class RankingDetail:
     suggestion_scorer: str | None
     suggested_ranks: dict[int, int] | None
     suggestion_accepted: bool | None
+    shown: tuple[int, ...] = ()
+    """Candidate ids in the order the annotator saw them (their A, B, C…)."""
 
     @property
     def is_latest(self) -> bool:
@@ -321,7 +323,7 @@ def item_detail(db: sqlite_utils.Database, item_id: int, *, now: float | None = 
             bool(all_bad), bool(skipped), rationale, demo, shown_at, submitted_at, supersedes,
             superseded_by, scorer,
             None if suggested_ranks is None else dict(zip(shown, suggested_ranks)),
-            None if accepted is None else bool(accepted)))
+            None if accepted is None else bool(accepted), tuple(shown)))
 
     labels = [r for r in rankings if r.is_latest and not r.skipped and r.ranks is not None]
     rows = [{"item_id": item_id, "annotator": r.annotator, "candidate_ids": list(r.ranks),
@@ -430,3 +432,39 @@ def vote_counts(db: sqlite_utils.Database) -> dict[str, int]:
         "labeled_items": db.execute(
             "SELECT COUNT(*) FROM item_stats WHERE labels > 0").fetchone()[0],
     }
+
+
+# --- what the console shows beside the items -------------------------------------------------
+
+def label_times(db: sqlite_utils.Database) -> list[float]:
+    """When each label was first submitted, oldest first: skips are not labels, and a
+    revision does not add one."""
+    return [r[0] for r in db.execute(
+        "SELECT submitted_at FROM rankings WHERE supersedes IS NULL AND skipped = 0 "
+        "ORDER BY submitted_at")]
+
+
+def release_holds(db: sqlite_utils.Database, *, user_id: int | None = None,
+                  item_id: int | None = None, now: float | None = None) -> int:
+    """Returns the open assignments of a user, or of an item, to the queue at once (instead of
+    when they time out); their drafts stay. How many were released."""
+    if (user_id is None) == (item_id is None):
+        raise ValueError("release the holds of one user or of one item")
+    now = time.time() if now is None else now
+    column, value = ("user_id", user_id) if user_id is not None else ("item_id", item_id)
+    with store.transaction(db):
+        return db.execute(
+            f"UPDATE assignments SET expires_at = ? WHERE {column} = ? AND submitted_at IS NULL "
+            "AND expires_at > ?", [now, value, now]).rowcount
+
+
+def scorer_name(spec: str | None) -> str:
+    """A reward model's short name for people: ``bt:/srv/x.db.workspace/models/reward-1`` is
+    ``reward-1 (bt)``; the full spec stays in the database and in exports."""
+    if not spec:
+        return ""
+    kind, sep, path = spec.partition(":")
+    if not sep:
+        return spec
+    name = path.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1] or path
+    return f"{name} ({kind})"

@@ -88,11 +88,21 @@ class Key:
     check: Callable[[str, object], object]
 
 
+def _overlap(key: str, value: object) -> object:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100:
+        raise SettingsError(f"{key} is a whole number of annotators from 1 to 100, not {value!r}")
+    return value
+
+
 PROJECT_KEYS: dict[str, Key] = {
     "guidelines": Key("", _text(MAX_GUIDELINES_CHARS)),
     "suggestions": Key(False, _flag),
     "suggestion_scorer": Key(None, _scorer),
     "comparison_share": Key(0.25, _share),
+    # Annotators who rank each item, set in the console; None: the app's --overlap.
+    "overlap": Key(None, _overlap),
 }
 def _version(key: str, value: object) -> object:
     if value is None:
@@ -116,6 +126,8 @@ class ProjectSettings:
     suggestions: bool = False
     suggestion_scorer: str | None = None
     comparison_share: float = 0.25
+    overlap: int | None = None
+    """Annotators per item set in the console (None: the app's --overlap)."""
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,11 @@ from labeler.jobs import JobError, JobRunner, confine_output, workspace_dir
 BACKENDS = ("auto", "vllm", "transformers")
 
 
+def as_int(name: str, value) -> int | None:
+    """A whole number from an event's raw value (None when empty); BadRequest otherwise."""
+    return _as_int(name, value)
+
+
 def _as_float(name: str, value) -> float | None:
     if value is None or value == "":
         return None
@@ -99,7 +104,7 @@ def _compute_status(db) -> DatasetStatus:
                            *_speed_cells(speeds.get(row["annotator"]))])
     pairs = [[a, b, f"{agree / total:.0%}", total]
              for (a, b), (agree, total) in sorted(agreement.pairwise_agreement(regular).items())]
-    times = labeling.submission_times(db)
+    times = browser.label_times(db)  # skips are not rankings
     return DatasetStatus(counts, annotators, agreement.krippendorff_alpha_ordinal(regular), pairs,
                          thin_cumulative(times))
 
@@ -120,6 +125,47 @@ def _speed_cells(speed) -> list:
     median, timed, fast = speed
     shown = "" if median is None else f"{median:.1f} s" if median < 10 else f"{median:.0f} s"
     return [shown, fast]
+
+
+def alpha_md(alpha: float | None) -> str:
+    """Krippendorff's alpha with what its value means for the labels."""
+    if alpha is None:
+        return ("Krippendorff's alpha (ordinal, over items ranked by ≥ 2 annotators): **n/a** "
+                "— no item has two rankings yet; set the overlap to 2 or more in the Project "
+                "tab.")
+    reading = ("reliable agreement" if alpha >= 0.8 else
+               "tentative: usable with care" if alpha >= 0.667 else
+               "low: check the guidelines and the disputed items" if alpha > 0 else
+               "no better than chance: annotators rank differently")
+    return (f"Krippendorff's alpha (ordinal, over items ranked by ≥ 2 annotators): "
+            f"**{alpha:.3f}** — {reading} (1 = full agreement, 0 = chance; 0.8 and above is "
+            "the usual bar, 0.667 the lowest for tentative conclusions).")
+
+
+READING_NOTE = (
+    "How to read these: **gold accuracy** is the share of an annotator's gold items ranked "
+    "in the known order (100% = every one; a careful annotator stays near it). **Agreement** "
+    "is the share of candidate pairs two annotators ordered the same way on the items both "
+    "ranked (50% is what chance gives). All times in the console are UTC.")
+
+
+def labels_per_period(points: list[tuple[float, int]]) -> list[tuple[str, int]]:
+    """Labels per UTC hour ("2026-12-05 06:00"), or per UTC day ("2026-12-05") when they span
+    more than two days, from (time, labels so far) points; at most the last 72 periods."""
+    from datetime import datetime, timezone
+
+    if not points:
+        return []
+    times = [t for t, _ in points]
+    daily = times[-1] - times[0] > 2 * 86400
+    fmt = "%Y-%m-%d" if daily else "%Y-%m-%d %H:00"
+    counts: dict[str, int] = {}
+    previous = 0
+    for t, so_far in points:  # thinned points: each carries the labels since the last one
+        key = datetime.fromtimestamp(t, timezone.utc).strftime(fmt)
+        counts[key] = counts.get(key, 0) + so_far - previous
+        previous = so_far
+    return sorted(counts.items())[-72:]
 
 
 MAX_PLOT_POINTS = 500
@@ -155,8 +201,10 @@ def check_model(svc: LabelerService, model: str | None) -> str:
     with the reason otherwise, so a job for a mistyped model never starts."""
     from training.models import ModelNotFoundError, is_default, resolve_model
 
-    if not isinstance(model, str) or is_default(model.strip()):
+    if model is None or (isinstance(model, str) and is_default(model.strip())):
         return "default"
+    if not isinstance(model, str):
+        raise JobError("the model is default, a model folder or a Hub id")
     model = model.strip()
     local = _local_model_path(svc, model)
     if local is not None:
@@ -309,12 +357,14 @@ def start_generation(svc: LabelerService, username: str, *, prompts: str = "bund
             "--backend", backend, "--model", model,
             "--max-new-tokens", str(max_new_tokens), "--temperature", f"{temperature:g}",
             "--top-p", f"{top_p:g}", "--seed", str(seed), "--no-progress"]
+    limit = _as_int("the limit", limit)
     if limit:
-        args += ["--limit", str(int(limit))]
-    for flag, size in (("--tensor-parallel-size", tensor_parallel_size),
-                       ("--data-parallel-size", data_parallel_size)):
-        if size and int(size) > 1:
-            args += [flag, str(int(size))]
+        args += ["--limit", str(limit)]
+    for flag, name, size in (("--tensor-parallel-size", "tensor parallel", tensor_parallel_size),
+                             ("--data-parallel-size", "data parallel", data_parallel_size)):
+        size = _as_int(name, size)
+        if size and size > 1:
+            args += [flag, str(size)]
     return _start(svc, GENERATE_KIND, args, user)
 
 
@@ -367,7 +417,8 @@ def start_scoring(svc: LabelerService, username: str, *, scorer: str) -> str:
     return _start(svc, "score", ["score", "--scorer", f"{kind}:{local.resolve()}"], user)
 
 
-JOB_HEADERS = ["id", "kind", "status", "progress", "exit", "by", "time", "command"]
+JOB_HEADERS = ["id", "kind", "status", "progress", "exit", "by", "started (UTC)", "ran for",
+               "command"]
 STATUS_WORDS = {"stopped": "stopped by an admin", "interrupted": "interrupted (app stopped)",
                 "lost": "lost (its process is gone)"}
 
@@ -403,7 +454,7 @@ def jobs_table(svc: LabelerService, username: str) -> list[list]:
     now = time.time()
     return [[j.id, j.kind, STATUS_WORDS.get(j.status, j.status),
              job_progress(svc, j) if j.status == "running" else "",
-             "" if j.returncode is None else j.returncode, j.started_by,
+             "" if j.returncode is None else j.returncode, j.started_by, _utc(j.started_at),
              _elapsed((j.finished_at or now) - j.started_at), " ".join(j.argv)]
             for j in svc.jobs.list()]
 
@@ -609,6 +660,47 @@ def export_dataset(svc: LabelerService, username: str, *, to: str, format: str =
     return f"Exported to {written}: {built.line()}"
 
 
+def export_download(svc: LabelerService, username: str, message: str) -> str | None:
+    """The folder a console export just wrote, as one zip file to download (in a fresh
+    temporary folder, which the app may serve); None when nothing was written here."""
+    import shutil
+    import tempfile
+
+    svc.require_admin(username)
+    match = re.match(r"Exported to (.+?): ", message or "")
+    if not match:
+        return None
+    folder = Path(match.group(1))
+    workspace = workspace_dir(svc.db_path)
+    if not folder.is_dir() or workspace not in folder.resolve().parents:
+        return None
+    target = Path(tempfile.mkdtemp(prefix="rankloop-export-")) / folder.name
+    return shutil.make_archive(str(target), "zip", root_dir=folder)
+
+
+CONSOLE_WORDS = (
+    ("choose a new folder or pass --overwrite",
+     'choose a new folder or tick "Replace a non-empty folder"'),
+    ("set HF_TOKEN or run `hf auth login`",
+     "log in to the Hugging Face Hub on the server (hf auth login there, or HF_TOKEN in the "
+     "app's environment)"),
+)
+"""Command-line advice that the library's messages give, in the console's own words."""
+
+REFUSALS = ("Not ", "Nothing to", "Password not", "Role not", "Fill in")
+
+
+def console_message(message: str) -> str:
+    for cli, console in CONSOLE_WORDS:
+        message = message.replace(cli, console)
+    return message
+
+
+def is_refusal(message: str) -> bool:
+    """Whether a console message says that nothing was done (shown as an error)."""
+    return isinstance(message, str) and message.startswith(REFUSALS)
+
+
 # --- users ------------------------------------------------------------------------------------
 
 def users_table(svc: LabelerService, username: str) -> list[list]:
@@ -668,8 +760,28 @@ def set_user_disabled(svc: LabelerService, username: str, *, name: str, disabled
         user = labeling.set_disabled(svc.db(), target.name, bool(disabled))
     except labeling.LabelingError as exc:
         return f"Not {verb}: {exc}."
-    return (f"Disabled {user.name!r}; their sessions have ended." if disabled
-            else f"Enabled {user.name!r}; they can log in again.")
+    if not disabled:
+        return f"Enabled {user.name!r}; they can log in again."
+    # Items they held go back to the queue now, not when their hold times out.
+    released = browser.release_holds(svc.db(), user_id=user.id)
+    return (f"Disabled {user.name!r}; their sessions have ended"
+            + (f" and the {released} item{'s' if released != 1 else ''} they held "
+               f"{'are' if released != 1 else 'is'} back in the queue." if released else "."))
+
+
+def release_item(svc: LabelerService, username: str, item_id) -> str:
+    """Returns an item that annotators hold to the queue now (their drafts stay)."""
+    svc.require_admin(username)
+    item_id = _as_int("the item id", item_id)
+    if not item_id:
+        return "Not released: give an item id."
+    held = browser.item_detail(svc.db(), item_id)
+    if held is None:
+        return f"Not released: there is no item {item_id}."
+    if not held.holders:
+        return f"Not released: nobody holds item {item_id}."
+    browser.release_holds(svc.db(), item_id=item_id)
+    return f"Released item {item_id} (held by {', '.join(held.holders)}); it is back in the queue."
 
 
 def reset_password(svc: LabelerService, username: str, *, name: str, password: str) -> str:
@@ -739,6 +851,8 @@ def save_suggestions(svc: LabelerService, username: str, *, enabled: bool,
 
     user = svc.require_admin(username)
     enabled = _as_bool("suggestions", enabled)
+    if scorer is not None and not isinstance(scorer, str):
+        return "Not saved: the scorer is text such as bt:models/reward-1."
     db = svc.db()
     try:
         scorer = settings.set_setting(db, "suggestion_scorer", (scorer or "").strip() or None,
@@ -750,6 +864,25 @@ def save_suggestions(svc: LabelerService, username: str, *, enabled: bool,
         return "Suggestions are off."
     return ("Suggestions are on, from " + (f"the scorer {scorer}." if scorer else
                                           "each item's most recent scorer."))
+
+
+def set_overlap(svc: LabelerService, username: str, *, overlap) -> str:
+    """How many annotators rank each item: a project setting (kept across restarts, where it
+    wins over ``rankloop app --overlap``) that applies to the next items handed out."""
+    from dataclasses import replace
+
+    from data import settings
+
+    user = svc.require_admin(username)
+    overlap = _as_int("the overlap", overlap)
+    try:
+        stored = settings.set_setting(svc.db(), "overlap", overlap, by=user.name)
+    except settings.SettingsError as exc:
+        return f"Not changed: {exc}."
+    svc.policy = replace(svc.policy, overlap=stored)
+    return (f"Each item is now ranked by {stored} annotator{'s' if stored != 1 else ''}"
+            + ("; agreement needs 2 or more." if stored < 2 else
+               "; agreement and alpha use the items ranked by 2 or more."))
 
 
 def queue_order(svc: LabelerService, username: str) -> str:
@@ -767,6 +900,8 @@ def set_queue_order(svc: LabelerService, username: str, *, order: str, scorers: 
     from data import queue_order as qo
 
     user = svc.require_admin(username)
+    if not isinstance(order, str) or not isinstance(scorers or "", str):
+        return "Not changed: the order is a name from the list and the scorers are text."
     names = tuple(s.strip() for s in (scorers or "").replace("\n", ",").split(",") if s.strip())
     bad = [s for s in names if ":" not in s]
     if order == "uncertain" and not names:
@@ -825,6 +960,10 @@ def browse(svc: LabelerService, username: str, *, status: str | None = None,
            order: str = "id", page: int = 0, page_size: int = 50) -> BrowseView:
     """One page of items for the console's table (the queries of ``data.browser``)."""
     svc.require_admin(username)
+    for name, value in (("the status", status), ("the annotator", annotator),
+                        ("the tag", tag), ("the order", order)):
+        if value is not None and not isinstance(value, str):
+            raise BadRequest(f"{name} is a name from the list")
     status = _or_none(status)
     if isinstance(status, str):
         status = status.replace(" ", "_")
@@ -900,8 +1039,9 @@ def item_view(svc: LabelerService, username: str, item_id) -> ItemView | None:
     annotators = sorted({a for c in detail.candidates for a in c.human_ranks})
     disputed_ids = {cid for pair in detail.disputed_pairs for cid in pair}
     headers = (["candidate", "disputed"] + [f"rank by {a}" for a in annotators]
-               + ["mean rank", "spread"] + [f"{s} score (rank)" for s in detail.scorers]
-               + (["gold rank"] if detail.gold_ranks else []) + ["finish", "text"])
+               + ["mean rank", "spread"]
+               + [f"{browser.scorer_name(s)} score (rank)" for s in detail.scorers]
+               + (["gold rank"] if detail.gold_ranks else []) + ["finish", "duplicate", "text"])
     rows, styling = [], []
     for c in detail.candidates:
         row = [letter[c.id], "disputed" if c.id in disputed_ids else ""]
@@ -912,21 +1052,29 @@ def item_view(svc: LabelerService, username: str, item_id) -> ItemView | None:
                 for s in detail.scorers]
         if detail.gold_ranks:
             row.append(detail.gold_ranks.get(c.id, ""))
-        row += [c.finish_reason or "", c.text]
+        row += [c.finish_reason or "",
+                f"duplicate of {letter.get(c.duplicate_of, c.duplicate_of)}"
+                if c.duplicate_of is not None else "", c.text]
         rows.append(row)
         styling.append([DISPUTED_STYLE if c.id in disputed_ids else ""] * len(row))
     ranking_rows = []
     for r in detail.rankings:
+        # The annotator saw the candidates shuffled and wrote their rationale in the letters
+        # they saw: the order is given in those letters, with what each is in this table.
+        seen = {cid: candidate_letter(i) for i, cid in enumerate(r.shown)}
         if r.skipped:
             kind, order = "skipped", ""
         else:
             kind = "all bad" if r.all_bad else "ranked"
-            order = _order_text(r.ranks, letter) if r.ranks else ""
+            order = _order_text(r.ranks, seen or letter) if r.ranks else ""
+        mapping = ", ".join(f"{seen[cid]}={letter.get(cid, '?')}" for cid in r.shown)
         ranking_rows.append([
-            r.ranking_id, r.annotator, kind, order, r.rationale or "", r.demonstration or "",
-            _utc(r.submitted_at), "latest" if r.is_latest else f"revised by {r.superseded_by}",
+            r.ranking_id, r.annotator, kind, order, mapping, r.rationale or "",
+            r.demonstration or "", _utc(r.submitted_at),
+            "latest" if r.is_latest else f"revised by {r.superseded_by}",
             "" if r.suggestion_scorer is None else
-            f"{r.suggestion_scorer}: {'accepted' if r.suggestion_accepted else 'changed'}"])
+            f"{browser.scorer_name(r.suggestion_scorer)}: "
+            f"{'accepted' if r.suggestion_accepted else 'changed'}"])
     disagreement = detail.disagreement
     disputed = [f"{letter[a]}–{letter[b]}" for a, b in detail.disputed_pairs]
     summary = (f"Item {detail.item_id} · prompt {detail.prompt_id} · run {detail.run_id}"
@@ -941,8 +1089,9 @@ def item_view(svc: LabelerService, username: str, item_id) -> ItemView | None:
                     RANKING_HEADERS, ranking_rows, disputed)
 
 
-RANKING_HEADERS = ["vote", "annotator", "kind", "order (best first)", "rationale",
-                   "written answer", "submitted (UTC)", "version", "suggestion"]
+RANKING_HEADERS = ["vote", "annotator", "kind", "order as they saw it (best first)",
+                   "their letters = here", "rationale", "written answer", "submitted (UTC)",
+                   "version", "suggestion"]
 
 
 def _order_text(ranks: dict[int, int], letter: dict[int, str]) -> str:

@@ -40,6 +40,13 @@ time zone, and ``%Z`` shows that zone's offset ("+0530"), so no reader takes it 
 
 ADMIN_CSS = """
 .rl-admin-message textarea { font-size: 0.95em; }
+.rl-admin-error textarea { border-left: 4px solid #b91c1c !important; background: #fef2f2;
+  color: #7f1d1d; }
+.rl-admin-ok textarea { border-left: 4px solid #15803d !important; background: #f0fdf4;
+  color: #14532d; }
+.rl-admin-table th, .rl-admin-table th * { white-space: nowrap; word-break: keep-all;
+  overflow-wrap: normal; }
+.rl-admin-note { color: var(--body-text-color-subdued); font-size: 0.9em; }
 #rl-admin-log textarea { font-family: ui-monospace, SFMono-Regular, Menlo, monospace;
   font-size: 0.85em; }
 #rl-admin-guidelines-preview { border: 1px solid var(--border-color-primary);
@@ -53,13 +60,22 @@ def _message(elem_id: str) -> gr.Textbox:
                       max_lines=4, elem_classes=["rl-admin-message"])
 
 
+def _said(message: str) -> gr.Textbox:
+    """A form's answer: a refusal looks like an error, anything done like a success, in the
+    console's words."""
+    message = admin.console_message(message or "")
+    kind = "rl-admin-error" if admin.is_refusal(message) else "rl-admin-ok"
+    return gr.Textbox(value=message, elem_classes=["rl-admin-message", kind])
+
+
 def _times_frame(points):
     import pandas as pd
 
-    # Epoch instants (UTC-aware), not naive server wall-clock times: the browser then shows
-    # them in its own time zone.
-    return pd.DataFrame({"time": pd.to_datetime([t for t, _ in points], unit="s", utc=True),
-                         "rankings": [n for _, n in points]})
+    # Counted per UTC hour (per UTC day over longer spans) and labelled as text, so the plot
+    # shows the same UTC times as every table of the console, whatever the browser's zone.
+    periods = admin.labels_per_period(points)
+    return pd.DataFrame({"time (UTC)": [p for p, _ in periods],
+                         "rankings": [n for _, n in periods]})
 
 
 def _agreement_frame(pairs):
@@ -69,7 +85,35 @@ def _agreement_frame(pairs):
                          "agreement": [float(p.rstrip("%")) for _, _, p, _ in pairs]})
 
 
+RAW_INPUTS = (gr.Textbox, gr.Number, gr.Dropdown, gr.Radio, gr.Checkbox)
+"""Inputs whose value reaches a handler the same with or without Gradio's preprocessing (a
+Number's precision aside, which ``labeler/admin.py`` checks itself)."""
+
+
+def _raw_inputs(build):
+    """Runs ``build`` and turns off Gradio's preprocessing for the guarded events it adds
+    whose inputs are all plain fields: an API client's value outside a dropdown's choices, or
+    a list where a number belongs, then reaches the handler, whose checks answer a one-line
+    refusal (``labeler.ui.guard``), instead of failing inside Gradio with a traceback. The
+    console's controls send the same plain values either way. The hooks other modules add to
+    the console are included when they follow the same pattern (a guarded handler)."""
+    blocks = gr.context.Context.root_block
+    before = set(blocks.fns) if blocks is not None else set()
+    result = build()
+    if blocks is not None:
+        for key in set(blocks.fns) - before:
+            fn = blocks.fns[key]
+            if (getattr(fn.fn, "__wrapped__", None) is not None
+                    and all(isinstance(b, RAW_INPUTS) for b in fn.inputs)):
+                fn.preprocess = False
+    return result
+
+
 def create_admin_tab(svc: LabelerService):
+    return _raw_inputs(lambda: _create_admin_tab(svc))
+
+
+def _create_admin_tab(svc: LabelerService):
     live = gr.Timer(LIVE_S, active=False)
     slow = gr.Timer(PLOTS_S, active=False)
 
@@ -78,13 +122,22 @@ def create_admin_tab(svc: LabelerService):
 
     def plots(name):
         st = admin.dataset_status(svc, name)
-        alpha = ("n/a (needs overlap ≥ 2)" if st.alpha is None else f"{st.alpha:.3f}")
         extra = (f"\n\n**{st.counts['set_aside']}** items set aside because the page cannot "
                  "show them (their reason is in the items table)"
                  if st.counts.get("set_aside") else "")
-        return (f"Krippendorff's alpha (ordinal, over items ranked by ≥ 2 annotators): "
-                f"**{alpha}**{extra}", _times_frame(st.labels_over_time),
-                _agreement_frame(st.agreement_pairs), st.annotators, st.agreement_pairs)
+        # An empty chart says so instead of drawing empty axes (Vega warns about an
+        # "infinite extent" on no data).
+        has_times, has_pairs = bool(st.labels_over_time), bool(st.agreement_pairs)
+        return (admin.alpha_md(st.alpha) + extra,
+                gr.LinePlot(value=_times_frame(st.labels_over_time) if has_times else None,
+                            visible=has_times),
+                gr.BarPlot(value=_agreement_frame(st.agreement_pairs) if has_pairs else None,
+                           visible=has_pairs),
+                "" if has_times else "**Rankings per hour:** no rankings yet.",
+                "" if has_pairs else ("**Pairwise agreement:** no data yet; it needs items "
+                                      "ranked by 2 or more annotators (the overlap, in the "
+                                      "Project tab)."),
+                st.annotators, st.agreement_pairs)
 
     @guard
     def refresh_all(request: gr.Request):
@@ -98,10 +151,14 @@ def create_admin_tab(svc: LabelerService):
                                                        overview.alpha,
                                                        overview.labels_plot,
                                                        overview.agreement_plot,
+                                                       overview.labels_empty,
+                                                       overview.agreement_empty,
                                                        overview.annotators, overview.pairs],
                                    api_visibility="undocumented")
-        with gr.Tab("Data", id="admin-data"):
+        with gr.Tab("Data", id="admin-data") as data_tab:
             data = _browser_section(svc)
+        data_tab.select(data.current, data.current_inputs, data.page_outputs,
+                        api_visibility="undocumented", show_progress="hidden")
         with gr.Tab("Jobs", id="admin-jobs"):
             jobs = _jobs_section(svc)
         with gr.Tab("Export", id="admin-export"):
@@ -124,7 +181,8 @@ def create_admin_tab(svc: LabelerService):
 
     live_outputs = [overview.counts, overview.running, jobs.table, jobs.log]
     slow_outputs = [overview.alpha, overview.labels_plot, overview.agreement_plot,
-                    overview.annotators, overview.pairs]
+                    overview.labels_empty, overview.agreement_empty, overview.annotators,
+                    overview.pairs]
     live.tick(tick_live, [jobs.job_id], live_outputs, api_visibility="undocumented",
               show_progress="hidden")
     slow.tick(tick_slow, None, slow_outputs, api_visibility="undocumented",
@@ -163,13 +221,16 @@ def _overview_section() -> Section:
     o.running = gr.Markdown(elem_id="rl-admin-running")
     o.alpha = gr.Markdown(elem_id="rl-admin-alpha")
     with gr.Row():
-        o.labels_plot = gr.LinePlot(
-            x="time", y="rankings", title="Rankings over time", height=280,
-            x_title="time (your time zone)", x_axis_format=TIME_FORMAT, x_label_angle=-30,
-            elem_id="rl-admin-labels-plot")
-        o.agreement_plot = gr.BarPlot(x="pair", y="agreement", title="Pairwise agreement (%)",
-                                      height=280, y_lim=[0, 100],
-                                      elem_id="rl-admin-agreement-plot")
+        with gr.Column():
+            o.labels_plot = gr.BarPlot(
+                x="time (UTC)", y="rankings", title="Rankings per hour (UTC; skips not counted)",
+                height=280, x_label_angle=-30, sort="x", elem_id="rl-admin-labels-plot")
+            o.labels_empty = gr.Markdown(elem_id="rl-admin-labels-empty")
+        with gr.Column():
+            o.agreement_plot = gr.BarPlot(x="pair", y="agreement",
+                                          title="Pairwise agreement (%)", height=280,
+                                          y_lim=[0, 100], elem_id="rl-admin-agreement-plot")
+            o.agreement_empty = gr.Markdown(elem_id="rl-admin-agreement-empty")
     o.annotators = gr.Dataframe(
         headers=["annotator", "role", "ranked", "skipped", "all bad", "demonstrations",
                  "gold accuracy", "weight", "reliability", "median active time",
@@ -179,7 +240,8 @@ def _overview_section() -> Section:
               "60 characters of the candidates")
     o.pairs = gr.Dataframe(headers=["annotator", "annotator", "agreement", "candidate pairs"],
                            label="Agreement between annotators (items ranked by both)",
-                           interactive=False)
+                           interactive=False, elem_classes=["rl-admin-table"])
+    gr.Markdown(admin.READING_NOTE, elem_classes=["rl-admin-note"], elem_id="rl-admin-note")
     return o
 
 
@@ -211,21 +273,25 @@ def _browser_section(svc: LabelerService) -> Section:
         caption = gr.Textbox(label="Items", interactive=False, elem_id="rl-admin-page-caption")
     table = gr.Dataframe(headers=admin.BROWSE_HEADERS, label="Items (select a row to open it)",
                          interactive=False, wrap=True, max_height=480,
-                         elem_id="rl-admin-items")
+                         elem_id="rl-admin-items", elem_classes=["rl-admin-table"])
     with gr.Row():
         item_id = gr.Number(value=None, precision=0, label="Item id",
                             elem_id="rl-admin-item-id", scale=0, min_width=140)
         open_item = gr.Button("Open item", elem_id="rl-admin-open-item", scale=0)
+        release = gr.Button("Release its holds", elem_id="rl-admin-release", scale=0,
+                            size="sm")
         summary = gr.Textbox(label="Item", interactive=False, elem_id="rl-admin-item-summary",
                              lines=2, max_lines=4)
     prompt = gr.HTML(elem_id="rl-admin-item-prompt", label="Prompt")
     candidates = gr.Dataframe(headers=["candidate", "disputed", "text"],
                               label="Candidates: human ranks beside the reward models' "
                                     "(disputed candidates highlighted)",
-                              interactive=False, wrap=True, elem_id="rl-admin-item-candidates")
+                              interactive=False, wrap=True, elem_id="rl-admin-item-candidates",
+                              elem_classes=["rl-admin-table"])
     rankings = gr.Dataframe(headers=admin.RANKING_HEADERS,
                             label="Every ranking of the item, oldest first", interactive=False,
-                            wrap=True, elem_id="rl-admin-item-rankings")
+                            wrap=True, elem_id="rl-admin-item-rankings",
+                            elem_classes=["rl-admin-table"])
 
     filters = [status, annotator, run, tag, order, page_size]
 
@@ -239,7 +305,7 @@ def _browser_section(svc: LabelerService) -> Section:
         @guard
         def run(page_number, status, annotator, run, tag, order, page_size,
                 request: gr.Request):
-            wanted = max(1, int(page_number or 1) + delta)
+            wanted = max(1, (admin.as_int("the page", page_number) or 1) + delta)
             return show_page(username(request), wanted, status, annotator, run, tag, order,
                              page_size)
         return run
@@ -279,6 +345,14 @@ def _browser_section(svc: LabelerService) -> Section:
         return show_item(username(request), row[0] if row else None)
 
     open_item.click(open_by_id, [item_id], item_outputs, api_visibility="undocumented")
+
+    @guard
+    def release_holds(wanted, request: gr.Request):
+        name = username(request)
+        message = admin.release_item(svc, name, wanted)
+        return (*show_item(name, wanted)[:1], message, *show_item(name, wanted)[2:])
+
+    release.click(release_holds, [item_id], item_outputs, api_visibility="undocumented")
     item_id.submit(open_by_id, [item_id], item_outputs, api_visibility="undocumented")
     table.select(open_selected, None, item_outputs, api_visibility="undocumented")
 
@@ -302,6 +376,11 @@ def _browser_section(svc: LabelerService) -> Section:
         rows = show_page(name, 1, admin.ANY, admin.ANY, admin.ANY, admin.ANY, "id", 50)
         return (*current_choices(name), *rows)
 
+    # The page loads once, at login: opening the tab reads the items again, so its counts
+    # are today's, not the login's.
+    b.current = turn(0)
+    b.current_inputs = [page, *filters]
+    b.page_outputs = page_outputs
     b.load = load
     b.load_outputs = [annotator, run, tag, *page_outputs]
     return b
@@ -356,8 +435,8 @@ def _jobs_section(svc: LabelerService) -> Section:
         score_message = _message("rl-admin-score-message")
     gr.Markdown("#### Jobs")
     j.table = gr.Dataframe(headers=admin.JOB_HEADERS,
-                           label="Jobs (newest first)", interactive=False, wrap=True,
-                           elem_id="rl-admin-jobs")
+                           label="Jobs (newest first)", interactive=False,
+                           wrap=True, elem_id="rl-admin-jobs", elem_classes=["rl-admin-table"])
     with gr.Row():
         j.job_id = gr.Number(value=0, precision=0, minimum=0, elem_id="rl-admin-job-id",
                              label="Job (0 = the latest; its log follows below)")
@@ -369,26 +448,27 @@ def _jobs_section(svc: LabelerService) -> Section:
     @guard
     def start_job(prompts, model, backend, k, limit, max_new_tokens, temperature, top_p, seed,
                   data_parallel_size, tensor_parallel_size, request: gr.Request):
-        return admin.start_generation(
+        return _said(admin.start_generation(
             svc, username(request), prompts=prompts, k=k or 4, limit=limit, backend=backend,
             model=model, max_new_tokens=max_new_tokens or 256, temperature=temperature,
             top_p=top_p, seed=seed, data_parallel_size=data_parallel_size or 1,
-            tensor_parallel_size=tensor_parallel_size or 1)
+            tensor_parallel_size=tensor_parallel_size or 1))
 
     @guard
     def train_job(output, model, epochs, lora_r, agreed, request: gr.Request):
-        return admin.start_reward_training(svc, username(request), output=output, model=model,
-                                           epochs=epochs, lora_r=lora_r, agreed_only=agreed)
+        return _said(admin.start_reward_training(
+            svc, username(request), output=output, model=model, epochs=epochs, lora_r=lora_r,
+            agreed_only=agreed))
 
     @guard
     def score_job(scorer_spec, request: gr.Request):
-        return admin.start_scoring(svc, username(request), scorer=scorer_spec)
+        return _said(admin.start_scoring(svc, username(request), scorer=scorer_spec))
 
     @guard
     def stop_job(job_id, request: gr.Request):
         name = username(request)
         message = admin.stop_job(svc, name, job_id)
-        return message, admin.jobs_table(svc, name), admin.job_log(svc, name, job_id)
+        return _said(message), admin.jobs_table(svc, name), admin.job_log(svc, name, job_id)
 
     @guard
     def jobs_now(job_id, request: gr.Request):
@@ -448,17 +528,23 @@ def _export_section(svc: LabelerService) -> None:
     with gr.Row():
         run_export = gr.Button("Export", variant="primary", scale=0, elem_id="rl-admin-export")
         message = _message("rl-admin-export-message")
+    # The files written on the server, also as one zip to download here.
+    download = gr.File(label="Download the export (zip)", visible=False, interactive=False,
+                       elem_id="rl-admin-export-download")
 
     @guard
     def export(to, fmt, pairs, ties, min_agreement, test_fraction, seed, keep_names, overwrite,
                private, request: gr.Request):
-        return admin.export_dataset(
-            svc, username(request), to=to, format=fmt, pairs=pairs, ties=ties,
+        name = username(request)
+        said = admin.export_dataset(
+            svc, name, to=to, format=fmt, pairs=pairs, ties=ties,
             min_agreement=min_agreement, test_fraction=test_fraction, seed=seed,
             keep_annotator_names=keep_names, overwrite=overwrite, private=private)
+        archive = admin.export_download(svc, name, said)
+        return _said(said), gr.File(value=archive, visible=archive is not None)
 
     run_export.click(export, [to, fmt, pairs, ties, min_agreement, test_fraction, seed,
-                              keep_names, overwrite, private], message,
+                              keep_names, overwrite, private], [message, download],
                      api_visibility="undocumented")
 
 
@@ -501,14 +587,14 @@ def _users_section(svc: LabelerService) -> Section:
         me = username(request)
         message = admin.create_user(svc, me, name=name, password=password, role=role)
         cleared = "" if message.startswith("Created") else gr.skip()
-        return (message, *refreshed(me), cleared, cleared)
+        return (_said(message), *refreshed(me), cleared, cleared)
 
     def change(action):
         @guard
         def run(target, password, role, request: gr.Request):
             me = username(request)
             message = action(me, target, password, role)
-            return (message, *refreshed(me), "" if message.startswith("New password")
+            return (_said(message), *refreshed(me), "" if message.startswith("New password")
                     else gr.skip())
         return run
 
@@ -556,6 +642,13 @@ def _project_section(svc: LabelerService) -> Section:
         save_suggestions = gr.Button("Save suggestions", scale=0,
                                      elem_id="rl-admin-save-suggestions")
         suggestions_message = _message("rl-admin-suggestions-message")
+    gr.Markdown("#### Overlap: annotators per item")
+    with gr.Row():
+        overlap = gr.Number(precision=0, minimum=1, maximum=100, label="Annotators who rank "
+                            "each item (2 or more for agreement and alpha)",
+                            elem_id="rl-admin-overlap", scale=0, min_width=260)
+        save_overlap = gr.Button("Save overlap", scale=0, elem_id="rl-admin-save-overlap")
+        overlap_message = _message("rl-admin-overlap-message")
     gr.Markdown("#### Queue order")
     with gr.Row():
         current = gr.Textbox(label="Current order", interactive=False,
@@ -579,19 +672,27 @@ def _project_section(svc: LabelerService) -> Section:
 
     @guard
     def save_text(text, request: gr.Request):
-        return admin.save_guidelines(svc, username(request), text=text)
+        return _said(admin.save_guidelines(svc, username(request), text=text))
 
     @guard
     def save_suggest(enabled, scorer, request: gr.Request):
-        return admin.save_suggestions(svc, username(request), enabled=enabled, scorer=scorer)
+        return _said(admin.save_suggestions(svc, username(request), enabled=enabled,
+                                            scorer=scorer))
 
     @guard
     def apply(order, scorers, seed, request: gr.Request):
         name = username(request)
         message = admin.set_queue_order(svc, name, order=order, scorers=scorers, seed=seed)
-        return message, admin.queue_order(svc, name)
+        return _said(message), admin.queue_order(svc, name)
 
     save.click(save_text, guidelines, guidelines_message, api_visibility="undocumented")
+
+    @guard
+    def apply_overlap(value, request: gr.Request):
+        return _said(admin.set_overlap(svc, username(request), overlap=value)), svc.policy.overlap
+
+    save_overlap.click(apply_overlap, overlap, [overlap_message, overlap],
+                       api_visibility="undocumented")
     save_suggestions.click(save_suggest, [suggestions, suggestion_scorer], suggestions_message,
                            api_visibility="undocumented")
     apply_order.click(apply, [order, scorers, queue_seed], [order_message, current],
@@ -605,9 +706,9 @@ def _project_section(svc: LabelerService) -> Section:
         return (settings.guidelines, render_untrusted_markdown(settings.guidelines),
                 settings.suggestions, settings.suggestion_scorer or "",
                 admin.queue_order(svc, name), stored.order, ", ".join(stored.scorers),
-                stored.seed)
+                stored.seed, svc.policy.overlap)
 
     p.load = load
     p.load_outputs = [guidelines, preview, suggestions, suggestion_scorer, current, order,
-                      scorers, queue_seed]
+                      scorers, queue_seed, overlap]
     return p

@@ -18,6 +18,7 @@ from data import drafts, labeling, revisions, settings, store
 from data.labeling import LabelingError, QueuePolicy
 from data.progress import generation_progress
 from data.rankings import MAX_TEXT_CHARS, RankingError, candidate_letter, validate_submission
+from data.browser import scorer_name
 from data.suggestions import suggestion_for_assignment
 from labeler import render
 from labeler.auth import verify_password_or_dummy
@@ -64,6 +65,9 @@ class LabelerService:
         store.open_store(self.db_path).close()  # create and migrate once, up front
         self.jobs = JobRunner(self.db_path)
         self._local = threading.local()
+        overlap = settings.get_setting(self.db(), "overlap")
+        if overlap:  # set in the console: the project's, over the app's --overlap
+            self.policy = replace(self.policy, overlap=overlap)
 
     def db(self):
         """This thread's connection (Gradio runs handlers on a thread pool)."""
@@ -241,7 +245,8 @@ def _task_view(db, user_id: int, assignment: labeling.Assignment) -> TaskView:
     return TaskView(
         assignment.id, conversation_html(assignment.messages),
         _candidate_views(assignment.texts, assignment.finish_reasons), "", waiting=False,
-        controls=controls, suggestion=suggestion.scorer if suggestion else None,
+        controls=controls,
+        suggestion=scorer_name(suggestion.scorer) if suggestion else None,  # a short name
         layout=settings.get_user_setting(db, user_id, "layout"))
 
 
@@ -620,8 +625,11 @@ def _summary(row: revisions.RecentSubmission) -> str:
     if row.skipped:
         return "skipped"
     if row.ranks:
-        order = sorted(range(len(row.ranks)), key=lambda i: row.ranks[i])
-        return "ranked " + " > ".join(candidate_letter(i) for i in order) + (
+        # Ties show as ties: "A > B > C = D".
+        by_rank: dict[int, list[str]] = {}
+        for i, rank in enumerate(row.ranks):
+            by_rank.setdefault(rank, []).append(candidate_letter(i))
+        return "ranked " + " > ".join(" = ".join(v) for _, v in sorted(by_rank.items())) + (
             " (all bad)" if row.all_bad else "")
     return "all candidates bad"
 

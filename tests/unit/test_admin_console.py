@@ -391,15 +391,22 @@ def test_one_item_in_detail_with_disagreement_and_model_scores(svc):
     view = admin.item_view(svc, "root", 1)
     assert "disagreement 1.00" in view.summary and "disputed pairs: A–B, A–C, B–C" in view.summary
     assert view.candidate_headers == ["candidate", "disputed", "rank by ann", "rank by bob",
-                                      "mean rank", "spread", "bt:rm score (rank)", "finish",
-                                      "text"]
+                                      "mean rank", "spread", "rm (bt) score (rank)", "finish",
+                                      "duplicate", "text"]
     a, b, c = view.candidate_rows
     assert a[-1].startswith("<script>")  # shown as text by the table
     assert [a[6], b[6], c[6]] == ["0.500 (2)", "2.000 (1)", "-1.000 (3)"]
     assert all(style == admin.DISPUTED_STYLE for row in view.candidate_styling for style in row)
     ann, bob = view.ranking_rows
-    assert ann[1:6] == ["ann", "ranked", ann[3], "<b>clear</b> answer", "my own"]
-    assert bob[1] == "bob" and bob[7] == "latest"
+    assert ann[1:7] == ["ann", "ranked", ann[3], ann[4], "<b>clear</b> answer", "my own"]
+    assert bob[1] == "bob" and bob[8] == "latest"
+    # Each order is in the letters its annotator saw; the mapping says what they are here.
+    for row, ranks in ((ann, "123"), (bob, "321")):
+        seen = dict(pair.split("=") for pair in row[4].split(", "))
+        here_best_first = [here for _, here in sorted(
+            (int(ranks["ABC".index(here)]), here) for here in seen.values())]
+        theirs = {here: mine for mine, here in seen.items()}
+        assert row[3] == " > ".join(theirs[h] for h in here_best_first)
     assert admin.item_view(svc, "root", 999) is None
 
 
@@ -575,3 +582,68 @@ def test_the_generation_form_states_the_work_before_it_starts(svc):
     assert "tokens/s) that is up to" in timed
     with pytest.raises(PermissionDenied):
         admin.generation_estimate(svc, "ann")
+
+
+# --- review an admin can trust -----------------------------------------------------------------
+
+def test_recent_submissions_show_ties(svc):
+    view = handlers.current_task(svc, "ann")
+    message, _ = handlers.submit_ranking(svc, "ann", view.assignment_id, ["1", "2", "2"])
+    assert message.startswith("Saved")
+    recent = handlers.reopen(svc, "ann", {})
+    assert "ranked A &gt; B = C" in recent.html  # escaped in the page
+
+
+def test_skips_are_not_rankings_over_time_and_periods_are_utc_hours(svc):
+    _rank(svc, "ann", ["1", "2", "3"])
+    handlers.skip(svc, "bob", {"assignment_id": handlers.current_task(svc, "bob").assignment_id})
+    from data import browser as item_browser
+
+    assert len(item_browser.label_times(svc.db())) == 1
+    hour = 1_780_000_000 - 1_780_000_000 % 3600
+    points = [(hour + 10, 1), (hour + 20, 2), (hour + 3700, 5)]
+    from datetime import datetime, timezone
+
+    label = datetime.fromtimestamp(hour, timezone.utc).strftime("%Y-%m-%d %H:00")
+    assert admin.labels_per_period(points)[0] == (label, 2)
+    assert admin.labels_per_period(points)[1][1] == 3
+    assert admin.labels_per_period([]) == []
+
+
+def test_overlap_is_a_project_setting_that_outlives_the_app(svc):
+    assert admin.set_overlap(svc, "root", overlap=3).startswith("Each item is now ranked by 3")
+    assert svc.policy.overlap == 3
+    assert admin.set_overlap(svc, "root", overlap=0).startswith("Not changed: overlap is a")
+    with pytest.raises(BadRequest):
+        admin.set_overlap(svc, "root", overlap=[2])
+    again = LabelerService(svc.db_path, policy=QueuePolicy(overlap=1), autogenerate=False)
+    assert again.policy.overlap == 3
+
+
+def test_a_disabled_users_holds_go_back_and_an_admin_may_release_an_item(svc):
+    from data import browser as item_browser
+
+    held = labeling.get_assignment(svc.db(), handlers.current_task(svc, "ann").assignment_id)
+    assert item_browser.item_detail(svc.db(), held.item_id).holders == ["ann"]
+    said = admin.set_user_disabled(svc, "root", name="ann", disabled=True)
+    assert said.endswith("the 1 item they held is back in the queue.")
+    assert item_browser.item_detail(svc.db(), held.item_id).holders == []
+    bobs = labeling.get_assignment(svc.db(), handlers.current_task(svc, "bob").assignment_id)
+    assert admin.release_item(svc, "root", bobs.item_id) == \
+        f"Released item {bobs.item_id} (held by bob); it is back in the queue."
+    assert admin.release_item(svc, "root", bobs.item_id).startswith("Not released: nobody")
+
+
+def test_console_messages_use_console_words_and_say_whether_anything_was_done():
+    said = admin.console_message("Not exported: /x is not empty; choose a new folder or pass "
+                                 "--overwrite.")
+    assert "--overwrite" not in said and 'tick "Replace a non-empty folder"' in said
+    assert "hf auth login`" not in admin.console_message(
+        "no Hugging Face token: set HF_TOKEN or run `hf auth login` first")
+    assert admin.is_refusal("Not started: k is 1 to 9.")
+    assert not admin.is_refusal("Started job 3: rankloop generate")
+    from data.browser import scorer_name
+
+    assert scorer_name("bt:/srv/app.db.workspace/models/reward-1/") == "reward-1 (bt)"
+    assert admin.alpha_md(0.85).split("— ")[1].startswith("reliable agreement")
+    assert "n/a" in admin.alpha_md(None)

@@ -346,8 +346,9 @@ def test_suggestions_prefill_the_ranks_and_the_flag_says_if_they_changed(svc):
     view = handlers.current_task(svc, "ann")
     ids = _shown(svc, view.assignment_id)
     expected = tuple(sorted(ids, reverse=True).index(c) + 1 for c in ids)
-    assert view.suggestion == "bt:/rm" and view.controls.ranks == expected
-    assert "suggestion from the model scores" in handlers.screen(view).html
+    # Annotators see the model's short name, never a server path.
+    assert view.suggestion == "rm (bt)" and view.controls.ranks == expected
+    assert "suggestion from the model scores (rm (bt))" in handlers.screen(view).html
     handlers.submit(svc, "ann", {"assignment_id": view.assignment_id, "ranks": list(expected)})
     second = handlers.current_task(svc, "ann")
     changed = [4 - r for r in second.controls.ranks]
