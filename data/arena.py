@@ -148,7 +148,7 @@ def win_rate(votes: Sequence[PolicyVote], new: str, previous: str, *, resamples:
     return WinRate(new, previous, point, low, high, int(counts.sum()), len(sums), level)
 
 
-# --- the leaderboard -------------------------------------------------------------------------------
+# --- the leaderboard ------------------------------------------------------------------------------
 
 @dataclass
 class Leaderboard:
@@ -196,7 +196,8 @@ class Leaderboard:
                     f"{_interval(row['ci_low'], row['ci_high']):>17} {row['votes']:>6} "
                     f"{row['mean_tokens']:>7.1f}")
             if "lc_rating" in row:
-                line += f" {_num(row['lc_rating']):>7} {_interval(row['lc_ci_low'], row['lc_ci_high']):>20}"
+                interval = _interval(row["lc_ci_low"], row["lc_ci_high"])
+                line += f" {_num(row['lc_rating']):>7} {interval:>20}"
             lines.append(line)
         if self.length_controlled is not None and self.length_controlled.length_coef is not None:
             lo, hi = self.length_controlled.length_ci

@@ -219,7 +219,7 @@ def run_generation(
     return summary
 
 
-# --- a round that mixes in the previous policy's answers -------------------------------------------
+# --- a round that mixes in the previous policy's answers ------------------------------------------
 
 @dataclass(frozen=True)
 class _Mix:
