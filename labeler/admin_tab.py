@@ -224,7 +224,8 @@ def _overview_section() -> Section:
         with gr.Column():
             o.labels_plot = gr.BarPlot(
                 x="time (UTC)", y="rankings", title="Rankings per hour (UTC; skips not counted)",
-                height=280, x_label_angle=-30, sort="x", elem_id="rl-admin-labels-plot")
+                height=280, x_label_angle=-30, sort="x", y_lim=[0, None],
+                elem_id="rl-admin-labels-plot")
             o.labels_empty = gr.Markdown(elem_id="rl-admin-labels-empty")
         with gr.Column():
             o.agreement_plot = gr.BarPlot(x="pair", y="agreement",

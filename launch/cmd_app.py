@@ -33,7 +33,8 @@ def register(commands) -> None:
                      help="address to listen on (default: 127.0.0.1; 0.0.0.0 for a team)")
     app.add_argument("--port", type=positive_int, default=7860, help="default: 7860")
     app.add_argument("--overlap", type=positive_int, default=1,
-                     help="distinct annotators per item (default: 1)")
+                     help="distinct annotators per item (default: 1; an overlap saved in the "
+                          "admin console's Project tab wins)")
     app.add_argument("--timeout-minutes", type=float, default=30.0,
                      help="an unsubmitted item returns to the queue after this (default: 30)")
     app.add_argument("--gold-rate", type=float, default=0.0,
