@@ -209,7 +209,13 @@ def test_jobs_show_their_progress_and_the_form_its_work(browser, app):
         [json.dumps(["train", "reward", "--output", str(out), "--epochs", "1"]),
          time.time() - 60, os.getpid()])
     try:
-        page, _ = _admin_page(browser, app["url"])
+        page, warnings = _admin_page(browser, app["url"])
+        # Votes were there before the page loaded: the agreement chart shows what its table
+        # shows from the first paint, without a click.
+        page.wait_for_function(
+            "document.querySelector('#rl-admin-agreement-plot svg')?.textContent"
+            ".includes('ann / bob')", timeout=20_000)
+        assert not [w for w in warnings if "Infinite extent" in w], warnings
         running = page.locator("#rl-admin-running").inner_text()
         assert "Running now: job" in running and "step 10 of 15, loss 0.2500" in running
         _subtab(page, "Jobs")
