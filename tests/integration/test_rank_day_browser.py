@@ -158,8 +158,15 @@ def test_the_keyboard_never_traps_or_misleads(browser, app, size):
     assert pressed(page)[0] == 1
     assert page.locator("#rl-rationale").input_value() == "Clear and short."
 
-    # After a click on a control (Show all, Compare, the guidelines toggle is tested below),
-    # the keys still go to the task.
+    # After a click on a control (Show all, a checkbox, Compare; the guidelines toggle is
+    # tested below), the keys still go to the task.
+    opened = page.locator(f"#rl-cand-{long_at} .rl-long > details[open]")
+    was_open = opened.count()  # Expand opened it above
+    page.locator(f"#rl-cand-{long_at} .rl-long > details > summary").click()  # Show all
+    assert opened.count() != was_open
+    page.keyboard.press("ArrowLeft")
+    assert pressed(page) == {0: 1, 2: 4}  # nothing ranked by the arrow, and no scroll trap
+    assert focus_in_task(page)
     page.locator("#rl-rank-1 .rl-bar-letter").click()
     page.locator("#rl-all-bad").click()  # a checkbox takes focus when clicked
     page.locator("#rl-all-bad").click()
@@ -261,10 +268,12 @@ def test_guidelines_are_one_key_away_current_and_recorded(browser, app, size):
     second = wait_task(page, first)
     assert page.locator("#rl-guide-new").count() == 0
     settings.set_setting(db, "guidelines", "# Rules\n\nPrefer correct answers; then short ones.")
-    for rank in "4321":
+    for rank in "432":
         page.keyboard.press(rank)
     page.locator("#rl-guide-btn").click()  # opened with the mouse: the keys stay on the task
     assert page.locator("#rl-guidelines").is_visible()
+    page.keyboard.press("1")
+    assert pressed(page) == {0: 4, 1: 3, 2: 2, 3: 1}
     assert page.locator("#rl-guide-new").count() == 0  # the screen predates the change
     page.keyboard.press("Escape")
     page.keyboard.press("Enter")
