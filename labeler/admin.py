@@ -522,6 +522,10 @@ def _count_prompts(svc: LabelerService, prompts) -> int | None:
         return None
 
 
+MIN_TIMED_S = 10.0
+"""A run timed over less than this tells nothing of the machine's speed."""
+
+
 def _tokens_per_second(db) -> float | None:
     """New tokens per second of the latest generation run that stored two prompts or more."""
     row = db.execute(
@@ -530,8 +534,8 @@ def _tokens_per_second(db) -> float | None:
         "ON g.id = c.run_id WHERE g.backend NOT IN ('human', 'gold') GROUP BY run_id "
         "HAVING COUNT(DISTINCT prompt_id) >= 2 ORDER BY MAX(c.id) DESC LIMIT 1)").fetchone()
     tokens, seconds, prompts = row if row else (None, None, None)
-    if not tokens or not seconds or seconds <= 0 or not prompts:
-        return None
+    if not tokens or not seconds or seconds < MIN_TIMED_S or not prompts:
+        return None  # stored in one go (imported, or a run of seconds): not a speed
     # The first prompt's candidates were stored at the start of the span: its tokens do not
     # count in the rate.
     return tokens * (prompts - 1) / prompts / seconds
