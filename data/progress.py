@@ -51,6 +51,13 @@ class GenerationProgress:
             return ("Loading the model to generate the first candidates… "
                     f"({_duration(max(0.0, elapsed))} so far)")
         text = f"{self.prompts_done} of {self.prompts_total} prompts ready"
+        if not self.prompts_done and self.prompts_total:
+            # The run is recorded before the model loads: until the first prompt is stored
+            # the job loads it and samples, and the time it has taken is what there is to say.
+            elapsed = (time.time() if now is None else now) - self.started_at
+            return (text + " — loading the model and writing the first candidates "
+                    f"({_duration(max(0.0, elapsed))} so far; an estimate follows the first "
+                    "prompt)")
         if self.seconds_left is not None and self.prompts_done < self.prompts_total:
             text += f", about {_duration(self.seconds_left)} left"
         return text

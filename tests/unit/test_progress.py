@@ -34,6 +34,10 @@ def test_prompts_done_of_total_and_time_left(tmp_path):
         "Loading the model to generate the first candidates… (12 s so far)"
 
     run_id = _run(db, now=1002.0)
+    # The run is recorded before the model loads: the time so far is what there is to say.
+    assert progress.generation_progress(db).line(now=1020.0) == (
+        "0 of 10 prompts ready — loading the model and writing the first candidates (20 s so "
+        "far; an estimate follows the first prompt)")
     # A gold item added meanwhile is not part of the job.
     labeling.add_gold_item(db, [{"role": "user", "content": "2+2?"}], ["4", "5"], [1, 2])
     _store_prompt(db, run_id, prompt_ids[0], at=1030.0)  # after ~28 s of model loading
