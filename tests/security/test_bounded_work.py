@@ -122,3 +122,11 @@ def test_show_all_on_a_300000_character_run_keeps_the_page_responsive(browser, l
     start = time.perf_counter()
     page.locator("#rl-rank-0 [data-rank='1']").click()
     assert page.evaluate("1 + 1") == 2 and time.perf_counter() - start < LOOSE_S
+    # Expand shows the whole text too (not the preview), and the page still answers.
+    summary.click()  # folded again
+    start = time.perf_counter()
+    page.locator(".rl-candidate:has(.rl-long) [data-rl-action=expand]").click()
+    height = page.evaluate("document.querySelector('.rl-expanded .rl-long details').open && "
+                           "document.querySelector('.rl-expanded .rl-long details')"
+                           ".getBoundingClientRect().height")
+    assert height > 1000 and time.perf_counter() - start < LOOSE_S, height
