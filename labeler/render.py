@@ -447,14 +447,16 @@ def word_diff_html(a: str, b: str, label_a: str, label_b: str) -> str:
 BADGES = {"cut": "Cut off at the token limit", "empty": "Empty answer"}
 LAYOUT_NAMES = {"side-by-side": "Side by side", "two-up": "Two per row", "stacked": "Stacked"}
 
-def keys_legend(k: int, revise: bool) -> tuple[tuple[str, str], ...]:
-    """The keys the task screen answers, with the real rank range; no skip when revising."""
+def keys_legend(k: int, revise: bool, guidelines: bool = True) -> tuple[tuple[str, str], ...]:
+    """The keys the task screen answers, with the real rank range; no skip when revising, no
+    guidelines key when there are none."""
     keys = [(f"1–{min(k, 9)}", "rank the highlighted candidate (1 = best)"),
             ("← → / J K", "move the highlight"), ("Enter", "submit"),
             ("Ctrl+Enter", "submit from a text field"), ("S", "skip"), ("X", "all bad"),
             ("R", "write why"), ("E", "expand"), ("D", "differences with the next"),
             ("?", "guidelines"), ("Esc", "close, or leave a text field")]
-    return tuple(kv for kv in keys if not (revise and kv[0] == "S"))
+    return tuple(kv for kv in keys if not (revise and kv[0] == "S")
+                 and not (not guidelines and kv[0] == "?"))
 
 
 def candidate_badges(text: str, finish_reason: str | None) -> tuple[str, ...]:
@@ -570,9 +572,9 @@ def _rank_buttons(index: int, k: int, rank: int | None) -> str:
         f'title="Rank {r}">{r}</button>' for r in range(1, k + 1))
 
 
-def _legend(k: int, revise: bool) -> str:
+def _legend(k: int, revise: bool, guidelines: bool) -> str:
     keys = " · ".join(f"<kbd>{html.escape(key)}</kbd> {html.escape(v)}"
-                      for key, v in keys_legend(k, revise))
+                      for key, v in keys_legend(k, revise, guidelines))
     return f'<div class="rl-legend" id="rl-legend"><strong>Keys:</strong> {keys}</div>'
 
 
@@ -634,7 +636,8 @@ def task_screen_html(*, assignment_id: int, prompt_html: str,
     checked = " checked" if controls.all_bad else ""
     mode = "task" if revises is None else "revise"
     keys = f"Keys: 1–{min(k, 9)} rank · ←→ move · Enter submit" + (
-        " · S skip" if revises is None else "") + " · ? guidelines"
+        " · S skip" if revises is None else "") + (
+        " · ? guidelines" if guide.version else "")
     return (
         f'<div class="rl-task rl-layout-{_attr(layout)}{" rl-many" if k > 4 else ""}" '
         f'data-mode="{mode}" '
@@ -660,7 +663,7 @@ def task_screen_html(*, assignment_id: int, prompt_html: str,
         f'<div class="rl-compare"><label>Show the differences between '
         f'<select id="rl-diff-a">{options(0)}</select> and <select id="rl-diff-b">{options(1)}'
         f'</select></label> <button type="button" data-rl-action="diff">Compare</button></div>'
-        f'{_legend(k, revises is not None)}</section>'
+        f'{_legend(k, revises is not None, guide.version is not None)}</section>'
         f'<div class="rl-bar" id="rl-bar"><div class="rl-bar-state" id="rl-bar-state" '
         f'aria-live="polite"><span class="rl-bar-label">Ranks: 1 = best</span> '
         f'<span id="rl-order" class="rl-order"></span>'

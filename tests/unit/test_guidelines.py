@@ -59,3 +59,4 @@ def test_the_legend_gives_the_real_range_and_no_skip_when_revising():
     assert "1–4" in keys and "S" in keys and "?" in keys
     assert "1–8" in dict(keys_legend(8, revise=False))
     assert "S" not in dict(keys_legend(4, revise=True))
+    assert "?" not in dict(keys_legend(4, revise=False, guidelines=False))
