@@ -34,9 +34,6 @@ LIVE_S = 3.0
 PLOTS_S = 15.0
 """Plots, agreement and the annotator table read every vote: polled less often."""
 PAGE_SIZES = [25, 50, 100, 200]
-TIME_FORMAT = "%Y-%m-%d %H:%M %Z"
-"""d3 time format of the plot's time axis: Vega formats epoch times in the browser's local
-time zone, and ``%Z`` shows that zone's offset ("+0530"), so no reader takes it for UTC."""
 
 ADMIN_CSS = """
 .rl-admin-message textarea { font-size: 0.95em; }
@@ -129,8 +126,8 @@ def _create_admin_tab(svc: LabelerService):
         # "infinite extent" on no data).
         has_times, has_pairs = bool(st.labels_over_time), bool(st.agreement_pairs)
         return (admin.alpha_md(st.alpha) + extra,
-                gr.LinePlot(value=_times_frame(st.labels_over_time) if has_times else None,
-                            visible=has_times),
+                gr.BarPlot(value=_times_frame(st.labels_over_time) if has_times else None,
+                           visible=has_times),
                 gr.BarPlot(value=_agreement_frame(st.agreement_pairs) if has_pairs else None,
                            visible=has_pairs),
                 "" if has_times else "**Rankings per hour:** no rankings yet.",
