@@ -93,7 +93,7 @@ def _compute_status(db) -> DatasetStatus:
     regular = [r for r in rows if not r["is_gold"]]
     gold = agreement.gold_accuracy([r for r in rows if r["is_gold"]])
     speeds = agreement.speed(rows)
-    fit = reliability(db, keep_annotator_names=True).annotators
+    fit = _reliability(db).annotators
     annotators = []
     for row in labeling.per_annotator_counts(db):
         accuracy = agreement.ratio(gold.get(row["annotator"], (0, 0)))
@@ -107,6 +107,27 @@ def _compute_status(db) -> DatasetStatus:
     times = browser.label_times(db)  # skips are not rankings
     return DatasetStatus(counts, annotators, agreement.krippendorff_alpha_ordinal(regular), pairs,
                          thin_cumulative(times))
+
+
+# The reliability fit takes seconds at 100k votes: refitted when the ranked votes grew by more
+# than REFIT_GROWTH since the last fit, or it is REFIT_AFTER_S old, not on every new vote.
+REFIT_GROWTH = 0.02
+REFIT_AFTER_S = 600.0
+_reliability_cache: dict[str, tuple[int, float, object]] = {}
+
+
+def _reliability(db):
+    path = db.execute("PRAGMA database_list").fetchone()[2]
+    votes = db.execute("SELECT COUNT(*) FROM rankings WHERE skipped = 0").fetchone()[0]
+    with _status_lock:
+        cached = _reliability_cache.get(path)
+    if (cached and cached[0] <= votes <= cached[0] * (1 + REFIT_GROWTH)
+            and time.time() - cached[1] < REFIT_AFTER_S):
+        return cached[2]
+    fit = reliability(db, keep_annotator_names=True)
+    with _status_lock:
+        _reliability_cache[path] = (votes, time.time(), fit)
+    return fit
 
 
 def _reliability_cells(who) -> list[str]:

@@ -122,3 +122,25 @@ def test_console_shows_speed_and_reliability_beside_agreement(svc):
     assert 0.0 <= float(weight) <= 1.0 and float(temperature) != 0.0
     assert (median, fast) == ("0.5 s", 3)  # half a second on three candidates: too fast
     assert rows["root"][7:11] == ["", "", "", 0]  # no votes
+
+
+def test_console_refits_reliability_as_votes_grow(svc, monkeypatch):
+    from labeler import admin
+
+    fits = []
+    real = admin.reliability
+    monkeypatch.setattr(admin, "reliability", lambda db, **kw: fits.append(1) or real(db, **kw))
+    monkeypatch.setattr(admin, "REFIT_GROWTH", 0.4)
+    for _ in range(2):
+        view = handlers.current_task(svc, "ann")
+        handlers.submit(svc, "ann", {"assignment_id": view.assignment_id,
+                                     "ranks": ["1", "2", "3"]})
+    admin._reliability(svc.db())
+    view = handlers.current_task(svc, "bob")
+    handlers.submit(svc, "bob", {"assignment_id": view.assignment_id, "ranks": ["1", "2", "3"]})
+    admin._reliability(svc.db())  # 3 votes after 2: grown by more than 40%, a refit
+    assert len(fits) == 2
+    view = handlers.current_task(svc, "bob")
+    handlers.submit(svc, "bob", {"assignment_id": view.assignment_id, "ranks": ["1", "2", "3"]})
+    admin._reliability(svc.db())  # 4 after 3: grown by 33%, the last fit stands
+    assert len(fits) == 2
