@@ -27,8 +27,14 @@ Held-out accuracy: the share of candidate pairs of fresh items (never ranked) th
 orders as the latent score does. The table gives mean ± standard error over seeds (each seed
 a new store, new features, new annotator draws); below it, for each method, how many
 rankings it needs to reach the best/worst figure at the full budget (linear interpolation in
-log N between budgets; "> N" when it never does). Policy held-out success is not measured
-here: a policy over fixed features has no samples to rank.
+log N between budgets; "> N" when it never does).
+
+Policy held-out success: the same five ways train a log-linear policy π(y|x) = softmax over an
+item's candidates of θ·x with DPO's losses (``policy.losses.dpo_loss`` on the pairs,
+``plackett_luce_dpo_loss`` on whole rankings, β 0.1, from and referenced to the uniform
+policy, L2 1e-3 on θ); its success on a fresh item is its chance of answering with the item's
+best candidate (the uniform start: 1/k). The policy chooses among fixed candidates rather than
+generating text: the small setting that runs on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ ANNOTATORS = (("sim-1", 0.25), ("sim-2", 0.5), ("sim-3", 1.0), ("sim-4", None))
 METHODS = ("best/worst", "all pairs", "listwise", "listwise + reliability",
            "all pairs + reliability")
 L2 = 1e-3
+POLICY_BETA = 0.1
 
 
 def build_store(path: str, features: torch.Tensor, k: int) -> tuple[object, dict[int, int]]:
@@ -133,10 +140,37 @@ def fit(features: torch.Tensor, loss_of, dims: int) -> torch.Tensor:
     return w.detach()
 
 
-def objectives(groups, row_of: dict[int, int], weights: dict[int, float] | None):
-    """method → loss_of(rewards of all candidates) for these rankings."""
+def objectives(groups, row_of: dict[int, int], weights: dict[int, float] | None, *,
+               policy_k: int | None = None):
+    """method → loss_of(linear scores of all candidates) for these rankings: the reward
+    model's losses, or (``policy_k``) DPO's on the log-linear policy softmax(scores) over each
+    item's ``policy_k`` candidates, starting from (and referenced to) the uniform policy."""
+    from policy.losses import dpo_loss, plackett_luce_dpo_loss
     from reward.losses import bradley_terry_loss, plackett_luce_loss
     from training.listwise import padded_ranks, ranking_layout, weighted_mean
+
+    if policy_k is None:
+        def values(x):
+            return x
+
+        def pairwise(a, b):
+            return bradley_terry_loss(a, b)
+
+        def whole(x, r, m):
+            return plackett_luce_loss(x, r, m)
+    else:
+        reference = math.log(1 / policy_k)
+
+        def values(x):  # log π(y|x) of every candidate
+            return x.view(-1, policy_k).log_softmax(-1).reshape(-1)
+
+        def pairwise(a, b):
+            ref = torch.full_like(a, reference)
+            return dpo_loss(a, b, ref, ref, beta=POLICY_BETA)
+
+        def whole(x, r, m):
+            return plackett_luce_dpo_loss(x, torch.full_like(x, reference), r, m,
+                                          beta=POLICY_BETA)
 
     def vote_weight(g) -> float:
         return 1.0 if weights is None else float(weights.get(g.user_id, 1.0))
@@ -147,7 +181,11 @@ def objectives(groups, row_of: dict[int, int], weights: dict[int, float] | None)
         chosen = torch.tensor([p[0] for p in pairs])
         rejected = torch.tensor([p[1] for p in pairs])
         w = torch.tensor([p[2] for p in pairs], dtype=torch.float64)
-        return lambda r: weighted_mean(bradley_terry_loss(r[chosen], r[rejected]), w)
+        def loss(x):
+            v = values(x)
+            return weighted_mean(pairwise(v[chosen], v[rejected]), w)
+
+        return loss
 
     best_worst, all_pairs = [], []
     for g in groups:
@@ -163,8 +201,8 @@ def objectives(groups, row_of: dict[int, int], weights: dict[int, float] | None)
     ranks = padded_ranks([g.ranks for g in groups], index.shape[1])
     w = torch.tensor([vote_weight(g) for g in groups], dtype=torch.float64)
 
-    def listwise(r):
-        return weighted_mean(plackett_luce_loss(r[rows][index], ranks, mask), w)
+    def listwise(x):
+        return weighted_mean(whole(values(x)[rows][index], ranks, mask), w)
 
     return {"best/worst": pair_loss(best_worst), "all pairs": pair_loss(all_pairs),
             "listwise": listwise}
@@ -177,6 +215,13 @@ def accuracy(w: torch.Tensor, features: torch.Tensor, scores: torch.Tensor, k: i
     i, j = torch.triu_indices(k, k, 1)
     agree = torch.sign(predicted[:, i] - predicted[:, j]) == torch.sign(truth[:, i] - truth[:, j])
     return float(agree.double().mean())
+
+
+def success(theta: torch.Tensor, features: torch.Tensor, scores: torch.Tensor, k: int) -> float:
+    """The log-linear policy's chance of answering a held-out item with its best candidate."""
+    probabilities = (features @ theta).view(-1, k).softmax(-1)
+    best = scores.view(-1, k).argmax(-1, keepdim=True)
+    return float(probabilities.gather(1, best).mean())
 
 
 def run_seed(seed: int, args, budgets: list[int]) -> dict[str, dict[int, float]]:
@@ -192,6 +237,7 @@ def run_seed(seed: int, args, budgets: list[int]) -> dict[str, dict[int, float]]
                                 dtype=torch.float64)
     scores, held_scores = features @ w_true, held_features @ w_true
     out: dict[str, dict[int, float]] = {m: {} for m in METHODS}
+    out.update({f"policy {m}": {} for m in METHODS})
     with tempfile.TemporaryDirectory() as folder:
         db, row_of = build_store(str(Path(folder) / "bench.db"), features, args.k)
         simulate(db, row_of, scores, max(budgets), seed)
@@ -207,9 +253,15 @@ def run_seed(seed: int, args, budgets: list[int]) -> dict[str, dict[int, float]]
         weighted = objectives(first, row_of, weights)
         losses = {**plain, "listwise + reliability": weighted["listwise"],
                   "all pairs + reliability": weighted["all pairs"]}
+        policy_plain = objectives(first, row_of, None, policy_k=args.k)
+        policy_weighted = objectives(first, row_of, weights, policy_k=args.k)
+        policy_losses = {**policy_plain, "listwise + reliability": policy_weighted["listwise"],
+                         "all pairs + reliability": policy_weighted["all pairs"]}
         for method in METHODS:
             w = fit(features, losses[method], args.dims)
             out[method][n] = accuracy(w, held_features, held_scores, args.k)
+            theta = fit(features, policy_losses[method], args.dims)
+            out[f"policy {method}"][n] = success(theta, held_features, held_scores, args.k)
         if n == max(budgets):
             out["_weights"] = {names[uid]: weight for uid, weight in weights.items()}
     return out
@@ -225,6 +277,27 @@ def rankings_to_reach(curve: dict[int, float], target: float) -> str:
             t = (target - a0) / (a1 - a0)
             return f"{math.exp(math.log(n0) + t * (math.log(n1) - math.log(n0))):.0f}"
     return f"> {points[-1][0]}"
+
+
+def table(runs, budgets: list[int], prefix: str, what: str) -> None:
+    header = f"{'rankings':>8} | " + " | ".join(f"{m:>23}" for m in METHODS)
+    print(header)
+    print("-" * len(header))
+    for n in budgets:
+        cells = []
+        for m in METHODS:
+            values = [r[prefix + m][n] for r in runs]
+            se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.mean(values):.3f} ± {se:.3f}".rjust(23))
+        print(f"{n:>8} | " + " | ".join(cells))
+    means = {m: {n: statistics.mean(r[prefix + m][n] for r in runs) for n in budgets}
+             for m in METHODS}
+    target = means["best/worst"][max(budgets)]
+    print(f"Rankings needed to reach best/worst's {what} at {max(budgets)} rankings "
+          f"({target:.3f}), on the mean curve:")
+    for m in METHODS:
+        print(f"  {m:<24} {rankings_to_reach(means[m], target)}")
+    print()
 
 
 def main(argv=None) -> None:
@@ -245,31 +318,19 @@ def main(argv=None) -> None:
     runs = [run_seed(seed, args, budgets) for seed in range(args.seeds)]
     seconds = time.perf_counter() - started
 
-    print(f"Label efficiency: linear reward model over {args.dims} fixed features, "
+    print(f"Label efficiency: linear models over {args.dims} fixed features, "
           f"{args.k} candidates per item, latent score sd 1; annotators "
           + ", ".join(f"{n} noise {x}" if x is not None else f"{n} random"
                       for n, x in ANNOTATORS)
           + f"; queue overlap 2, no gold; held-out pairs of {args.held_out} fresh items; "
           f"{args.seeds} seeds; {seconds:.0f} s on {torch.get_num_threads()} threads.")
     print()
-    header = f"{'rankings':>8} | " + " | ".join(f"{m:>23}" for m in METHODS)
-    print(header)
-    print("-" * len(header))
-    for n in budgets:
-        cells = []
-        for m in METHODS:
-            values = [r[m][n] for r in runs]
-            se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.mean(values):.3f} ± {se:.3f}".rjust(23))
-        print(f"{n:>8} | " + " | ".join(cells))
-    print()
-    means = {m: {n: statistics.mean(r[m][n] for r in runs) for n in budgets} for m in METHODS}
-    target = means["best/worst"][max(budgets)]
-    print(f"Rankings needed to reach best/worst's accuracy at {max(budgets)} rankings "
-          f"({target:.3f}), on the mean curve:")
-    for m in METHODS:
-        print(f"  {m:<24} {rankings_to_reach(means[m], target)}")
-    print()
+    print("Reward model: held-out pairwise accuracy (mean ± standard error over seeds)")
+    table(runs, budgets, "", "accuracy")
+    print(f"Policy: DPO (β {POLICY_BETA}) on a log-linear policy over each item's {args.k} "
+          f"candidates, from the uniform policy (success {1 / args.k:.3f}); held-out success = "
+          "its chance of answering with the item's best candidate")
+    table(runs, budgets, "policy ", "success")
     print("Reliability weights at the full budget (mean over seeds): " + ", ".join(
         f"{name} {statistics.mean(r['_weights'][name] for r in runs):.2f}"
         for name, _ in ANNOTATORS))
