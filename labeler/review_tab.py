@@ -149,14 +149,15 @@ def create_review_tab(svc: LabelerService):
     keep = gr.Dropdown(label="Vote to keep", choices=[], elem_id="rl-review-keep")
     note = gr.Textbox(label="Note (optional)", lines=2, elem_id="rl-review-note")
     record = gr.Button("Record decision", variant="primary", elem_id="rl-review-record")
-    message = gr.Textbox(label="", interactive=False, elem_id="rl-review-message")
+    message = gr.Textbox(label="Message", show_label=False, interactive=False,
+                         elem_id="rl-review-message")
     with gr.Group(visible=False) as admins_only:
         gr.Markdown("Name a reviewer (admins review without being named).")
         with gr.Row():
             who = gr.Textbox(label="User name", elem_id="rl-review-who")
             flag = gr.Checkbox(label="Reviewer", value=True, elem_id="rl-review-flag")
             apply = gr.Button("Apply", scale=0, elem_id="rl-review-apply")
-        reviewer_message = gr.Textbox(label="", interactive=False,
+        reviewer_message = gr.Textbox(label="Message", show_label=False, interactive=False,
                                       elem_id="rl-review-reviewer-message")
 
     def queue_outputs(name, selected=None):

@@ -7,6 +7,7 @@ import pytest
 from data import adjudication, labeling
 from data.labeling import QueuePolicy
 from labeler import handlers
+from tests.browser import ARTIFACTS
 from tests.integration.conftest import serve_db
 from tests.labeling_fixtures import PASSWORD, make_labeling_db
 
@@ -75,6 +76,8 @@ def test_review_a_disputed_item_in_the_browser(browser, app):
     assert HOSTILE in votes  # the rationale shown as text, never run
     assert "<script>window.__rl_xss = 1</script>" in candidates
     assert page.evaluate("window.__rl_xss") is None and dialogs == []
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "review-queue.png"), full_page=True)
 
     # Keep bob's vote as the item's label.
     page.get_by_text("Keep one vote as the item's label").click()
