@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from launch.common import add_db, add_progress, add_subcommand_db, existing_db_path, train_group
-from launch.config_args import ConfigSpec, add_config_options, config_from_args
+from launch.common import add_db, add_train_command, existing_db_path
+from launch.config_args import ConfigSpec
 
 SFT = ConfigSpec("policy.sft", "SFTConfig", title="SFT", exclude=("db",),
                  choices={"db_source": "policy.sft:DB_SOURCES"})
@@ -56,19 +56,15 @@ def register(commands) -> None:
                         help="replace the contents of a non-empty output folder")
     export.set_defaults(handler=_export)
 
-    train = train_group(commands)
-    sft = train.add_parser(
-        "sft", help="supervised fine-tuning on demonstrations or chat data",
+    add_train_command(
+        commands, "sft", SFT, "train_sft",
+        help="supervised fine-tuning on demonstrations or chat data",
         description="Fine-tune a causal LM on the app's demonstrations (--from demonstrations), "
                     "its best-ranked responses (--from chosen), or a chat dataset with a "
                     "'messages' column (--data), with the loss on assistant tokens only; or on "
                     "plain text packed into blocks (--raw-text). Runs under `accelerate launch` "
                     "too. The output folder is a Hugging Face model usable as --model.",
     )
-    add_subcommand_db(sft)
-    add_config_options(sft, SFT)
-    add_progress(sft)
-    sft.set_defaults(handler=_train_sft)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -106,15 +102,4 @@ def _export(args: argparse.Namespace) -> int:
     else:
         target = export.write_local(built, args.to, overwrite=args.overwrite)
         print(f"exported to {target}: {built.line()}")
-    return 0
-
-
-def _train_sft(args: argparse.Namespace) -> int:
-    from policy.sft import train_sft
-
-    db = None if getattr(args, "data", None) else existing_db_path(args)
-    config = config_from_args(SFT, args, db=db)
-    summary = train_sft(config, progress=not args.no_progress)
-    if summary.main_process:
-        print(summary.line())
     return 0

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from launch.common import (add_db, add_progress, add_subcommand_db, db_path, existing_db_path,
-                           positive_int, train_group)
-from launch.config_args import ConfigSpec, add_config_options, config_from_args
+from launch.common import add_db, add_train_command, db_path, positive_int
+from launch.config_args import ConfigSpec
 
 _PAIR_CHOICES = {"pair_mode": "data.scored_pairs:MODES",
                  "objective": "data.scored_pairs:OBJECTIVES",
@@ -22,9 +21,9 @@ PPO = ConfigSpec("policy.ppo", "PPOConfig", title="PPO",
 def register(commands) -> None:
     from policy.loop import TRAINERS
 
-    train = train_group(commands)
-    rebel = train.add_parser(
-        "rebel", help="train a policy with REBEL on preference pairs",
+    add_train_command(
+        commands, "rebel", REBEL, "train_rebel",
+        help="train a policy with REBEL on preference pairs",
         description="Train a policy with REBEL: regress the policy's log-ratio gap between the "
                     "chosen and rejected responses onto their reward gap. Pairs come from a "
                     "TRL-format file (--data; optional score_chosen/score_rejected columns) or "
@@ -32,11 +31,10 @@ def register(commands) -> None:
                     "the human rankings. Runs under `accelerate launch` too; rerunning the same "
                     "command resumes from the last checkpoint in --output.",
     )
-    _add_recipe_options(rebel, REBEL)
-    rebel.set_defaults(handler=_train_rebel)
 
-    dpo = train.add_parser(
-        "dpo", help="train a policy with DPO or IPO on preference pairs",
+    add_train_command(
+        commands, "dpo", DPO, "train_dpo",
+        help="train a policy with DPO or IPO on preference pairs",
         description="Train a policy with DPO (--loss sigmoid) or IPO (--loss ipo): raise the "
                     "chosen response's log-ratio to the reference model above the rejected "
                     "one's, with beta setting how far from the reference. Pairs are built as "
@@ -46,11 +44,10 @@ def register(commands) -> None:
                     "under `accelerate launch` too; rerunning the same command resumes from "
                     "the last checkpoint in --output.",
     )
-    _add_recipe_options(dpo, DPO)
-    dpo.set_defaults(handler=_train_dpo)
 
-    ppo = train.add_parser(
-        "ppo", help="train a policy with PPO against a reward model",
+    ppo = add_train_command(
+        commands, "ppo", PPO, "train_ppo", extra=_ppo_reward,
+        help="train a policy with PPO against a reward model",
         description="Train a policy with PPO: sample responses to prompts with the current "
                     "policy, score them with a reward model (--scorer) or a Python reward "
                     "function (--reward-fn), and update policy and value head with clipped "
@@ -58,15 +55,11 @@ def register(commands) -> None:
                     "under `accelerate launch` too (each process rolls out its share of every "
                     "batch); rerunning the same command resumes from the last checkpoint.",
     )
-    add_subcommand_db(ppo)
     reward = ppo.add_argument_group("reward").add_mutually_exclusive_group(required=True)
     reward.add_argument("--scorer", metavar="KIND:DIR", help="reward model: bt:DIR or armorm:DIR")
     reward.add_argument("--reward-fn", metavar="MODULE:FUNCTION",
                         help="a Python reward, called as FUNCTION(prompts, responses) -> list of "
                              "floats; MODULE is imported from the working directory")
-    add_config_options(ppo, PPO)
-    add_progress(ppo)
-    ppo.set_defaults(handler=_train_ppo)
 
     loop = commands.add_parser(
         "loop", help="run policy iterations: generate, get feedback, train, report, record",
@@ -218,47 +211,11 @@ def _fields(algorithm: str) -> set[str]:
     return {f.name for f in fields(ALGORITHM_SETTINGS[algorithm])}
 
 
-def _add_recipe_options(parser, spec: ConfigSpec) -> None:
-    add_subcommand_db(parser)
-    add_config_options(parser, spec)
-    add_progress(parser)
+def _ppo_reward(args: argparse.Namespace) -> dict:
+    from policy.ppo import function_reward, scorer_reward
 
-
-def _pair_config(spec: ConfigSpec, args: argparse.Namespace):
-    """REBEL's or DPO's config: pairs from --data, else from the database."""
-    db = None if getattr(args, "data", None) else existing_db_path(args)
-    return config_from_args(spec, args, db=db)
-
-
-def _train_rebel(args: argparse.Namespace) -> int:
-    from policy.rebel import train_rebel
-
-    config = _pair_config(REBEL, args)
-    summary = train_rebel(config, progress=not args.no_progress)
-    if summary.main_process:
-        print(summary.line())
-    return 0
-
-
-def _train_dpo(args: argparse.Namespace) -> int:
-    from policy.dpo import train_dpo
-
-    config = _pair_config(DPO, args)
-    summary = train_dpo(config, progress=not args.no_progress)
-    if summary.main_process:
-        print(summary.line())
-    return 0
-
-
-def _train_ppo(args: argparse.Namespace) -> int:
-    from policy.ppo import function_reward, scorer_reward, train_ppo
-
-    config = config_from_args(PPO, args)
     reward = scorer_reward(args.scorer) if args.scorer else function_reward(args.reward_fn)
-    summary = train_ppo(config, reward_fn=reward, progress=not args.no_progress)
-    if summary.main_process:
-        print(summary.line())
-    return 0
+    return {"reward_fn": reward}
 
 
 def _loop(args: argparse.Namespace) -> int:

@@ -6,9 +6,9 @@ import argparse
 from pathlib import Path
 
 from data import store
-from launch.common import (UserError, add_db, add_progress, add_subcommand_db, db_path,
-                           existing_db_path, group_with_db, positive_int, train_group)
-from launch.config_args import ConfigSpec, add_config_options, config_from_args
+from launch.common import (UserError, add_db, add_progress, add_subcommand_db, add_train_command,
+                           db_path, existing_db_path, group_with_db, positive_int)
+from launch.config_args import ConfigSpec
 
 REWARD = ConfigSpec("reward.train_bt", "RewardTrainConfig", title="reward model",
                     exclude=("db",),
@@ -18,17 +18,14 @@ REWARD = ConfigSpec("reward.train_bt", "RewardTrainConfig", title="reward model"
 
 
 def register(commands) -> None:
-    train = train_group(commands).add_parser(
-        "reward", help="train a Bradley-Terry reward model",
+    add_train_command(
+        commands, "reward", REWARD, "train_reward_model",
+        help="train a Bradley-Terry reward model",
         description="Train a scalar reward model (AutoModelForSequenceClassification, one label) "
                     "with the Bradley-Terry loss on the app's ranked pairs (--db) or a TRL-format "
                     "preference file (--data). Runs under `accelerate launch` too; rerunning "
                     "the same command resumes from the last checkpoint in --output.",
     )
-    add_subcommand_db(train)
-    add_config_options(train, REWARD)
-    add_progress(train)
-    train.set_defaults(handler=_train_reward)
 
     score = commands.add_parser(
         "score", help="score candidates with a reward model into the database",
@@ -73,17 +70,6 @@ def _add_scorer_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=positive_int, default=4096,
                         help="longer conversations keep their last this many tokens "
                              "(default: 4096)")
-
-
-def _train_reward(args: argparse.Namespace) -> int:
-    from reward.train_bt import train_reward_model
-
-    db = None if getattr(args, "data", None) else existing_db_path(args)
-    config = config_from_args(REWARD, args, db=db)
-    summary = train_reward_model(config, progress=not args.no_progress)
-    if summary.main_process:
-        print(summary.line())
-    return 0
 
 
 def _score(args: argparse.Namespace) -> int:

@@ -53,6 +53,38 @@ def add_progress(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
+def add_train_command(commands, name: str, spec, function: str, *, help: str,
+                      description: str, extra=None) -> argparse.ArgumentParser:
+    """``rankloop train NAME``: the flags of ``spec``'s config (``launch.config_args``), --db and
+    --no-progress. Its handler builds the config (the database for --db when the config reads
+    one and no --data is given), runs ``function`` of the recipe's module with it, plus
+    ``extra(args)``'s keywords, and prints the summary line on the main process."""
+    from launch.config_args import add_config_options
+
+    parser = train_group(commands).add_parser(name, help=help, description=description)
+    add_subcommand_db(parser)
+    add_config_options(parser, spec)
+    add_progress(parser)
+    parser.set_defaults(handler=lambda args: _train(spec, function, args, extra))
+    return parser
+
+
+def _train(spec, function: str, args: argparse.Namespace, extra) -> int:
+    import importlib
+
+    from launch.config_args import config_from_args, read_config
+
+    values = {}
+    if any(f.name == "db" for f in read_config(spec.module, spec.name)):
+        values["db"] = None if getattr(args, "data", None) else existing_db_path(args)
+    config = config_from_args(spec, args, **values)
+    train = getattr(importlib.import_module(spec.module), function)
+    summary = train(config, progress=not args.no_progress, **(extra(args) if extra else {}))
+    if summary.main_process:
+        print(summary.line())
+    return 0
+
+
 def train_group(commands):
     """The sub-parsers of ``rankloop train``, which takes ``--db`` for all of them."""
     return group_with_db(commands, "train", "train a model on the collected preferences")
