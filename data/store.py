@@ -580,8 +580,8 @@ def applied_versions(db: sqlite_utils.Database) -> set[int]:
 
 def migrate(db: sqlite_utils.Database, target: int = SCHEMA_VERSION) -> int:
     """Applies every migration up to ``target`` that the database has not seen; returns the
-    highest version applied. Tracking each version (not just the highest) lets migrations
-    written on separate branches land in any order."""
+    highest version applied. Each version is tracked (not just the highest), so a database
+    that has a higher-numbered migration still gets a lower-numbered one it lacks."""
     db.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations "
         "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"

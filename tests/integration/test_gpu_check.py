@@ -1,5 +1,6 @@
 """bench/gpu_check.py on CPU with its tiny size: every measurement the GPU run makes is taken,
-with a number, so the one command prepared for a short GPU lease cannot rot unnoticed."""
+with a number, so the one command for a GPU machine (well under 8 minutes on one H100 or
+H200) cannot rot unnoticed."""
 
 import importlib.util
 import re
