@@ -135,6 +135,16 @@ def test_votes_in_the_annotators_letters_with_current_counts_and_short_model_nam
     page.context.close()
 
 
+def test_an_annotators_recent_submissions_show_ties(browser, app):
+    page, _ = _login(browser, app["url"], "ann", viewport=PHONE)
+    page.locator("[data-rl-action=recent]").first.click()
+    page.wait_for_selector("#rl-recent")
+    summaries = page.locator(".rl-recent-summary").all_inner_texts()
+    assert "ranked A > B > C = D" in summaries, summaries  # her vote of 1, 2, 4, 4
+    _shot(page, "recent-ties-phone")
+    page.context.close()
+
+
 def test_messages_look_like_what_happened_and_export_downloads(browser, app, tmp_path):
     svc = app["svc"]
     page, _ = _admin_page(browser, app["url"])
