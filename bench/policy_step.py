@@ -168,7 +168,11 @@ def dpo_worker_rankloop(spec: dict) -> dict:
                        per_device_batch_size=spec["batch"], max_steps=spec["steps"] + 1,
                        learning_rate=spec["lr"], beta=spec["beta"], eval_fraction=0.0,
                        lr_schedule="constant", warmup_ratio=0.0, max_prompt_tokens=100_000,
-                       max_response_tokens=100_000, log_every=1, save_every=100_000, seed=0)
+                       max_response_tokens=100_000, log_every=1, save_every=100_000, seed=0,
+                       # --own-defaults: RankLoop's (bf16 and gradient checkpointing from 50M
+                       # weights where the hardware computes bf16), else TRL's arithmetic.
+                       **({} if spec.get("own_defaults") else
+                          dict(bf16=False, gradient_checkpointing=False)))
     train_dpo(config, progress=False)
     from training.metrics import read_metrics
 
@@ -186,14 +190,14 @@ def dpo_worker_trl(spec: dict) -> dict:
 
     ends = install_step_timer()
     tokenizer = load_tokenizer(spec["policy"], padding_side="right")
+    same = {} if spec.get("own_defaults") else dict(bf16=False, gradient_checkpointing=False)
     args = DPOConfig(
         output_dir=spec["output"], per_device_train_batch_size=spec["batch"],
         gradient_accumulation_steps=1, max_steps=spec["steps"] + 1, learning_rate=spec["lr"],
         beta=spec["beta"], loss_type=["sigmoid"], precompute_ref_log_probs=True,
         max_length=None, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0,
         report_to=[], save_strategy="no", logging_steps=1, disable_tqdm=True, seed=0,
-        use_cpu=not torch.cuda.is_available(), bf16=False, dataloader_num_workers=0,
-        gradient_checkpointing=False)
+        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, **same)
     trainer = DPOTrainer(model=load_policy(spec["policy"]), args=args, processing_class=tokenizer,
                          train_dataset=load_dataset("json", data_files=spec["pairs"],
                                                     split="train"))
@@ -254,7 +258,7 @@ def dpo_part(args, tokenizer, make) -> None:
                    args.prompt_tokens, args.response_tokens)
         spec = {"policy": str(folder / "policy"), "pairs": str(folder / "pairs.jsonl"),
                 "batch": args.dpo_batch, "steps": args.dpo_steps, "lr": 1e-6, "beta": 0.1,
-                "threads": args.threads}
+                "threads": args.threads, "own_defaults": args.own_defaults}
         runs: dict[str, list[dict]] = {"rankloop": [], "trl": []}
         errors: dict[str, str] = {}
         for round_ in range(args.dpo_rounds):  # alternating, so other work weighs on both
@@ -273,7 +277,7 @@ def dpo_part(args, tokenizer, make) -> None:
           f"log-probs precomputed, {args.dpo_rounds} round(s) of {args.dpo_steps} timed steps "
           f"after 1 warm-up per side, {torch.get_num_threads()} threads, {os.cpu_count()} cores")
     print(f"{'approach':<44} {'s/step':>7} {'best':>6} {'pairs/s':>8} {'tokens':>7} "
-          f"{'tok/s':>7} {'load':>5}")
+          f"{'tok/s':>7} {'peak MB':>8} {'load':>5}")
     version = next((r["version"] for r in runs["trl"] if "version" in r), "")
     names = {"rankloop": "RankLoop DPO (policy.dpo)", "trl": f"TRL DPOTrainer {version}"}
     results = {}
@@ -288,11 +292,15 @@ def dpo_part(args, tokenizer, make) -> None:
         print(f"{names[side]:<44} {median(steps):>7.3f} {min(steps):>6.3f} "
               f"{args.dpo_batch / median(steps):>8.2f} {mean(tokens) if tokens else nan:>7.0f} "
               f"{sum(tokens) / sum(steps) if tokens else nan:>7.0f} "
+              f"{max(run['peak_mb'] for run in runs[side]):>8.0f} "
               f"{mean(run['load'] for run in runs[side]):>5.1f}")
     print("  seconds per optimizer step, medians over the timed steps; best = fastest step; "
           "tokens = real\n  (non-padding) tokens per timed step, chosen and rejected; tok/s = "
-          "their sum over the timed\n  seconds; load = 1-minute load average around the runs "
-          "(above the core count, other work\n  shared the CPU)")
+          "their sum over the timed\n  seconds; peak MB = the worker process's peak (the CUDA "
+          "allocator's on a GPU, resident on CPU); load = 1-minute load average around the runs "
+          "(above the core count, other work\n  shared the CPU); precision and checkpointing: "
+          + ("each trainer's own defaults" if args.own_defaults else "fp32, no checkpointing, "
+             "both"))
     if len(results) == 2:
         print(f"ratio TRL / RankLoop seconds per step: {results['trl'] / results['rankloop']:.2f}x")
     differences = (
@@ -566,6 +574,9 @@ def main() -> None:
                              f"--target DIR trl=={TRL_PPO_VERSION}), put first on TRL's path; "
                              "default: the installed trl")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--own-defaults", action="store_true",
+                        help="DPO: each trainer with its own precision and gradient "
+                             "checkpointing defaults (default: fp32 without checkpointing, both)")
     parser.add_argument("--dpo-worker", choices=("rankloop", "trl"), help=argparse.SUPPRESS)
     parser.add_argument("--dpo-spec", help=argparse.SUPPRESS)
     parser.add_argument("--ppo-worker", choices=("rankloop", "trl"), help=argparse.SUPPRESS)
@@ -576,7 +587,12 @@ def main() -> None:
     if args.dpo_worker:
         spec = json.loads(Path(args.dpo_spec).read_text())
         worker = dpo_worker_rankloop if args.dpo_worker == "rankloop" else dpo_worker_trl
-        print("DPO-RESULT " + json.dumps(worker(spec)), flush=True)
+        result = worker(spec)
+        from training.memory import peak_bytes
+
+        result["peak_mb"] = peak_bytes(torch.device("cuda") if torch.cuda.is_available()
+                                       else None) / 2**20
+        print("DPO-RESULT " + json.dumps(result), flush=True)
         return
     if args.ppo_worker:
         spec = json.loads(Path(args.ppo_spec).read_text())

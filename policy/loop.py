@@ -108,6 +108,9 @@ class PPOLoopSettings:
     target_kl: float | None = 0.8
     """β adapts so the KL per response to the iteration's start tracks this (PPO's own
     budget); None: β stays at ``kl_coef``."""
+    kl_horizon: int = 16
+    """Responses over which β can change by 20%: one rollout, so β follows the KL within an
+    iteration's few steps (PPO's 10,000 suits runs of hundreds of steps)."""
 
 
 ALGORITHM_SETTINGS = {"rebel": RebelLoopSettings, "dpo": DPOLoopSettings,
@@ -122,7 +125,7 @@ RECIPES: dict[str, dict[str, dict]] = {
         "rebel": {"eta": 1.0, "learning_rate": 3e-7, "epochs": 1, "kl_budget": None},
         "dpo": {"learning_rate": 1e-6, "epochs": 1, "kl_budget": None},
         "ppo": {"learning_rate": 1e-6, "steps": 20, "minibatch_size": 4, "epochs": 4,
-                "target_kl": None},
+                "target_kl": None, "kl_horizon": 10_000},
     },
 }
 
@@ -236,7 +239,8 @@ class LoopConfig:
         if self.settings is None:
             self.settings = algorithm_settings(self.algorithm, self.recipe)
         elif not isinstance(self.settings, ALGORITHM_SETTINGS[self.algorithm]):
-            raise ConfigError(f"{self.algorithm} needs {ALGORITHM_SETTINGS[self.algorithm].__name__}")
+            wanted = ALGORITHM_SETTINGS[self.algorithm].__name__
+            raise ConfigError(f"{self.algorithm} needs {wanted}")
         if self.feedback not in FEEDBACK[:2] and self.simulated is None:
             raise ConfigError("feedback must be reward-model, human or simulated:MODULE:FUNCTION")
         if self.simulated is not None and ":" not in self.simulated:
@@ -621,9 +625,9 @@ def _used_settings(ctx: TrainContext) -> tuple[float, dict, str]:
     config = ctx.config
     rate, why = config.learning_rate_for(resolve_model(ctx.base_model))
     used = {**asdict(config.settings), "learning_rate": rate}
+    changed = config.settings != algorithm_settings(config.algorithm, config.recipe)
     note = (f"{config.algorithm.upper()} settings of the {config.recipe} recipe"
-            f"{' with changes' if config.settings != algorithm_settings(config.algorithm, config.recipe) else ''}"
-            f"; learning rate {rate:.3g} {why}")
+            f"{' with changes' if changed else ''}; learning rate {rate:.3g} {why}")
     return rate, used, note
 
 
@@ -692,7 +696,8 @@ def _train_ppo(ctx: TrainContext) -> TrainResult:
         output=str(ctx.output), model=ctx.base_model, total_steps=settings.steps,
         rollout_batch_size=batch, minibatch_size=minibatch, ppo_epochs=settings.epochs,
         max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-        kl_coef=settings.kl_coef, target_kl=settings.target_kl, learning_rate=rate,
+        kl_coef=settings.kl_coef, target_kl=settings.target_kl,
+        kl_horizon=settings.kl_horizon, learning_rate=rate,
         seed=config.seed, resume=ctx.resume),
         reward_fn=ctx.reward_fn, prompts=ctx.train_prompts, progress=ctx.progress)
     diagnosis = ppo_diagnosis(read_metrics(ctx.output / "metrics.jsonl"),
