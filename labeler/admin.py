@@ -499,26 +499,31 @@ def running_jobs_md(svc: LabelerService, username: str) -> str:
 
 
 def machine_has_gpu() -> bool:
-    """Whether this machine has an NVIDIA GPU a job could use, without importing torch (the
-    app never does): the driver's /proc entries, else ``nvidia-smi -L``."""
+    """Whether this machine has an NVIDIA GPU a job could use (asked once per process)."""
     global _HAS_GPU
     if _HAS_GPU is None:
-        gpus = Path("/proc/driver/nvidia/gpus")
-        found = gpus.is_dir() and any(gpus.iterdir())
-        if not found:
-            import shutil
-            import subprocess
+        import shutil
 
-            smi = shutil.which("nvidia-smi")
-            if smi:
-                try:
-                    out = subprocess.run([smi, "-L"], capture_output=True, text=True,
-                                         timeout=10).stdout
-                    found = any(line.startswith("GPU ") for line in out.splitlines())
-                except (OSError, subprocess.SubprocessError):
-                    found = False
-        _HAS_GPU = found
+        _HAS_GPU = detect_gpu(Path("/proc/driver/nvidia/gpus"), shutil.which("nvidia-smi"))
     return _HAS_GPU
+
+
+def detect_gpu(proc_gpus: Path, nvidia_smi: str | None) -> bool:
+    """Without importing torch (the app never does): the driver lists each GPU under
+    ``/proc/driver/nvidia/gpus``; else ``nvidia-smi -L`` prints one ``GPU n: …`` line per
+    GPU (inside containers the /proc entries may be missing)."""
+    import subprocess
+
+    if proc_gpus.is_dir() and any(proc_gpus.iterdir()):
+        return True
+    if not nvidia_smi:
+        return False
+    try:
+        out = subprocess.run([nvidia_smi, "-L"], capture_output=True, text=True,
+                             timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return any(line.startswith("GPU ") for line in out.splitlines())
 
 
 _HAS_GPU: bool | None = None

@@ -647,3 +647,18 @@ def test_console_messages_use_console_words_and_say_whether_anything_was_done():
     assert scorer_name("bt:/srv/app.db.workspace/models/reward-1/") == "reward-1 (bt)"
     assert admin.alpha_md(0.85).split("— ")[1].startswith("reliable agreement")
     assert "n/a" in admin.alpha_md(None)
+
+
+def test_a_gpu_is_found_without_torch(tmp_path):
+    proc = tmp_path / "gpus"
+    assert not admin.detect_gpu(proc, None)
+    proc.mkdir()
+    assert not admin.detect_gpu(proc, None)
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-1)'\n")
+    smi.chmod(0o755)
+    assert admin.detect_gpu(proc, str(smi))
+    smi.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed'\nexit 9\n")
+    assert not admin.detect_gpu(proc, str(smi))
+    (proc / "0000:01:00.0").mkdir()
+    assert admin.detect_gpu(proc, None)
