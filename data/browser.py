@@ -87,6 +87,8 @@ class ItemRow:
     annotators: tuple[str, ...]
     """Who submitted it (ranked or skipped), by user name."""
     tags: tuple[str, ...]
+    holder_names: tuple[str, ...] = ()
+    """Who holds it right now, by user name."""
 
 
 @dataclass(frozen=True)
@@ -170,8 +172,9 @@ def browse_items(db: sqlite_utils.Database, item_filter: ItemFilter = ItemFilter
     return ItemPage([ItemRow(
         item_id=r[0], prompt_id=r[1], run_id=r[2], is_gold=bool(r[3]),
         prompt_preview=previews.get(r[1], ""), labels=r[4], skips=r[5],
-        holders=holders.get(r[0], 0), disagreement=r[6], last_submitted_at=r[7],
+        holders=len(holders.get(r[0], ())), disagreement=r[6], last_submitted_at=r[7],
         annotators=tuple(annotators.get(r[0], ())), tags=tuple(tags.get(r[0], ())),
+        holder_names=tuple(holders.get(r[0], ())),
     ) for r in rows], total, page, page_size)
 
 
@@ -183,9 +186,12 @@ def _page_details(db, rows: list[tuple], now: float):
     previews = {pid: (text or "")[:PREVIEW_CHARS] for pid, text in db.execute(
         "SELECT id, json_extract(messages, '$[#-1].content') FROM prompts "
         f"WHERE id IN ({','.join('?' * len(prompt_ids))})", prompt_ids)}
-    holders = dict(db.execute(
-        f"SELECT item_id, COUNT(*) FROM assignments WHERE item_id IN ({marks}) "
-        "AND submitted_at IS NULL AND expires_at > ? GROUP BY item_id", [*ids, now]))
+    holders: dict[int, list[str]] = {}
+    for item_id, name in db.execute(
+            f"SELECT a.item_id, u.name FROM assignments a JOIN users u ON u.id = a.user_id "
+            f"WHERE a.item_id IN ({marks}) AND a.submitted_at IS NULL AND a.expires_at > ? "
+            "ORDER BY a.item_id, u.name", [*ids, now]):
+        holders.setdefault(item_id, []).append(name)
     annotators: dict[int, list[str]] = {}
     for item_id, name in db.execute(
             "SELECT DISTINCT r.item_id, u.name FROM rankings r JOIN users u ON u.id = r.user_id "

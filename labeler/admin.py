@@ -953,8 +953,8 @@ def set_queue_order(svc: LabelerService, username: str, *, order: str, scorers: 
 
 # --- the data browser ---------------------------------------------------------------------------
 
-BROWSE_HEADERS = ["item", "status", "labels", "skips", "held", "disagreement", "annotators",
-                  "tags", "run", "gold", "prompt"]
+BROWSE_HEADERS = ["item", "status", "labels", "skips", "held by", "disagreement",
+                  "annotators", "tags", "run", "gold", "prompt"]
 ANY = "any"
 
 
@@ -1016,7 +1016,7 @@ def browse(svc: LabelerService, username: str, *, status: str | None = None,
                                           page_size=page_size)
     except labeling.LabelingError as exc:
         raise BadRequest(str(exc)) from None
-    rows = [[r.item_id, _item_status(r, overlap), r.labels, r.skips, r.holders,
+    rows = [[r.item_id, _item_status(r, overlap), r.labels, r.skips, ", ".join(r.holder_names),
              "" if r.disagreement is None else f"{r.disagreement:.2f}",
              ", ".join(r.annotators), ", ".join(r.tags), r.run_id, "gold" if r.is_gold else "",
              r.prompt_preview] for r in result.rows]
