@@ -34,6 +34,7 @@ from itertools import combinations
 import sqlite_utils
 
 from data import store
+from data.agreement import min_plausible_seconds
 from data.errors import ConfigError
 from data.rankings import MAX_TEXT_CHARS, candidate_letter
 from data.votes import RankingRecord, latest
@@ -82,6 +83,8 @@ class ReviewVote:
     rationale: str | None
     active_seconds: float | None
     wall_seconds: float | None
+    too_fast: bool = False
+    """Made faster than ``data.agreement.min_plausible_seconds`` of the candidates' length."""
 
 
 @dataclass(frozen=True)
@@ -191,6 +194,7 @@ def review_item(db: sqlite_utils.Database, item_id: int, agreement: float) -> Re
     rows = db.execute("SELECT id, text FROM candidates WHERE prompt_id = ? AND run_id = ? "
                       "ORDER BY idx", [prompt_id, run_id]).fetchall()
     gold = json.loads(gold_json) if gold_json else [None] * len(rows)
+    chars = sum(len(text) for _, text in rows)
     candidates = [ReviewCandidate(cid, n + 1, text, g)
                   for n, ((cid, text), g) in enumerate(zip(rows, gold))]
     votes = []
@@ -204,9 +208,11 @@ def review_item(db: sqlite_utils.Database, item_id: int, agreement: float) -> Re
         letters = {cid: candidate_letter(i) for i, cid in enumerate(ids)}
         ranks = dict(zip(ids, json.loads(ranks_json))) if ranks_json else None
         order = order_text(ranks, letters) if ranks else ("all bad" if all_bad else "")
+        wall = None if shown_at is None else max(0.0, submitted_at - shown_at)
+        spent = active if active is not None else wall
         votes.append(ReviewVote(
-            ranking_id, name, letters, order, ranks, rationale, active,
-            None if shown_at is None else max(0.0, submitted_at - shown_at)))
+            ranking_id, name, letters, order, ranks, rationale, active, wall,
+            spent is not None and spent < min_plausible_seconds(chars)))
     return ReviewItem(item_id, bool(is_gold), agreement, json.loads(messages), candidates,
                       votes)
 

@@ -83,7 +83,8 @@ def item_view(svc: LabelerService, name: str, item_id) -> tuple[str, str, list, 
     for v in found.votes:
         letters = ", ".join(f"{letter} = #{number.get(cid, '?')}"
                             for cid, letter in sorted(v.letters.items(), key=lambda kv: kv[1]))
-        votes.append([v.ranking_id, v.annotator, letters, v.order, _seconds(v.active_seconds),
+        active = _seconds(v.active_seconds) + (" (too fast)" if v.too_fast else "")
+        votes.append([v.ranking_id, v.annotator, letters, v.order, active,
                       _seconds(v.wall_seconds), v.rationale or ""])
         if v.ranks:
             choices.append((f"vote {v.ranking_id} by {v.annotator}", v.ranking_id))

@@ -72,6 +72,7 @@ def test_queue_lowest_agreement_first_with_each_vote_in_its_letters(db):
     assert bob.order.startswith(bob.letters[best] + " > ")
     assert bob.wall_seconds is not None and bob.wall_seconds >= 0
     assert bob.active_seconds is None  # not measured by this path
+    assert bob.too_fast  # ranked in no time at all: its wall time says so
 
 
 def test_decisions_settle_labels_and_statuses(db):
