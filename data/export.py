@@ -438,6 +438,8 @@ def card_stats(db, records: Sequence[RankingRecord], preference_rows: Sequence[d
                     "SELECT id, model, backend, k, temperature, top_p, max_new_tokens, seed "
                     f"FROM generation_runs WHERE id IN ({','.join('?' * len(runs))}) ORDER BY id",
                     runs)] if runs else []
+    statuses = item_statuses(records)
+    gold_items = {r.item_id for r in records if r.is_gold}
     items: dict[int, set[str]] = defaultdict(set)
     for r in ranked:
         items[r.item_id].add(r.annotator)
@@ -451,6 +453,9 @@ def card_stats(db, records: Sequence[RankingRecord], preference_rows: Sequence[d
         "prompts": len({r.prompt_id for r in records}),
         "annotators": len({r.annotator for r in records}),
         "multiply_ranked_items": sum(len(a) >= 2 for a in items.values()),
+        "item_statuses": {status: sum(v == status for k, v in statuses.items()
+                                      if k not in gold_items)
+                          for status in ("unanimous", "adjudicated", "unresolved")},
         "pairwise_agreement": agreed / compared if compared else None,
         "compared_pairs": compared,
         "krippendorff_alpha": krippendorff_alpha_ordinal(agreement_rows),
@@ -522,7 +527,9 @@ Human rankings of sampled model responses, collected with RankLoop's labeling ap
 
 ## Agreement
 
-- {stats['multiply_ranked_items']} items ranked by two or more annotators.
+- {stats['multiply_ranked_items']} items ranked by two or more annotators. Items (`item_status`):
+  {stats['item_statuses']['unanimous']} unanimous, {stats['item_statuses']['adjudicated']}
+  adjudicated by a reviewer, {stats['item_statuses']['unresolved']} unresolved.
 - Pairwise agreement (same order or both tie, over {stats['compared_pairs']} candidate pairs):
   {_number(stats['pairwise_agreement'])}.
 - Krippendorff's alpha (ordinal, ranks): {_number(stats['krippendorff_alpha'])}.

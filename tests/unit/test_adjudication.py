@@ -168,6 +168,8 @@ def test_exports_mark_each_item_and_carry_weights(db):
     assert votes["bob"][one] not in set(pairs["ranking_id"])
     assert set(pairs["item_status"]) == {"adjudicated", "unresolved", "unanimous"}
     assert export.rankings_from_rows(raw.to_list()) == read_rankings(db)
+    assert built.stats["item_statuses"] == {"unanimous": 1, "adjudicated": 1, "unresolved": 1}
+    assert "1 unanimous, 1\n  adjudicated by a reviewer, 1 unresolved" in built.card
 
 
 def test_one_queued_item_is_found_alone(db):
