@@ -163,6 +163,8 @@ class PairSummary:
     """False on the other ranks of a distributed run, which should stay quiet."""
     peak_memory: int | None = None
     """This process's peak memory in bytes (the GPU allocator's on a GPU, else resident)."""
+    examples: str = "pairs"
+    """What one training example is: ``pairs``, or ``rankings`` (the listwise objective)."""
     learning_rate: float | None = None
     """The learning rate trained with (the set one, or the model size's default)."""
     stopped_early: str | None = None
@@ -172,7 +174,7 @@ class PairSummary:
     def line(self) -> str:
         from training.memory import peak_text
 
-        parts = [f"{self.train_pairs} training pairs, {self.eval_pairs} held out",
+        parts = [f"{self.train_pairs} training {self.examples}, {self.eval_pairs} held out",
                  f"{self.steps} steps" + (f" of {self.planned_steps} planned ("
                                           f"{self.stopped_early})" if self.stopped_early else "")]
         if self.eval_description:
@@ -259,8 +261,9 @@ def train_on_pairs(config: PairTrainingConfig, objective: PairObjective, *,
         micro_batch_tokens=sequences * config.per_device_batch_size * longest,
         gradient_checkpointing=config.gradient_checkpointing, lora=config.lora_r > 0,
         logits=True, what=f"this {objective.name} training")
-    say(f"rankloop: {len(train)} training pairs, {len(held_out)} held out; {plan.describe()}; "
-        f"{memory}")
+    examples = "rankings" if config.objective == "listwise" else "pairs"
+    say(f"rankloop: {len(train)} training {examples}, {len(held_out)} held out; "
+        f"{plan.describe()}; {memory}")
 
     # 2. π_θ = the starting policy, dropout off (π_θ and it must be the same function at
     #    step 0); optimizer and schedule.
@@ -340,6 +343,7 @@ def train_on_pairs(config: PairTrainingConfig, objective: PairObjective, *,
         train_seconds=done.train_seconds, tokens_per_second=done.tokens_per_second,
         eval_description=objective.describe_eval(eval_metrics) if eval_metrics else "",
         resumed_from_step=resumed_from, main_process=accelerator.is_main_process,
+        examples=examples,
         peak_memory=peak_bytes(accelerator.device), learning_rate=config.learning_rate,
         stopped_early=stopped_early, planned_steps=plan.total_steps)
 

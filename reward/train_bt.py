@@ -95,6 +95,9 @@ class RewardTrainConfig(ResumableTrainingSettings):
         if self.annotator_weights not in ANNOTATOR_WEIGHTS:
             raise ConfigError(f"annotator weights must be one of {', '.join(ANNOTATOR_WEIGHTS)}"
                               f", not {self.annotator_weights!r}")
+        if self.objective == "listwise" and self.agreed_only:
+            raise ConfigError("--agreed-only keeps pairs; the listwise objective trains on "
+                              "each vote's whole ranking: drop one of them")
         if self.data and (self.objective != "pairwise" or self.annotator_weights != "none"):
             raise ConfigError("the listwise objective and annotator weights read the app's "
                               "database: use --db instead of --data")
@@ -116,11 +119,13 @@ class TrainSummary:
     """False on the other ranks of a distributed run, which should stay quiet."""
     peak_memory: int | None = None
     """This process's peak memory in bytes (the GPU allocator's on a GPU, else resident)."""
+    examples: str = "pairs"
+    """What one training example is: ``pairs``, or ``rankings`` (the listwise objective)."""
 
     def line(self) -> str:
         from training.memory import peak_text
 
-        parts = [f"{self.train_pairs} training pairs, {self.eval_pairs} held out",
+        parts = [f"{self.train_pairs} training {self.examples}, {self.eval_pairs} held out",
                  f"{self.steps} steps"]
         if "eval/accuracy" in self.eval_metrics:
             parts.append(f"eval accuracy {self.eval_metrics['eval/accuracy']:.3f}, "
@@ -379,8 +384,9 @@ def train_reward_model(
         micro_batch_tokens=sequences * config.per_device_batch_size * longest,
         gradient_checkpointing=config.gradient_checkpointing, lora=config.lora_r > 0,
         logits=False, what="this reward model training")
-    say(f"rankloop: {len(train)} training pairs, {len(held_out)} held out; {plan.describe()}; "
-        f"{memory}")
+    examples = "rankings" if config.objective == "listwise" else "pairs"
+    say(f"rankloop: {len(train)} training {examples}, {len(held_out)} held out; "
+        f"{plan.describe()}; {memory}")
 
     # 2. Model, optimizer, schedule.
     lora = LoraSettings.from_rank(config.lora_r, config.lora_alpha, config.lora_dropout)
@@ -434,5 +440,6 @@ def train_reward_model(
         eval_pairs=len(held_out), dropped=dropped, eval_metrics=eval_metrics,
         train_seconds=done.train_seconds, pairs_per_second=done.examples_per_second,
         resumed_from_step=resumed_from, main_process=accelerator.is_main_process,
+        examples=examples,
         peak_memory=peak_bytes(accelerator.device),
     )

@@ -104,10 +104,10 @@ def test_commands_train_on_whole_rankings(ranked_db, tiny_model_dir, tmp_path, c
               "--no-progress", "--objective", "listwise"]
     assert main(["train", "reward", "--output", str(tmp_path / "rm"), *common]) == 0
     out = capsys.readouterr().out
-    assert "6 training pairs, 2 held out" in out  # 8 rankings: one per vote
+    assert "6 training rankings, 2 held out" in out  # 8 rankings: one per vote
     # REBEL's listwise run is the weights test's; DPO's goes through the command here.
     assert main(["train", "dpo", "--output", str(tmp_path / "dpo"), *common]) == 0
-    assert "6 training pairs, 2 held out" in capsys.readouterr().out
+    assert "6 training rankings, 2 held out" in capsys.readouterr().out
     assert (Path(tmp_path) / "dpo" / "model.safetensors").exists()
 
 

@@ -81,3 +81,21 @@ def test_weighted_rewards_average_by_annotator(db):
     assert {c.candidate_id: c.reward for c in unweighted[prompt_id].candidates} != expected
     pairs = pairs_from_db(db, weights={ann: 1.0, bob: 0.0}, mode="all")
     assert sorted({p.weight for p in pairs.pairs}) == [0.5, 1.0]
+
+
+def test_configs_refuse_what_the_listwise_objective_cannot_read():
+    from data.errors import ConfigError
+    from policy.dpo import DPOConfig
+    from policy.rebel import RebelConfig
+    from reward.train_bt import RewardTrainConfig
+
+    with pytest.raises(ConfigError, match="objective must be one of pairwise, listwise"):
+        RewardTrainConfig(output="o", objective="pairs")
+    with pytest.raises(ConfigError, match="--agreed-only keeps pairs"):
+        RewardTrainConfig(output="o", objective="listwise", agreed_only=True)
+    with pytest.raises(ConfigError, match="use --db instead of --data"):
+        RewardTrainConfig(output="o", data="p.jsonl", annotator_weights="reliability")
+    with pytest.raises(ConfigError, match="annotator weights must be one of none, reliability"):
+        RebelConfig(output="o", annotator_weights="gold")
+    with pytest.raises(ConfigError, match="use --loss sigmoid"):
+        DPOConfig(output="o", objective="listwise", loss_type="ipo")
