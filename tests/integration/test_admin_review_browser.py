@@ -185,7 +185,11 @@ def test_messages_look_like_what_happened_and_export_downloads(browser, app, tmp
 
 
 def test_overlap_in_the_console_and_a_disabled_users_items_go_back(browser, app):
+    from labeler.auth import hash_password
+
     svc = app["svc"]
+    if labeling.get_user(svc.db(), "carol") is None:  # made in the console by an earlier test
+        labeling.add_user(svc.db(), "carol", "annotator", hash_password("carols-pass-1"))
     held = handlers.current_task(svc, "carol")  # carol holds an item
     assert item_browser.item_detail(svc.db(), labeling.get_assignment(
         svc.db(), held.assignment_id).item_id).holders == ["carol"]
