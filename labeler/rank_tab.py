@@ -7,7 +7,8 @@ the answer into the two hosts below.
 
 The same actions are Gradio events too (``/load_task``, ``/submit``, ``/skip``, ``/reopen``,
 ``/save_draft``, ``/set_layout``, ``/differences``), for API clients such as gradio_client:
-one JSON input each, and the screen's HTML with a status dict as outputs.
+one JSON input each, and the screen's HTML with a status dict as outputs. The README's "API
+clients" section documents each payload and answer (a test runs its example).
 """
 
 from __future__ import annotations
