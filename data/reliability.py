@@ -11,15 +11,17 @@ nothing. ``beta`` near 0 is an annotator whose order says nothing about the cand
 random clicker); a large ``beta`` is one who orders them as the consensus does; a negative
 ``beta`` orders them backwards.
 
-Fitting. ``beta`` and ``s`` are fitted together by maximising the log posterior with L-BFGS
-(analytic gradients, ``_lbfgs``): a unit normal prior on the free strengths sets their scale (only the
-products ``beta * s`` are seen) and a weak normal prior on ``beta`` keeps a flawless
-annotator finite. Gold items anchor the scale and direction: their strengths are not free but
-the standardised gold ranks (mean 0, variance 1 over the item's candidates, better rank =
-higher strength), so agreeing with gold raises ``beta`` directly. Only votes that can say
-something about the annotator are fitted: votes on gold items and on items that at least two
-annotators ranked. An item ranked by one annotator alone can always be explained by its own
-strengths, whatever that annotator's reliability, so it is left out.
+Fitting. ``beta`` and ``s`` are fitted together by maximising the log posterior with scipy's
+L-BFGS-B (analytic gradients) with BLAS held to one thread: the problem is small, and a
+threaded BLAS on every iteration made one fit 5-40 times slower on a busy machine. A unit
+normal prior on the free strengths sets their scale (only the products ``beta * s`` are seen)
+and a weak normal prior on ``beta`` keeps a flawless annotator finite. Gold items anchor the
+scale and direction: their strengths are not free but the standardised gold ranks (mean 0,
+variance 1 over the item's candidates, better rank = higher strength), so agreeing with gold
+raises ``beta`` directly. Only votes that can say something about the annotator are fitted:
+votes on gold items and on items that at least two annotators ranked. An item ranked by one
+annotator alone can always be explained by its own strengths, whatever that annotator's
+reliability, so it is left out.
 
 Weight. The training weight is the model's expected agreement above chance:
 ``2 * mean(sigmoid(beta * |s_x - s_y|)) - 1`` over the candidate pairs of the fitted items
@@ -33,7 +35,7 @@ Speed (active seconds per vote) is not a feature of the model: it has no ground 
 own here, and the reliability is recovered from overlap and gold without it (the simulation
 tests). Implausibly fast votes are flagged in the console instead (``data.agreement``).
 
-Uses numpy only.
+Uses numpy, scipy and threadpoolctl.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
+from threadpoolctl import threadpool_limits
+
 from data.votes import RankingRecord, latest, pseudonym
 
 
@@ -105,57 +109,6 @@ def expected_weight(temperature: float, gaps: np.ndarray) -> float:
         return 0.0
     return float(np.clip(2.0 * np.mean(1.0 / (1.0 + np.exp(-temperature * gaps))) - 1.0,
                          0.0, 1.0))
-
-
-def _lbfgs(fun, x0: np.ndarray, *, max_iter: int, memory: int = 10, gtol: float = 1e-6,
-           ftol: float = 1e-13) -> tuple[np.ndarray, float, bool]:
-    """Minimises ``fun`` (returning value and gradient) by L-BFGS with a backtracking
-    (Armijo) line search. Written out in numpy because scipy's L-BFGS-B calls a threaded
-    BLAS on every iteration, which on a busy machine made one fit 10-40 times slower."""
-    x = np.array(x0, dtype=float)
-    f, g = fun(x)
-    steps: list[tuple[np.ndarray, np.ndarray, float]] = []
-    for _ in range(max_iter):
-        if not np.any(np.abs(g) > gtol):
-            return x, f, True
-        # Two-loop recursion: d = -H g with H the inverse Hessian the last steps imply.
-        q = g.copy()
-        alphas = []
-        for s, y, rho in reversed(steps):
-            alpha = rho * np.sum(s * q)
-            q -= alpha * y
-            alphas.append(alpha)
-        if steps:
-            s, y, _ = steps[-1]
-            q *= np.sum(s * y) / np.sum(y * y)
-        else:
-            q /= max(1.0, float(np.sqrt(np.sum(g * g))))
-        for (s, y, rho), alpha in zip(steps, reversed(alphas)):
-            q += s * (alpha - rho * np.sum(y * q))
-        direction = -q
-        slope = float(np.sum(g * direction))
-        if slope >= 0:  # not a descent direction: restart from the gradient
-            steps.clear()
-            direction, slope = -g, -float(np.sum(g * g))
-        step = 1.0
-        while True:
-            x_new = x + step * direction
-            f_new, g_new = fun(x_new)
-            if f_new <= f + 1e-4 * step * slope:
-                break
-            step *= 0.5
-            if step < 1e-12:
-                return x, f, False
-        s, y = x_new - x, g_new - g
-        sy = float(np.sum(s * y))
-        if sy > 1e-12:
-            steps.append((s, y, 1.0 / sy))
-            del steps[:-memory]
-        done = f - f_new <= ftol * max(1.0, abs(f))
-        x, f, g = x_new, f_new, g_new
-        if done:
-            return x, f, True
-    return x, f, False
 
 
 def fit_reliability(records: Iterable[RankingRecord], *, strength_prior_sd: float = 1.0,
@@ -251,9 +204,15 @@ def fit_reliability(records: Iterable[RankingRecord], *, strength_prior_sd: floa
     s_fit, beta_fit = base, np.zeros(n_ann)  # no choice in any vote: the prior's mode
     if n_stages:
         theta0 = np.concatenate([init_s, np.ones(n_ann)])
-        theta, value, converged = _lbfgs(objective, theta0, max_iter=max_iter)
-        log_posterior = float(-value)
-        s_fit, beta_fit = unpack(theta)
+        # Imported here: scipy.optimize takes about half a second to import, and the console
+        # imports this module on start-up.
+        from scipy.optimize import minimize
+
+        with threadpool_limits(limits=1, user_api="blas"):
+            result = minimize(objective, theta0, jac=True, method="L-BFGS-B",
+                              options={"maxiter": max_iter, "gtol": 1e-6, "ftol": 1e-13})
+        converged, log_posterior = bool(result.success), float(-result.fun)
+        s_fit, beta_fit = unpack(result.x)
 
     strengths: dict[Hashable, dict[int, float]] = defaultdict(dict)
     for (key, c), i in slot.items():

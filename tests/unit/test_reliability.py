@@ -168,16 +168,3 @@ def test_annotator_weights_from_the_store(tmp_path):
     steady = [weights[users[n].id] for n in names[:3]]
     assert weights[users["random-1"].id] < 0.2 < min(steady)
 
-
-def test_lbfgs_finds_the_rosenbrock_minimum():
-    from data.reliability import _lbfgs
-
-    def rosenbrock(x):
-        a, b = x
-        value = (1 - a) ** 2 + 100 * (b - a * a) ** 2
-        grad = np.array([-2 * (1 - a) - 400 * a * (b - a * a), 200 * (b - a * a)])
-        return value, grad
-
-    x, value, converged = _lbfgs(rosenbrock, np.array([-1.2, 1.0]), max_iter=2000)
-    assert converged and value < 1e-10
-    assert x == pytest.approx([1.0, 1.0], abs=1e-4)
