@@ -91,7 +91,7 @@ _STATS = 8
 
 def batch_stats(per_pair_loss, logp_chosen, logp_rejected, batch: PairBatch,
                 beta: float) -> torch.Tensor:
-    from policy.losses import dpo_implicit_rewards
+    from policy.losses import dpo_implicit_rewards, move_kl
     from policy.pair_batches import RankingPairBatch
 
     if isinstance(batch, RankingPairBatch):
@@ -107,9 +107,8 @@ def batch_stats(per_pair_loss, logp_chosen, logp_rejected, batch: PairBatch,
         (reward_chosen - reward_rejected).sum(),
         reward_chosen.sum(),
         reward_rejected.sum(),
-        # k1 estimate of KL(π_ref ‖ π_θ) on the pair's responses, −mean log-ratio: exact in
-        # expectation when π_ref sampled them (pairs from `rankloop generate`).
-        (-(reward_chosen + reward_rejected) / (2 * beta)).sum(),
+        # KL(π_ref ‖ π_θ) per response, averaged over the pair's two responses (``move_kl``).
+        ((move_kl(reward_chosen / beta) + move_kl(reward_rejected / beta)) / 2).sum(),
         batch.tokens.attention_mask.sum().float(),
     ]).cpu()
 
@@ -117,6 +116,7 @@ def batch_stats(per_pair_loss, logp_chosen, logp_rejected, batch: PairBatch,
 def ranking_stats(per_ranking_loss, logp, batch, beta: float) -> torch.Tensor:
     """The same sums per ranking: accuracy over its strictly ordered pairs, the margin and
     "chosen"/"rejected" rewards of its best and worst group, KL over its responses."""
+    from policy.losses import move_kl
     from training.listwise import ranked_pairs
 
     mask = batch.candidate_mask
@@ -136,7 +136,7 @@ def ranking_stats(per_ranking_loss, logp, batch, beta: float) -> torch.Tensor:
         (chosen - rejected).sum(),
         chosen.sum(),
         rejected.sum(),
-        (-reward.sum(-1) / (beta * mask.sum(-1))).sum(),
+        ((move_kl(reward / beta) * mask).sum(-1) / mask.sum(-1)).sum(),
         batch.tokens.attention_mask.sum().float(),
     ]).cpu()
 

@@ -113,6 +113,17 @@ def kl_estimators(logp: torch.Tensor, ref_logp: torch.Tensor) -> dict[str, torch
     return {"k1": -log_r, "k2": 0.5 * log_r ** 2, "k3": torch.expm1(log_r) - log_r}
 
 
+
+def move_kl(log_ratio: torch.Tensor) -> torch.Tensor:
+    """How far training has moved the policy on responses the starting policy sampled, in nats
+    per response: ½·(log π_θ(y|x) − log π_start(y|x))², Schulman's k2 estimate of
+    KL(π_start ‖ π_θ), same shape as ``log_ratio``. Never negative, equal to the KL to second
+    order. Not k1 (−log-ratio): that is unbiased only on plain samples, while the pairs are each
+    prompt's best and worst of k and training raises exactly the responses it fits, so k1 drifts
+    below zero as the policy moves and a budget on it never fires. Not k3: e^(log-ratio) of a
+    whole sequence overflows once a fitted response gains a few nats."""
+    return 0.5 * log_ratio ** 2
+
 # --- PPO ------------------------------------------------------------------------------------------
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,

@@ -60,8 +60,8 @@ class PairTrainingConfig(ResumableTrainingSettings):
     SmolLM2-135M within a KL budget of 0.8 nats in the loop's steps)."""
     kl_budget: float | None = None
     """How far training may move the policy, in nats per response: KL(start ‖ policy),
-    estimated on the responses of the last ``kl_window`` pairs the steps read (sampled by the
-    starting policy, log-ratios taken before each update). Training stops at the step that
+    estimated (``policy.losses.move_kl``) on the responses of the last ``kl_window`` pairs the
+    steps read (sampled by the starting policy, log-ratios taken before each update). Training stops at the step that
     reaches it, and says so. None: no budget, every planned step runs."""
     kl_window: int = 16
     """Pairs the KL estimate averages over (at least one step's)."""
@@ -116,7 +116,7 @@ class PairObjective:
     fingerprint: dict = field(default_factory=dict)
     """The objective's settings that must match for a checkpoint to be resumed."""
     kl_stat: int | None = None
-    """Index of the stats' KL sum (per pair, k1 estimate on the pair's two responses); the
+    """Index of the stats' KL sum (per pair, ``policy.losses.move_kl`` on its two responses); the
     pair count is always index 1. Needed for a KL budget."""
     learning_rates: tuple[tuple[float, float], ...] = ()
     """(weights, learning rate) anchors the default learning rate is interpolated between."""

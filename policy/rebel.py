@@ -90,6 +90,7 @@ _STATS = 7
 
 
 def batch_stats(per_pair_loss, logp_chosen, logp_rejected, batch: PairBatch) -> torch.Tensor:
+    from policy.losses import move_kl
     from policy.pair_batches import RankingPairBatch
 
     if isinstance(batch, RankingPairBatch):
@@ -102,9 +103,8 @@ def batch_stats(per_pair_loss, logp_chosen, logp_rejected, batch: PairBatch) -> 
         per_pair_loss.detach().float().sum(),
         torch.tensor(float(batch.num_pairs), device=gap.device),
         (torch.sign(gap) == torch.sign(reward_gap)).float().sum(),
-        # k1 estimate of KL(π_t ‖ π_θ) per response (they were sampled from π_t), averaged
-        # over the pair's two responses.
-        (-(ratio_chosen + ratio_rejected) / 2).sum(),
+        # KL(π_t ‖ π_θ) per response, averaged over the pair's two responses (``move_kl``).
+        ((move_kl(ratio_chosen) + move_kl(ratio_rejected)) / 2).sum(),
         ratio_chosen.sum(),
         ratio_rejected.sum(),
         batch.tokens.attention_mask.sum().float(),
@@ -114,6 +114,7 @@ def batch_stats(per_pair_loss, logp_chosen, logp_rejected, batch: PairBatch) -> 
 def ranking_stats(per_ranking_loss, logp, batch) -> torch.Tensor:
     """The same sums per ranking: sign agreement over its strictly ordered pairs, KL over its
     responses, "chosen"/"rejected" the mean log-ratio of its best and worst group."""
+    from policy.losses import move_kl
     from training.listwise import ranked_pairs
 
     mask = batch.candidate_mask
@@ -129,7 +130,7 @@ def ranking_stats(per_ranking_loss, logp, batch) -> torch.Tensor:
         per_ranking_loss.detach().float().sum(),
         torch.tensor(float(batch.num_pairs), device=ratio.device),
         agree.sum(),
-        (-ratio.sum(-1) / n).sum(),
+        ((move_kl(ratio) * mask).sum(-1) / n).sum(),
         ((ratio * best).sum(-1) / best.sum(-1)).sum(),
         ((ratio * worst).sum(-1) / worst.sum(-1)).sum(),
         batch.tokens.attention_mask.sum().float(),

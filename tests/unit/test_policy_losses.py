@@ -14,6 +14,7 @@ from policy.losses import (
     kl_estimators,
     masked_mean,
     masked_whiten,
+    move_kl,
     ppo_clip_loss,
     rebel_loss,
 )
@@ -84,6 +85,17 @@ def test_kl_estimators_by_hand():
     torch.testing.assert_close(kl["k3"], torch.tensor([math.exp(-0.5) - 1 + 0.5,
                                                        math.exp(1.0) - 1 - 1.0]))
     assert (kl["k3"] >= 0).all()
+
+
+def test_move_kl_by_hand_counts_a_pair_moved_apart():
+    """A fitted pair moved symmetrically apart (chosen +1 nat, rejected −1) has a mean
+    log-ratio of 0, so −log-ratio (k1) says the policy has not moved; the budget's estimate
+    says ½ nat per response."""
+    ratio = torch.tensor([1.0, -1.0, 0.0, 2.0])
+    torch.testing.assert_close(move_kl(ratio), torch.tensor([0.5, 0.5, 0.0, 2.0]))
+    assert -ratio[:2].mean() == 0 and move_kl(ratio[:2]).mean() == 0.5
+    # Its sign does not depend on which way a response moved.
+    assert (move_kl(-ratio) == move_kl(ratio)).all()
 
 
 def test_kl_estimators_match_the_true_kl_on_samples():
