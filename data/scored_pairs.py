@@ -90,17 +90,20 @@ class ScoredPair:
 
     def prompt_key(self) -> str:
         """Identifies the prompt: held-out splits keep every pair of a prompt together."""
-        if isinstance(self.prompt, str):
-            return self.prompt
-        return json.dumps(self.prompt, sort_keys=True, ensure_ascii=False)
+        return prompt_key(self.prompt)
 
 
-@dataclass
-class PairSet:
-    pairs: list[ScoredPair]
-    source: str
-    dropped: dict[str, int] = field(default_factory=dict)
-    """Pairs (or prompts, for DROP_SINGLE) left out, by reason."""
+def prompt_key(prompt: Messages | str) -> str:
+    """A prompt as one string (chat messages as canonical JSON)."""
+    if isinstance(prompt, str):
+        return prompt
+    return json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+
+
+class _DropCounts:
+    """Counts of examples left out, by reason, in a ``dropped`` dict."""
+
+    dropped: dict[str, int]
 
     def drop(self, reason: str, count: int = 1) -> None:
         if count:
@@ -108,6 +111,14 @@ class PairSet:
 
     def describe_drops(self) -> str:
         return ", ".join(f"{n} {why}" for why, n in sorted(self.dropped.items()) if n) or "none"
+
+
+@dataclass
+class PairSet(_DropCounts):
+    pairs: list[ScoredPair]
+    source: str
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Pairs (or prompts, for DROP_SINGLE) left out, by reason."""
 
 
 def ranks_to_rewards(ranks: Sequence[int]) -> list[float]:
@@ -379,23 +390,14 @@ class RankedGroup:
     """The annotator's training weight (``with_weights``); 1.0 = unweighted."""
 
     def prompt_key(self) -> str:
-        if isinstance(self.prompt, str):
-            return self.prompt
-        return json.dumps(self.prompt, sort_keys=True, ensure_ascii=False)
+        return prompt_key(self.prompt)
 
 
 @dataclass
-class RankingSet:
+class RankingSet(_DropCounts):
     groups: list[RankedGroup]
     source: str
     dropped: dict[str, int] = field(default_factory=dict)
-
-    def drop(self, reason: str, count: int = 1) -> None:
-        if count:
-            self.dropped[reason] = self.dropped.get(reason, 0) + count
-
-    def describe_drops(self) -> str:
-        return ", ".join(f"{n} {why}" for why, n in sorted(self.dropped.items()) if n) or "none"
 
 
 def rankings_from_db(db, *, run_id: int | None = None,
