@@ -24,6 +24,7 @@ from data.scored_pairs import (
 )
 from data.preferences import PreferenceSourceError
 from policy.logprobs import TokenBatch, pack, sequence_logprobs
+from training.listwise import with_normalised_weights
 from training.plan import spread
 
 
@@ -303,21 +304,6 @@ def encode_scored_rankings(tokenizer, groups: list[RankedGroup], *, max_prompt_t
     return encoded, dropped
 
 
-def _normalised(examples: list) -> list:
-    """Weights rescaled to mean 1 over the training set (``training.listwise``)."""
-    from dataclasses import replace
-
-    from training.listwise import normalise_weights
-
-    if all(e.weight == 1.0 for e in examples):
-        return examples
-    try:
-        weights = normalise_weights([e.weight for e in examples])
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    return [replace(e, weight=w) for e, w in zip(examples, weights)]
-
-
 def prepare_pairs(config: PairSource, tokenizer, pairs: PairSet | RankingSet,
                   eval_pairs: PairSet | None = None
                   ) -> tuple[list[EncodedScoredPair], list[EncodedScoredPair], dict[str, int]]:
@@ -325,7 +311,7 @@ def prepare_pairs(config: PairSource, tokenizer, pairs: PairSet | RankingSet,
     of the prompts are held out. Rankings give ``EncodedScoredRanking``s, weights rescaled
     to mean 1 over the training examples."""
     train, held_out, dropped = _prepare(config, tokenizer, pairs, eval_pairs)
-    return _normalised(train), held_out, dropped
+    return with_normalised_weights(train), held_out, dropped
 
 
 def _prepare(config: PairSource, tokenizer, pairs, eval_pairs):

@@ -165,25 +165,11 @@ def read_pairs(config: RewardTrainConfig):
     return load
 
 
-def _normalised(examples: list) -> list:
-    """The examples with weights rescaled to mean 1 (``training.listwise.normalise_weights``)."""
-    from dataclasses import replace
-
-    from training.listwise import normalise_weights
-
-    if all(e.weight == 1.0 for e in examples):
-        return examples
-    try:
-        weights = normalise_weights([e.weight for e in examples])
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    return [replace(e, weight=w) for e, w in zip(examples, weights)]
-
-
 def prepare_rankings(config: RewardTrainConfig, tokenizer, rankings
                      ) -> tuple[list, list, dict[str, int]]:
     """(train, held-out, dropped counts) for the listwise objective: ``EncodedRanking``s."""
     from reward.batches import encode_rankings
+    from training.listwise import with_normalised_weights
 
     dropped = dict(rankings.dropped)
     encoded, too_long = encode_rankings(tokenizer, rankings.groups, config.max_length)
@@ -193,13 +179,15 @@ def prepare_rankings(config: RewardTrainConfig, tokenizer, rankings
         raise PreferenceSourceError(
             f"no training rankings left from {rankings.source} "
             f"(dropped: {', '.join(f'{n} {k}' for k, n in dropped.items() if n) or 'none'})")
-    return _normalised(train), held_out, {k: v for k, v in dropped.items() if v}
+    return with_normalised_weights(train), held_out, {k: v for k, v in dropped.items() if v}
 
 
 def prepare_pairs(
     config: RewardTrainConfig, tokenizer, load: PreferenceLoad, eval_load: PreferenceLoad | None
 ) -> tuple[list[EncodedPair], list[EncodedPair], dict[str, int]]:
     """(train, held-out, dropped counts by reason)."""
+    from training.listwise import with_normalised_weights
+
     dropped = dict(load.dropped)
     pairs = load.pairs
     weights = load.weights
@@ -222,7 +210,7 @@ def prepare_pairs(
             f"no training pairs left from {load.source} "
             f"(dropped: {', '.join(f'{n} {k}' for k, n in dropped.items() if n) or 'none'})"
         )
-    return _normalised(train), held_out, {k: v for k, v in dropped.items() if v}
+    return with_normalised_weights(train), held_out, {k: v for k, v in dropped.items() if v}
 
 
 def _collate(examples: list, pad_token_id: int):

@@ -35,8 +35,11 @@ group still asks its members to be equal.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
+
+from data.errors import ConfigError
 
 
 def plackett_luce_nll(scores: torch.Tensor, ranks: torch.Tensor,
@@ -94,6 +97,18 @@ def normalise_weights(weights: list[float]) -> list[float]:
         raise ValueError("annotator weights are all zero: nothing would be learnt")
     mean = total / len(weights) if weights else 1.0
     return [w / mean for w in weights]
+
+
+def with_normalised_weights(examples: list) -> list:
+    """Dataclass examples with a ``weight`` field, their weights rescaled by
+    ``normalise_weights`` (unchanged when all are 1.0); bad weights raise ConfigError."""
+    if all(e.weight == 1.0 for e in examples):
+        return examples
+    try:
+        weights = normalise_weights([e.weight for e in examples])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return [replace(e, weight=w) for e, w in zip(examples, weights)]
 
 
 # --- layout of a batch of rankings ---------------------------------------------------------
