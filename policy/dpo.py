@@ -117,18 +117,11 @@ def ranking_stats(per_ranking_loss, logp, batch, beta: float) -> torch.Tensor:
     """The same sums per ranking: accuracy over its strictly ordered pairs, the margin and
     "chosen"/"rejected" rewards of its best and worst group, KL over its responses."""
     from policy.losses import move_kl
-    from training.listwise import ranked_pairs
+    from training.listwise import ranking_summary
 
     mask = batch.candidate_mask
     reward = beta * (logp.detach().float() - batch.ref_logp) * mask
-    strict = ranked_pairs(batch.ranks, mask, include_ties=False)
-    gap = reward[:, :, None] - reward[:, None, :]
-    correct = ((gap > 0) & strict).sum((1, 2)).float() / strict.sum((1, 2)).clamp(min=1)
-    ranks = batch.ranks.masked_fill(~mask, -1)
-    best = mask & (batch.ranks == batch.ranks.min(-1, keepdim=True).values)
-    worst = mask & (ranks == ranks.max(-1, keepdim=True).values)
-    chosen = (reward * best).sum(-1) / best.sum(-1)
-    rejected = (reward * worst).sum(-1) / worst.sum(-1)
+    correct, chosen, rejected = ranking_summary(reward, batch.ranks, mask)
     return torch.stack([
         per_ranking_loss.detach().float().sum(),
         torch.tensor(float(batch.num_pairs), device=reward.device),

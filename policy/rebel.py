@@ -115,24 +115,19 @@ def ranking_stats(per_ranking_loss, logp, batch) -> torch.Tensor:
     """The same sums per ranking: sign agreement over its strictly ordered pairs, KL over its
     responses, "chosen"/"rejected" the mean log-ratio of its best and worst group."""
     from policy.losses import move_kl
-    from training.listwise import ranked_pairs
+    from training.listwise import ranking_summary
 
     mask = batch.candidate_mask
     ratio = (logp.detach().float() - batch.ref_logp) * mask
-    strict = ranked_pairs(batch.ranks, mask, include_ties=False)
-    gap = ratio[:, :, None] - ratio[:, None, :]
-    agree = ((gap > 0) & strict).sum((1, 2)).float() / strict.sum((1, 2)).clamp(min=1)
-    ranks = batch.ranks.masked_fill(~mask, -1)
-    best = mask & (batch.ranks == batch.ranks.min(-1, keepdim=True).values)
-    worst = mask & (ranks == ranks.max(-1, keepdim=True).values)
+    agree, best, worst = ranking_summary(ratio, batch.ranks, mask)
     n = mask.sum(-1).float()
     return torch.stack([
         per_ranking_loss.detach().float().sum(),
         torch.tensor(float(batch.num_pairs), device=ratio.device),
         agree.sum(),
         ((move_kl(ratio) * mask).sum(-1) / n).sum(),
-        ((ratio * best).sum(-1) / best.sum(-1)).sum(),
-        ((ratio * worst).sum(-1) / worst.sum(-1)).sum(),
+        best.sum(),
+        worst.sum(),
         batch.tokens.attention_mask.sum().float(),
     ]).cpu()
 

@@ -76,6 +76,20 @@ def ranked_pairs(ranks: torch.Tensor, mask: torch.Tensor, *,
     return both & above
 
 
+def ranking_summary(values: torch.Tensor, ranks: torch.Tensor, mask: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per ranking ``[B]``, for ``values`` ``[B, K]`` that are 0 on padding: the fraction of
+    its strictly ordered pairs whose values are ordered the same way (0 without any), and
+    the mean value of its best group and of its worst group."""
+    strict = ranked_pairs(ranks, mask, include_ties=False)
+    gap = values[:, :, None] - values[:, None, :]
+    agree = ((gap > 0) & strict).sum((1, 2)).float() / strict.sum((1, 2)).clamp(min=1)
+    real_ranks = ranks.masked_fill(~mask, -1)
+    best = mask & (ranks == ranks.min(-1, keepdim=True).values)
+    worst = mask & (real_ranks == real_ranks.max(-1, keepdim=True).values)
+    return agree, (values * best).sum(-1) / best.sum(-1), (values * worst).sum(-1) / worst.sum(-1)
+
+
 def weighted_mean(per_example: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
     """Σ wᵢ·lossᵢ / Σ wᵢ (scalar); ``weights`` None or all equal gives the plain mean.
     per_example, weights: ``[B]``, weights ≥ 0 with a positive sum."""
