@@ -35,34 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from data.reliability import fit_reliability  # noqa: E402
-from data.votes import RankingRecord  # noqa: E402
+from data.simulate import planted_rankings  # noqa: E402
 
 PLANTED = [0.0, 0.5, 1.0, 2.0, 4.0, 8.0]
-
-
-def record(rid, annotator, item, cands, ranks, gold):
-    return RankingRecord(
-        ranking_id=rid, annotator=annotator, prompt_id=item, prompt=[], item_id=item,
-        source_run=1, is_gold=gold is not None, gold_ranks=gold, candidate_ids=cands,
-        candidates=[], ranks=ranks, has_tie=False, all_bad=False, skipped=False,
-        rationale=None, demonstration_id=None, demonstration=None, shown_at=None,
-        submitted_at=0.0, user_id=int(annotator.split("-")[1]))
-
-
-def simulate(rng, temperatures, items, overlap, gold_items, k):
-    records = []
-    for item in range(items):
-        strengths = rng.normal(size=k)
-        cands = [item * 10 + j for j in range(k)]
-        gold = ([int(x) for x in 1 + np.argsort(np.argsort(-strengths))]
-                if item < gold_items else None)
-        who = (range(len(temperatures)) if gold else
-               rng.choice(len(temperatures), size=overlap, replace=False))
-        for a in who:
-            utility = temperatures[a] * strengths + rng.gumbel(size=k)
-            ranks = [int(x) for x in 1 + np.argsort(np.argsort(-utility))]
-            records.append(record(len(records) + 1, f"annotator-{a}", item, cands, ranks, gold))
-    return records
 
 
 def sign(x):
@@ -117,7 +92,8 @@ def main(argv=None) -> None:
     rows = defaultdict(lambda: defaultdict(list))
     for seed in range(args.seeds):
         rng = np.random.default_rng(seed)
-        records = simulate(rng, PLANTED, args.items, args.overlap, args.gold, args.k)
+        records = planted_rankings(rng, PLANTED, items=args.items, k=args.k,
+                                   overlap=args.overlap, gold_items=args.gold)
         fit = fit_reliability(records)
         estimates = {
             "joint model: temperature": {n: fit.annotators[n].temperature for n in names},
@@ -145,8 +121,8 @@ def main(argv=None) -> None:
     temperatures = list(np.linspace(0, 8, 8))
     for size in (int(s) for s in args.sizes.split(",")):
         items = max(1, size // 3)
-        records = simulate(np.random.default_rng(0), temperatures, items, 3,
-                           max(1, items // 20), args.k)
+        records = planted_rankings(np.random.default_rng(0), temperatures, items=items,
+                                   k=args.k, overlap=3, gold_items=max(1, items // 20))
         start, cpu = time.perf_counter(), time.process_time()
         fit_reliability(records)
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu

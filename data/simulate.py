@@ -31,6 +31,7 @@ from data import labeling
 from data.errors import ConfigError
 from data.rankings import validate_submission
 from data.score_functions import ScoreFn, load_score_function
+from data.votes import RankingRecord
 SIMULATED_PREFIX = "simulated:"
 _NO_LOGIN = "!simulated-annotator"  # not a scrypt hash: verify_password refuses every password
 
@@ -82,6 +83,37 @@ def noisy_ranks(scores: Sequence[float], noise: float, rng: random.Random) -> tu
         utility = list(scores)
     # Competition ranking: equal utilities share the better rank.
     return tuple(1 + sum(other > mine for other in utility) for mine in utility)
+
+
+def planted_rankings(rng, temperatures: Sequence[float], *, items: int, k: int, overlap: int,
+                     gold_items: int) -> list[RankingRecord]:
+    """Votes, in memory, of annotators ``annotator-0``, ``annotator-1``, ... at planted
+    Plackett-Luce temperatures (``temperature * strength + Gumbel``; 0 ranks at random), for
+    checking reliability estimates. Each of ``items`` items has ``k`` candidates of normal
+    strengths and is ranked by ``overlap`` annotators; the first ``gold_items`` are gold
+    (ranked by strength) and ranked by everyone. ``rng``: a ``numpy.random.Generator``."""
+    import numpy as np
+
+    def order(utility) -> list[int]:
+        return [int(x) for x in 1 + np.argsort(np.argsort(-utility))]
+
+    records = []
+    for item in range(items):
+        strengths = rng.normal(size=k)
+        cands = [item * 10 + j for j in range(k)]
+        gold = order(strengths) if item < gold_items else None
+        who = (range(len(temperatures)) if gold else
+               rng.choice(len(temperatures), size=overlap, replace=False))
+        for a in who:
+            ranks = order(temperatures[a] * strengths + rng.gumbel(size=k))
+            records.append(RankingRecord(
+                ranking_id=len(records) + 1, annotator=f"annotator-{a}", prompt_id=item,
+                prompt=[], item_id=item, source_run=1, is_gold=gold is not None,
+                gold_ranks=gold, candidate_ids=cands, candidates=[""] * k, ranks=ranks,
+                has_tie=False, all_bad=False, skipped=False, rationale=None,
+                demonstration_id=None, demonstration=None, shown_at=0.0, submitted_at=1.0,
+                user_id=a))
+    return records
 
 
 @dataclass

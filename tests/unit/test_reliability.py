@@ -14,6 +14,7 @@ from scipy.stats import spearmanr
 from data import labeling, store
 from data.rankings import validate_submission
 from data.reliability import annotator_weights, expected_weight, fit_reliability
+from data.simulate import planted_rankings
 from data.votes import RankingRecord, read_rankings
 from tests.labeling_fixtures import make_labeling_db
 
@@ -31,27 +32,9 @@ def record(rid, annotator, item, cands, ranks, gold=None, *, skipped=False, supe
         user_id=int(annotator.split("-")[1]))
 
 
-def plackett_luce_ranks(rng, strengths, beta):
-    utility = beta * strengths + rng.gumbel(size=len(strengths))
-    return [int(x) for x in 1 + np.argsort(np.argsort(-utility))]
-
-
 def simulate(seed, temperatures, *, items=300, k=4, overlap=3, gold_items=15):
-    """Items with normal strengths, each ranked by ``overlap`` annotators (every annotator
-    ranks the gold items) as Plackett-Luce draws at the planted temperatures."""
-    rng = np.random.default_rng(seed)
-    records = []
-    for item in range(items):
-        strengths = rng.normal(size=k)
-        cands = [item * 10 + j for j in range(k)]
-        gold = ([int(x) for x in 1 + np.argsort(np.argsort(-strengths))]
-                if item < gold_items else None)
-        who = (range(len(temperatures)) if gold else
-               rng.choice(len(temperatures), size=overlap, replace=False))
-        for a in who:
-            records.append(record(len(records) + 1, f"annotator-{a}", item, cands,
-                                  plackett_luce_ranks(rng, strengths, temperatures[a]), gold))
-    return records
+    return planted_rankings(np.random.default_rng(seed), temperatures, items=items, k=k,
+                            overlap=overlap, gold_items=gold_items)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
