@@ -65,12 +65,6 @@ class PairTrainingConfig(ResumableTrainingSettings):
     reaches it, and says so. None: no budget, every planned step runs."""
     kl_window: int = 16
     """Pairs the KL estimate averages over (at least one step's)."""
-    gradient_checkpointing: bool | None = None
-    """Recompute activations in the backward pass: less memory, about a third more time.
-    None: on for models of 50M weights or more (``training.memory.efficient_defaults``)."""
-    bf16: bool | None = None
-    """bf16 mixed precision; None follows the accelerate config, else on for models of 50M
-    weights or more on a GPU or a CPU with bf16 instructions (AMX, AVX-512 BF16)."""
     objective: str = "pairwise"
     """``pairwise``: the recipe's pairs (``pair_mode``); ``listwise``: each vote's whole
     ranking of a prompt's responses, ties kept, as one example (the database's human rankings

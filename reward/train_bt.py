@@ -70,12 +70,6 @@ class RewardTrainConfig(ResumableTrainingSettings):
     0.01 is the usual value)."""
     lora_dropout: float = 0.0
     """Dropout on the LoRA adapters' input."""
-    gradient_checkpointing: bool | None = None
-    """Recompute activations in the backward pass: less memory, about a third more time.
-    None: on for models of 50M weights or more (``training.memory.efficient_defaults``)."""
-    bf16: bool | None = None
-    """bf16 mixed precision; None follows the accelerate config, else on for models of 50M
-    weights or more on a GPU or a CPU with bf16 instructions (AMX, AVX-512 BF16)."""
     objective: str = "pairwise"
     """``pairwise``: Bradley-Terry on each vote's pairs; ``listwise``: Plackett-Luce on each
     vote's whole ranking, ties as grouped stages (database only; ``ties`` does not apply)."""

@@ -88,8 +88,15 @@ class TrainingSettings:
 
 @dataclass
 class ResumableTrainingSettings(TrainingSettings):
-    """Settings of the recipes that write resumable checkpoints and can train LoRA adapters."""
+    """Settings of the recipes that write resumable checkpoints, can train LoRA adapters and
+    pick memory-saving defaults by model size (``training.memory.efficient_defaults``)."""
 
+    gradient_checkpointing: bool | None = None
+    """Recompute activations in the backward pass: less memory, about a third more time.
+    None: on for models of 50M weights or more (``training.memory.efficient_defaults``)."""
+    bf16: bool | None = None
+    """bf16 mixed precision; None follows the accelerate config, else on for models of 50M
+    weights or more on a GPU or a CPU with bf16 instructions (AMX, AVX-512 BF16)."""
     lora_r: int = 0
     """LoRA rank; 0 trains every weight."""
     lora_alpha: float | None = None
