@@ -2,6 +2,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_for_port(port: int, process, timeout: float = 120.0) -> None:
+    """Until ``port`` on localhost accepts a connection; fails if ``process`` exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"the app exited with {process.returncode}"
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"nothing listened on port {port} within {timeout:.0f} s")
+
+
+def api_client(url: str, auth: tuple[str, str]):
+    """A gradio_client ``Client`` logged in as ``auth``, with the read timeout the README's
+    example sets: httpx's default of 5 s fails a login on a loaded machine (scrypt runs on it)."""
+    import httpx
+    from gradio_client import Client
+
+    return Client(url, auth=auth, verbose=False,
+                  httpx_kwargs={"timeout": httpx.Timeout(120.0, connect=10.0)})
 
 
 def serve_db(db_path, *, policy=None, port: int | None = None, **serve_options):

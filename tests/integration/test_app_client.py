@@ -3,14 +3,14 @@
 import json
 
 import pytest
-from gradio_client import Client
 from gradio_client.exceptions import AppError
 
 from data import store
+from tests.integration.conftest import api_client
 from tests.labeling_fixtures import PASSWORD
 
 def _client(served_app, user="ann", password=PASSWORD):
-    return Client(served_app["url"], auth=(user, password), verbose=False)
+    return api_client(served_app["url"], (user, password))
 
 
 def _load(client):

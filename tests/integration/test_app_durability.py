@@ -10,10 +10,9 @@ import threading
 import time
 import urllib.request
 
-from gradio_client import Client
 
 from data import store
-from tests.integration.conftest import free_port
+from tests.integration.conftest import api_client, free_port
 from tests.labeling_fixtures import PASSWORD, make_labeling_db
 
 CLIENTS = 8
@@ -36,7 +35,7 @@ def _start_server(db_path, port):
 
 def _annotate(url, name, acknowledged, stop, errors):
     try:
-        client = Client(url, auth=(name, PASSWORD), verbose=False)
+        client = api_client(url, (name, PASSWORD))
         status = client.predict(api_name="/load_task")[1]
         while not stop.is_set() and status["assignment_id"]:
             assignment_id = status["assignment_id"]
@@ -86,7 +85,7 @@ def test_acknowledged_votes_survive_a_sigkill(tmp_path):
         assert db.execute("SELECT COUNT(*) FROM rankings r WHERE (SELECT COUNT(*) FROM "
                           "comparisons c WHERE c.ranking_id = r.id) != 6").fetchone()[0] == 0
         # The restarted app serves the queue again.
-        resumed = Client(url, auth=(names[0][0], PASSWORD), verbose=False)
+        resumed = api_client(url, (names[0][0], PASSWORD))
         assert resumed.predict(api_name="/load_task")[1]["assignment_id"]
     finally:
         server.kill()

@@ -8,10 +8,9 @@ import sys
 import time
 
 import pytest
-from gradio_client import Client
 
 from data import store
-from tests.integration.conftest import free_port
+from tests.integration.conftest import api_client, free_port, wait_for_port
 
 
 def _start(db_path, port):
@@ -26,7 +25,7 @@ def _start(db_path, port):
         lines.append(line)
         if "RankLoop app on" in line:
             break
-    time.sleep(3)  # the line is printed just before the server binds
+    wait_for_port(port, process)  # the line is printed just before the server binds
     return process, "".join(lines)
 
 
@@ -58,7 +57,7 @@ def test_an_empty_store_generates_and_serves_real_candidates(tmp_path):
     try:
         password = re.search(r"created user 'admin' with password (\S+)", output).group(1)
         assert "Generating candidates in the background" in output
-        client = Client(f"http://127.0.0.1:{port}/", auth=("admin", password), verbose=False)
+        client = api_client(f"http://127.0.0.1:{port}/", ("admin", password))
         started = time.monotonic()
         html, status = client.predict(api_name="/load_task")[:2]
         assert status["assignment_id"] is None and status["waiting"]

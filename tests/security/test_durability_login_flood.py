@@ -11,10 +11,9 @@ import time
 from collections import Counter
 
 import httpx
-from gradio_client import Client
 
 from data import store
-from tests.integration.conftest import free_port
+from tests.integration.conftest import api_client, free_port
 from tests.integration.test_app_durability import _annotate, _start_server
 from tests.labeling_fixtures import PASSWORD, make_labeling_db
 
@@ -84,7 +83,7 @@ def test_acknowledged_votes_survive_a_sigkill_during_a_login_flood(tmp_path):
             assert (row["name"], json.loads(row["ranks"])) == (name, [1, 2, 2, 3])
         keys = [r[0] for r in db.execute("SELECT submission_key FROM rankings")]
         assert len(keys) == len(set(keys))
-        resumed = Client(origin + "/", auth=(names[0][0], PASSWORD), verbose=False)
+        resumed = api_client(origin + "/", (names[0][0], PASSWORD))
         assert resumed.predict(api_name="/load_task")[1]["assignment_id"]
         print(f"acknowledged {len(acknowledged)} votes ({len(acknowledged) - during} during "
               f"the flood); login answers {dict(statuses)}")

@@ -8,10 +8,10 @@ import time
 
 import httpx
 import pytest
-from gradio_client import Client
 
 from data import labeling, store
 from labeler.auth import LoginLimiter
+from tests.integration.conftest import api_client
 from tests.labeling_fixtures import PASSWORD, make_labeling_db
 from tests.security.conftest import serve_db
 
@@ -103,7 +103,7 @@ def test_logout_revokes_the_token_and_disabling_ends_sessions_at_once(served):
     replay = httpx.Client(base_url=origin, cookies=cookies)  # the old cookie, kept by a thief
     assert replay.get("/gradio_api/login_check").status_code == 401
 
-    bob = Client(origin + "/", auth=("bob", PASSWORD), verbose=False)
+    bob = api_client(origin + "/", ("bob", PASSWORD))
     assert bob.predict(api_name="/load_task")[1]["assignment_id"]
     db = store.open_store(db_path)
     labeling.set_disabled(db, "bob", True)  # what `rankloop users disable bob` does
