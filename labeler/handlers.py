@@ -11,6 +11,7 @@ import logging
 import math
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -224,7 +225,8 @@ def _current_task(svc: LabelerService, user: labeling.User) -> TaskView:
 
 def _candidate_views(texts, finish_reasons) -> list[CandidateView]:
     reasons = list(finish_reasons) or [None] * len(texts)
-    return [CandidateView(candidate_html(t), candidate_badges(t, r))
+    shown = Counter(texts)
+    return [CandidateView(candidate_html(t), candidate_badges(t, r, duplicate=shown[t] > 1))
             for t, r in zip(texts, reasons)]
 
 

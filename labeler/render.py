@@ -444,7 +444,8 @@ def word_diff_html(a: str, b: str, label_a: str, label_b: str) -> str:
 
 # --- the Rank tab's screen ----------------------------------------------------------------------
 
-BADGES = {"cut": "Cut off at the token limit", "empty": "Empty answer"}
+BADGES = {"cut": "Cut off at the token limit", "empty": "Empty answer",
+          "duplicate": "Same text as another candidate"}
 LAYOUT_NAMES = {"side-by-side": "Side by side", "two-up": "Two per row", "stacked": "Stacked"}
 
 def keys_legend(k: int, revise: bool, guidelines: bool = True) -> tuple[tuple[str, str], ...]:
@@ -459,13 +460,18 @@ def keys_legend(k: int, revise: bool, guidelines: bool = True) -> tuple[tuple[st
                  and not (not guidelines and kv[0] == "?"))
 
 
-def candidate_badges(text: str, finish_reason: str | None) -> tuple[str, ...]:
-    """Marks on a candidate: cut off by the token limit, empty."""
+def candidate_badges(text: str, finish_reason: str | None,
+                     duplicate: bool = False) -> tuple[str, ...]:
+    """Marks on a candidate: cut off by the token limit, empty, the same text as another
+    candidate of the item (an annotator would otherwise hunt for a difference that is not
+    there)."""
     badges = []
     if finish_reason == "length":
         badges.append("cut")
     if not (text or "").strip():
         badges.append("empty")
+    if duplicate:
+        badges.append("duplicate")
     return tuple(badges)
 
 

@@ -396,6 +396,23 @@ def test_badges_mark_cut_off_and_empty_candidates(tmp_path):
     assert shown.count("Cut off at the token limit") == 1 and shown.count("Empty answer") == 1
 
 
+def test_a_badge_marks_candidates_with_the_same_text(tmp_path):
+    """Two candidates with exactly the same text each say so; the third does not."""
+    from data import labeling, store
+
+    db_path = make_labeling_db(tmp_path / "d.db", n_prompts=0)
+    db = store.open_store(db_path)
+    run = store.get_or_create_run(db, store.RunSettings("m", "transformers", 3, 0.8, 0.9, 8, 0))
+    [prompt] = store.upsert_prompts(db, [([{"role": "user", "content": "q"}], "t", "1")])
+    store.add_candidates(db, prompt, run, [store.CandidateIn("same words", 2, "stop"),
+                                           store.CandidateIn("other words", 2, "stop"),
+                                           store.CandidateIn("same words", 2, "stop")])
+    labeling.sync_items(db)
+    view = handlers.current_task(LabelerService(db_path, autogenerate=False), "ann")
+    assert sorted(c.badges for c in view.candidates) == [(), ("duplicate",), ("duplicate",)]
+    assert handlers.screen(view).html.count("Same text as another candidate") == 2
+
+
 def test_an_admin_screen_takes_nothing_until_asked(svc):
     idle = handlers.idle_screen()
     assert idle.status["assignment_id"] is None and 'data-mode="idle"' in idle.html

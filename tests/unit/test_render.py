@@ -135,6 +135,7 @@ def test_plurals_letters_and_badges():
     assert candidate_badges("text", "length") == ("cut",)
     assert candidate_badges(" \n", "stop") == ("empty",)
     assert candidate_badges("ok", "stop") == ()
+    assert candidate_badges("ok", "length", duplicate=True) == ("cut", "duplicate")
 
 
 def test_the_task_screen_escapes_its_own_texts_and_marks_state():
