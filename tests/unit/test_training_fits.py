@@ -50,8 +50,13 @@ def test_bf16_and_checkpointing_default_on_from_the_size_where_they_pay(tmp_path
 
 @pytest.mark.parametrize("recipe", ["reward", "rebel"])
 def test_a_run_that_cannot_fit_is_refused_with_its_estimate_before_loading(
-        recipe, tmp_path, smol_tokenizer, capsys):
+        recipe, tmp_path, smol_tokenizer, capsys, monkeypatch):
     from launch.cli import main
+
+    # Accelerate keeps one state per process, and earlier tests of the same process made it in
+    # fp32: asking for bf16 now would fail on that, not on memory. A launcher's setting (as
+    # `accelerate launch` gives) keeps this run in fp32, which needs even more memory.
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
 
     # Llama-70B's shape: about 70 billion weights, over a terabyte to train in fp32 with AdamW.
     huge = _config_only_model(tmp_path / "huge", smol_tokenizer, hidden=8192, layers=80,
