@@ -42,7 +42,7 @@ from pathlib import Path
 
 from data import store
 from data.errors import ConfigError
-from data.scored_pairs import PairSet, require_pairs, split_held_out
+from data.scored_pairs import PairSet, prompt_key, require_pairs, split_held_out
 from data.simulate import SIMULATED_PREFIX
 
 ALGORITHMS = ("rebel", "ppo")
@@ -490,10 +490,6 @@ class _LazySampler:
         if self._sampler is not None:
             self._sampler.close()
             self._sampler = None
-
-
-def prompt_key(messages: list[dict]) -> str:
-    return json.dumps(messages, sort_keys=True, ensure_ascii=False)
 
 
 def _held_out(pairs: PairSet, held_keys: set[str]) -> tuple[PairSet, PairSet]:
