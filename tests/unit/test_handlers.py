@@ -377,19 +377,22 @@ def test_layout_is_remembered_per_annotator_and_differences_stay_escaped(svc):
         handlers.differences(svc, "ann", {"assignment_id": task, "a": 0, "b": 7})
 
 
-def test_badges_mark_cut_off_and_empty_candidates(tmp_path):
+def _one_item_task(db_path, candidates):
+    """The task view of a store holding one item with ``candidates`` (``CandidateIn`` args)."""
     from data import labeling, store
 
-    db_path = make_labeling_db(tmp_path / "b.db", n_prompts=0)
+    make_labeling_db(db_path, n_prompts=0)
     db = store.open_store(db_path)
     run = store.get_or_create_run(db, store.RunSettings("m", "transformers", 3, 0.8, 0.9, 8, 0))
     [prompt] = store.upsert_prompts(db, [([{"role": "user", "content": "q"}], "t", "1")])
-    store.add_candidates(db, prompt, run, [store.CandidateIn("long text", 8, "length"),
-                                           store.CandidateIn("  ", 0, "stop"),
-                                           store.CandidateIn("fine", 1, "stop")])
+    store.add_candidates(db, prompt, run, [store.CandidateIn(*c) for c in candidates])
     labeling.sync_items(db)
-    svc = LabelerService(db_path, autogenerate=False)
-    view = handlers.current_task(svc, "ann")
+    return handlers.current_task(LabelerService(db_path, autogenerate=False), "ann")
+
+
+def test_badges_mark_cut_off_and_empty_candidates(tmp_path):
+    view = _one_item_task(tmp_path / "b.db", [("long text", 8, "length"), ("  ", 0, "stop"),
+                                              ("fine", 1, "stop")])
     by_text = {c.html: c.badges for c in view.candidates}
     assert sorted(by_text.values()) == [(), ("cut",), ("empty",)]
     shown = handlers.screen(view).html
@@ -398,17 +401,9 @@ def test_badges_mark_cut_off_and_empty_candidates(tmp_path):
 
 def test_a_badge_marks_candidates_with_the_same_text(tmp_path):
     """Two candidates with exactly the same text each say so; the third does not."""
-    from data import labeling, store
-
-    db_path = make_labeling_db(tmp_path / "d.db", n_prompts=0)
-    db = store.open_store(db_path)
-    run = store.get_or_create_run(db, store.RunSettings("m", "transformers", 3, 0.8, 0.9, 8, 0))
-    [prompt] = store.upsert_prompts(db, [([{"role": "user", "content": "q"}], "t", "1")])
-    store.add_candidates(db, prompt, run, [store.CandidateIn("same words", 2, "stop"),
-                                           store.CandidateIn("other words", 2, "stop"),
-                                           store.CandidateIn("same words", 2, "stop")])
-    labeling.sync_items(db)
-    view = handlers.current_task(LabelerService(db_path, autogenerate=False), "ann")
+    view = _one_item_task(tmp_path / "d.db", [("same words", 2, "stop"),
+                                              ("other words", 2, "stop"),
+                                              ("same words", 2, "stop")])
     assert sorted(c.badges for c in view.candidates) == [(), ("duplicate",), ("duplicate",)]
     assert handlers.screen(view).html.count("Same text as another candidate") == 2
 
