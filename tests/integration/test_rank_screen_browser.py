@@ -196,6 +196,10 @@ def test_side_by_side_panes_expand_differences_badges_and_headings(
     page.keyboard.press("Escape")
     assert page.locator(".rl-expanded").count() == 0
     page.locator("body").click(position={"x": 3, "y": 3})
+    # The highlight stayed on the candidate just expanded; walk it to the first, then to `a`.
+    for _ in range(len(shown)):
+        page.keyboard.press("k")
+    assert page.locator("#rl-cand-0.rl-current").count() == 1
     for _ in range(a):
         page.keyboard.press("j")
     page.keyboard.press("e")
