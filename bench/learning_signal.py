@@ -15,7 +15,8 @@ two per item, through the app's own queue and submission path.
 Per algorithm, on a fresh database, the loop runs ``--iterations`` iterations on the training
 prompts (``policy/loop.py``: generate k candidates with the current policy → simulated
 rankings → REBEL on best/worst pairs of the rankings, or PPO rewarded by the same scoring
-function directly → record). After the iterations, the base policy and every iteration's
+function directly → record). The loop holds out its default share of each round's prompts,
+on which REBEL's and DPO's KL budget is measured. After the iterations, the base policy and every iteration's
 policy sample ``--samples`` replies to each held-out prompt (never trained on), and the table
 shows the success rate, the mean score, KL(policy ‖ base) per reply (estimated on its own
 samples) and the mean length in tokens.
@@ -113,7 +114,7 @@ def loop_config(algorithm: str, work: Path, train_file: Path, base: str, args):
         feedback="simulated:bench.learning_signal:opening_score", iterations=args.iterations,
         sim_annotators=3, sim_overlap=2, sim_noise=args.noise, model=base,
         prompts=str(train_file), backend="transformers", max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature, eval_fraction=0.0, seed=args.seed,
+        temperature=args.temperature, seed=args.seed,
         k=args.ppo_k if algorithm == "ppo" else args.k, recipe=args.recipe,
         settings=algorithm_settings(algorithm, args.recipe, **given[algorithm]))
 

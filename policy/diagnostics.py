@@ -65,6 +65,18 @@ def _series(metrics: Sequence[dict], key: str) -> list[float]:
     return [float(row[key]) for row in metrics if row.get(key) is not None]
 
 
+def _kl_too_far(train_kl: float, held_out_kls: Sequence[float]) -> list[str]:
+    """The KL to the starting policy past ``MAX_KL``, as a phrase (or none). The held-out
+    estimate decides where there is one: the training pairs' responses are the ones the steps
+    fit, so their KL runs ahead of how far the policy moved elsewhere."""
+    if held_out_kls:
+        kl, where = held_out_kls[-1], "on held-out prompts"
+    else:
+        kl, where = train_kl, "on the training pairs"
+    return [f"KL {kl:.3f} to the starting policy {where}, above {MAX_KL:g}"] if kl > MAX_KL \
+        else []
+
+
 def rebel_diagnosis(metrics: Sequence[dict], *, eta: float, mean_reward_gap: float,
                     learning_rate: float, epochs: int) -> Diagnosis:
     """``metrics``: REBEL's logged training rows (``train/logratio_chosen``,
@@ -79,8 +91,11 @@ def rebel_diagnosis(metrics: Sequence[dict], *, eta: float, mean_reward_gap: flo
     target = eta * mean_reward_gap
     share = reached / target if target else 0.0
     kl = _series(metrics, "train/kl")
+    held_kl = _series(metrics, "eval/kl")
     values = {"reached_gap": reached, "target_gap": target, "gap_share": share,
               "train_kl": kl[-1] if kl else 0.0}
+    if held_kl:
+        values["held_out_kl"] = held_kl[-1]
     summary = (f"REBEL reached a log-ratio gap of {reached:.3f} against its target "
                f"η·Δr = {target:.3f} ({100 * share:.0f}%)")
     moved = share >= MIN_GAP_SHARE
@@ -90,8 +105,7 @@ def rebel_diagnosis(metrics: Sequence[dict], *, eta: float, mean_reward_gap: flo
     too_far = []
     if share > MAX_GAP_SHARE:
         too_far.append(f"{summary}, more than {MAX_GAP_SHARE:g}× its target")
-    if values["train_kl"] > MAX_KL:
-        too_far.append(f"KL {values['train_kl']:.3f} to the starting policy, above {MAX_KL:g}")
+    too_far.extend(_kl_too_far(values["train_kl"], held_kl))
     if too_far:
         warning = (f"the policy moved too far: {'; '.join(too_far)}; lower --lr (now "
                    f"{learning_rate:g}) or --epochs (now {epochs})")
@@ -123,15 +137,18 @@ def ppo_diagnosis(metrics: Sequence[dict], *, learning_rate: float, steps: int) 
 
 
 def dpo_diagnosis(margins: Sequence[float], kls: Sequence[float], *,
-                  learning_rate: float) -> Diagnosis:
+                  learning_rate: float, held_out_kls: Sequence[float] = ()) -> Diagnosis:
     """DPO: the implicit reward margin β·(log-ratio chosen − log-ratio rejected) per logged
-    step, and KL to the reference; moved when the margin grew or the KL is not negligible."""
+    step, and KL to the reference (training pairs' ``kls``, and ``held_out_kls`` where there
+    are held-out pairs); moved when the margin grew or the KL is not negligible."""
     if not margins:
         raise ValueError("DPO diagnosis needs the logged margins")
     gain = _quarter_mean(margins, last=True) - _quarter_mean(margins, last=False)
     kl = kls[-1] if kls else 0.0
     values = {"margin_first": margins[0], "margin_last": margins[-1], "margin_gain": gain,
               "kl": kl}
+    if held_out_kls:
+        values["held_out_kl"] = held_out_kls[-1]
     summary = f"DPO's reward margin went {margins[0]:.4f} → {margins[-1]:.4f} at KL {kl:.4f}"
     moved = kl >= MIN_KL or gain >= MIN_REWARD_GAIN
     warning = None if moved else (
@@ -141,8 +158,7 @@ def dpo_diagnosis(margins: Sequence[float], kls: Sequence[float], *,
     if _quarter_mean(margins, last=True) > MAX_DPO_MARGIN:
         too_far.append(f"the reward margin ran to {margins[-1]:.3f}, past {MAX_DPO_MARGIN:g} "
                        "where σ(margin) > 0.99")
-    if kl > MAX_KL:
-        too_far.append(f"KL {kl:.3f} to the starting policy, above {MAX_KL:g}")
+    too_far.extend(_kl_too_far(kl, held_out_kls))
     if too_far:
         warning = (f"the policy moved too far: {'; '.join(too_far)}; lower --lr (now "
                    f"{learning_rate:g}) or --epochs, or raise --beta")

@@ -669,9 +669,11 @@ def _train_dpo(ctx: TrainContext) -> TrainResult:
         pairs=train_pairs, eval_pairs=eval_pairs, progress=ctx.progress)
     logged = [m for m in read_metrics(ctx.output / "metrics.jsonl")
               if "train/reward_margin" in m]
+    metrics = read_metrics(ctx.output / "metrics.jsonl")
     diagnosis = dpo_diagnosis([m["train/reward_margin"] for m in logged],
                               [m["train/kl"] for m in logged if "train/kl" in m],
-                              learning_rate=rate)
+                              learning_rate=rate,
+                              held_out_kls=[m["eval/kl"] for m in metrics if "eval/kl" in m])
     diagnosis.summary += _budget_line(summary)
     return TrainResult(summary.train_pairs, diagnosis, used, note)
 

@@ -60,11 +60,19 @@ class PairTrainingConfig(ResumableTrainingSettings):
     SmolLM2-135M within a KL budget of 0.8 nats in the loop's steps)."""
     kl_budget: float | None = None
     """How far training may move the policy, in nats per response: KL(start ‖ policy),
-    estimated (``policy.losses.move_kl``) on the responses of the last ``kl_window`` pairs the
-    steps read (sampled by the starting policy, log-ratios taken before each update). Training stops at the step that
-    reaches it, and says so. None: no budget, every planned step runs."""
+    estimated (``policy.losses.move_kl``) on the held-out prompts' responses, which the
+    starting policy sampled and no step trains on, every ``kl_check_every`` steps. Training
+    stops at the check that reaches it, and says so. Without held-out pairs, the estimate is
+    the mean over the last ``kl_window`` training pairs' responses (log-ratios taken before
+    each update), which runs ahead of the held-out one since the steps fit exactly those
+    responses. None: no budget, every planned step runs."""
+    kl_check_every: int | None = None
+    """Steps between held-out KL checks. None: the held-out pairs' count in global batches
+    (at least 1), so that a check, a forward pass only, costs about a third of the steps
+    it follows."""
     kl_window: int = 16
-    """Pairs the KL estimate averages over (at least one step's)."""
+    """Without held-out pairs: training pairs the KL estimate averages over (at least one
+    step's)."""
     objective: str = "pairwise"
     """``pairwise``: the recipe's pairs (``pair_mode``); ``listwise``: each vote's whole
     ranking of a prompt's responses, ties kept, as one example (the database's human rankings
@@ -82,6 +90,8 @@ class PairTrainingConfig(ResumableTrainingSettings):
         if self.annotator_weights not in ANNOTATOR_WEIGHTS:
             raise ConfigError(f"annotator weights must be one of {', '.join(ANNOTATOR_WEIGHTS)}")
         require_at_least_one(self, "max_prompt_tokens", "max_response_tokens", "kl_window")
+        if self.kl_check_every is not None:
+            require_at_least_one(self, "kl_check_every")
         if self.learning_rate is not None and self.learning_rate < 0:
             raise ConfigError("learning rate must be 0 or more")
         if self.kl_budget is not None and self.kl_budget <= 0:
@@ -116,9 +126,35 @@ class PairObjective:
     """(weights, learning rate) anchors the default learning rate is interpolated between."""
 
 
+class HeldOutKLBudget:
+    """``run_steps``'s ``should_stop`` for a KL budget on held-out prompts: every ``every``
+    steps, ``measure()`` (the held-out metrics, ``eval/kl`` among them, the same on every
+    process); a reason to stop once the KL reaches ``budget``. ``on_check(step, metrics)``
+    records each check."""
+
+    def __init__(self, budget: float, every: int, measure: Callable[[], dict[str, float]],
+                 on_check: Callable[[int, dict[str, float]], None] | None = None):
+        self.budget, self.every, self.measure, self.on_check = budget, every, measure, on_check
+        self.reached: float | None = None
+
+    def __call__(self, step: int, stats: torch.Tensor) -> str | None:
+        if step % self.every:
+            return None
+        metrics = self.measure()
+        if self.on_check is not None:
+            self.on_check(step, metrics)
+        kl = metrics["eval/kl"]
+        if kl < self.budget:
+            return None
+        self.reached = kl
+        return (f"stopped at step {step}: held-out KL {kl:.3f} reached the budget of "
+                f"{self.budget:g} nats")
+
+
 class KLBudget:
-    """``run_steps``'s ``should_stop`` for a KL budget: the mean of the KL estimate over the
-    last ``window`` pairs of training steps; a reason to stop once it reaches ``budget``."""
+    """``run_steps``'s ``should_stop`` for a KL budget without held-out pairs: the mean of the
+    KL estimate over the last ``window`` pairs of training steps; a reason to stop once it
+    reaches ``budget``."""
 
     def __init__(self, budget: float, window: int, kl_stat: int):
         from collections import deque
@@ -138,7 +174,8 @@ class KLBudget:
         if kl < self.budget:
             return None
         self.reached = kl
-        return f"stopped at step {step}: KL {kl:.3f} reached the budget of {self.budget:g} nats"
+        return (f"stopped at step {step}: KL {kl:.3f} on training pairs (no held-out ones) "
+                f"reached the budget of {self.budget:g} nats")
 
 
 @dataclass
@@ -304,7 +341,13 @@ def train_on_pairs(config: PairTrainingConfig, objective: PairObjective, *,
     if config.kl_budget is not None:
         if objective.kl_stat is None:
             raise ConfigError(f"{objective.name} does not estimate a KL: unset --kl-budget")
-        budget = KLBudget(config.kl_budget, config.kl_window, objective.kl_stat)
+        if held_out:
+            every = config.kl_check_every or max(
+                1, -(-len(held_out) // plan.global_batch_size))
+            budget = HeldOutKLBudget(config.kl_budget, every, held_out_metrics,
+                                     on_check=lambda step, metrics: log.log(step, metrics))
+        else:
+            budget = KLBudget(config.kl_budget, config.kl_window, objective.kl_stat)
     done = run_steps(
         accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
         plan=plan, config=config, lengths=[p.length for p in train], start_step=start_step,

@@ -374,3 +374,32 @@ def test_a_kl_budget_ends_training_at_the_step_that_reaches_it(tiny_model_dir, t
     again = train_rebel(rebel_config(out, tiny_model_dir, kl_budget=budget, **settings),
                         pairs=pairs, progress=False)
     assert again.steps == first and again.stopped_early == summary.stopped_early
+
+
+def test_with_held_out_pairs_the_kl_budget_is_measured_on_them(tiny_model_dir, tmp_path):
+    """Held-out prompts' responses, which no step fits, decide: checked every
+    ``kl_check_every`` steps, and training ends at the first check at or past the budget."""
+    from data.scored_pairs import pairs_from_file
+    from policy.rebel import train_rebel
+
+    pairs = pairs_from_file(scored_pairs_file(tmp_path / "pairs.jsonl", 24))
+    settings = dict(learning_rate=3e-3, epochs=2, per_device_batch_size=2, eval_fraction=0.25,
+                    lr_schedule="constant")
+    whole = train_rebel(rebel_config(tmp_path / "whole", tiny_model_dir, eval_every=1,
+                                     **settings), pairs=pairs, progress=False)
+    logged = read_metrics(tmp_path / "whole" / "metrics.jsonl")
+    held = {m["step"]: m["eval/kl"] for m in logged if "eval/kl" in m}
+    assert whole.eval_pairs > 0 and sorted(held) == list(range(1, whole.steps + 1))
+    budget = held[whole.steps // 2]  # reached mid-run, on an even step or the one after
+    first = next(s for s in sorted(held) if s % 2 == 0 and held[s] >= budget)
+    assert first < whole.steps
+    out = tmp_path / "budget"
+    summary = train_rebel(rebel_config(out, tiny_model_dir, kl_budget=budget, kl_check_every=2,
+                                       kl_window=1, **settings), pairs=pairs, progress=False)
+    assert summary.steps == first
+    assert f"stopped at step {first}: held-out KL {held[first]:.3f}" in summary.line()
+    checks = read_metrics(out / "metrics.jsonl")
+    checked = [m["step"] for m in checks if "eval/kl" in m]
+    assert checked[:-1] == list(range(2, first + 1, 2))  # then the last step's evaluation
+    assert [m["eval/kl"] for m in checks if "eval/kl" in m][:-1] == pytest.approx(
+        [held[s] for s in range(2, first + 1, 2)], rel=1e-4)

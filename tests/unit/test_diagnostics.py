@@ -70,7 +70,7 @@ def test_moving_too_far_warns_as_much_as_not_moving():
     assert d.moved and d.overshot
     assert d.values["gap_share"] == pytest.approx(33.3 / 4.0)
     assert "moved too far" in d.warning and "more than 3× its target" in d.warning
-    assert "KL 1.600 to the starting policy, above 1" in d.warning
+    assert "KL 1.600 to the starting policy on the training pairs, above 1" in d.warning
     assert "lower --lr (now 2e-05) or --epochs (now 2)" in d.warning
     # Near the target and a small KL: no warning either way.
     fine = [{"train/logratio_chosen": 2.0, "train/logratio_rejected": -2.0, "train/kl": 0.3}] * 4
@@ -82,6 +82,19 @@ def test_moving_too_far_warns_as_much_as_not_moving():
     assert "raise --beta" in runaway.warning
     steady = dpo_diagnosis([0.1, 0.5, 1.0, 1.5], [0.01, 0.1, 0.2, 0.3], learning_rate=5e-6)
     assert not steady.overshot and steady.warning is None
+
+    # Where held-out pairs were evaluated, their KL decides, not the fitted pairs' one.
+    fitted = [{"train/logratio_chosen": 2.0, "train/logratio_rejected": -2.0, "train/kl": 9.9},
+              {"step": 4, "eval/kl": 0.2}, {"step": 8, "eval/kl": 0.7}]
+    held = rebel_diagnosis(fitted, eta=4.0, mean_reward_gap=1.0, learning_rate=2e-5, epochs=2)
+    assert not held.overshot and held.values["held_out_kl"] == 0.7
+    far = rebel_diagnosis(fitted + [{"eval/kl": 1.3}], eta=4.0, mean_reward_gap=1.0,
+                          learning_rate=2e-5, epochs=2)
+    assert "KL 1.300 to the starting policy on held-out prompts, above 1" in far.warning
+    assert not dpo_diagnosis([0.1, 0.5, 1.0, 1.5], [4.0], learning_rate=5e-6,
+                             held_out_kls=[0.3, 0.6]).overshot
+    assert dpo_diagnosis([0.1, 0.5, 1.0, 1.5], [0.3], learning_rate=5e-6,
+                         held_out_kls=[1.2]).overshot
 
     rows = [{"objective/reward": r, "objective/kl": k} for r, k in ((0, 0.1), (1, 0.8), (2, 1.5))]
     p = ppo_diagnosis(rows, learning_rate=1e-5, steps=20)

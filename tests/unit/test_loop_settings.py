@@ -79,8 +79,24 @@ def test_kl_budget_stops_once_the_mean_over_its_window_reaches_it():
     assert budget(1, stats(4 * 0.9, 4)) is None  # a window of 8 pairs is not full yet
     assert budget(2, stats(4 * 0.0, 4)) is None  # (3.6 + 0) / 8 = 0.45 < 0.5
     reason = budget(3, stats(4 * 1.2, 4))  # the first step leaves: (0 + 4.8) / 8 = 0.6
-    assert reason == "stopped at step 3: KL 0.600 reached the budget of 0.5 nats"
+    assert reason == ("stopped at step 3: KL 0.600 on training pairs (no held-out ones) "
+                      "reached the budget of 0.5 nats")
     assert budget.reached == pytest.approx(0.6)
+
+
+def test_held_out_kl_budget_checks_every_few_steps_and_stops_at_the_check_that_reaches_it():
+    from policy.pair_training import HeldOutKLBudget
+
+    held_out = iter([0.2, 0.55, 0.9])
+    checked = []
+    budget = HeldOutKLBudget(0.8, every=2, measure=lambda: {"eval/kl": next(held_out)},
+                             on_check=lambda step, m: checked.append((step, m["eval/kl"])))
+    step_stats = torch.tensor([0.0, 4.0, 99.0])  # the training pairs' KL plays no part
+    assert [budget(step, step_stats) for step in range(1, 6)] == [None] * 5
+    assert checked == [(2, 0.2), (4, 0.55)]
+    assert budget(6, step_stats) == ("stopped at step 6: held-out KL 0.900 reached the "
+                                     "budget of 0.8 nats")
+    assert budget.reached == 0.9 and checked[-1] == (6, 0.9)
 
 
 def _loop_args(*argv):
