@@ -20,8 +20,9 @@ Both run the same REBEL loss, AdamW step and pairs from the same starting weight
 log-probs are computed before timing in both (the reference computes them at generation time).
 Prints updates/s, useful (non-padding) tokens/s and padded tokens/s for each, and the ratios.
 
-DPO part: ``policy.dpo.train_dpo`` and TRL's ``DPOTrainer`` (the installed trl), each in its own
-subprocess, train the same policy on the same text pairs with the same batch size, β, learning
+DPO part: ``policy.dpo.train_dpo`` and TRL's ``DPOTrainer`` (the installed trl), and
+``policy.rebel.train_rebel`` beside them (TRL has no REBEL; its DPO step does the same work),
+each in its own subprocess, train the same policy on the same text pairs with the same batch size, β, learning
 rate, sigmoid loss and gradient clipping, both with the reference log-probs computed once
 before training (TRL's ``precompute_ref_log_probs``) and no truncation. A step (forward of
 chosen and rejected, backward, clipping, AdamW) is timed from one optimizer step to the next,
@@ -181,6 +182,26 @@ def dpo_worker_rankloop(spec: dict) -> dict:
     return {"step": dpo_step_times(ends, spec["steps"]), "tokens": tokens[1:]}
 
 
+def dpo_worker_rebel(spec: dict) -> dict:
+    """REBEL's step on the same pairs (with scores): the same work as a DPO step, a forward
+    of chosen and rejected, backward, clipping and AdamW, under REBEL's regression loss."""
+    from policy.rebel import RebelConfig, train_rebel
+    from training.metrics import read_metrics
+
+    ends = install_step_timer()
+    config = RebelConfig(output=spec["output"], model=spec["policy"], data=spec["scored_pairs"],
+                         per_device_batch_size=spec["batch"], max_steps=spec["steps"] + 1,
+                         learning_rate=spec["lr"], eval_fraction=0.0, lr_schedule="constant",
+                         warmup_ratio=0.0, max_prompt_tokens=100_000,
+                         max_response_tokens=100_000, log_every=1, save_every=100_000, seed=0,
+                         **({} if spec.get("own_defaults") else
+                            dict(bf16=False, gradient_checkpointing=False)))
+    train_rebel(config, progress=False)
+    tokens = [m["train/tokens"] for m in read_metrics(Path(spec["output"]) / "metrics.jsonl")
+              if "train/tokens" in m]
+    return {"step": dpo_step_times(ends, spec["steps"]), "tokens": tokens[1:]}
+
+
 def dpo_worker_trl(spec: dict) -> dict:
     import trl
     from datasets import load_dataset
@@ -216,10 +237,13 @@ def text_pairs(path: Path, n: int, seed: int, prompt_range, response_range) -> N
     def text(lo, hi):
         return " ".join(rng.choices(WORDS, k=rng.randint(lo, hi)))
 
-    path.write_text("".join(json.dumps({"prompt": text(*prompt_range),
-                                        "chosen": " " + text(*response_range),
-                                        "rejected": " " + text(*response_range)}) + "\n"
-                            for _ in range(n)))
+    rows = [{"prompt": text(*prompt_range), "chosen": " " + text(*response_range),
+             "rejected": " " + text(*response_range)} for _ in range(n)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    # The same pairs with scores, for REBEL (TRL's DPO reads no extra columns).
+    scored = path.with_name(path.stem + "-scored.jsonl")
+    scored.write_text("".join(json.dumps({**row, "score_chosen": 1.0, "score_rejected": 0.0})
+                              + "\n" for row in rows))
 
 
 def run_worker(kind: str, side: str, spec: dict, folder: Path) -> dict:
@@ -257,12 +281,13 @@ def dpo_part(args, tokenizer, make) -> None:
         text_pairs(folder / "pairs.jsonl", args.dpo_batch * (args.dpo_steps + 1), 2,
                    args.prompt_tokens, args.response_tokens)
         spec = {"policy": str(folder / "policy"), "pairs": str(folder / "pairs.jsonl"),
+                "scored_pairs": str(folder / "pairs-scored.jsonl"),
                 "batch": args.dpo_batch, "steps": args.dpo_steps, "lr": 1e-6, "beta": 0.1,
                 "threads": args.threads, "own_defaults": args.own_defaults}
-        runs: dict[str, list[dict]] = {"rankloop": [], "trl": []}
+        runs: dict[str, list[dict]] = {"rankloop": [], "trl": [], "rebel": []}
         errors: dict[str, str] = {}
-        for round_ in range(args.dpo_rounds):  # alternating, so other work weighs on both
-            for side in ("rankloop", "trl"):
+        for round_ in range(args.dpo_rounds):  # alternating, so other work weighs on all
+            for side in ("rankloop", "trl", "rebel"):
                 if side in errors:
                     continue
                 run = run_worker("dpo", side, spec, folder / f"round{round_}")
@@ -279,15 +304,17 @@ def dpo_part(args, tokenizer, make) -> None:
     print(f"{'approach':<44} {'s/step':>7} {'best':>6} {'pairs/s':>8} {'tokens':>7} "
           f"{'tok/s':>7} {'peak MB':>8} {'load':>5}")
     version = next((r["version"] for r in runs["trl"] if "version" in r), "")
-    names = {"rankloop": "RankLoop DPO (policy.dpo)", "trl": f"TRL DPOTrainer {version}"}
-    results = {}
-    for side in ("rankloop", "trl"):
+    names = {"rankloop": "RankLoop DPO (policy.dpo)", "trl": f"TRL DPOTrainer {version}",
+             "rebel": "RankLoop REBEL (policy.rebel)"}
+    results, peaks = {}, {}
+    for side in ("rankloop", "trl", "rebel"):
         if side in errors:
             print(f"{names[side]:<44} not measured: {errors[side]}")
             continue
         steps = [x for run in runs[side] for x in run["step"]]
         tokens = [x for run in runs[side] for x in run["tokens"]]
         results[side] = median(steps)
+        peaks[side] = max(run["peak_mb"] for run in runs[side])
         nan = float("nan")
         print(f"{names[side]:<44} {median(steps):>7.3f} {min(steps):>6.3f} "
               f"{args.dpo_batch / median(steps):>8.2f} {mean(tokens) if tokens else nan:>7.0f} "
@@ -301,8 +328,13 @@ def dpo_part(args, tokenizer, make) -> None:
           "(above the core count, other work\n  shared the CPU); precision and checkpointing: "
           + ("each trainer's own defaults" if args.own_defaults else "fp32, no checkpointing, "
              "both"))
-    if len(results) == 2:
-        print(f"ratio TRL / RankLoop seconds per step: {results['trl'] / results['rankloop']:.2f}x")
+    for side, what in (("rankloop", "DPO"), ("rebel", "REBEL")):
+        if side in results and "trl" in results:
+            print(f"ratio TRL DPO / RankLoop {what}: seconds per step "
+                  f"{results['trl'] / results[side]:.2f}x, peak memory "
+                  f"{peaks['trl'] / peaks[side]:.2f}x")
+    print("  (TRL has no REBEL trainer; its DPO step does the same work on the same pairs: one "
+          "forward of chosen\n  and rejected, backward, clipping, AdamW)")
     differences = (
         "differences that remain: TRL tokenizes the text pairs itself and computes log-probs "
         "through its fused LM-head path; RankLoop's batches are grouped by length over the "
@@ -575,9 +607,10 @@ def main() -> None:
                              "default: the installed trl")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--own-defaults", action="store_true",
-                        help="DPO: each trainer with its own precision and gradient "
+                        help="DPO part (REBEL too): each trainer with its own precision and gradient "
                              "checkpointing defaults (default: fp32 without checkpointing, both)")
-    parser.add_argument("--dpo-worker", choices=("rankloop", "trl"), help=argparse.SUPPRESS)
+    parser.add_argument("--dpo-worker", choices=("rankloop", "trl", "rebel"),
+                        help=argparse.SUPPRESS)
     parser.add_argument("--dpo-spec", help=argparse.SUPPRESS)
     parser.add_argument("--ppo-worker", choices=("rankloop", "trl"), help=argparse.SUPPRESS)
     parser.add_argument("--ppo-spec", help=argparse.SUPPRESS)
@@ -586,7 +619,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.dpo_worker:
         spec = json.loads(Path(args.dpo_spec).read_text())
-        worker = dpo_worker_rankloop if args.dpo_worker == "rankloop" else dpo_worker_trl
+        worker = {"rankloop": dpo_worker_rankloop, "trl": dpo_worker_trl,
+                  "rebel": dpo_worker_rebel}[args.dpo_worker]
         result = worker(spec)
         from training.memory import peak_bytes
 
