@@ -18,8 +18,8 @@ rankings → REBEL on best/worst pairs of the rankings, or PPO rewarded by the s
 function directly → record). The loop holds out its default share of each round's prompts,
 on which REBEL's and DPO's KL budget is measured. After the iterations, the base policy and every iteration's
 policy sample ``--samples`` replies to each held-out prompt (never trained on), and the table
-shows the success rate, the mean score, KL(policy ‖ base) per reply (estimated on its own
-samples) and the mean length in tokens.
+shows the success rate, the mean score, KL(policy ‖ base) per reply (k3 on its own
+samples, ``policy.loop.kl_new_old``) and the mean length in tokens.
 
 Defaults are sized for a 2-core CPU (about half an hour on an idle machine); see the README
 for why the learning rates and steps differ from the 8-GPU values.

@@ -86,6 +86,8 @@ def rebel_diagnosis(metrics: Sequence[dict], *, eta: float, mean_reward_gap: flo
     rejected = _series(metrics, "train/logratio_rejected")
     if not chosen or len(chosen) != len(rejected):
         raise ValueError("REBEL metrics need train/logratio_chosen and train/logratio_rejected")
+    # With one pass over the pairs, each logged gap is taken before that pair's own update:
+    # the gap the policy carries over to pairs it has not trained on yet, not the fit.
     gaps = [c - r for c, r in zip(chosen, rejected)]
     reached = _quarter_mean(gaps, last=True)
     target = eta * mean_reward_gap
@@ -98,10 +100,13 @@ def rebel_diagnosis(metrics: Sequence[dict], *, eta: float, mean_reward_gap: flo
         values["held_out_kl"] = held_kl[-1]
     summary = (f"REBEL reached a log-ratio gap of {reached:.3f} against its target "
                f"η·Δr = {target:.3f} ({100 * share:.0f}%)")
-    moved = share >= MIN_GAP_SHARE
+    # The KL says whether the policy moved at all, where the gap (on pairs not yet trained
+    # on, in one pass) may stay small: held-out where measured.
+    kl = values.get("held_out_kl", values["train_kl"])
+    moved = share >= MIN_GAP_SHARE or kl >= MIN_KL
     warning = None if moved else (
-        f"the policy changed almost nothing: {summary}; raise --lr (now {learning_rate:g}) "
-        f"or --epochs (now {epochs}), or --eta to ask for a larger gap")
+        f"the policy changed almost nothing: {summary}, KL {kl:.4f}; raise --lr (now "
+        f"{learning_rate:g}) or --epochs (now {epochs}), or --eta to ask for a larger gap")
     too_far = []
     if share > MAX_GAP_SHARE:
         too_far.append(f"{summary}, more than {MAX_GAP_SHARE:g}× its target")

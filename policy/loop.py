@@ -543,7 +543,10 @@ def _sample_new_policy(sampler, new_model: str, texts: list[str], config: LoopCo
 
 def kl_new_old(new_model: str, old_model: str, prompt_texts: list[str], responses: list[str],
                temperature: float, batch_size: int = 8) -> float:
-    """Mean over responses of log π_new(y|x) − log π_old(y|x), y sampled from π_new."""
+    """KL(π_new ‖ π_old) per response, y sampled from π_new: the mean of Schulman's k3,
+    r − 1 − log r with r = π_old(y|x) / π_new(y|x). Unbiased like the plain mean of −log r
+    (k1), but never negative per response, so a handful of held-out prompts cannot report a
+    negative KL or hide a move behind one sample's sign."""
     import torch
 
     from policy.logprobs import pack, sequence_logprobs
@@ -564,7 +567,10 @@ def kl_new_old(new_model: str, old_model: str, prompt_texts: list[str], response
                 logps.append(sequence_logprobs(model, batch.to(model.device), temperature))
         totals.append(torch.cat(logps).cpu())
         del model
-    return float((totals[0] - totals[1]).mean())
+    from policy.losses import kl_estimators
+
+    # In double precision: e^(log r) of a whole sequence.
+    return float(kl_estimators(totals[0].double(), totals[1].double())["k3"].mean())
 
 
 _kl_new_old = kl_new_old  # the name earlier callers used

@@ -275,3 +275,24 @@ def test_a_dpo_iteration_trains_on_simulated_rankings_and_says_whether_it_moved(
     assert "margin_last" in report["diagnostics"]
     logged = read_metrics(tmp_path / "policy" / "iter-1" / "metrics.jsonl")
     assert any("train/reward_margin" in m for m in logged)
+
+
+def test_the_reports_held_out_kl_is_zero_for_the_same_policy_and_positive_once_moved(
+        tiny_model_dir, tmp_path):
+    """k3 per response: never negative, so a few held-out replies cannot show a move as a
+    negative KL (the plain mean of log-ratios could)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from policy.loop import kl_new_old
+
+    torch.manual_seed(0)
+    moved = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        for weight in moved.parameters():
+            weight.add_(0.05 * torch.randn_like(weight))
+    moved.save_pretrained(tmp_path / "moved")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "moved")
+    prompts, replies = ["Say hello.", "What is two and two?"], [" Hello there.", " Four."]
+    assert kl_new_old(tiny_model_dir, tiny_model_dir, prompts, replies, 1.0) == 0.0
+    assert kl_new_old(str(tmp_path / "moved"), tiny_model_dir, prompts, replies, 1.0) > 0.01

@@ -83,6 +83,17 @@ def test_moving_too_far_warns_as_much_as_not_moving():
     steady = dpo_diagnosis([0.1, 0.5, 1.0, 1.5], [0.01, 0.1, 0.2, 0.3], learning_rate=5e-6)
     assert not steady.overshot and steady.warning is None
 
+    # One pass: every logged gap precedes its pair's own update, so it stays near 0 while the
+    # policy moves; the KL says it moved.
+    one_pass = [{"train/logratio_chosen": -0.3, "train/logratio_rejected": -0.25,
+                 "train/kl": 0.7}] * 4 + [{"eval/kl": 0.48}]
+    moved = rebel_diagnosis(one_pass, eta=4.0, mean_reward_gap=0.8, learning_rate=2e-5,
+                            epochs=1)
+    assert moved.moved and moved.warning is None
+    still = rebel_diagnosis([{"train/logratio_chosen": 0.0, "train/logratio_rejected": 0.0,
+                              "train/kl": 0.0}] * 4, eta=4.0, mean_reward_gap=0.8,
+                            learning_rate=0.0, epochs=1)
+    assert not still.moved and "changed almost nothing" in still.warning
     # Where held-out pairs were evaluated, their KL decides, not the fitted pairs' one.
     fitted = [{"train/logratio_chosen": 2.0, "train/logratio_rejected": -2.0, "train/kl": 9.9},
               {"step": 4, "eval/kl": 0.2}, {"step": 8, "eval/kl": 0.7}]
