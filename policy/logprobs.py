@@ -103,6 +103,8 @@ def forward(model, batch: TokenBatch, **kwargs):
 
 
 def sequence_logprobs(model, batch: TokenBatch, temperature: float = 1.0) -> torch.Tensor:
-    """``[N]`` summed log-probs of each sequence's response tokens: one forward pass."""
-    logp, mask = shifted_logprobs(forward(model, batch).logits, batch, temperature)
+    """``[N]`` summed log-probs of each sequence's response tokens: one forward pass, with
+    logits over the response window only (none over the prompts, which nothing reads)."""
+    logits = forward(model, batch, logits_to_keep=response_window(batch)).logits
+    logp, mask = shifted_logprobs(logits, batch, temperature)
     return (logp * mask).sum(-1)

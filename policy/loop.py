@@ -62,11 +62,11 @@ class RebelLoopSettings:
     learning_rate: float | None = None
     """None: from the model's size (``policy.rebel.LEARNING_RATES``: 2e-5 at 135M, 3e-7 at
     8B, interpolated log-log between)."""
-    epochs: int = 1
-    """Passes over the pairs. One, as in REBEL's reference: on SmolLM2 at the default rate, a
-    pair's own update moves its log-ratio gap some 20 nats (loss 9 → 388 at the first step of
-    a second pass), while pairs not yet seen move about half a nat; a second pass only
-    overfits the pairs it repeats."""
+    epochs: int = 2
+    """Passes over the pairs at most; the KL budget, measured on held-out prompts, ends
+    training sooner where it is reached. On SmolLM2 a second pass gained more held-out
+    success than it cost (30.6 points in 3 iterations against 21.5 with one), though it fits
+    the pairs it repeats far past their target gap (the diagnosis shows both)."""
     per_device_batch_size: int = 4
     """Pairs per micro-batch."""
     kl_budget: float | None = 0.8
@@ -84,10 +84,9 @@ class DPOLoopSettings:
     """``sigmoid`` (DPO) or ``ipo``."""
     learning_rate: float | None = None
     """None: from the model's size (``policy.dpo.LEARNING_RATES``: 1e-5 at 135M, 1e-6 at 8B)."""
-    epochs: int = 1
-    """Passes over the pairs (one, for the reason REBEL's says: a second pass only overfits
-    the pairs it repeats; on SmolLM2 their KL went from under 0.5 to 2.8-49 nats at its
-    first step)."""
+    epochs: int = 2
+    """Passes over the pairs at most, the KL budget ending training sooner where reached (on
+    SmolLM2: 28.5 points of held-out success in 3 iterations, against 16.0 with one pass)."""
     per_device_batch_size: int = 4
     """Pairs per micro-batch."""
     kl_budget: float | None = 0.8
@@ -657,9 +656,11 @@ def _train_rebel(ctx: TrainContext) -> TrainResult:
         eval_fraction=0.0, seed=config.seed, log_every=1, resume=ctx.resume),
         pairs=train_pairs, eval_pairs=eval_pairs, progress=ctx.progress)
     gaps = [p.reward_gap for p in train_pairs.pairs]
+    held_gaps = [p.reward_gap for p in eval_pairs.pairs] if eval_pairs else []
     diagnosis = rebel_diagnosis(
         read_metrics(ctx.output / "metrics.jsonl"), eta=settings.eta,
-        mean_reward_gap=sum(gaps) / len(gaps), learning_rate=rate, epochs=settings.epochs)
+        mean_reward_gap=sum(gaps) / len(gaps), learning_rate=rate, epochs=settings.epochs,
+        held_out_reward_gap=sum(held_gaps) / len(held_gaps) if held_gaps else None)
     diagnosis.summary += _budget_line(summary)
     return TrainResult(summary.train_pairs, diagnosis, used, note)
 

@@ -94,6 +94,23 @@ def test_moving_too_far_warns_as_much_as_not_moving():
                               "train/kl": 0.0}] * 4, eta=4.0, mean_reward_gap=0.8,
                             learning_rate=0.0, epochs=1)
     assert not still.moved and "changed almost nothing" in still.warning
+    # Held-out pairs' gap decides where there are some: a second pass fits the pairs it
+    # repeats far past their target, which is no measure of the policy.
+    fitted_gap = [{"train/logratio_chosen": 8.0, "train/logratio_rejected": -8.0,
+                   "train/kl": 9.0}] * 4
+    held_rows = [{"eval/logratio_chosen": 0.3, "eval/logratio_rejected": -0.2,
+                  "eval/kl": 0.4}]
+    h = rebel_diagnosis(fitted_gap + held_rows, eta=4.0, mean_reward_gap=0.5,
+                        learning_rate=2e-5, epochs=2, held_out_reward_gap=0.25)
+    assert h.summary == ("REBEL reached a log-ratio gap of 0.500 on held-out pairs against its "
+                         "target η·Δr = 1.000 (50%); 16.000 on the pairs trained on (800%)")
+    assert h.moved and not h.overshot and h.warning is None
+    assert h.values["train_gap_share"] == pytest.approx(8.0)
+    runaway_held = rebel_diagnosis(
+        fitted_gap + [{"eval/logratio_chosen": 2.0, "eval/logratio_rejected": -2.0,
+                       "eval/kl": 0.4}], eta=4.0, mean_reward_gap=0.5, learning_rate=2e-5,
+        epochs=2, held_out_reward_gap=0.25)
+    assert runaway_held.overshot and "more than 3× its target" in runaway_held.warning
     # Where held-out pairs were evaluated, their KL decides, not the fitted pairs' one.
     fitted = [{"train/logratio_chosen": 2.0, "train/logratio_rejected": -2.0, "train/kl": 9.9},
               {"step": 4, "eval/kl": 0.2}, {"step": 8, "eval/kl": 0.7}]

@@ -80,3 +80,13 @@ def test_logits_of_the_response_window_give_the_same_logprobs_as_all_logits():
     torch.testing.assert_close(kept, full[:, -4:])
     torch.testing.assert_close(kept_mask, full_mask[:, -4:])
     assert full_mask[:, :-4].sum() == 0  # nothing of the response was cut off
+
+
+def test_sequence_logprobs_over_the_response_window_equal_those_over_all_logits(tiny_lm):
+    from policy.logprobs import forward
+
+    batch = pack([[5, 6, 7, 8, 9, 10], [5, 6]], [[20, 21], [22, 23, 24]], 0, side="left")
+    with torch.no_grad():
+        windowed = sequence_logprobs(tiny_lm, batch, temperature=0.7)
+        logp, mask = shifted_logprobs(forward(tiny_lm, batch).logits, batch, temperature=0.7)
+    torch.testing.assert_close(windowed, (logp * mask).sum(-1), atol=1e-5, rtol=0)
