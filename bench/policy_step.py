@@ -161,42 +161,30 @@ def dpo_step_times(ends: list[float], timed_steps: int) -> list[float]:
     return [b - a for a, b in zip(ends, ends[1:])]
 
 
-def dpo_worker_rankloop(spec: dict) -> dict:
-    from policy.dpo import DPOConfig, train_dpo
-
-    ends = install_step_timer()
-    config = DPOConfig(output=spec["output"], model=spec["policy"], data=spec["pairs"],
-                       per_device_batch_size=spec["batch"], max_steps=spec["steps"] + 1,
-                       learning_rate=spec["lr"], beta=spec["beta"], eval_fraction=0.0,
-                       lr_schedule="constant", warmup_ratio=0.0, max_prompt_tokens=100_000,
-                       max_response_tokens=100_000, log_every=1, save_every=100_000, seed=0,
-                       # --own-defaults: RankLoop's (bf16 and gradient checkpointing from 50M
-                       # weights where the hardware computes bf16), else TRL's arithmetic.
-                       **({} if spec.get("own_defaults") else
-                          dict(bf16=False, gradient_checkpointing=False)))
-    train_dpo(config, progress=False)
-    from training.metrics import read_metrics
-
-    tokens = [m["train/tokens"] for m in read_metrics(Path(spec["output"]) / "metrics.jsonl")
-              if "train/tokens" in m]
-    return {"step": dpo_step_times(ends, spec["steps"]), "tokens": tokens[1:]}
-
-
-def dpo_worker_rebel(spec: dict) -> dict:
-    """REBEL's step on the same pairs (with scores): the same work as a DPO step, a forward
-    of chosen and rejected, backward, clipping and AdamW, under REBEL's regression loss."""
-    from policy.rebel import RebelConfig, train_rebel
+def dpo_worker_rankloop(spec: dict, recipe: str = "dpo") -> dict:
+    """RankLoop's DPO step, or with ``recipe="rebel"`` REBEL's on the same pairs (with
+    scores): the same work, a forward of chosen and rejected, backward, clipping and AdamW,
+    under REBEL's regression loss."""
     from training.metrics import read_metrics
 
     ends = install_step_timer()
-    config = RebelConfig(output=spec["output"], model=spec["policy"], data=spec["scored_pairs"],
-                         per_device_batch_size=spec["batch"], max_steps=spec["steps"] + 1,
-                         learning_rate=spec["lr"], eval_fraction=0.0, lr_schedule="constant",
-                         warmup_ratio=0.0, max_prompt_tokens=100_000,
-                         max_response_tokens=100_000, log_every=1, save_every=100_000, seed=0,
-                         **({} if spec.get("own_defaults") else
-                            dict(bf16=False, gradient_checkpointing=False)))
-    train_rebel(config, progress=False)
+    common = dict(output=spec["output"], model=spec["policy"],
+                  per_device_batch_size=spec["batch"], max_steps=spec["steps"] + 1,
+                  learning_rate=spec["lr"], eval_fraction=0.0, lr_schedule="constant",
+                  warmup_ratio=0.0, max_prompt_tokens=100_000, max_response_tokens=100_000,
+                  log_every=1, save_every=100_000, seed=0,
+                  # --own-defaults: RankLoop's (bf16 and gradient checkpointing from 50M
+                  # weights where the hardware computes bf16), else TRL's arithmetic.
+                  **({} if spec.get("own_defaults") else
+                     dict(bf16=False, gradient_checkpointing=False)))
+    if recipe == "rebel":
+        from policy.rebel import RebelConfig, train_rebel
+
+        train_rebel(RebelConfig(data=spec["scored_pairs"], **common), progress=False)
+    else:
+        from policy.dpo import DPOConfig, train_dpo
+
+        train_dpo(DPOConfig(data=spec["pairs"], beta=spec["beta"], **common), progress=False)
     tokens = [m["train/tokens"] for m in read_metrics(Path(spec["output"]) / "metrics.jsonl")
               if "train/tokens" in m]
     return {"step": dpo_step_times(ends, spec["steps"]), "tokens": tokens[1:]}
@@ -619,9 +607,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.dpo_worker:
         spec = json.loads(Path(args.dpo_spec).read_text())
-        worker = {"rankloop": dpo_worker_rankloop, "trl": dpo_worker_trl,
-                  "rebel": dpo_worker_rebel}[args.dpo_worker]
-        result = worker(spec)
+        if args.dpo_worker == "trl":
+            result = dpo_worker_trl(spec)
+        else:
+            result = dpo_worker_rankloop(spec, "rebel" if args.dpo_worker == "rebel" else "dpo")
         from training.memory import peak_bytes
 
         result["peak_mb"] = peak_bytes(torch.device("cuda") if torch.cuda.is_available()
