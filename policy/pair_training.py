@@ -130,17 +130,20 @@ class HeldOutKLBudget:
     """``run_steps``'s ``should_stop`` for a KL budget on held-out prompts: every ``every``
     steps, ``measure()`` (the held-out metrics, ``eval/kl`` among them, the same on every
     process); a reason to stop once the KL reaches ``budget``. ``on_check(step, metrics)``
-    records each check."""
+    records each check; ``measured_step`` is the last step checked, for ``run_steps`` to log
+    that evaluation."""
 
     def __init__(self, budget: float, every: int, measure: Callable[[], dict[str, float]],
                  on_check: Callable[[int, dict[str, float]], None] | None = None):
         self.budget, self.every, self.measure, self.on_check = budget, every, measure, on_check
         self.reached: float | None = None
+        self.measured_step: int | None = None
 
     def __call__(self, step: int, stats: torch.Tensor) -> str | None:
         if step % self.every:
             return None
         metrics = self.measure()
+        self.measured_step = step
         if self.on_check is not None:
             self.on_check(step, metrics)
         kl = metrics["eval/kl"]
@@ -248,6 +251,7 @@ def train_on_pairs(config: PairTrainingConfig, objective: PairObjective, *,
                    progress: bool = True) -> PairSummary:
     """Trains the policy on the pairs; ``pairs`` (and held-out ``eval_pairs``) let a caller
     such as the loop pass pairs directly instead of reading ``config.data``/``config.db``."""
+    from policy.logprobs import LOGIT_CHUNK_ELEMENTS
     from training.checkpoints import resume_checkpoint
     from training.memory import check_training_memory, efficient_defaults, peak_bytes
     from training.metrics import MetricsLog
@@ -291,7 +295,7 @@ def train_on_pairs(config: PairTrainingConfig, objective: PairObjective, *,
         accelerator, model_path,
         micro_batch_tokens=sequences * config.per_device_batch_size * longest,
         gradient_checkpointing=config.gradient_checkpointing, lora=config.lora_r > 0,
-        logits=True, what=f"this {objective.name} training")
+        logit_chunk_elements=LOGIT_CHUNK_ELEMENTS, what=f"this {objective.name} training")
     examples = "rankings" if config.objective == "listwise" else "pairs"
     say(f"rankloop: {len(train)} training {examples}, {len(held_out)} held out; "
         f"{plan.describe()}; {memory}")
@@ -312,10 +316,16 @@ def train_on_pairs(config: PairTrainingConfig, objective: PairObjective, *,
                              temperature=objective.reference_temperature)
     train_ref, held_ref = ref[:len(train)], ref[len(train):]
 
+    # Measured once per state of the weights: a KL-budget check and the step's evaluation
+    # read the same pass over the held-out pairs.
+    held_out_cache: dict[str, dict[str, float]] = {}
+
     def held_out_metrics() -> dict[str, float]:
-        return evaluate(model, accelerator, held_out, held_ref,
-                        batch_size=config.per_device_batch_size, pad_token_id=pad_id,
-                        objective=objective)
+        if "metrics" not in held_out_cache:
+            held_out_cache["metrics"] = evaluate(
+                model, accelerator, held_out, held_ref, batch_size=config.per_device_batch_size,
+                pad_token_id=pad_id, objective=objective)
+        return held_out_cache["metrics"]
 
     # 4. Resume from the newest checkpoint when its plan matches this one.
     fingerprint = plan_fingerprint(config, plan, objective)
@@ -330,6 +340,7 @@ def train_on_pairs(config: PairTrainingConfig, objective: PairObjective, *,
 
     # 5. Train (training.steps: one global batch a step; log, evaluate, checkpoint).
     def forward(indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        held_out_cache.clear()  # this step changes the weights
         batch = collate([train[i] for i in indices], train_ref[indices], pad_id)
         batch = batch.to(accelerator.device)
         per_pair, logp_chosen, logp_rejected = objective.loss(model, batch)
@@ -344,8 +355,7 @@ def train_on_pairs(config: PairTrainingConfig, objective: PairObjective, *,
         if held_out:
             every = config.kl_check_every or max(
                 1, -(-len(held_out) // plan.global_batch_size))
-            budget = HeldOutKLBudget(config.kl_budget, every, held_out_metrics,
-                                     on_check=lambda step, metrics: log.log(step, metrics))
+            budget = HeldOutKLBudget(config.kl_budget, every, held_out_metrics)
         else:
             budget = KLBudget(config.kl_budget, config.kl_window, objective.kl_stat)
     done = run_steps(

@@ -365,7 +365,7 @@ def train_reward_model(
         accelerator, model_path,
         micro_batch_tokens=sequences * config.per_device_batch_size * longest,
         gradient_checkpointing=config.gradient_checkpointing, lora=config.lora_r > 0,
-        logits=False, what="this reward model training")
+        what="this reward model training")
     examples = "rankings" if config.objective == "listwise" else "pairs"
     say(f"rankloop: {len(train)} training {examples}, {len(held_out)} held out; "
         f"{plan.describe()}; {memory}")

@@ -9,7 +9,9 @@ kernel halfway (taking its neighbours with it). The estimate counts, in the trai
   about (6 × hidden + 3 × intermediate) values for a Llama-style block (attention inputs and
   outputs, the norms, the gated MLP's three projections), or the layer's input alone with
   gradient checkpointing (one layer's activations recomputed at a time);
-- for a policy, the logits over the vocabulary and their log-softmax for the micro-batch.
+- for a policy, the logits it holds at once (a chunk of response tokens × the vocabulary:
+  ``policy.logprobs``), in fp32 with their log-softmax, its gradient and the recomputed
+  copy.
 
 Memory the process already holds (Python, torch, the tokenizer: about 1 GiB on CPU) is not in
 the estimate, since the memory available now already excludes it. The estimate is a floor to
@@ -27,6 +29,8 @@ from data.errors import ConfigError
 GIB = 2**30
 ADAM_BYTES_PER_WEIGHT = 16
 """fp32 weight + gradient + AdamW's first and second moments."""
+LOGIT_BYTES = 16
+"""Per logit held: fp32 logits, their exponentials, their gradient and the recomputed copy."""
 
 
 def parameter_count(model_config) -> int:
@@ -46,11 +50,12 @@ def parameter_count(model_config) -> int:
 
 def training_bytes(model_config, *, micro_batch_tokens: int, world: int = 1,
                    zero3: bool = False, trainable_share: float = 1.0,
-                   gradient_checkpointing: bool = False, logits: bool = False,
+                   gradient_checkpointing: bool = False, logit_elements: int = 0,
                    activation_bytes: int = 4) -> int:
     """Bytes one process needs to train: see the module docstring.
     ``micro_batch_tokens``: sequences × padded length of the largest micro-batch;
     ``trainable_share``: the share of weights that train (LoRA trains few);
+    ``logit_elements``: the most logits held at once (0: none, a reward model);
     ``activation_bytes``: 2 under bf16 mixed precision (the weights stay fp32)."""
     params = parameter_count(model_config)
     state = params * (4 + trainable_share * (ADAM_BYTES_PER_WEIGHT - 4))
@@ -63,25 +68,28 @@ def training_bytes(model_config, *, micro_batch_tokens: int, world: int = 1,
         activations = micro_batch_tokens * (layers * h + per_layer)
     else:
         activations = micro_batch_tokens * layers * per_layer
-    vocabulary = 2 * micro_batch_tokens * model_config.vocab_size if logits else 0
-    return int(state + (activations + vocabulary) * activation_bytes)
+    return int(state + activations * activation_bytes + logit_elements * LOGIT_BYTES)
 
 
 def check_training_memory(accelerator, model_path: str, *, micro_batch_tokens: int,
-                          gradient_checkpointing: bool, lora: bool, logits: bool,
-                          what: str) -> str:
+                          gradient_checkpointing: bool, lora: bool,
+                          logit_chunk_elements: int = 0, what: str) -> str:
     """Refuses, before the model loads, a run that cannot fit this process's device; returns
-    the plan's memory line otherwise."""
+    the plan's memory line otherwise. ``logit_chunk_elements``: how many logits a policy
+    computes at once (0: a reward model, none)."""
     from accelerate.utils import DistributedType
     from transformers import AutoConfig
 
     zero3 = (accelerator.distributed_type == DistributedType.DEEPSPEED
              and accelerator.state.deepspeed_plugin.zero_stage == 3)
+    model_config = AutoConfig.from_pretrained(model_path)
     needed = training_bytes(
-        AutoConfig.from_pretrained(model_path), micro_batch_tokens=micro_batch_tokens,
+        model_config, micro_batch_tokens=micro_batch_tokens,
         world=accelerator.num_processes, zero3=zero3,
         trainable_share=0.01 if lora else 1.0, gradient_checkpointing=gradient_checkpointing,
-        logits=logits, activation_bytes=2 if accelerator.mixed_precision == "bf16" else 4)
+        logit_elements=min(logit_chunk_elements,
+                           micro_batch_tokens * getattr(model_config, "vocab_size", 0)),
+        activation_bytes=2 if accelerator.mixed_precision == "bf16" else 4)
     available = available_bytes(accelerator.device)
     if accelerator.device.type != "cuda":
         # The processes of this machine share its memory (2 ranks of ZeRO-3 on CPU).

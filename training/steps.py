@@ -83,7 +83,9 @@ def run_steps(
     tokens); the step's loss is divided by their sum over the global batch (None: one per
     example, the mean over examples). ``unit`` names the examples in ``train/<unit>_per_second``.
     ``should_stop(step, step_stats)``, after each step: a reason to end the run there (it is
-    logged, evaluated and checkpointed as a last step), or None to go on.
+    logged, evaluated and checkpointed as a last step), or None to go on; one with a
+    ``measured_step`` attribute equal to the step has evaluated there, and that evaluation is
+    logged (``evaluate`` should then give the same metrics without measuring again).
     """
     from tqdm.auto import tqdm
 
@@ -154,7 +156,9 @@ def run_steps(
             log.log(done, values)
             bar.set_postfix(loss=f"{values['train/loss']:.4f}")
             window.zero_()
-        if evaluate is not None and (done % eval_every == 0 or last):
+        # A stop rule that measured held-out metrics at this step has them logged here too.
+        measured = getattr(should_stop, "measured_step", None) == done
+        if evaluate is not None and (done % eval_every == 0 or last or measured):
             eval_metrics = evaluate()
             log.log(done, eval_metrics)
         save_every = getattr(config, "save_every", None)

@@ -269,3 +269,7 @@ def test_the_memory_estimate_counts_the_weights_of_the_model_it_describes():
         training_bytes(config, micro_batch_tokens=10)
     assert training_bytes(config, micro_batch_tokens=0, world=2, zero3=True) == 8 * n
     assert training_bytes(config, micro_batch_tokens=0, trainable_share=0.0) == 4 * n
+    # A policy holds one chunk of logits at a time: fp32 logits, exponentials, gradient and
+    # the recomputed copy.
+    assert training_bytes(config, micro_batch_tokens=0, logit_elements=1000) == \
+        16 * n + 16 * 1000
