@@ -239,7 +239,7 @@ def _task_view(db, user_id: int, assignment: labeling.Assignment) -> TaskView:
     draft = drafts.load_draft(db, assignment.id, user_id)
     if draft is not None and len(draft.ranks) == k:
         controls = Controls(tuple(draft.ranks), draft.all_bad, draft.rationale,
-                            draft.demonstration)
+                            draft.demonstration, from_draft=True)
     elif suggestion is not None:
         controls = Controls(tuple(suggestion.ranks))
     else:
@@ -553,7 +553,7 @@ def _revision_view(svc, user, row: revisions.RecentSubmission, controls: Control
         draft = drafts.load_draft(db, row.assignment_id, user.id)
         if draft is not None and len(draft.ranks) == len(row.candidate_ids):
             controls = Controls(tuple(draft.ranks), draft.all_bad, draft.rationale,
-                                draft.demonstration)
+                                draft.demonstration, from_draft=True)
         else:
             ranks = tuple(row.ranks) if row.ranks else (None,) * len(row.candidate_ids)
             controls = Controls(ranks, row.all_bad, row.rationale, row.demonstration)

@@ -497,6 +497,8 @@ class Controls:
     all_bad: bool = False
     rationale: str = ""
     demonstration: str = ""
+    from_draft: bool = False
+    """The annotator's own saved draft, which the screen then says it restored."""
 
 
 # Each screen carries a new number, so the page redraws it even when the same text comes back
@@ -674,7 +676,8 @@ def task_screen_html(*, assignment_id: int, prompt_html: str,
         f'aria-live="polite"><span class="rl-bar-label">Ranks: 1 = best</span> '
         f'<span id="rl-order" class="rl-order"></span>'
         f'<span id="rl-tie-note" class="rl-tie-note"></span>'
-        f'<span id="rl-draft-state" class="rl-draft-state"></span></div>'
+        f'<span id="rl-draft-state" class="rl-draft-state">'
+        f'{"· draft restored" if controls.from_draft else ""}</span></div>'
         f'<div class="rl-bar-ranks">{"".join(bar)}</div>'
         f'<div class="rl-bar-actions"><button type="button" id="rl-bar-all-bad" '
         f'class="rl-all-bad-btn" data-rl-action="all-bad" aria-pressed="'

@@ -118,6 +118,7 @@ def test_drafts_survive_a_reload_and_the_layout_is_remembered(browser, rich_app)
     assert wait_task(page) == task
     assert pressed(page) == {0: 3, 2: 1}
     assert page.locator("#rl-rationale").input_value() == "C explains the cost"
+    assert page.locator("#rl-draft-state").inner_text() == "· draft restored"
     assert page.locator("[data-layout=stacked]").get_attribute("aria-pressed") == "true"
     lefts = page.evaluate("[...document.querySelectorAll('.rl-candidate')]"
                           ".map(c => Math.round(c.getBoundingClientRect().left))")

@@ -302,9 +302,13 @@ def test_a_draft_is_restored_on_the_next_load_and_ignored_after_submit(svc):
     entry = {"assignment_id": task, "ranks": [None, 1, None], "all_bad": False,
              "rationale": "B is right", "demonstration": "mine"}
     assert handlers.save_draft(svc, "ann", entry) == "saved"
+    fresh = handlers.current_task(svc, "bob")
+    assert not fresh.controls.from_draft
+    assert 'class="rl-draft-state"></span>' in handlers.screen(fresh).html
     view = handlers.current_task(svc, "ann")
-    assert view.controls.ranks == (None, 1, None)
+    assert view.controls.ranks == (None, 1, None) and view.controls.from_draft
     assert (view.controls.rationale, view.controls.demonstration) == ("B is right", "mine")
+    assert 'class="rl-draft-state">· draft restored</span>' in handlers.screen(view).html
     with pytest.raises(handlers.BadRequest, match="not assigned to you"):
         handlers.save_draft(svc, "bob", entry)
     handlers.submit(svc, "ann", {**entry, "ranks": [2, 1, 3]})
