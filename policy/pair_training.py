@@ -129,13 +129,11 @@ class PairObjective:
 class HeldOutKLBudget:
     """``run_steps``'s ``should_stop`` for a KL budget on held-out prompts: every ``every``
     steps, ``measure()`` (the held-out metrics, ``eval/kl`` among them, the same on every
-    process); a reason to stop once the KL reaches ``budget``. ``on_check(step, metrics)``
-    records each check; ``measured_step`` is the last step checked, for ``run_steps`` to log
-    that evaluation."""
+    process); a reason to stop once the KL reaches ``budget``. ``measured_step`` is the last
+    step checked, for ``run_steps`` to log that evaluation."""
 
-    def __init__(self, budget: float, every: int, measure: Callable[[], dict[str, float]],
-                 on_check: Callable[[int, dict[str, float]], None] | None = None):
-        self.budget, self.every, self.measure, self.on_check = budget, every, measure, on_check
+    def __init__(self, budget: float, every: int, measure: Callable[[], dict[str, float]]):
+        self.budget, self.every, self.measure = budget, every, measure
         self.reached: float | None = None
         self.measured_step: int | None = None
 
@@ -144,8 +142,6 @@ class HeldOutKLBudget:
             return None
         metrics = self.measure()
         self.measured_step = step
-        if self.on_check is not None:
-            self.on_check(step, metrics)
         kl = metrics["eval/kl"]
         if kl < self.budget:
             return None
