@@ -124,7 +124,8 @@ _HEAD_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def output_head(model) -> torch.nn.Module | None:
-    """The LM head under accelerate's and DeepSpeed's wrappers (``.module``) and PEFT's."""
+    """The LM head under accelerate's and DeepSpeed's wrappers (``.module``) and PEFT's; None
+    when the model has none, or its config names a transform of the logits after it."""
     while isinstance(getattr(model, "module", None), torch.nn.Module):
         model = model.module
     get = getattr(model, "get_output_embeddings", None)
